@@ -1,0 +1,43 @@
+"""capgate: one capability gate for every file, network and process action an agent takes.
+
+    import capgate
+    from capgate import fs, net, proc
+
+    policy = capgate.load_policy("agent-permissions.json", workspace="/path/ws")
+    with capgate.Gate(policy):
+        fs.read_text("src/app.py")
+"""
+
+from __future__ import annotations
+
+from capgate.decision import Decision
+from capgate.errors import BackendUnavailable, CapgateError, PermissionDenied, PolicyError, UnsupportedPlatform
+from capgate.gate import Gate, current_gate
+from capgate.policy import Policy, default_policy, load_effective_policy, load_policy
+
+from capgate import fs, net, proc  # noqa: E402  (the acting modules, after the gate they use)
+
+__all__ = [
+    "BackendUnavailable",
+    "CapgateError",
+    "Decision",
+    "Gate",
+    "PermissionDenied",
+    "Policy",
+    "PolicyError",
+    "UnsupportedPlatform",
+    "current_gate",
+    "default_policy",
+    "fs",
+    "load_effective_policy",
+    "load_policy",
+    "net",
+    "proc",
+]
+
+for _name in ("BackendUnavailable", "CapgateError", "Decision", "Gate", "PermissionDenied", "Policy", "PolicyError",
+              "UnsupportedPlatform"):
+    globals()[_name].__module__ = "capgate"
+del _name
+
+__version__ = "0.1.0"

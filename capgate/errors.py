@@ -1,0 +1,71 @@
+"""Exceptions raised by capgate.
+
+The tree::
+
+    CapgateError                      common base, never raised itself
+    ├── PermissionDenied              (also PermissionError) the gate said no
+    ├── PolicyError                   (also ValueError) bad, oversized or expanding config
+    ├── BackendUnavailable            (also RuntimeError) a requested sandbox backend cannot run
+    └── UnsupportedPlatform           (also OSError) a mechanism capgate refuses to weaken
+
+``Gate.check`` never raises for a denial; the acting APIs (``fs``, ``net``, ``proc``)
+raise ``PermissionDenied`` so that ordinary ``except PermissionError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+import errno
+
+__all__ = [
+    "BackendUnavailable",
+    "CapgateError",
+    "PermissionDenied",
+    "PolicyError",
+    "UnsupportedPlatform",
+]
+
+
+class CapgateError(Exception):
+    """Base class of every error capgate raises on purpose."""
+
+
+class PermissionDenied(CapgateError, PermissionError):
+    """Raised when the gate denies an operation.
+
+    ``op`` is the operation name (``fs.read``), ``target`` the target as shown to people
+    (home shown as ``~``), ``reason`` why, ``rule`` a stable pointer into the policy
+    (``filesystem.denyRead[0]``) that a user can grep for.
+    """
+
+    def __init__(self, op: str, target: str, reason: str, rule: str) -> None:
+        super().__init__(errno.EACCES, f"{op} denied: {target} ({reason})", target)
+        self.op = op
+        self.target = target
+        self.reason = reason
+        self.rule = rule
+
+    def __str__(self) -> str:
+        return f"{self.op} denied: {self.target} ({self.reason})"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.op, self.target, self.reason, self.rule))
+
+
+class PolicyError(CapgateError, ValueError):
+    """Raised for an invalid, oversized or (without expansion allowed) widening policy.
+
+    The message names the key path (``filesystem.read[0]``) and, for a widening entry,
+    the flag that would allow it.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class BackendUnavailable(CapgateError, RuntimeError):
+    """Raised when a sandbox backend that was asked for by name cannot run here."""
+
+
+class UnsupportedPlatform(CapgateError, OSError):
+    """Raised where capgate would otherwise have to run with weaker checks than on Linux."""

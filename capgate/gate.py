@@ -1,0 +1,178 @@
+"""``Gate``: the one place that answers allow or deny.
+
+A gate holds a frozen ``Policy``, the compiled rule tables, the audit log and the per-run
+counters (output quota). ``with gate:`` makes it the current gate for ``capgate.fs``,
+``capgate.net`` and ``capgate.proc`` in this context (a ``contextvars`` variable, so threads
+and asyncio tasks started inside inherit it and nesting restores the outer gate).
+
+``check(op, target)`` never raises for a denial: any exception while deciding *is* a denial
+(rule ``gate.error``). The acting modules resolve the target themselves (open the file, look
+up the host, find the binary), then call ``decide_*`` with what they are about to use.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from capgate import ops
+from capgate.audit import AuditLog
+from capgate.decision import Decision
+from capgate.errors import PermissionDenied
+from capgate.paths import PathRules, canonicalize, coerce_path, display
+
+if TYPE_CHECKING:
+    from capgate.policy.model import Policy
+
+__all__ = ["Gate", "current_gate"]
+
+_current: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("capgate_gate", default=None)
+_ambient: Gate | None = None
+_ambient_lock = threading.Lock()
+
+
+class Gate:
+    """The capability gate for one policy.
+
+    ``audit``: an ``AuditLog`` (default: ``$CAPGATE_AUDIT_LOG`` or denials on stderr).
+    ``resolver``: a callable ``(host, port) -> list[str]`` of IP strings used by ``net``
+    (default: the system resolver with a timeout); inject one for tests or your own DNS.
+    """
+
+    def __init__(self, policy: Policy, *, audit: AuditLog | None = None, resolver: Any = None) -> None:
+        from capgate.policy.model import Policy
+
+        if not isinstance(policy, Policy):
+            raise TypeError(f"Gate needs a capgate.Policy, not {type(policy).__name__}")
+        self.policy = policy
+        self.audit = audit if audit is not None else AuditLog.from_environment()
+        self.resolver = resolver
+        self._paths = PathRules(policy.filesystem, policy.home)
+        self._network_rules: Any = None
+        self._command_rules: Any = None
+        self._tokens: list[contextvars.Token[Gate | None]] = []
+        self._lock = threading.Lock()
+        self.bytes_written = 0
+
+    # -- activation ---------------------------------------------------------------------
+    def __enter__(self) -> Gate:
+        self._tokens.append(_current.set(self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._tokens.pop())
+
+    # -- rule tables (built on first use) -----------------------------------------------
+    @property
+    def network_rules(self) -> Any:
+        if self._network_rules is None:
+            from capgate.netrules import NetworkRules
+
+            self._network_rules = NetworkRules(self.policy, resolver=self.resolver)
+        return self._network_rules
+
+    @property
+    def command_rules(self) -> Any:
+        if self._command_rules is None:
+            from capgate.cmdrules import CommandRules
+
+            self._command_rules = CommandRules(self.policy)
+        return self._command_rules
+
+    # -- questions ----------------------------------------------------------------------
+    def show(self, path: str) -> str:
+        """A canonical path as shown to people and in the log (home as ``~``)."""
+        return display(path, self.policy.home)
+
+    def canonical_path(self, target: object) -> str:
+        return canonicalize(target, self.policy.workspace, self.policy.home)
+
+    def check(self, op: str, target: object) -> Decision:
+        """Decide ``op`` on ``target`` without acting. Never raises for a denial."""
+        shown = _safe_repr(target)
+        try:
+            if op in ops.FS_OPS:
+                canonical = self.canonical_path(target)
+                shown = self.show(canonical)
+                decision = self._paths.decide(op, canonical)
+            elif op == ops.NET_CONNECT:
+                decision, _endpoint = self.network_rules.decide(coerce_path(target))
+            elif op == ops.PROC_EXEC:
+                decision = self.command_rules.decide(coerce_path(target))
+            else:
+                decision = Decision.deny(f"unknown operation {op!r}", "gate.op")
+        except Exception as exc:  # fail closed: an error while deciding is a denial
+            decision = Decision.deny(f"error while deciding: {exc}", "gate.error")
+        self.audit.record(op, shown, decision)
+        return decision
+
+    def decide_path(self, op: str, canonical: str, **extra: Any) -> Decision:
+        """Decide and log ``op`` on an already canonical path (what ``fs`` opened)."""
+        try:
+            decision = self._paths.decide(op, canonical)
+        except Exception as exc:
+            decision = Decision.deny(f"error while deciding: {exc}", "gate.error", canonical)
+        self.audit.record(op, self.show(canonical), decision, **extra)
+        return decision
+
+    def recursive_delete_root(self, canonical: str) -> str | None:
+        return self._paths.recursive_delete_root(canonical)
+
+    def deny(self, op: str, target: str, reason: str, rule: str, **extra: Any) -> PermissionDenied:
+        """Log a denial decided by a mechanism (e.g. a hard link, a quota) and return the
+        exception to raise: every refusal is in the audit log, whoever noticed it."""
+        decision = Decision.deny(reason, rule, target)
+        self.audit.record(op, target, decision, **extra)
+        return PermissionDenied(op, target, reason, rule)
+
+    def enforce(self, op: str, target: str, decision: Decision) -> None:
+        """Raise ``PermissionDenied`` for a denial (already logged)."""
+        if not decision.allowed:
+            raise PermissionDenied(op, target, decision.reason, decision.rule)
+
+    def charge_output(self, nbytes: int, target: str) -> None:
+        """Count bytes written against ``outputQuotaMb``; refuse past the quota."""
+        quota = self.policy.limits.output_quota_mb * 1024 * 1024
+        with self._lock:
+            if self.bytes_written + nbytes > quota:
+                raise self.deny(
+                    ops.FS_WRITE,
+                    target,
+                    f"output quota of {self.policy.limits.output_quota_mb} MB would be exceeded",
+                    "limits.outputQuotaMb",
+                )
+            self.bytes_written += nbytes
+
+    def denial_summary(self) -> list[tuple[str, str, int]]:
+        """Denials so far as (operation, target, count), most frequent first."""
+        return self.audit.summary()
+
+
+def _safe_repr(target: object) -> str:
+    if isinstance(target, str):
+        return target.replace("\x00", "\\x00")
+    if isinstance(target, os.PathLike):
+        try:
+            return _safe_repr(os.fspath(target))
+        except Exception:
+            return "<unprintable path>"
+    return f"<{type(target).__name__}>"
+
+
+def current_gate() -> Gate:
+    """The active gate; with none active, one from ``$CAPGATE_POLICY`` (set by the launcher
+    inside a sandbox) or, failing that, the defaults with the current directory as workspace."""
+    gate = _current.get()
+    if gate is not None:
+        return gate
+    global _ambient
+    with _ambient_lock:
+        if _ambient is None:
+            from capgate.policy import load_effective_policy, load_policy
+
+            path = os.environ.get("CAPGATE_POLICY")
+            policy = load_effective_policy(path) if path else load_policy(None, workspace=os.getcwd())
+            _ambient = Gate(policy)
+        return _ambient

@@ -1,0 +1,1 @@
+"""Placeholder: the network gate lands with issue 3."""

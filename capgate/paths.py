@@ -1,0 +1,255 @@
+"""Path canonicalization and the compiled filesystem rules.
+
+What this enforces: every filesystem decision is made on one canonical absolute path —
+``~`` expanded, relative paths joined to the *workspace* (never the cwd), ``..``/``.``/
+repeated slashes and every symlink hop resolved (``/proc/self/root``, ``/proc/self/fd/N`` and
+``/dev/fd/N`` are symlinks too, so they resolve to what they point at). Deny patterns are
+anchored to absolute gitignore patterns once, when the policy is built, and compiled into a
+single regex.
+
+What it does not do: open anything. ``capgate.fs`` opens first and then asks about the path
+the kernel reports for the opened descriptor, so a path that changes after this module looked
+at it cannot be used to get around a decision.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+
+import pathspec
+
+from capgate.decision import Decision
+from capgate.errors import PolicyError
+from capgate.ops import FS_DELETE, FS_READ, FS_WRITE
+
+__all__ = [
+    "PathMatcher",
+    "PathRules",
+    "anchor_pattern",
+    "canonicalize",
+    "coerce_path",
+    "display",
+    "expand_home",
+    "is_within",
+    "resolve_root",
+]
+
+_GLOB_CHARS = frozenset("*?[")
+_CASE_INSENSITIVE = sys.platform == "darwin"  # follow the filesystem, as the design says
+
+
+def coerce_path(target: object) -> str:
+    """Accept ``str`` or ``os.PathLike[str]``; refuse bytes, NUL bytes, empty and the rest.
+
+    Raises ``TypeError``/``ValueError``; callers turn that into a denial.
+    """
+    if isinstance(target, os.PathLike):
+        target = os.fspath(target)
+    if not isinstance(target, str):
+        raise TypeError(f"path must be a str or os.PathLike[str], not {type(target).__name__}")
+    if not target:
+        raise ValueError("empty path")
+    if "\x00" in target:
+        raise ValueError("path contains a NUL byte")
+    return target
+
+
+def expand_home(path: str, home: str) -> str:
+    if path == "~":
+        return home
+    if path.startswith("~/"):
+        return home.rstrip("/") + "/" + path[2:]
+    return path
+
+
+def canonicalize(target: object, workspace: str, home: str) -> str:
+    """The canonical absolute path of ``target`` for a decision (no I/O beyond lstat/readlink)."""
+    path = expand_home(coerce_path(target), home)
+    if not path.startswith("/"):
+        path = workspace.rstrip("/") + "/" + path
+    return os.path.realpath(path)
+
+
+def is_within(path: str, root: str) -> bool:
+    if root == "/":
+        return path.startswith("/")
+    return path == root or path.startswith(root + "/")
+
+
+def display(path: str, home: str) -> str:
+    """``path`` with the home directory shown as ``~`` (for messages and the audit log)."""
+    if home and home != "/" and is_within(path, home):
+        return "~" + path[len(home) :]
+    return path
+
+
+def resolve_root(entry: str, workspace: str, home: str, key: str) -> str:
+    """Canonicalize one ``read``/``write`` root; a relative entry must stay in the workspace.
+
+    A relative root that leaves the workspace (``../x``, or a symlink shipped in a repo such
+    as ``vendor -> ~``) is refused: a root outside the workspace must be written explicitly.
+    """
+    expanded = expand_home(entry, home)
+    relative = not expanded.startswith("/")
+    if relative:
+        expanded = workspace.rstrip("/") + "/" + expanded
+    resolved = os.path.realpath(expanded)
+    if relative and not is_within(resolved, workspace):
+        raise PolicyError(
+            f"{key} {entry!r} resolves to {resolved} outside the workspace (through '..' or a "
+            "symlink); a root outside the workspace must be written as an absolute or ~ path",
+            key,
+        )
+    return resolved
+
+
+def _glob_escape(literal: str) -> str:
+    escaped = re.sub(r"([\\*?\[\]])", r"\\\1", literal)
+    if escaped.endswith(" "):
+        escaped = escaped[:-1] + "\\ "
+    return escaped
+
+
+def anchor_pattern(pattern: str, workspace: str, home: str, key: str) -> tuple[str, ...]:
+    """Turn a gitignore-style deny entry into patterns anchored at ``/``.
+
+    * no slash (``.env*``) or a leading ``**/``: that name at any depth, anywhere;
+    * ``~/…``: under the home directory; ``/…``: absolute; anything else with a slash: under
+      the workspace root.
+    The literal (glob-free) prefix of an anchored pattern is symlink-resolved, and when that
+    changes it both spellings are returned, because decisions are made on resolved paths.
+    """
+    if pattern.startswith("!"):
+        raise PolicyError(f"{key} {pattern!r}: negated patterns are not allowed in deny lists", key)
+    trimmed = pattern.rstrip("/")
+    if not trimmed:
+        raise PolicyError(f"{key} {pattern!r}: pattern matches the whole filesystem", key)
+    if "/" not in trimmed or pattern.startswith("**/"):
+        return (pattern,)
+    directory_only = pattern.endswith("/")
+    if trimmed == "~" or trimmed.startswith("~/"):
+        base, rest = home, trimmed[2:]
+    elif trimmed.startswith("/"):
+        base, rest = "/", trimmed.lstrip("/")
+    else:
+        base, rest = workspace, trimmed
+    parts = [p for p in rest.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise PolicyError(f"{key} {pattern!r}: '..' is not allowed in deny patterns", key)
+    literal: list[str] = []
+    for part in parts:
+        if _GLOB_CHARS & set(part) or "\\" in part:
+            break
+        literal.append(part)
+    glob_tail = parts[len(literal) :]
+    lexical = os.path.normpath(os.path.join(base, *literal))
+    spellings = [lexical]
+    resolved = os.path.realpath(lexical)
+    if resolved != lexical:
+        spellings.append(resolved)
+    suffix = "/" if directory_only else ""
+    out = []
+    for prefix in spellings:
+        text = "/" + _glob_escape(prefix.lstrip("/")) if prefix != "/" else ""
+        if glob_tail:
+            text = text + "/" + "/".join(glob_tail)
+        out.append((text or "/") + suffix)
+    return tuple(out)
+
+
+class PathMatcher:
+    """A set of deny patterns compiled into one regex (pathspec's per-pattern regexes,
+    joined), so a decision costs one or two regex matches however many patterns there are."""
+
+    def __init__(self, patterns: Sequence[tuple[str, ...]]) -> None:
+        self._owners: list[tuple[int, re.Pattern[str]]] = []
+        pieces: list[str] = []
+        for index, anchored in enumerate(patterns):
+            for line in anchored:
+                for compiled in pathspec.GitIgnoreSpec.from_lines([line]).patterns:
+                    regex = getattr(compiled, "regex", None)
+                    if regex is None or not compiled.include:
+                        continue
+                    source = regex.pattern.replace("(?P<ps_d>", "(?:")
+                    pieces.append(source)
+                    flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
+                    self._owners.append((index, re.compile(source, flags)))
+        flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
+        self._combined = re.compile("|".join(f"(?:{p})" for p in pieces), flags) if pieces else None
+
+    def first_match(self, path: str) -> int | None:
+        """Index of the first pattern matching absolute ``path`` (or it as a directory)."""
+        if self._combined is None or path == "/":
+            return None
+        rel = path[1:]
+        rel_dir = rel + "/"
+        if not (self._combined.match(rel) or self._combined.match(rel_dir)):
+            return None
+        for index, regex in self._owners:
+            if regex.match(rel) or regex.match(rel_dir):
+                return index
+        return None  # pragma: no cover - the combined regex and its parts agree
+
+
+def _roots_match(path: str, roots: Iterable[str]) -> str | None:
+    for root in roots:
+        if is_within(path, root):
+            return root
+    return None
+
+
+class PathRules:
+    """The filesystem decision table, compiled from a ``FilesystemPolicy``.
+
+    Deny beats allow: ``denyRead`` denies reads and writes, ``denyWrite`` and the
+    mandatory list deny writes and deletes, the protected files (policy, audit log) deny
+    writes. Otherwise a read needs a read root, a write root or a runtime root; a write or
+    delete needs a write root (and never the root itself for a delete).
+    """
+
+    def __init__(self, fs_policy: object, home: str) -> None:
+        from capgate.policy.model import FilesystemPolicy
+
+        assert isinstance(fs_policy, FilesystemPolicy)
+        self._fs = fs_policy
+        self._home = home
+        self._deny_read = PathMatcher([p.anchored for p in fs_policy.deny_read])
+        self._deny_write = PathMatcher([p.anchored for p in fs_policy.deny_write])
+        self._readable = tuple(fs_policy.read) + tuple(fs_policy.write)
+        self._protected = frozenset(fs_policy.protected)
+
+    def decide(self, op: str, path: str) -> Decision:
+        fs = self._fs
+        hit = self._deny_read.first_match(path)
+        if hit is not None:
+            entry = fs.deny_read[hit]
+            return Decision.deny(f"denyRead {entry.source!r}", entry.key, path)
+        if op == FS_READ:
+            root = _roots_match(path, self._readable)
+            if root is not None:
+                return Decision.allow(f"under read root {display(root, self._home)}", "filesystem.read", path)
+            root = _roots_match(path, fs.runtime_read)
+            if root is not None:
+                return Decision.allow(f"runtime root {display(root, self._home)}", "runtime.read", path)
+            return Decision.deny("not under any read root", "filesystem.read", path)
+        if op not in (FS_WRITE, FS_DELETE):
+            return Decision.deny(f"unknown filesystem operation {op!r}", "gate.op", path)
+        if path in self._protected:
+            return Decision.deny("protected file (policy or audit log)", "filesystem.protected", path)
+        hit = self._deny_write.first_match(path)
+        if hit is not None:
+            entry = fs.deny_write[hit]
+            label = "mandatory denyWrite" if entry.mandatory else "denyWrite"
+            return Decision.deny(f"{label} {entry.source!r}", entry.key, path)
+        root = _roots_match(path, fs.write)
+        if root is None:
+            return Decision.deny("not under any write root", "filesystem.write", path)
+        if op == FS_DELETE and path == root:
+            return Decision.deny("a write root itself cannot be deleted", "filesystem.write", path)
+        return Decision.allow(f"under write root {display(root, self._home)}", "filesystem.write", path)
+
+    def recursive_delete_root(self, path: str) -> str | None:
+        return _roots_match(path, self._fs.recursive_delete)

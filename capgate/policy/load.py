@@ -1,0 +1,207 @@
+"""Loading a policy: the user file is hostile input.
+
+Order of work: size cap (64 KiB, before parsing) → JSON (duplicate keys, NaN and Infinity
+refused; errors name line and column) → strict schema (unknown keys and wrong types refused,
+naming the key path) → canonicalization and merge onto the base policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pydantic
+
+from capgate.errors import PolicyError
+from capgate.paths import coerce_path, resolve_root
+from capgate.policy import defaults as d
+from capgate.policy.merge import build_deny_patterns, mandatory_deny_entries, merge
+from capgate.policy.model import FilesystemPolicy, Limits, NetworkPolicy, Policy, ProcessPolicy
+from capgate.policy.schema import PolicyFile
+
+__all__ = ["MAX_POLICY_BYTES", "default_policy", "load_policy", "parse_policy_text"]
+
+MAX_POLICY_BYTES = 64 * 1024
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise PolicyError(f"duplicate key {key!r} in the policy file", key)
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> float:
+    raise PolicyError(f"{name} is not valid JSON in a policy file")
+
+
+def _key_path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _schema_error(exc: pydantic.ValidationError) -> PolicyError:
+    lines = []
+    first_key = None
+    for err in exc.errors():
+        # Union members add their class name to the location; drop those for the user.
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper())]
+        loc = [p for p in loc if p not in ("str", "function-after[_no_control(), str]")]
+        key = _key_path(loc)
+        first_key = first_key or key
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        elif err["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {type(err.get('input')).__name__})")
+    shown = "; ".join(dict.fromkeys(lines))
+    return PolicyError(f"invalid policy: {shown}", first_key)
+
+
+def parse_policy_text(text: str | bytes) -> PolicyFile:
+    """Parse and validate the text of a user policy file (no canonicalization)."""
+    if isinstance(text, str):
+        raw = text.encode("utf-8", "surrogatepass")
+    else:
+        raw = text
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError(f"policy file is larger than {MAX_POLICY_BYTES} bytes")
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"policy file is not UTF-8 (byte {exc.start})") from exc
+    try:
+        data = json.loads(decoded, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"policy file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError("policy file must hold a JSON object")
+    for value in _walk(data):
+        if isinstance(value, float) and not math.isfinite(value):  # pragma: no cover - refused above
+            raise PolicyError("non-finite number in policy file")
+    try:
+        return PolicyFile.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _schema_error(exc) from exc
+
+
+def _walk(value: Any) -> Any:
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v)
+    else:
+        yield value
+
+
+def _read_capped(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError(f"policy file {path} is larger than {MAX_POLICY_BYTES} bytes (64 KiB)")
+    return data
+
+
+def _workspace(workspace: str | os.PathLike[str] | None) -> str:
+    raw = os.getcwd() if workspace is None else coerce_path(workspace)
+    resolved = os.path.realpath(os.path.abspath(raw))
+    if not os.path.isdir(resolved):
+        raise PolicyError(f"workspace {raw!r} is not a directory", "workspace")
+    return resolved
+
+
+def _home() -> str:
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    return os.path.realpath(home) if home else "/nonexistent-home"
+
+
+def default_policy(
+    workspace: str | os.PathLike[str] | None = None,
+    *,
+    home: str | None = None,
+    protected_paths: Sequence[str] = (),
+) -> Policy:
+    """The built-in least-privilege policy for ``workspace`` (default: the cwd)."""
+    ws = _workspace(workspace)
+    home_dir = os.path.realpath(home) if home else _home()
+    deny_read = build_deny_patterns(
+        [(p, f"filesystem.denyRead[{i}]", False) for i, p in enumerate(d.DEFAULT_DENY_READ)], ws, home_dir
+    )
+    deny_write = build_deny_patterns(
+        [(p, f"filesystem.denyWrite[{i}]", False) for i, p in enumerate(d.DEFAULT_DENY_WRITE)]
+        + mandatory_deny_entries(),
+        ws,
+        home_dir,
+    )
+    fs = FilesystemPolicy(
+        read=tuple(resolve_root(r, ws, home_dir, "filesystem.read (default)") for r in d.DEFAULT_READ),
+        write=tuple(resolve_root(r, ws, home_dir, "filesystem.write (default)") for r in d.DEFAULT_WRITE),
+        deny_read=deny_read,
+        deny_write=deny_write,
+        protected=tuple(os.path.realpath(p) for p in protected_paths),
+    )
+    limits = Limits(**{_snake(k): v for k, v in d.DEFAULT_LIMITS.items()})
+    return Policy(
+        workspace=ws,
+        home=home_dir,
+        filesystem=fs,
+        network=NetworkPolicy(enabled=False, allowed_ports=d.DEFAULT_PORTS),
+        process=ProcessPolicy(env_passthrough=d.DEFAULT_ENV_PASSTHROUGH),
+        limits=limits,
+        origin="defaults",
+    )
+
+
+def _snake(camel: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in camel)
+
+
+def load_policy(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    workspace: str | os.PathLike[str] | None = None,
+    allow_user_expansion: bool = False,
+    base: Policy | None = None,
+    protected_paths: Sequence[str] = (),
+    home: str | None = None,
+) -> Policy:
+    """Build the effective policy.
+
+    ``path`` is the user file (``None``: defaults only). ``base`` replaces the built-in
+    defaults as the starting point — a launcher inside a sandbox passes the policy it was
+    given, so a user file there can only restrict it. ``protected_paths`` are files nobody
+    under the gate may write (the audit log); the policy file itself is always protected.
+    """
+    if isinstance(allow_user_expansion, bool) is False:
+        raise PolicyError("allow_user_expansion must be a bool", "allow_user_expansion")
+    if base is None:
+        base = default_policy(workspace, home=home, protected_paths=protected_paths)
+    elif protected_paths:
+        extra = tuple(os.path.realpath(p) for p in protected_paths)
+        base = replace(base, filesystem=replace(base.filesystem, protected=base.filesystem.protected + extra))
+    if path is None:
+        return base
+    source = os.path.realpath(coerce_path(path))
+    user = parse_policy_text(_read_capped(source))
+    base = replace(
+        base,
+        filesystem=replace(base.filesystem, protected=tuple(dict.fromkeys(base.filesystem.protected + (source,)))),
+    )
+    return merge(base, user, allow_user_expansion=allow_user_expansion, source=source)

@@ -1,0 +1,230 @@
+"""Merging a user file onto a base policy (the built-in defaults, or the policy a sandbox
+was given): restrict-only unless expansion is allowed.
+
+Restrict-only: the user may narrow roots, add denies, lower limits and drop domains, ports,
+commands and env names. Anything that would add a permission is a ``PolicyError`` naming the
+entry and ``allow_user_expansion``. With expansion allowed the user lists replace the base
+lists, but deny lists only ever *add*, and the mandatory write-deny list always stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from capgate.errors import PolicyError
+from capgate.paths import anchor_pattern, is_within, resolve_root
+from capgate.policy.defaults import MANDATORY_DENY_WRITE
+from capgate.policy.model import (
+    DeniedDomain,
+    DenyPattern,
+    FilesystemPolicy,
+    Limits,
+    NetworkPolicy,
+    Policy,
+    ProcessPolicy,
+)
+from capgate.policy.schema import DeniedDomain as DeniedDomainEntry
+from capgate.policy.schema import PolicyFile
+
+__all__ = ["EXPANSION_FLAG", "build_deny_patterns", "merge"]
+
+EXPANSION_FLAG = "allow_user_expansion=True (--allow-user-expansion)"
+
+
+class _Merge:
+    def __init__(self, base: Policy, expand: bool) -> None:
+        self.base = base
+        self.expand = expand
+        self.expanded = False
+
+    def widen(self, key: str, entry: object, what: str) -> None:
+        """Record a widening entry, or refuse it in restrict-only mode."""
+        if not self.expand:
+            raise PolicyError(
+                f"{key} {entry!r} would add a permission ({what}); the user file may only "
+                f"restrict the defaults unless {EXPANSION_FLAG} is given",
+                key,
+            )
+        self.expanded = True
+
+    def roots(self, section: str, given: Sequence[str] | None, base_roots: tuple[str, ...]) -> tuple[str, ...]:
+        if given is None:
+            return base_roots
+        ws, home = self.base.workspace, self.base.home
+        out: list[str] = []
+        for i, entry in enumerate(given):
+            key = f"{section}[{i}]"
+            root = resolve_root(entry, ws, home, key)
+            if not any(is_within(root, b) for b in base_roots):
+                self.widen(key, entry, f"access to {root}")
+            if root not in out:
+                out.append(root)
+        return tuple(out)
+
+    def subset(self, key: str, given: Sequence[object] | None, base_items: Sequence[object], what: str) -> tuple:  # type: ignore[type-arg]
+        if given is None:
+            return tuple(base_items)
+        for i, item in enumerate(given):
+            if item not in base_items:
+                self.widen(f"{key}[{i}]", item, what)
+        return tuple(dict.fromkeys(given))
+
+    def flag(self, key: str, given: bool | None, base_value: bool) -> bool:
+        if given is None:
+            return base_value
+        if given and not base_value:
+            self.widen(key, given, "turns a permission on")
+        return given
+
+    def limit(self, key: str, given: int | None, base_value: int) -> int:
+        if given is None:
+            return base_value
+        if given > base_value:
+            self.widen(key, given, f"raises the limit above {base_value}")
+        return given
+
+
+def build_deny_patterns(
+    entries: Sequence[tuple[str, str, bool]], workspace: str, home: str
+) -> tuple[DenyPattern, ...]:
+    """``(source, key, mandatory)`` triples → anchored, de-duplicated ``DenyPattern``s."""
+    out: list[DenyPattern] = []
+    seen: set[str] = set()
+    for source, key, mandatory in entries:
+        if source in seen:
+            continue
+        seen.add(source)
+        out.append(DenyPattern(source, anchor_pattern(source, workspace, home, key), key, mandatory))
+    return tuple(out)
+
+
+def _deny_list(
+    base: tuple[DenyPattern, ...], given: Sequence[str] | None, section: str, workspace: str, home: str
+) -> tuple[DenyPattern, ...]:
+    entries = [(p.source, p.key, p.mandatory) for p in base]
+    for i, source in enumerate(given or ()):
+        entries.append((source, f"{section}[{i}]", False))
+    return build_deny_patterns(entries, workspace, home)
+
+
+def _merge_network(m: _Merge, user: PolicyFile) -> NetworkPolicy:
+    from capgate import addresses, hosts
+
+    base = m.base.network
+    section = user.network
+    if section is None:
+        return base
+    enabled = m.flag("network.enabled", section.enabled, base.enabled)
+    allowed_domains = base.allowed_domains
+    if section.allowed_domains is not None:
+        normalized = []
+        for i, entry in enumerate(section.allowed_domains):
+            key = f"network.allowedDomains[{i}]"
+            canonical = hosts.normalize_domain_entry(entry, key)
+            if not hosts.domain_entry_within(canonical, base.allowed_domains, base.allowed_ports):
+                m.widen(key, entry, "a new destination")
+            normalized.append(canonical)
+        allowed_domains = tuple(dict.fromkeys(normalized))
+    denied = list(base.denied_domains)
+    for i, item in enumerate(section.denied_domains or ()):
+        key = f"network.deniedDomains[{i}]"
+        if isinstance(item, DeniedDomainEntry):
+            denied.append(DeniedDomain(hosts.normalize_domain_entry(item.domain, key), item.reason))
+        else:
+            denied.append(DeniedDomain(hosts.normalize_domain_entry(item, key)))
+    allowed_addresses = base.allowed_addresses
+    if section.allowed_addresses is not None:
+        normalized = []
+        for i, entry in enumerate(section.allowed_addresses):
+            key = f"network.allowedAddresses[{i}]"
+            canonical = addresses.normalize_address_entry(entry, key)
+            if not addresses.address_entry_within(canonical, base.allowed_addresses):
+                m.widen(key, entry, "a new address")
+            normalized.append(canonical)
+        allowed_addresses = tuple(dict.fromkeys(normalized))
+    ports = m.subset("network.allowedPorts", section.allowed_ports, base.allowed_ports, "a new port")
+    sockets = base.allowed_unix_sockets
+    if section.allowed_unix_sockets is not None:
+        sockets = m.roots("network.allowedUnixSockets", section.allowed_unix_sockets, base.allowed_unix_sockets)
+    return NetworkPolicy(
+        enabled=enabled,
+        allowed_domains=allowed_domains,
+        denied_domains=tuple(dict.fromkeys(denied)),
+        allowed_addresses=allowed_addresses,
+        allowed_ports=ports,
+        allowed_unix_sockets=sockets,
+    )
+
+
+def _check_command_entry(entry: str, key: str) -> None:
+    if "/" in entry and not entry.startswith("/"):
+        raise PolicyError(f"{key} {entry!r}: a command is a bare name or an absolute path", key)
+
+
+def _merge_process(m: _Merge, user: PolicyFile) -> ProcessPolicy:
+    base = m.base.process
+    section = user.process
+    if section is None:
+        return base
+    for i, entry in enumerate(section.allowed_commands or ()):
+        _check_command_entry(entry, f"process.allowedCommands[{i}]")
+    commands = m.subset("process.allowedCommands", section.allowed_commands, base.allowed_commands, "a new command")
+    shell = m.flag("process.allowShell", section.allow_shell, base.allow_shell)
+    env = m.subset("process.envPassthrough", section.env_passthrough, base.env_passthrough, "a new variable")
+    denied_args = dict(base.denied_arguments)
+    for name, patterns in (section.denied_arguments or {}).items():
+        denied_args[name] = tuple(dict.fromkeys(denied_args.get(name, ()) + tuple(patterns)))
+    return ProcessPolicy(
+        allowed_commands=commands,
+        allow_shell=shell,
+        env_passthrough=env,
+        denied_arguments=tuple(sorted(denied_args.items())),
+    )
+
+
+def _merge_limits(m: _Merge, user: PolicyFile) -> Limits:
+    base = m.base.limits
+    section = user.limits
+    if section is None:
+        return base
+    values = {}
+    for name in Limits.__dataclass_fields__:
+        given = getattr(section, name)
+        alias = type(section).model_fields[name].alias or name
+        values[name] = m.limit(f"limits.{alias}", given, getattr(base, name))
+    return Limits(**values)
+
+
+def merge(base: Policy, user: PolicyFile, *, allow_user_expansion: bool, source: str | None) -> Policy:
+    """Apply ``user`` on top of ``base``; see the module docstring for the rules."""
+    m = _Merge(base, allow_user_expansion)
+    ws, home = base.workspace, base.home
+    fs_base = base.filesystem
+    fs_user = user.filesystem
+    if fs_user is None:
+        filesystem = fs_base
+    else:
+        filesystem = FilesystemPolicy(
+            read=m.roots("filesystem.read", fs_user.read, fs_base.read),
+            write=m.roots("filesystem.write", fs_user.write, fs_base.write),
+            deny_read=_deny_list(fs_base.deny_read, fs_user.deny_read, "filesystem.denyRead", ws, home),
+            deny_write=_deny_list(fs_base.deny_write, fs_user.deny_write, "filesystem.denyWrite", ws, home),
+            recursive_delete=m.roots("filesystem.recursiveDelete", fs_user.recursive_delete, fs_base.recursive_delete),
+            runtime_read=fs_base.runtime_read,
+            protected=fs_base.protected,
+        )
+    merged = replace(
+        base,
+        filesystem=filesystem,
+        network=_merge_network(m, user),
+        process=_merge_process(m, user),
+        limits=_merge_limits(m, user),
+        origin="expanded" if m.expanded else "restrict-only",
+        source=source,
+    )
+    return merged
+
+
+def mandatory_deny_entries() -> list[tuple[str, str, bool]]:
+    return [(p, f"mandatory.denyWrite[{i}]", True) for i, p in enumerate(MANDATORY_DENY_WRITE)]

@@ -1,0 +1,146 @@
+"""The effective, canonical policy: what every mechanism asks questions of.
+
+A ``Policy`` is built once (``capgate.load_policy``) and never changes. Paths in it are
+absolute and symlink-resolved; deny patterns keep their source text (for messages and rule
+pointers) next to the absolute patterns they were anchored to. Mechanisms (``fs``, ``net``,
+``proc``, the soft sandbox, the container backend) ask this object; none re-derives rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import ConfigDict
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "DenyPattern",
+    "DeniedDomain",
+    "FilesystemPolicy",
+    "Limits",
+    "NetworkPolicy",
+    "Origin",
+    "Policy",
+    "ProcessPolicy",
+]
+
+Origin = Literal["defaults", "restrict-only", "expanded"]
+
+# camelCase JSON, unknown keys refused: how ``policy.dump`` writes and reads these classes.
+_JSON = ConfigDict(alias_generator=to_camel, extra="forbid")
+
+
+@dataclass(frozen=True)
+class DenyPattern:
+    """One deny entry: ``source`` as the user (or default) wrote it, ``anchored`` the
+    gitignore patterns relative to ``/`` that it stands for (more than one when a symlink
+    in its literal prefix resolved elsewhere: both spellings are denied)."""
+
+    __pydantic_config__ = _JSON
+
+
+    source: str
+    anchored: tuple[str, ...]
+    key: str  # stable rule pointer, e.g. "filesystem.denyRead[3]"
+    mandatory: bool = False
+
+
+@dataclass(frozen=True)
+class FilesystemPolicy:
+
+    __pydantic_config__ = _JSON
+
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    deny_read: tuple[DenyPattern, ...]
+    deny_write: tuple[DenyPattern, ...]  # user + default + mandatory, in that order of keys
+    recursive_delete: tuple[str, ...] = ()
+    # Read-only roots a runtime needs (interpreter, certificates) — added by the soft
+    # sandbox, never by a user file, and shown as such in the dry-run.
+    runtime_read: tuple[str, ...] = ()
+    # Exact files nobody under the gate may write: the policy file, the audit log.
+    protected: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeniedDomain:
+
+    __pydantic_config__ = _JSON
+
+    domain: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+
+    __pydantic_config__ = _JSON
+
+    enabled: bool = False
+    allowed_domains: tuple[str, ...] = ()  # normalized entries, "host", "*.host", "host:port"
+    denied_domains: tuple[DeniedDomain, ...] = ()
+    allowed_addresses: tuple[str, ...] = ()  # "ip", "cidr", optionally ":port" / "[v6]:port"
+    allowed_ports: tuple[int, ...] = (443,)
+    allowed_unix_sockets: tuple[str, ...] = ()  # canonical absolute paths
+
+
+@dataclass(frozen=True)
+class ProcessPolicy:
+
+    __pydantic_config__ = _JSON
+
+    allowed_commands: tuple[str, ...] = ()  # bare names or absolute paths
+    allow_shell: bool = False
+    env_passthrough: tuple[str, ...] = ("LANG", "LC_ALL", "TERM")
+    denied_arguments: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def denied_arguments_for(self, command: str) -> tuple[str, ...]:
+        for name, patterns in self.denied_arguments:
+            if name == command:
+                return patterns
+        return ()
+
+
+@dataclass(frozen=True)
+class Limits:
+
+    __pydantic_config__ = _JSON
+
+    wall_time_seconds: int = 900
+    cpu_seconds: int = 600
+    memory_mb: int = 2048
+    max_processes: int = 64
+    max_open_files: int = 1024
+    max_file_size_mb: int = 256
+    output_quota_mb: int = 1024
+    max_captured_output_mb: int = 16
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The effective policy. Build it with ``capgate.load_policy``."""
+
+    __pydantic_config__ = _JSON
+
+
+    workspace: str
+    home: str
+    filesystem: FilesystemPolicy
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    process: ProcessPolicy = field(default_factory=ProcessPolicy)
+    limits: Limits = field(default_factory=Limits)
+    origin: Origin = "defaults"
+    source: str | None = None  # the user file it came from, if any
+    version: int = 1
+
+    def to_dict(self, *, redact: bool = False) -> dict[str, object]:
+        """The effective policy as JSON-ready data (see ``policy.dump``)."""
+        from capgate.policy.dump import policy_to_dict
+
+        return policy_to_dict(self, redact=redact)
+
+    def to_json(self, *, redact: bool = False) -> str:
+        import json
+
+        return json.dumps(self.to_dict(redact=redact), indent=2, sort_keys=False)

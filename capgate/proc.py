@@ -1,0 +1,1 @@
+"""Placeholder: the process gate lands with issue 4."""
