@@ -55,6 +55,7 @@ class Gate:
         self._tokens: list[contextvars.Token[Gate | None]] = []
         self._lock = threading.Lock()
         self.bytes_written = 0
+        self._workspace_fd: int | None = None
 
     # -- activation ---------------------------------------------------------------------
     def __enter__(self) -> Gate:
@@ -116,6 +117,39 @@ class Gate:
             decision = Decision.deny(f"error while deciding: {exc}", "gate.error", canonical)
         self.audit.record(op, self.show(canonical), decision, **extra)
         return decision
+
+    def peek_path(self, op: str, canonical: str) -> Decision:
+        """Decide ``op`` on a canonical path *without* logging: ``fs`` peeks, opens, verifies
+        the descriptor, then logs the one final decision with ``record``."""
+        try:
+            return self._paths.decide(op, canonical)
+        except Exception as exc:
+            return Decision.deny(f"error while deciding: {exc}", "gate.error", canonical)
+
+    def record(self, op: str, target: str, decision: Decision, **extra: Any) -> None:
+        self.audit.record(op, target, decision, **extra)
+
+    def workspace_fd(self) -> int:
+        """An ``O_PATH`` descriptor of the workspace root, opened once: in-workspace paths are
+        opened beneath it (``RESOLVE_BENEATH``), so renaming the root cannot redirect them."""
+        with self._lock:
+            if self._workspace_fd is None:
+                self._workspace_fd = os.open(
+                    self.policy.workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+                )
+            return self._workspace_fd
+
+    def refund_output(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_written = max(0, self.bytes_written - nbytes)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_workspace_fd", None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def recursive_delete_root(self, canonical: str) -> str | None:
         return self._paths.recursive_delete_root(canonical)

@@ -1,0 +1,1 @@
+"""Platform mechanisms, one per module, each picked once at import time."""

@@ -1,0 +1,82 @@
+"""``openat2(2)`` through ctypes: open a path with the kernel refusing symlinks on the way.
+
+Used with ``RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`` (and ``RESOLVE_BENEATH`` for paths
+relative to the workspace descriptor): the object opened is then exactly the one at the path
+that was checked, because no component could have been redirected. ENOSYS and EPERM from the
+probe mean "not available" (old kernels; Docker's default seccomp profile answers EPERM);
+the O_NOFOLLOW walk in ``nofollow_walk`` is then used instead, with the same guarantee.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+
+__all__ = [
+    "AVAILABLE",
+    "RESOLVE_BENEATH",
+    "RESOLVE_IN_ROOT",
+    "RESOLVE_NO_MAGICLINKS",
+    "RESOLVE_NO_SYMLINKS",
+    "RESOLVE_NO_XDEV",
+    "openat2",
+]
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+# The same number on x86_64 and aarch64 (asm-generic); other architectures use the walk.
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "arm64": 437}.get(platform.machine())
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_syscall = None
+if _SYS_OPENAT2 is not None and platform.system() == "Linux":
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _syscall = _libc.syscall
+        _syscall.restype = ctypes.c_long
+        _syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
+    except (OSError, AttributeError):  # pragma: no cover - no libc syscall()
+        _syscall = None
+
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """Return a new descriptor or raise ``OSError`` with the kernel's errno."""
+    if _syscall is None:
+        raise OSError(errno.ENOSYS, "openat2 is not available")
+    how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
+    encoded = os.fsencode(path)
+    for _ in range(64):
+        fd = _syscall(_SYS_OPENAT2, dirfd, encoded, ctypes.byref(how), _HOW_SIZE)
+        if fd >= 0:
+            return int(fd)
+        err = ctypes.get_errno()
+        if err != errno.EAGAIN:  # EAGAIN: a concurrent rename raced the lookup; try again
+            raise OSError(err, os.strerror(err), path)
+    raise OSError(errno.EAGAIN, "openat2 kept racing with renames", path)
+
+
+def _probe() -> bool:
+    if _syscall is None:
+        return False
+    try:
+        os.close(openat2(-100, "/", os.O_PATH | os.O_DIRECTORY, RESOLVE_NO_SYMLINKS))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+AVAILABLE = _probe()

@@ -1,0 +1,1 @@
+"""capgate.testing: the pytest plugin and attack corpus for tool authors."""
