@@ -35,7 +35,8 @@ __all__ = [
     "proc",
 ]
 
-for _name in ("BackendUnavailable", "CapgateError", "Decision", "Gate", "PermissionDenied", "Policy", "PolicyError",
+# Policy keeps its own module: pydantic resolves its (postponed) annotations there.
+for _name in ("BackendUnavailable", "CapgateError", "Decision", "Gate", "PermissionDenied", "PolicyError",
               "UnsupportedPlatform"):
     globals()[_name].__module__ = "capgate"
 del _name
