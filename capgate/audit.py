@@ -57,6 +57,9 @@ class AuditLog:
             wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
             cache_logger_on_first_use=True,
         )
+        # Allowed decisions are the hot path (every file read): when the log does not keep
+        # them, count and return without building an event.
+        self._log_allowed = getattr(logging, level.upper()) <= logging.INFO
         self.allowed = 0
         self.denied = 0
         self.overflow = 0
@@ -74,6 +77,10 @@ class AuditLog:
 
     def record(self, op: str, target: str, decision: Decision, **extra: Any) -> None:
         """Log one decision and count it."""
+        if decision.allowed and not self._log_allowed:
+            with self._lock:
+                self.allowed += 1
+            return
         with self._lock:
             if decision.allowed:
                 self.allowed += 1

@@ -169,7 +169,7 @@ def _verified(gate: Gate, op: str, fd: int, path: str, decision: Decision) -> in
     """Check the opened descriptor itself, then log the decision."""
     try:
         st = os.fstat(fd)
-        if op == FS_READ and stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        if op == FS_READ and st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode):
             # Another name of this inode may be a secret outside every allowed root (a hard
             # link planted in the workspace); we cannot see that name, so we refuse.
             raise gate.deny(
@@ -187,7 +187,9 @@ def _verified(gate: Gate, op: str, fd: int, path: str, decision: Decision) -> in
     return fd
 
 
-def _open_regular_for_read(target: object) -> tuple[int, str]:
+def _open_regular_for_read(target: object) -> tuple[int, os.stat_result]:
+    """Open a regular file for reading. ``O_NONBLOCK`` (so a FIFO cannot hang the open) has
+    no effect on regular files, the only kind returned."""
     gate = _gate()
     fd, path = _resolve_and_open(gate, FS_READ, target, _READ_FLAGS)
     st = os.fstat(fd)
@@ -196,8 +198,7 @@ def _open_regular_for_read(target: object) -> tuple[int, str]:
         if stat_mod.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         raise gate.deny(FS_READ, gate.show(path), "not a regular file (device, FIFO or socket)", "fs.fileType")
-    os.set_blocking(fd, True)
-    return fd, path
+    return fd, st
 
 
 # --------------------------------------------------------------------------------------
@@ -205,10 +206,10 @@ def _open_regular_for_read(target: object) -> tuple[int, str]:
 # --------------------------------------------------------------------------------------
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """Read a whole file the policy lets you read."""
-    fd, _ = _open_regular_for_read(path)
+    fd, st = _open_regular_for_read(path)
     try:
         chunks = []
-        size = os.fstat(fd).st_size
+        size = st.st_size
         while True:
             chunk = os.read(fd, max(size + 1, 65536))
             if not chunk:

@@ -132,6 +132,9 @@ class Gate:
     def workspace_fd(self) -> int:
         """An ``O_PATH`` descriptor of the workspace root, opened once: in-workspace paths are
         opened beneath it (``RESOLVE_BENEATH``), so renaming the root cannot redirect them."""
+        fd = self._workspace_fd
+        if fd is not None:
+            return fd
         with self._lock:
             if self._workspace_fd is None:
                 self._workspace_fd = os.open(

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pathspec
 
@@ -160,38 +161,137 @@ def anchor_pattern(pattern: str, workspace: str, home: str, key: str) -> tuple[s
     return tuple(out)
 
 
+def _glob_regex(line: str) -> re.Pattern[str]:
+    """pathspec's regex for one gitignore line (named groups removed)."""
+    flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
+    for compiled in pathspec.GitIgnoreSpec.from_lines([line]).patterns:
+        regex = getattr(compiled, "regex", None)
+        if regex is not None and compiled.include:
+            return re.compile(regex.pattern.replace("(?P<ps_d>", "(?:"), flags)
+    raise PolicyError(f"deny pattern {line!r} matches nothing")
+
+
 class PathMatcher:
-    """A set of deny patterns compiled into one regex (pathspec's per-pattern regexes,
-    joined), so a decision costs one or two regex matches however many patterns there are."""
+    """A set of anchored deny patterns, classified once so that a decision costs a few
+    C-level string operations however many patterns there are:
+
+    * a name pattern (no slash: ``.env*``, ``*.pem``, ``.bashrc``) matches when any component
+      of the path matches: exact names go in a set, ``prefix*`` / ``*suffix`` globs become
+      one ``startswith``/``endswith`` call with a tuple, the rest one combined regex;
+    * an absolute pattern (``/home/u/.ssh``, ``/ws/gen/*/x.key``) is keyed by its literal
+      directory prefix; each ancestor of the path is one dict lookup, and only a hit runs the
+      glob tail's regex;
+    * the few patterns left (``**/.git/hooks/``) form one regex over the whole path.
+
+    A directory pattern (``secrets/``) also matches the directory itself: we cannot always
+    tell a directory from a file by its name, and denying both is the safe reading.
+    """
 
     def __init__(self, patterns: Sequence[tuple[str, ...]]) -> None:
-        self._owners: list[tuple[int, re.Pattern[str]]] = []
-        pieces: list[str] = []
+        self._lines: list[tuple[int, re.Pattern[str]]] = []
+        exact: dict[str, int] = {}
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        name_regexes: list[str] = []
+        literal: dict[str, int] = {}
+        tails: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
+        loose: list[str] = []
         for index, anchored in enumerate(patterns):
             for line in anchored:
-                for compiled in pathspec.GitIgnoreSpec.from_lines([line]).patterns:
-                    regex = getattr(compiled, "regex", None)
-                    if regex is None or not compiled.include:
-                        continue
-                    source = regex.pattern.replace("(?P<ps_d>", "(?:")
-                    pieces.append(source)
-                    flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
-                    self._owners.append((index, re.compile(source, flags)))
+                self._lines.append((index, _glob_regex(line)))
+                body = line.rstrip("/")
+                if "/" not in body:
+                    if not (_GLOB_CHARS & set(body)) and "\\" not in body and not _CASE_INSENSITIVE:
+                        exact.setdefault(body, index)
+                    elif _simple_star(body, leading=False) and not _CASE_INSENSITIVE:
+                        prefixes.append(body[:-1])
+                    elif _simple_star(body, leading=True) and not _CASE_INSENSITIVE:
+                        suffixes.append(body[1:])
+                    else:
+                        regex = _glob_regex("/" + body).pattern
+                        name_regexes.append(regex[1:].split("(?:(?:/)|$)")[0].split("(?:/)")[0])
+                elif body.startswith("/") and not _CASE_INSENSITIVE:
+                    parts = body.split("/")[1:]
+                    lit: list[str] = []
+                    for part in parts:
+                        if _GLOB_CHARS & set(part) or "\\" in part:
+                            break
+                        lit.append(part)
+                    key = "/" + "/".join(lit)
+                    tail = parts[len(lit):]
+                    if not tail:
+                        literal.setdefault(key, index)
+                    else:
+                        tails.setdefault(key, []).append((index, _glob_regex("/" + "/".join(tail))))
+                else:
+                    loose.append(_glob_regex(line).pattern)
         flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
-        self._combined = re.compile("|".join(f"(?:{p})" for p in pieces), flags) if pieces else None
+        # Every component is preceded by "/" in an absolute path, so "a component equals N",
+        # "starts with P" and "ends with S" are plain substring tests: one regex search.
+        names = [f"/(?:{'|'.join(re.escape(n) for n in sorted(exact, key=len, reverse=True))})(?=/|$)"] if exact else []
+        if prefixes:
+            names.append(f"/(?:{'|'.join(re.escape(p) for p in sorted(set(prefixes), key=len, reverse=True))})")
+        if suffixes:
+            names.append(f"(?:{'|'.join(re.escape(x) for x in sorted(set(suffixes), key=len, reverse=True))})(?=/|$)")
+        if name_regexes:
+            names.append(f"/(?:{'|'.join(name_regexes)})(?=/|$)")
+        self._names = re.compile("|".join(names), flags) if names else None
+        self._literal = literal
+        self._literal_prefixes = tuple(k + "/" for k in literal)
+        self._tails = tails
+        self._tail_prefixes = tuple(k + "/" for k in tails)
+        self._loose = re.compile("|".join(f"(?:{r})" for r in loose), flags) if loose else None
+
+    def matches(self, path: str) -> bool:
+        """Whether any pattern matches the absolute, canonical ``path``."""
+        if path == "/":
+            return False
+        if self._names is not None and self._names.search(path):
+            return True
+        slashed = path + "/"
+        if self._literal_prefixes and slashed.startswith(self._literal_prefixes):
+            return True
+        if self._tail_prefixes and slashed.startswith(self._tail_prefixes):
+            ancestor = ""
+            for component in path[1:].split("/"):
+                ancestor = ancestor + "/" + component
+                tails = self._tails.get(ancestor)
+                if tails:
+                    rest = path[len(ancestor) + 1 :]
+                    if rest and any(r.match(rest) or r.match(rest + "/") for _, r in tails):
+                        return True
+        if self._loose is not None:
+            rel = slashed[1:]
+            if self._loose.match(rel) or self._loose.match(rel[:-1]):
+                return True
+        return False
 
     def first_match(self, path: str) -> int | None:
-        """Index of the first pattern matching absolute ``path`` (or it as a directory)."""
-        if self._combined is None or path == "/":
+        """Index of the first pattern matching ``path`` (the slow path, run on denials)."""
+        if not self.matches(path):
             return None
         rel = path[1:]
-        rel_dir = rel + "/"
-        if not (self._combined.match(rel) or self._combined.match(rel_dir)):
-            return None
-        for index, regex in self._owners:
-            if regex.match(rel) or regex.match(rel_dir):
+        for index, regex in self._lines:
+            if regex.match(rel) or regex.match(rel + "/"):
                 return index
-        return None  # pragma: no cover - the combined regex and its parts agree
+        return -1  # the fast classifier matched; report it even if the regex spelling differs
+
+
+def _simple_star(body: str, *, leading: bool) -> bool:
+    """``*suffix`` (leading) or ``prefix*`` (trailing) with no other glob characters."""
+    if len(body) < 2 or "\\" in body:
+        return False
+    core = body[1:] if leading else body[:-1]
+    star = body[0] if leading else body[-1]
+    return star == "*" and not (_GLOB_CHARS & set(core))
+
+
+def _entry(entries: Sequence[Any], index: int | None) -> Any:
+    if index is not None and index >= 0:
+        return entries[index]
+    from capgate.policy.model import DenyPattern
+
+    return DenyPattern("(pattern)", (), "filesystem.deny")
 
 
 def _roots_match(path: str, roots: Iterable[str]) -> str | None:
@@ -223,9 +323,8 @@ class PathRules:
 
     def decide(self, op: str, path: str) -> Decision:
         fs = self._fs
-        hit = self._deny_read.first_match(path)
-        if hit is not None:
-            entry = fs.deny_read[hit]
+        if self._deny_read.matches(path):
+            entry = _entry(fs.deny_read, self._deny_read.first_match(path))
             return Decision.deny(f"denyRead {entry.source!r}", entry.key, path)
         if op == FS_READ:
             root = _roots_match(path, self._readable)
@@ -239,9 +338,8 @@ class PathRules:
             return Decision.deny(f"unknown filesystem operation {op!r}", "gate.op", path)
         if path in self._protected:
             return Decision.deny("protected file (policy or audit log)", "filesystem.protected", path)
-        hit = self._deny_write.first_match(path)
-        if hit is not None:
-            entry = fs.deny_write[hit]
+        if self._deny_write.matches(path):
+            entry = _entry(fs.deny_write, self._deny_write.first_match(path))
             label = "mandatory denyWrite" if entry.mandatory else "denyWrite"
             return Decision.deny(f"{label} {entry.source!r}", entry.key, path)
         root = _roots_match(path, fs.write)

@@ -49,16 +49,21 @@ if _SYS_OPENAT2 is not None and platform.system() == "Linux":
         _syscall = None
 
 _HOW_SIZE = ctypes.sizeof(_OpenHow)
+# open_how structs are immutable once built; keep one per (flags, resolve, mode) in use.
+_HOWS: dict[tuple[int, int, int], object] = {}
 
 
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """Return a new descriptor or raise ``OSError`` with the kernel's errno."""
     if _syscall is None:
         raise OSError(errno.ENOSYS, "openat2 is not available")
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
+    key = (flags, resolve, mode if flags & os.O_CREAT else 0)
+    how = _HOWS.get(key)
+    if how is None:
+        how = _HOWS[key] = ctypes.byref(_OpenHow(flags | os.O_CLOEXEC, key[2], resolve))
     encoded = os.fsencode(path)
     for _ in range(64):
-        fd = _syscall(_SYS_OPENAT2, dirfd, encoded, ctypes.byref(how), _HOW_SIZE)
+        fd = _syscall(_SYS_OPENAT2, dirfd, encoded, how, _HOW_SIZE)
         if fd >= 0:
             return int(fd)
         err = ctypes.get_errno()
