@@ -10,12 +10,11 @@
 
 from __future__ import annotations
 
+from capgate import fs, net, proc
 from capgate.decision import Decision
 from capgate.errors import BackendUnavailable, CapgateError, PermissionDenied, PolicyError, UnsupportedPlatform
 from capgate.gate import Gate, current_gate
 from capgate.policy import Policy, default_policy, load_effective_policy, load_policy
-
-from capgate import fs, net, proc  # noqa: E402  (the acting modules, after the gate they use)
 
 __all__ = [
     "BackendUnavailable",

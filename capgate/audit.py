@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import threading
-from typing import IO, Any
+from typing import IO, Any, TextIO, cast
 
 import structlog
 
@@ -48,7 +48,7 @@ class AuditLog:
             self.path = None
         self._stream = stream
         self._logger = structlog.wrap_logger(
-            structlog.WriteLogger(stream),
+            structlog.WriteLogger(cast("TextIO", stream)),
             processors=[
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -131,7 +131,10 @@ class AuditLog:
         if not rows:
             return f"capgate: no denials ({self.allowed} allowed)"
         width = max(len(op) for op, _, _ in rows)
-        lines = [f"capgate: {self.denied} denied, {self.allowed} allowed", f"  {'count':>5}  {'operation':<{width}}  target"]
+        lines = [
+            f"capgate: {self.denied} denied, {self.allowed} allowed",
+            f"  {'count':>5}  {'operation':<{width}}  target",
+        ]
         lines += [f"  {count:>5}  {op:<{width}}  {target}" for op, target, count in rows]
         if self.overflow:
             lines.append(f"  (+{self.overflow} more denials of other targets)")

@@ -346,7 +346,7 @@ class AtomicFile:
             raise
         self._exclusive = "x" in mode
         buffered: IO[bytes] = io.BufferedRandom(raw)
-        self._file: IO[Any] = buffered if "b" in mode else io.TextIOWrapper(buffered, **text)  # type: ignore[arg-type]
+        self._file: IO[Any] = buffered if "b" in mode else io.TextIOWrapper(buffered, **text)
         self.name = target.path
         self.mode = mode
 
@@ -477,7 +477,7 @@ def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8",
     return len(text)
 
 
-def open(  # noqa: A001 - the module mirrors the builtin on purpose
+def open(
     path: str | os.PathLike[str],
     mode: str = "r",
     buffering: int = -1,

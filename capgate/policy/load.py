@@ -202,6 +202,6 @@ def load_policy(
     user = parse_policy_text(_read_capped(source))
     base = replace(
         base,
-        filesystem=replace(base.filesystem, protected=tuple(dict.fromkeys(base.filesystem.protected + (source,)))),
+        filesystem=replace(base.filesystem, protected=tuple(dict.fromkeys((*base.filesystem.protected, source)))),
     )
     return merge(base, user, allow_user_expansion=allow_user_expansion, source=source)

@@ -15,8 +15,8 @@ from pydantic import ConfigDict
 from pydantic.alias_generators import to_camel
 
 __all__ = [
-    "DenyPattern",
     "DeniedDomain",
+    "DenyPattern",
     "FilesystemPolicy",
     "Limits",
     "NetworkPolicy",
