@@ -345,6 +345,8 @@ class AtomicFile:
             self._abort_raw(raw)
             raise
         self._exclusive = "x" in mode
+        # Bytes this write adds: all of it when replacing, only the growth when appending.
+        self._charge_from = len(initial) if ("a" in mode or "r" in mode) else 0
         buffered: IO[bytes] = io.BufferedRandom(raw)
         self._file: IO[Any] = buffered if "b" in mode else io.TextIOWrapper(buffered, **text)
         self.name = target.path
@@ -400,7 +402,7 @@ class AtomicFile:
         try:
             self._file.flush()
             fd = self._file.fileno()
-            size = os.fstat(fd).st_size
+            size = max(0, os.fstat(fd).st_size - self._charge_from)
             gate.charge_output(size, gate.show(target.path))
             try:
                 os.fsync(fd)
@@ -439,6 +441,11 @@ def _read_existing(target: _Target) -> bytes:
         raise _denied(gate, FS_READ, target.path, read_decision)
     fd = os.open(target.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=target.dirfd)
     with _builtin_open(fd, "rb") as fh:
+        if os.fstat(fd).st_nlink > 1:
+            # Appending copies the old bytes into the new file: a hard link to a secret
+            # would come back readable under a name we allow. Same rule as reading.
+            raise gate.deny(FS_READ, gate.show(target.path), "hard-linked file: its other names cannot be checked",
+                            "filesystem.hardLinks")
         return fh.read()
 
 

@@ -237,3 +237,22 @@ def test_policy_and_audit_log_are_protected(workspace: Path, tmp_path: Path) -> 
                 fs.write_text(target, "{}")
             assert info.value.rule == "filesystem.protected"
     assert policy_file.read_text() == '{"version": 1}'
+
+
+@pytest.mark.parametrize("mode", ["a", "r+", "ab"])
+def test_append_to_a_hard_link_does_not_copy_the_secret(mode: str, gate: capgate.Gate, workspace: Path,
+                                                         fake_home: Path) -> None:
+    os.link(fake_home / ".aws" / "credentials", workspace / "output" / "log.txt")
+    with pytest.raises(capgate.PermissionDenied) as info:
+        fs.open("output/log.txt", mode)
+    assert info.value.rule == "filesystem.hardLinks"
+    assert os.stat(workspace / "output" / "log.txt").st_nlink == 2  # untouched
+
+
+def test_append_charges_only_the_growth(make_gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    (workspace / "output" / "big.log").write_bytes(b"x" * 900_000)
+    with make_gate({"limits": {"outputQuotaMb": 1}}) as g:
+        for _ in range(5):
+            with fs.open("output/big.log", "ab") as fh:
+                fh.write(b"y" * 1000)
+        assert g.bytes_written == 5000
