@@ -85,7 +85,12 @@ def _gate() -> Gate:
 
 
 def _absolute(gate: Gate, target: object) -> str:
-    path = expand_home(coerce_path(target), gate.policy.home)
+    try:
+        path = expand_home(coerce_path(target), gate.policy.home)
+    except (TypeError, ValueError) as exc:
+        # Non-string paths, NUL bytes, empty paths: refused like any other denial, and logged.
+        shown = repr(target)[:200]
+        raise gate.deny("fs", shown, f"malformed path: {exc}", "fs.path") from exc
     if not path.startswith("/"):
         path = gate.policy.workspace.rstrip("/") + "/" + path
     return path

@@ -1,1 +1,11 @@
-"""capgate.testing: the pytest plugin and attack corpus for tool authors."""
+"""capgate.testing: the pytest plugin and the attack corpus for tool authors.
+
+See ``capgate.testing.plugin`` for fixtures; ``run_attack_corpus`` and ``assert_denied`` are
+importable from here.
+"""
+
+from __future__ import annotations
+
+from capgate.testing.harness import CANARY, Finding, assert_denied, build_workspace, corpus, gate_for, run_attack_corpus
+
+__all__ = ["CANARY", "Finding", "assert_denied", "build_workspace", "corpus", "gate_for", "run_attack_corpus"]
