@@ -1,0 +1,206 @@
+"""A pids cgroup per run: the process count bound that holds for root, and the whole-tree kill.
+
+``RLIMIT_NPROC`` does not bind for root and counts a whole uid; a pids cgroup counts exactly
+the tasks of one run, whoever they belong to. Each run gets a fresh cgroup directory below
+the caller's own pids cgroup (cgroup v1 ``pids`` controller, or cgroup v2 where ``pids`` is
+enabled in the caller's ``cgroup.subtree_control``) with ``pids.max = maxProcesses``. The
+child joins it before it execs (it writes ``0`` — itself — to ``cgroup.procs``), so every
+descendant is born inside: a ``setsid`` double-fork cannot leave it, and ``kill_all`` finds
+every member however it detached. ``remove`` kills what is left and deletes the directory.
+Directories of runs whose owner died (``capgate-<pid>-…``) are swept on first use.
+
+What it does not do: work without write access to the cgroup tree (unprivileged users on
+most distributions, most containers): ``create`` then returns ``None`` and the supervisor
+falls back (see ``capgate.supervisor``). It bounds processes only; memory and CPU are rlimits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import signal
+import threading
+import time
+
+__all__ = ["PidsCgroup", "cgroup_parent", "create_pids_cgroup"]
+
+_counter = itertools.count()
+_probe_lock = threading.Lock()
+_probed = False
+_parent: str | None = None
+_version = 0
+_NAME = re.compile(r"capgate-(\d+)-\d+\Z")
+
+
+def _find_parent() -> tuple[str | None, int]:
+    """The directory under which this process may create pids cgroups, and the version."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            mounts = fh.read().splitlines()
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            memberships = fh.read().splitlines()
+    except OSError:
+        return None, 0
+    v1_mount = v2_mount = None
+    for line in mounts:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        rfields = right.split()
+        if len(fields) < 5 or len(rfields) < 3:
+            continue
+        fstype, options = rfields[0], rfields[2].split(",")
+        if fstype == "cgroup" and "pids" in options and v1_mount is None:
+            v1_mount = fields[4]
+        elif fstype == "cgroup2" and v2_mount is None:
+            v2_mount = fields[4]
+    for line in memberships:
+        _hid, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        if v1_mount and "pids" in controllers.split(","):
+            return _usable(os.path.join(v1_mount, rel.lstrip("/")), 1)
+    if v2_mount:
+        for line in memberships:
+            if line.startswith("0::"):
+                base = os.path.join(v2_mount, line[3:].lstrip("/"))
+                try:
+                    with open(os.path.join(base, "cgroup.subtree_control"), encoding="utf-8") as fh:
+                        enabled = fh.read().split()
+                except OSError:
+                    return None, 0
+                if "pids" in enabled:
+                    return _usable(base, 2)
+    return None, 0
+
+
+def _usable(base: str, version: int) -> tuple[str | None, int]:
+    if not os.access(base, os.W_OK | os.X_OK):
+        return None, 0
+    return base, version
+
+
+def _sweep(parent: str) -> None:
+    """Remove cgroups left by capgate processes that died before cleaning up."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        match = _NAME.match(name)
+        if not match:
+            continue
+        owner = int(match.group(1))
+        try:
+            os.kill(owner, 0)
+            continue  # owner alive: its run, not ours to touch
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        PidsCgroup(os.path.join(parent, name), _version).remove()
+
+
+def cgroup_parent() -> str | None:
+    """Where per-run pids cgroups go, or None if this machine/user cannot have them."""
+    global _probed, _parent, _version
+    if _probed:
+        return _parent
+    with _probe_lock:
+        if not _probed:
+            _parent, _version = _find_parent()
+            if _parent is not None:
+                _sweep(_parent)
+            _probed = True
+    return _parent
+
+
+class PidsCgroup:
+    """One run's pids cgroup directory."""
+
+    def __init__(self, path: str, version: int) -> None:
+        self.path = path
+        self.version = version
+
+    def procs_fd(self) -> int:
+        """A close-on-exec descriptor on ``cgroup.procs``; the child writes ``b"0"`` to it."""
+        return os.open(os.path.join(self.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+
+    def pids(self) -> list[int]:
+        try:
+            with open(os.path.join(self.path, "cgroup.procs"), encoding="ascii") as fh:
+                return [int(x) for x in fh.read().split()]
+        except (OSError, ValueError):
+            return []
+
+    def max_hits(self) -> int:
+        """How many forks ``pids.max`` refused (the ``max`` counter of ``pids.events``)."""
+        try:
+            with open(os.path.join(self.path, "pids.events"), encoding="ascii") as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "max":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def kill_all(self, *, deadline: float = 5.0) -> bool:
+        """SIGKILL every member until none is left; True when the cgroup is empty.
+
+        Each pass kills all members present; one forked between read and kill is found by
+        the next pass, and ``pids.max`` keeps the set finite, so this converges quickly.
+        """
+        kill_file = os.path.join(self.path, "cgroup.kill")
+        if self.version == 2 and os.path.exists(kill_file):
+            with contextlib.suppress(OSError):
+                with open(kill_file, "w", encoding="ascii") as fh:
+                    fh.write("1")
+        end = time.monotonic() + deadline
+        while True:
+            members = self.pids()
+            if not members:
+                return True
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.001)
+
+    def remove(self, *, deadline: float = 5.0) -> bool:
+        """Kill what is left and delete the directory; True when it is gone."""
+        self.kill_all(deadline=deadline)
+        end = time.monotonic() + deadline
+        while True:
+            try:
+                os.rmdir(self.path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError:
+                # EBUSY: killed tasks are still exiting (zombies not yet reaped count too)
+                if time.monotonic() > end:
+                    return False
+                self.kill_all(deadline=0.1)
+                time.sleep(0.002)
+
+
+def create_pids_cgroup(max_processes: int) -> PidsCgroup | None:
+    """A fresh pids cgroup limited to ``max_processes`` tasks, or None when unavailable.
+
+    Raises ``OSError`` if the cgroup tree is usable but this one could not be set up (the
+    caller must then fail closed rather than run the child unbounded).
+    """
+    parent = cgroup_parent()
+    if parent is None:
+        return None
+    path = os.path.join(parent, f"capgate-{os.getpid()}-{next(_counter)}")
+    os.mkdir(path)
+    group = PidsCgroup(path, _version)
+    try:
+        with open(os.path.join(path, "pids.max"), "w", encoding="ascii") as fh:
+            fh.write(str(max_processes))
+    except OSError:
+        group.remove()
+        raise
+    return group
