@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from capgate import fs, net, proc
 from capgate.decision import Decision
 from capgate.errors import BackendUnavailable, CapgateError, PermissionDenied, PolicyError, UnsupportedPlatform
 from capgate.gate import Gate, current_gate
@@ -41,3 +40,14 @@ for _name in ("BackendUnavailable", "CapgateError", "Decision", "Gate", "Permiss
 del _name
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The acting modules load on first use (``capgate.fs`` or ``from capgate import fs``): a
+    # soft-sandboxed child imports capgate at start-up and must not pay for, or expose, what
+    # it does not use (``fs`` loads ctypes for openat2).
+    if name in ("fs", "net", "proc"):
+        import importlib
+
+        return importlib.import_module(f"capgate.{name}")
+    raise AttributeError(f"module 'capgate' has no attribute {name!r}")

@@ -1,0 +1,8 @@
+"""``python -m capgate``: the same command as the ``capgate`` console script."""
+
+from __future__ import annotations
+
+from capgate.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

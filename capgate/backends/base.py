@@ -1,0 +1,52 @@
+"""The backend seam: what a sandbox backend must answer and do.
+
+A backend says whether it can run here (and why not), and launches one prepared run. The
+launcher owns everything around it: the policy, the banner, the audit log, the summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from capgate.audit import AuditLog
+    from capgate.policy.model import Policy
+
+__all__ = ["Backend", "LaunchRequest", "LaunchResult"]
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """One prepared run: the effective policy, the resolved command, and where things live."""
+
+    argv: tuple[str, ...]
+    policy: Policy
+    policy_file: str  # the effective policy JSON the child reads (CAPGATE_POLICY)
+    run_dir: str  # launcher-owned: boot/, home/, tmp/, policy.json
+    home: str  # the sandbox HOME
+    tmpdir: str  # the private TMPDIR
+    python_child: bool
+    environ: dict[str, str] = field(default_factory=dict)  # the caller's environment
+
+
+@dataclass
+class LaunchResult:
+    returncode: int
+    timed_out: bool = False
+    duration: float = 0.0
+    limits_fired: Sequence[str] = ()
+    child_activated: bool = False  # a Python child reported that its hooks were active
+
+
+class Backend(Protocol):
+    name: str
+
+    def available(self) -> tuple[bool, str]:
+        """``(True, "")`` or ``(False, why not)``."""
+        ...
+
+    def launch(self, request: LaunchRequest, audit: AuditLog) -> LaunchResult:
+        """Run the child to completion (inheriting stdio) and return how it ended."""
+        ...

@@ -1,0 +1,251 @@
+"""Soft backend: the agent as a child process with process-level controls, and — for Python
+children — the gate inside it through audit hooks (``capgate.soft``). ``SOFT_SANDBOX=true``.
+
+What it enforces for every child: a new session, resource limits, whole-tree kill at the wall
+time (``capgate.supervisor``), a clean environment (``capgate._sys.clean_env``), a private
+``TMPDIR`` and a sandbox ``HOME``. For a Python child, additionally: every file, network and
+process action of the interpreter is decided by the gate (see ``capgate.soft`` for the list
+and for what audit hooks cannot see). With the network enabled, the child can only reach the
+launcher's egress proxy, which asks the gate about each destination.
+
+Decisions made in the child come back over a pipe whose write end only the child holds. The
+reader here treats every line as untrusted: size-capped, strictly parsed, and logged with
+``source="child"`` under the child's own event names — a child can lie about its own
+decisions (it could anyway), never write a launcher record.
+
+What it does not do: isolate. Non-Python children (and native code) are not hooked: they get
+the process-level controls only, and the launcher says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from capgate.backends.base import LaunchRequest, LaunchResult
+from capgate.decision import Decision
+from capgate.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from capgate.audit import AuditLog
+
+__all__ = ["MAX_CHILD_LINE", "MAX_CHILD_LINES", "ChildReportReader", "SoftBackend"]
+
+MAX_CHILD_LINE = 8192
+MAX_CHILD_LINES = 1_000_000
+_CHILD_FIELDS = ("op", "target", "decision", "rule", "reason")
+
+
+class ChildReportReader(threading.Thread):
+    """Reads the child's JSON lines from ``fd`` into the launcher's audit log."""
+
+    def __init__(self, fd: int, audit: AuditLog) -> None:
+        super().__init__(name="capgate-child-audit", daemon=True)
+        self.fd = fd
+        self.audit = audit
+        self.activated = False
+        self.lines = 0
+        self.dropped = 0
+        self.malformed = 0
+
+    def run(self) -> None:
+        pending = b""
+        try:
+            while True:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self.handle(line)
+                if len(pending) > MAX_CHILD_LINE:
+                    self.malformed += 1
+                    pending = b""
+        finally:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+
+    def handle(self, line: bytes) -> None:
+        if not line:
+            return
+        if self.lines >= MAX_CHILD_LINES:
+            self.dropped += 1
+            return
+        self.lines += 1
+        data = _parse(line)
+        if data is None:
+            self.malformed += 1
+            if self.malformed <= 20:
+                self.audit.warning("child.malformed", source="child", line=line[:200].decode("utf-8", "replace"))
+            return
+        pid = data.get("pid") if isinstance(data.get("pid"), int) else None
+        if "event" in data:
+            name = data["event"]
+            if name == "soft.activated":
+                self.activated = True
+            extra = {k: v for k, v in data.items() if k not in ("event", "pid") and isinstance(v, (str, int, bool))}
+            self.audit.event("child." + name, source="child", child_pid=pid,
+                             **{f"child_{k}": v for k, v in list(extra.items())[:8]})
+            return
+        decision = Decision(data["decision"] == "allow", data["reason"], data["rule"], data["target"])
+        self.audit.record(data["op"], data["target"], decision, source="child", child_pid=pid)
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    if len(line) > MAX_CHILD_LINE:
+        return None
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if "event" in data:
+        name = data["event"]
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            return None
+        if not name.replace(".", "").replace("_", "").isalnum():
+            return None
+        return data
+    for key in _CHILD_FIELDS:
+        if not isinstance(data.get(key), str) or len(data[key]) > 4096:
+            return None
+    if data["decision"] not in ("allow", "deny"):
+        return None
+    return data
+
+
+class SoftBackend:
+    name = "soft"
+
+    def available(self) -> tuple[bool, str]:
+        if not hasattr(os, "pipe2") or not os.path.isdir("/proc/self/fd"):
+            return False, "the soft backend needs Linux (/proc/self/fd, pipe2)"
+        return True, ""
+
+    def launch(self, request: LaunchRequest, audit: AuditLog) -> LaunchResult:
+        ok, why = self.available()
+        if not ok:
+            raise BackendUnavailable(why)
+        from capgate._sys.clean_env import build_child_env
+
+        policy = request.policy
+        proxy = None
+        extra = {
+            "AGENT_IN_SANDBOX": "1",
+            "SOFT_SANDBOX": "true",
+            "CAPGATE_POLICY": request.policy_file,
+        }
+        env = build_child_env(policy, home=request.home, tmpdir=request.tmpdir, extra=extra,
+                              base_env=request.environ, cwd=policy.workspace)
+        # Set after the clean environment on purpose: these are the launcher's own values
+        # (clean_env refuses PYTHON* and proxy names from anywhere else). See _soft_boot.
+        env["PYTHONPATH"] = os.path.join(request.run_dir, "boot")
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ writes into read-only sources
+        env["PYTHONNOUSERSITE"] = "1"
+        if policy.network.enabled:
+            proxy = _start_proxy(policy, audit)
+            host, port = proxy.address[0], int(proxy.address[1])
+            url = f"http://{host}:{port}"
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+                env[name] = url
+            env["NO_PROXY"] = env["no_proxy"] = ""
+            env["CAPGATE_PROXY"] = f"{host}:{port}"
+            audit.event("proxy.started", address=f"{host}:{port}")
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        env["CAPGATE_AUDIT_FD"] = str(write_fd)
+        reader = ChildReportReader(read_fd, audit)
+        reader.start()
+        started = time.monotonic()
+        try:
+            result = _supervise(list(request.argv), policy=policy, env=env, cwd=policy.workspace,
+                                pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+            reader.join(timeout=5.0)
+            if proxy is not None:
+                proxy.stop()
+        if reader.dropped or reader.malformed:
+            audit.warning("child.report", lines=reader.lines, dropped=reader.dropped, malformed=reader.malformed)
+        returncode = int(result.returncode)
+        if returncode < 0:
+            returncode = 128 - returncode
+        return LaunchResult(
+            returncode=returncode,
+            timed_out=bool(getattr(result, "timed_out", False)),
+            duration=float(getattr(result, "duration", time.monotonic() - started)),
+            limits_fired=tuple(getattr(result, "limits_fired", ()) or ()),
+            child_activated=reader.activated,
+        )
+
+
+def _start_proxy(policy: Any, audit: AuditLog) -> Any:
+    try:
+        from capgate.proxy import EgressProxy  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise BackendUnavailable("the policy enables the network, but the egress proxy (capgate.proxy) is "
+                                 "not available; refusing to start rather than allow direct connections") from exc
+    from capgate.gate import Gate
+
+    proxy = EgressProxy(Gate(policy, audit=audit))
+    proxy.start()
+    return proxy
+
+
+def _supervise(argv: list[str], *, policy: Any, env: dict[str, str], cwd: str, pass_fds: tuple[int, ...]) -> Any:
+    try:
+        from capgate.supervisor import supervise
+    except ImportError:
+        return _basic_supervise(argv, policy=policy, env=env, cwd=cwd, pass_fds=pass_fds)
+    return supervise(argv, limits=policy.limits, env=env, cwd=cwd, capture=False,
+                     timeout=float(policy.limits.wall_time_seconds), pass_fds=pass_fds)
+
+
+def _basic_supervise(argv: list[str], *, policy: Any, env: dict[str, str], cwd: str,
+                     pass_fds: tuple[int, ...]) -> Any:  # pragma: no cover - until capgate.supervisor lands
+    """Stand-in for ``capgate.supervisor.supervise`` while that module is being written: new
+    session, the basic rlimits, wall-time kill of the whole process group."""
+    import resource
+    import signal
+    import subprocess
+    from types import SimpleNamespace
+
+    limits = policy.limits
+
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
+        mem = limits.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
+        size = limits.max_file_size_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True, pass_fds=pass_fds,
+                            preexec_fn=preexec)
+    timed_out = False
+    try:
+        rc = proc.wait(timeout=limits.wall_time_seconds)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        rc = proc.wait()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return SimpleNamespace(returncode=rc, timed_out=timed_out, duration=time.monotonic() - started,
+                           limits_fired=("wall_time",) if timed_out else ())

@@ -1,0 +1,44 @@
+"""The ``agent-permissions.json`` template written by ``capgate init``.
+
+JSON has no comments, so the template documents by example: it spells out every key with the
+built-in default value, so it loads as exactly the defaults (``restrict-only``, nothing
+widened). Narrow any entry freely; adding a permission needs ``--allow-user-expansion``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from capgate.policy import defaults as d
+
+__all__ = ["TEMPLATE", "template_data"]
+
+
+def template_data() -> dict[str, object]:
+    """The template as data: every key, with the built-in default."""
+    return {
+        "version": 1,
+        "filesystem": {
+            "read": list(d.DEFAULT_READ),
+            "write": list(d.DEFAULT_WRITE),
+            "denyRead": list(d.DEFAULT_DENY_READ),
+            "denyWrite": list(d.DEFAULT_DENY_WRITE),
+        },
+        "network": {
+            "enabled": False,
+            "allowedDomains": [],
+            "deniedDomains": [],
+            "allowedAddresses": [],
+            "allowedPorts": list(d.DEFAULT_PORTS),
+            "allowedUnixSockets": [],
+        },
+        "process": {
+            "allowedCommands": [],
+            "allowShell": False,
+            "envPassthrough": list(d.DEFAULT_ENV_PASSTHROUGH),
+        },
+        "limits": dict(d.DEFAULT_LIMITS),
+    }
+
+
+TEMPLATE = json.dumps(template_data(), indent=2) + "\n"

@@ -1,0 +1,523 @@
+"""The launcher behind ``capgate run``, ``policy``, ``check`` and ``init`` (``cli.py`` parses).
+
+``run`` (launcher mode, on the host):
+
+1. Refuse inside a sandbox (``AGENT_IN_SANDBOX=1``): no recursion, no second launcher that
+   could widen what it was given. Elsewhere inside a sandbox (``policy``, ``check``) the policy
+   starts from the effective one in ``CAPGATE_POLICY`` and a user file can only restrict it.
+2. Load, validate and merge the policy (``--policy FILE``, else ``<workspace>/agent-permissions.json``
+   if present, else the defaults), restrict-only unless ``--allow-user-expansion``.
+3. Pick the backend: ``SOFT_SANDBOX=true`` forces soft; ``auto`` = container if it can run,
+   else soft; ``container`` that cannot run refuses (exit 125).
+4. Add what the soft sandbox itself needs and say so: runtime *read* roots (the interpreter,
+   its stdlib and site-packages, certificates, ``/etc/hosts``…; ``--dev`` adds toolchains),
+   and the run's private ``TMPDIR``, sandbox ``HOME`` and ``/dev/null`` as write roots. The
+   effective policy file and the audit log become protected files.
+5. Print first, on stderr: backend, expansion status, ``SOFT_SANDBOX=true`` (a seat belt, not
+   isolation), what the child gets (hooks for Python; process-level controls only otherwise).
+6. ``--dry-run-policy``: print the effective policy JSON (redacted, runtime roots marked) and
+   exit 0 without running anything.
+7. Run, forward the child's decisions into the audit log, print the denial summary, return
+   the child's exit code.
+
+Exit codes: the child's own; 2 for usage and policy errors (the message names the key);
+``EXIT_SANDBOX_REFUSED`` (125, as podman and docker use) when the sandbox refuses to start —
+a backend that cannot run, a recursive launch, a Python command line that would skip the
+hooks. A child killed by signal N gives 128+N.
+
+Audit log: ``--audit-log PATH`` or ``$XDG_STATE_HOME/capgate/audit/run-<UTC time>-<pid>.jsonl``
+(``~/.local/state`` without XDG_STATE_HOME). It must lie outside every write root; it is a
+protected file, written only by the launcher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from capgate.errors import BackendUnavailable, PolicyError
+
+if TYPE_CHECKING:
+    from capgate.policy.model import Policy
+
+__all__ = [
+    "EXIT_SANDBOX_REFUSED",
+    "EXIT_USAGE",
+    "RunOptions",
+    "check_command",
+    "default_audit_path",
+    "init_command",
+    "is_python_command",
+    "policy_command",
+    "run",
+    "runtime_read_roots",
+]
+
+EXIT_USAGE = 2
+EXIT_SANDBOX_REFUSED = 125
+
+_PYTHON_NAME = re.compile(r"python(\d+(\.\d+)*)?\Z")
+_DEV_ROOTS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/lib", "/usr/lib64", "/lib", "/lib64",
+              "/usr/libexec", "/usr/local", "/usr/include", "/usr/share", "/opt")
+_SYSTEM_READ = ("/etc/ssl", "/etc/ca-certificates", "/usr/share/ca-certificates", "/etc/pki",
+                "/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf",
+                "/etc/localtime", "/usr/share/zoneinfo", "/etc/mime.types", "/etc/os-release",
+                "/usr/lib/os-release", "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+
+
+class SandboxRefused(Exception):
+    """The sandbox will not start (exit 125)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    command: tuple[str, ...]
+    workspace: str | None = None
+    policy: str | None = None
+    allow_user_expansion: bool = False
+    backend: str = "auto"
+    dry_run_policy: bool = False
+    dev: bool = False
+    audit_log: str | None = None
+
+
+# ---------------------------------------------------------------------------------------
+# policy helpers shared by run / policy / check
+# ---------------------------------------------------------------------------------------
+def _in_sandbox(environ: Mapping[str, str]) -> bool:
+    return environ.get("AGENT_IN_SANDBOX") == "1"
+
+
+def _policy_file(policy: str | None, workspace: str) -> str | None:
+    if policy is not None:
+        return policy
+    from capgate.policy.defaults import POLICY_FILE_NAME
+
+    candidate = os.path.join(workspace, POLICY_FILE_NAME)
+    return candidate if os.path.isfile(candidate) else None
+
+
+def _load(policy_path: str | None, workspace: str | None, allow_user_expansion: bool,
+          environ: Mapping[str, str], protected: Sequence[str] = ()) -> Policy:
+    from capgate.policy import load_effective_policy, load_policy
+
+    base = None
+    if _in_sandbox(environ):
+        inherited = environ.get("CAPGATE_POLICY")
+        if not inherited:
+            raise PolicyError("inside a sandbox (AGENT_IN_SANDBOX=1) without CAPGATE_POLICY: refusing to guess",
+                              "CAPGATE_POLICY")
+        base = load_effective_policy(inherited)
+        allow_user_expansion = False  # never widen what the sandbox was given
+        workspace = base.workspace
+    ws = os.path.realpath(workspace or os.getcwd())
+    path = _policy_file(policy_path, ws)
+    return load_policy(path, workspace=ws, allow_user_expansion=allow_user_expansion, base=base,
+                       protected_paths=protected)
+
+
+def _expansion(policy: Policy) -> str:
+    return {"defaults": "defaults only (no user file)", "restrict-only": "restrict-only",
+            "expanded": "expanded (--allow-user-expansion)"}.get(policy.origin, policy.origin)
+
+
+def _existing(paths: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for p in paths:
+        if p and os.path.exists(p):
+            real = os.path.realpath(p)
+            if real not in out:
+                out.append(real)
+    return tuple(out)
+
+
+def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """Read-only roots the soft sandbox adds so that the interpreter itself works: prefixes,
+    stdlib, site-packages and the other import paths of this Python, capgate's own package,
+    certificates, name-service files, ``/dev/null`` and the random devices."""
+    import site
+    import sysconfig
+
+    candidates: list[str] = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            candidates.append(sysconfig.get_path(key))
+        except KeyError:
+            pass
+    try:
+        candidates.extend(site.getsitepackages())
+    except AttributeError:
+        pass
+    cwd = os.path.realpath(os.getcwd())
+    for entry in sys.path:
+        if entry and os.path.isabs(entry) and os.path.realpath(entry) != cwd:
+            candidates.append(entry)
+    candidates.append(os.path.dirname(os.path.realpath(sys.executable)))
+    candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + "/capgate")
+    try:
+        import ssl
+
+        paths = ssl.get_default_verify_paths()
+        candidates.extend(p for p in (paths.cafile, paths.capath) if p)
+    except ImportError:
+        pass
+    candidates.extend(_SYSTEM_READ)
+    if dev:
+        candidates.extend(_DEV_ROOTS)
+    candidates.extend(extra)
+    roots = _existing(candidates)
+    # Drop roots nested in another root: shorter list, same meaning.
+    return tuple(r for r in roots if not any(r != o and (r.startswith(o.rstrip("/") + "/")) for o in roots))
+
+
+def default_audit_path(environ: Mapping[str, str], home: str) -> str:
+    state = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return os.path.join(state, "capgate", "audit", f"run-{stamp}-{os.getpid()}.jsonl")
+
+
+def is_python_command(exe: str) -> bool:
+    """Whether ``exe`` (resolved) is a Python interpreter the soft sandbox can hook."""
+    if _PYTHON_NAME.match(os.path.basename(exe)):
+        return True
+    try:
+        return os.path.realpath(exe) == os.path.realpath(sys.executable)
+    except OSError:
+        return False
+
+
+def _python_script(argv: Sequence[str]) -> str | None:
+    """Check a Python command line; return the script path it runs (if any).
+
+    Raises SandboxRefused for -I, -E and -S, which would skip the soft sandbox's boot."""
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if arg == "-" or not arg.startswith("-"):
+            return None if arg == "-" else arg
+        if arg.startswith("--"):
+            if arg == "--check-hash-based-pycs":
+                i += 2
+                continue
+            i += 1
+            continue
+        cluster = arg[1:]
+        for pos, char in enumerate(cluster):
+            if char in "IES":
+                raise SandboxRefused(f"python option -{char} would skip the soft sandbox's start-up hooks; "
+                                     "run without it")
+            if char in "cm":
+                return None
+            if char in "WX":
+                if pos == len(cluster) - 1:
+                    i += 1
+                break
+        i += 1
+    return None
+
+
+def _resolve_command(argv: Sequence[str], environ: Mapping[str, str]) -> str:
+    """Find the program the user typed, on *their* PATH (absolute entries only)."""
+    name = argv[0]
+    if "/" in name:
+        path = os.path.abspath(name)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise SandboxRefused(f"{name}: not an executable file")
+        return path
+    search = ":".join(p for p in environ.get("PATH", os.defpath).split(":") if os.path.isabs(p))
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise SandboxRefused(f"{name}: command not found on PATH")
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# capgate run
+# ---------------------------------------------------------------------------------------
+def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
+        stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+    """``capgate run``: see the module docstring. Returns the exit code."""
+    env = dict(os.environ if environ is None else environ)
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+
+    def say(line: str) -> None:
+        err.write(f"capgate: {line}\n")
+        err.flush()
+
+    if _in_sandbox(env) and not options.dry_run_policy:
+        say("refusing to start: already inside a capgate sandbox (AGENT_IN_SANDBOX=1); "
+            "a sandbox never launches another one")
+        return EXIT_SANDBOX_REFUSED
+    if not options.command and not options.dry_run_policy:
+        say("nothing to run: give the command after --, e.g. capgate run -- python agent.py")
+        return EXIT_USAGE
+    run_dir = tempfile.mkdtemp(prefix="capgate-run-")
+    try:
+        return _run(options, env, out, say, run_dir)
+    except PolicyError as exc:
+        say(f"policy error: {exc}" + (f" (key: {exc.key})" if exc.key else ""))
+        return EXIT_USAGE
+    except (SandboxRefused, BackendUnavailable) as exc:
+        say(f"sandbox refused to start: {exc}")
+        return EXIT_SANDBOX_REFUSED
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _choose_backend(requested: str, env: Mapping[str, str]) -> tuple[str, str]:
+    from capgate.backends import get_backend
+
+    if env.get("SOFT_SANDBOX", "").lower() == "true":
+        return "soft", "SOFT_SANDBOX=true in the environment forces the soft backend"
+    if requested == "soft":
+        return "soft", "requested with --backend soft"
+    if requested == "container":
+        ok, why = get_backend("container").available()
+        if not ok:
+            raise BackendUnavailable(f"--backend container: {why}")
+        return "container", "requested with --backend container"
+    ok, why = get_backend("container").available()
+    if ok:
+        return "container", "auto: a container runtime is available"
+    return "soft", f"auto: no container backend ({why})"
+
+
+def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_dir: str) -> int:
+    from capgate.policy.model import Policy  # noqa: F401  (type only, imported for dataclasses.replace)
+
+    backend_name, why_backend = _choose_backend(options.backend, env)
+    if backend_name != "soft":  # pragma: no cover - no container backend yet
+        raise BackendUnavailable("the container backend is not built yet")
+
+    home_real = os.path.realpath(env.get("HOME") or os.path.expanduser("~"))
+    audit_path = os.path.abspath(options.audit_log) if options.audit_log else default_audit_path(env, home_real)
+    policy_file = os.path.join(run_dir, "policy.json")
+    boot_dir = os.path.join(run_dir, "boot")
+    sandbox_home = os.path.join(run_dir, "home")
+    tmpdir = os.path.join(run_dir, "tmp")
+
+    # Resolve the command first: a Python script the user named is a runtime read root.
+    argv: tuple[str, ...] = ()
+    python_child = False
+    script_roots: list[str] = []
+    if options.command:
+        exe = _resolve_command(options.command, env)
+        argv = (exe, *options.command[1:])
+        python_child = is_python_command(exe)
+        if python_child:
+            script = _python_script(options.command)
+            if script is not None:
+                script_path = os.path.realpath(os.path.join(options.workspace or os.getcwd(), script)
+                                               if not os.path.isabs(script) else script)
+                if os.path.isfile(script_path):
+                    script_roots.append(script_path)
+
+    policy = _load(options.policy, options.workspace, options.allow_user_expansion, env,
+                   protected=(os.path.realpath(audit_path), policy_file))
+    policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
+                          extra_read=script_roots)
+    _check_outside_writes(policy, audit_path, "the audit log (--audit-log)",
+                          exempt=(sandbox_home, tmpdir, "/dev/null"))
+    _check_outside_writes(policy, run_dir, "the launcher's run directory (TMPDIR)",
+                          exempt=(sandbox_home, tmpdir, "/dev/null"))
+
+    # -- first lines ------------------------------------------------------------------
+    source = policy.source or "built-in defaults"
+    say(f"backend: soft ({why_backend})")
+    say("SOFT_SANDBOX=true: a seat belt, not isolation. It reduces accidental damage; "
+        "it does not contain a determined attacker (use the container backend for that)")
+    say(f"policy: {source} — {_expansion(policy)}")
+    if options.command:
+        if python_child:
+            say(f"child: Python ({argv[0]}): file, network and process actions go through the gate "
+                "(audit hooks), plus process-level controls")
+        else:
+            say(f"child: not Python ({argv[0]}): process-level controls only (resource limits, wall-time "
+                "kill, clean environment, private TMPDIR, sandbox HOME); its file, network and process "
+                "actions are NOT checked by the gate (Python programs it starts are)")
+    if options.dry_run_policy:
+        _print_dry_run(out, policy, backend_name, audit_path, sandbox_home, tmpdir)
+        return 0
+
+    say(f"audit log: {audit_path}")
+    from capgate.audit import AuditLog
+    from capgate.backends import LaunchRequest, get_backend
+
+    os.makedirs(os.path.dirname(audit_path), mode=0o700, exist_ok=True)
+    audit = AuditLog(audit_path)
+    _prepare_run_dir(run_dir, policy, policy_file, boot_dir, sandbox_home, tmpdir)
+    audit.event("run.start", backend="soft", soft_sandbox=True, backend_reason=why_backend,
+                expansion=policy.origin, policy_source=source, command=list(argv), python_child=python_child,
+                os=_os_info(), python=_python_info(), policy=policy.to_dict(redact=True))
+    request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
+                            home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env)
+    try:
+        result = get_backend("soft").launch(request, audit)
+    except BackendUnavailable as exc:
+        audit.event("run.refused", reason=str(exc))
+        audit.close()
+        raise
+    audit.event("run.end", returncode=result.returncode, timed_out=result.timed_out,
+                duration_s=round(result.duration, 3), limits_fired=list(result.limits_fired),
+                child_activated=result.child_activated, denied=audit.denied, allowed=audit.allowed)
+    if python_child and not result.child_activated:
+        say("WARNING: the Python child never reported that its hooks were active (it may have exited "
+            "before start-up finished, or run with a Python that could not load capgate)")
+    if result.timed_out:
+        say(f"the child was killed at the wall-time limit ({policy.limits.wall_time_seconds} s)")
+    for fired in result.limits_fired:
+        if fired != "wall_time":
+            say(f"limit reached: {fired}")
+    say(audit.format_summary().removeprefix("capgate: "))
+    audit.close()
+    return result.returncode
+
+
+def _soft_policy(policy: Policy, *, dev: bool, boot_dir: str, home: str, tmpdir: str,
+                 extra_read: Sequence[str]) -> Policy:
+    fs = policy.filesystem
+    runtime = runtime_read_roots(dev=dev, extra=extra_read)
+    runtime = tuple(dict.fromkeys((*fs.runtime_read, *runtime, boot_dir)))
+    write = tuple(dict.fromkeys((*fs.write, home, tmpdir, "/dev/null")))
+    return dataclasses.replace(policy, filesystem=dataclasses.replace(fs, runtime_read=runtime, write=write))
+
+
+def _check_outside_writes(policy: Policy, path: str, what: str, exempt: Sequence[str]) -> None:
+    from capgate.paths import is_within
+
+    real = os.path.realpath(path)
+    for root in policy.filesystem.write:
+        if root in exempt:
+            continue
+        if is_within(real, root):
+            raise PolicyError(f"{what} {real} lies inside the write root {root}; the child could tamper with "
+                              "it. Choose a path outside every write root", "filesystem.write")
+
+
+def _prepare_run_dir(run_dir: str, policy: Policy, policy_file: str, boot_dir: str, home: str,
+                     tmpdir: str) -> None:
+    from capgate._soft_boot import SITECUSTOMIZE
+
+    os.chmod(run_dir, 0o711)  # noqa: S103  (traversable, not listable: the child runs as this user)
+    os.makedirs(boot_dir, mode=0o700)
+    with open(os.path.join(boot_dir, "sitecustomize.py"), "x", encoding="utf-8") as fh:
+        fh.write(SITECUSTOMIZE)
+    os.chmod(os.path.join(boot_dir, "sitecustomize.py"), 0o400)
+    os.chmod(boot_dir, 0o500)
+    os.makedirs(home, mode=0o700)
+    os.makedirs(tmpdir, mode=0o700)
+    fd = os.open(policy_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(policy.to_json())
+
+
+def _print_dry_run(out: IO[str], policy: Policy, backend: str, audit_path: str, home: str, tmpdir: str) -> None:
+    data = {
+        "backend": backend,
+        "softSandbox": backend == "soft",
+        "expansion": policy.origin,
+        "policySource": policy.source,
+        "runtimeReadRoots": {"note": "added by the soft sandbox so the interpreter works; read-only",
+                             "paths": list(policy.filesystem.runtime_read)},
+        "runtimeWriteRoots": {"note": "added by the soft sandbox: private TMPDIR, sandbox HOME, /dev/null "
+                                      "(fresh per run)", "paths": [home, tmpdir, "/dev/null"]},
+        "auditLog": audit_path,
+        "policy": policy.to_dict(redact=True),
+    }
+    out.write(json.dumps(data, indent=2) + "\n")
+    out.flush()
+
+
+def _os_info() -> dict[str, str]:
+    uname = platform.uname()
+    return {"system": uname.system, "release": uname.release, "machine": uname.machine}
+
+
+def _python_info() -> dict[str, str]:
+    return {"version": platform.python_version(), "implementation": platform.python_implementation(),
+            "executable": sys.executable}
+
+
+# ---------------------------------------------------------------------------------------
+# capgate policy / check / init
+# ---------------------------------------------------------------------------------------
+def policy_command(action: str, *, policy: str | None, workspace: str | None,
+                   allow_user_expansion: bool = False, environ: Mapping[str, str] | None = None,
+                   stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+    """``capgate policy validate|show``."""
+    env = os.environ if environ is None else environ
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    try:
+        effective = _load(policy, workspace, allow_user_expansion, env)
+    except PolicyError as exc:
+        err.write(f"capgate: policy error: {exc}" + (f" (key: {exc.key})" if exc.key else "") + "\n")
+        return EXIT_USAGE
+    if action == "validate":
+        out.write(f"capgate: policy OK: {effective.source or 'built-in defaults'} — {_expansion(effective)}\n")
+        return 0
+    out.write(effective.to_json(redact=True) + "\n")
+    return 0
+
+
+def check_command(op: str, target: str, *, policy: str | None, workspace: str | None,
+                  allow_user_expansion: bool = False, environ: Mapping[str, str] | None = None,
+                  stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+    """``capgate check OP TARGET``: prints the decision and the rule; 0 allowed, 1 denied."""
+    from capgate import ops
+
+    env = os.environ if environ is None else environ
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    if op not in ops.ALL_OPS:
+        err.write(f"capgate: unknown operation {op!r}; one of {', '.join(sorted(ops.ALL_OPS))}\n")
+        return EXIT_USAGE
+    try:
+        effective = _load(policy, workspace, allow_user_expansion, env)
+    except PolicyError as exc:
+        err.write(f"capgate: policy error: {exc}" + (f" (key: {exc.key})" if exc.key else "") + "\n")
+        return EXIT_USAGE
+    import io
+
+    from capgate.audit import AuditLog
+    from capgate.gate import Gate
+
+    gate = Gate(effective, audit=AuditLog(io.StringIO()))
+    decision = gate.check(op, target)
+    verdict = "allow" if decision.allowed else "deny"
+    out.write(f"{verdict}: {op} {target}\n  reason: {decision.reason}\n  rule: {decision.rule}\n")
+    return 0 if decision.allowed else 1
+
+
+def init_command(path: str | None = None, *, force: bool = False, stdout: IO[str] | None = None,
+                 stderr: IO[str] | None = None) -> int:
+    """``capgate init``: write the policy template (loads as the defaults)."""
+    from capgate.init_template import TEMPLATE
+    from capgate.policy.defaults import POLICY_FILE_NAME
+
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    target = path or POLICY_FILE_NAME
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
+        fd = os.open(target, flags, 0o644)
+    except FileExistsError:
+        err.write(f"capgate: {target} exists; use --force to overwrite\n")
+        return EXIT_USAGE
+    except OSError as exc:
+        err.write(f"capgate: cannot write {target}: {exc.strerror}\n")
+        return EXIT_USAGE
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(TEMPLATE)
+    out.write(f"capgate: wrote {target} (the built-in defaults; narrow it, or widen with --allow-user-expansion)\n")
+    return 0
