@@ -1,15 +1,448 @@
-"""Command decision table (placeholder until the process gate lands): denies everything."""
+"""The process decision table: which executable may run, with which arguments.
+
+``CommandRules(policy)`` answers two questions, and never raises for a denial:
+
+* ``decide(target)`` — may this command (a bare name or an absolute path) run at all? This is
+  what ``Gate.check("proc.exec", target)`` asks.
+* ``decide_argv(argv, cwd)`` — may this exact command line run? Returns the decision and the
+  **resolved executable** that ``capgate.proc`` must exec (check and use are the same file).
+
+What is enforced:
+
+* **Lookup.** A bare name is searched only on the sanitized PATH
+  (``capgate._sys.clean_env.sanitized_path_dirs``): fixed system directories, never the
+  workspace, the cwd or a write root, never a directory another user can write. A path with a
+  slash must be absolute (``./git``, ``bin/tool`` are refused: they name files the agent may
+  have planted). The file found is resolved (symlinks) and must be a regular executable file.
+* **Allowlist on the resolved file.** ``process.allowedCommands`` entries (names looked up the
+  same way, absolute paths resolved) become a set of allowed *files*. A command runs only when
+  its resolved file is in that set and the name it is invoked under is an allowed name (so a
+  multi-call binary such as busybox allowed as ``ls`` cannot be invoked as ``sh``).
+* **Never from a write root.** An executable inside a ``filesystem.write`` root, or writable by
+  group/others, is refused even if listed: the agent could rewrite it.
+* **Shells.** With ``allowShell: false`` every shell (``sh``, ``bash``, ``dash``, ``zsh``,
+  ``ksh``, ``fish``, ``csh``, …) is refused — as the command, as the resolved file's name and
+  as the program a trampoline would run — and so is any string command. With
+  ``allowShell: true`` the shells count as listed.
+* **Trampolines** (``env``, ``xargs``, ``nohup``, ``timeout``, ``nice``, ``stdbuf``, ``sudo``,
+  ``su``, ``busybox``, ``find -exec`` and more, see ``TRAMPOLINES``) are refused unless listed;
+  when listed, the program they would run is decided too, recursively, with its arguments.
+  ``env NAME=value`` may not set a variable ``clean_env`` never passes (``LD_PRELOAD``…);
+  ``xargs`` may only run a program without argument rules (its arguments come from stdin,
+  where no rule can see them); a trampoline whose grammar we cannot follow is refused.
+* **Argument rules.** Built-in rules for ``git`` (``GIT_ARGUMENT_RULES``: no ``-c``,
+  ``--config-env``, ``--exec-path``, ``--upload-pack``/``-u``, ``--receive-pack``,
+  ``--template``, ``-C``/``--git-dir``/``--work-tree``, ``ext::``/``fd::`` transports, dangerous
+  config keys such as ``core.sshCommand``/``core.fsmonitor``/``core.hooksPath``, subcommands
+  that run commands) plus ``process.deniedArguments``: per command name, ``fnmatch`` patterns
+  (case-sensitive) that no argument may match.
+
+What it does not do: judge what an allowed program does with its arguments beyond these rules
+(an allowed interpreter runs whatever script it is given — list interpreters knowingly), or
+judge files the program opens (the child is outside the fs gate; limits and the container
+backend are the containment there).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import fnmatch
+import os
+import re
+import stat
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from capgate._sys.clean_env import is_never_passed, sanitized_path_dirs
 from capgate.decision import Decision
+from capgate.paths import is_within
+
+if TYPE_CHECKING:
+    from capgate.policy.model import Policy
+
+__all__ = ["GIT_ARGUMENT_RULES", "GIT_ENV", "SHELLS", "TRAMPOLINES", "CommandRules"]
+
+SHELLS = frozenset(
+    {"sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "ash", "fish", "csh", "tcsh",
+     "yash", "posh", "rbash", "elvish", "nu", "xonsh", "rc", "es"}
+)
+
+# Programs whose job is to run another program. name -> how to find the inner argv.
+TRAMPOLINES = frozenset(
+    {"env", "xargs", "nohup", "timeout", "nice", "ionice", "stdbuf", "sudo", "su", "doas", "runuser",
+     "busybox", "toybox", "find", "setsid", "chroot", "unshare", "nsenter", "taskset", "chrt", "flock",
+     "time", "watch", "script", "strace", "ltrace", "gdb", "valgrind", "systemd-run", "setpriv",
+     "catchsegv", "parallel", "entr", "rlwrap", "dbus-launch", "start-stop-daemon", "fakeroot",
+     "proot", "firejail", "bwrap", "prlimit", "sg", "newgrp", "pkexec", "ssh-agent", "expect",
+     "caffeinate", "command", "exec", "builtin", "eval", "ld.so", "ld-linux.so.2", "ld-linux-x86-64.so.2"}
+)
+
+# git: arguments (exact or prefix before '=') that make git run a program or read config
+# that runs one, or point it at a repository other than the checked cwd.
+_GIT_DENY_EXACT = frozenset({"-c", "-C", "--exec-path", "--upload-pack", "--receive-pack", "--config-env",
+                             "--git-dir", "--work-tree", "--template", "--exec", "--extcmd", "-x",
+                             "--namespace", "--super-prefix", "--config"})
+_GIT_DENY_PREFIX = ("--exec-path=", "--upload-pack=", "--receive-pack=", "--config-env=", "--git-dir=",
+                    "--work-tree=", "--template=", "--exec=", "--extcmd=", "--super-prefix=", "--config=")
+_GIT_DENY_SUBCOMMANDS = frozenset({"filter-branch", "daemon", "shell", "upload-pack", "receive-pack",
+                                   "upload-archive", "credential", "difftool", "mergetool", "instaweb",
+                                   "web--browse", "remote-ext", "remote-fd", "fsmonitor--daemon"})
+_GIT_DANGEROUS_KEY = re.compile(
+    r"(?i)(?:^|[\s=])?(core\.(sshcommand|fsmonitor|hookspath|pager|editor|askpass|gitproxy|alternaterefscommand"
+    r"|worktree)|credential\.|filter\.|diff\.[^=]*\.(textconv|command)|diff\.external|merge\.[^=]*\.driver"
+    r"|uploadpack\.|receivepack\.|protocol\.|url\.|include\.|includeif\.|alias\.|sequence\.editor"
+    r"|gpg\.|ssh\.|http\.proxy|https?\.[^=]*proxy|remote\.[^=]*\.(uploadpack|receivepack|proxy|vcs)"
+    r"|submodule\.|sendemail\.|pager\.|interactive\.difffilter|gc\.auto|safe\.directory|init\.templatedir"
+    r"|transfer\.|fetch\.fsck|core\.sharedrepository|instaweb\.|web\.browser|browser\.|man\.|help\.)"
+)
+GIT_ARGUMENT_RULES = {
+    "deny_exact": _GIT_DENY_EXACT,
+    "deny_prefix": _GIT_DENY_PREFIX,
+    "deny_subcommands": _GIT_DENY_SUBCOMMANDS,
+    "dangerous_config_key": _GIT_DANGEROUS_KEY.pattern,
+}
+# Set for every git child: no system/global config, no prompts, and neutralize the config keys
+# a hostile repository's own .git/config could use to run code (command-line level config,
+# GIT_CONFIG_COUNT, overrides the repository's file).
+_GIT_OVERRIDES = (
+    ("core.fsmonitor", "false"),
+    ("core.hooksPath", "/dev/null"),
+    ("core.pager", "cat"),
+    ("core.editor", "false"),
+    ("core.askPass", ""),
+    ("credential.helper", ""),
+    ("protocol.ext.allow", "never"),
+    ("protocol.fd.allow", "never"),
+    ("diff.external", ""),
+    ("sequence.editor", "false"),
+)
+GIT_ENV: dict[str, str] = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_PROTOCOL_FROM_USER": "0",
+    "GIT_CONFIG_COUNT": str(len(_GIT_OVERRIDES)),
+    **{f"GIT_CONFIG_KEY_{i}": k for i, (k, _v) in enumerate(_GIT_OVERRIDES)},
+    **{f"GIT_CONFIG_VALUE_{i}": v for i, (_k, v) in enumerate(_GIT_OVERRIDES)},
+}
+
+_MAX_DEPTH = 4
+
+
+def _is_executable_file(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK)
 
 
 class CommandRules:
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
+    """The compiled process rules of one policy (see the module docstring)."""
 
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        proc = policy.process
+        self.allow_shell = proc.allow_shell
+        self._write_roots = tuple(os.path.realpath(p) for p in policy.filesystem.write)
+        self._names: set[str] = set()
+        self._files: set[str] = set()
+        self._entry_for_file: dict[str, str] = {}
+        dirs = sanitized_path_dirs(policy)
+        for i, entry in enumerate(proc.allowed_commands):
+            if entry.startswith("/"):
+                real = os.path.realpath(entry)
+                self._names.add(os.path.basename(entry))
+                self._names.add(os.path.basename(real))
+            else:
+                self._names.add(entry)
+                found = self._lookup(entry, dirs)
+                if found is None:
+                    continue
+                real = os.path.realpath(found)
+            self._files.add(real)
+            self._entry_for_file.setdefault(real, f"process.allowedCommands[{i}]")
+        if self.allow_shell:
+            for shell in SHELLS:
+                found = self._lookup(shell, dirs)
+                if found is not None:
+                    self._names.add(shell)
+                    self._files.add(os.path.realpath(found))
+                    self._entry_for_file.setdefault(os.path.realpath(found), "process.allowShell")
+
+    # -- lookup -------------------------------------------------------------------------
+    @staticmethod
+    def _lookup(name: str, dirs: Sequence[str]) -> str | None:
+        for directory in dirs:
+            candidate = os.path.join(directory, name)
+            if _is_executable_file(candidate):
+                return candidate
+        return None
+
+    def resolve(self, target: str, cwd: str | None = None) -> tuple[str | None, Decision | None]:
+        """The real file ``target`` names, or a denial saying why it names none we accept."""
+        if not isinstance(target, str) or not target or "\x00" in target:
+            return None, Decision.deny("a command must be a non-empty string without NUL", "process.argv", str(target))
+        if "/" in target:
+            if not target.startswith("/"):
+                return None, Decision.deny(
+                    "a relative command path is never run (it may name a planted file); "
+                    "use a bare name or an absolute path",
+                    "process.path",
+                    target,
+                )
+            found: str | None = target if _is_executable_file(target) else None
+        else:
+            found = self._lookup(target, sanitized_path_dirs(self.policy, cwd=cwd))
+        if found is None:
+            return None, Decision.deny(
+                "not found as an executable file on the sanitized PATH", "process.allowedCommands", target
+            )
+        return os.path.realpath(found), None
+
+    # -- decisions ----------------------------------------------------------------------
     def decide(self, target: str) -> Decision:
-        return Decision.deny("process rules not built yet", "process.allowedCommands", target)
+        """May ``target`` (name or absolute path) run at all (arguments not known)?"""
+        decision, _resolved = self._decide_program(target, None)
+        return decision
+
+    def decide_argv(self, argv: Sequence[str], cwd: str | None = None) -> tuple[Decision, str | None]:
+        """Decide one command line; returns the decision and the resolved executable."""
+        if isinstance(argv, (str, bytes)):
+            return Decision.deny(
+                "a string command is a shell command line; pass an argv list", "process.allowShell", str(argv)[:200]
+            ), None
+        try:
+            args = [a if isinstance(a, str) else os.fsdecode(a) for a in argv]
+        except TypeError:
+            return Decision.deny("argv items must be str or path-like", "process.argv"), None
+        if not args:
+            return Decision.deny("empty argv", "process.argv"), None
+        for a in args:
+            if "\x00" in a:
+                return Decision.deny("an argument holds a NUL byte", "process.argv", args[0]), None
+        return self._decide(args, cwd, 0)
+
+    def _decide(self, args: list[str], cwd: str | None, depth: int) -> tuple[Decision, str | None]:
+        head = args[0]
+        decision, resolved = self._decide_program(head, cwd)
+        if not decision.allowed or resolved is None:
+            return decision, None
+        names = {os.path.basename(head), os.path.basename(resolved)}
+        rest = args[1:]
+        trampoline = names & TRAMPOLINES
+        if trampoline:
+            name = sorted(trampoline)[0]
+            if depth >= _MAX_DEPTH:
+                return Decision.deny("trampolines nested too deep", "process.trampoline", head), None
+            inner, why = _inner_argv(name, rest)
+            if why is not None:
+                return Decision.deny(why, "process.trampoline", head), None
+            if inner is None:
+                # The trampoline runs nothing this time (``find`` without -exec): judge it alone.
+                pass
+            else:
+                for command in inner:
+                    if not command:
+                        return Decision.deny(f"{name} with no program to run", "process.trampoline", head), None
+                    sub, _sub_resolved = self._decide(command, cwd, depth + 1)
+                    if not sub.allowed:
+                        return Decision.deny(
+                            f"{name} would run {command[0]!r}: {sub.reason}", sub.rule, head
+                        ), None
+                    if name == "xargs" and self._has_argument_rules(command[0]):
+                        return Decision.deny(
+                            f"xargs would pass unchecked arguments to {command[0]!r}, which has argument rules",
+                            "process.trampoline",
+                            head,
+                        ), None
+        arg_decision = self._check_arguments(names, rest, head)
+        if arg_decision is not None:
+            return arg_decision, None
+        return decision, resolved
+
+    def _decide_program(self, target: str, cwd: str | None) -> tuple[Decision, str | None]:
+        resolved, denial = self.resolve(target, cwd)
+        if denial is not None or resolved is None:
+            return denial or Decision.deny("not found", "process.allowedCommands", target), None
+        invoked = os.path.basename(target)
+        real_name = os.path.basename(resolved)
+        if not self.allow_shell and ({invoked, real_name} & SHELLS):
+            return Decision.deny(
+                "shells are not allowed (allowShell is false)", "process.allowShell", target
+            ), None
+        if resolved not in self._files:
+            return Decision.deny(
+                f"{resolved} is not an allowed command", "process.allowedCommands", target
+            ), None
+        if invoked not in self._names and real_name not in self._names:
+            return Decision.deny(
+                f"{invoked!r} is not an allowed command name (it resolves to {resolved})",
+                "process.allowedCommands",
+                target,
+            ), None
+        for root in self._write_roots:
+            if is_within(resolved, root):
+                return Decision.deny(
+                    f"{resolved} lies in a write root ({root}): the agent could rewrite it",
+                    "process.writeRoot",
+                    target,
+                ), None
+        try:
+            mode = os.stat(resolved).st_mode
+        except OSError as exc:
+            return Decision.deny(f"cannot stat {resolved}: {exc}", "process.allowedCommands", target), None
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return Decision.deny(
+                f"{resolved} is writable by group or others", "process.writeRoot", target
+            ), None
+        rule = self._entry_for_file.get(resolved, "process.allowedCommands")
+        return Decision.allow(f"allowed command {resolved}", rule, target), resolved
+
+    def _has_argument_rules(self, command: str) -> bool:
+        name = os.path.basename(command)
+        return name == "git" or bool(self.policy.process.denied_arguments_for(name))
+
+    def _check_arguments(self, names: set[str], rest: list[str], head: str) -> Decision | None:
+        if "git" in names:
+            why = _git_denial(rest)
+            if why is not None:
+                return Decision.deny(why, "process.gitArguments", head)
+        for name in sorted(names):
+            for i, pattern in enumerate(self.policy.process.denied_arguments_for(name)):
+                for arg in rest:
+                    if fnmatch.fnmatchcase(arg, pattern):
+                        return Decision.deny(
+                            f"argument {arg[:80]!r} matches denied pattern {pattern!r}",
+                            f"process.deniedArguments.{name}[{i}]",
+                            head,
+                        )
+        return None
+
+
+def _git_denial(rest: list[str]) -> str | None:
+    subcommand: str | None = None
+    for i, arg in enumerate(rest):
+        if arg in _GIT_DENY_EXACT or arg.startswith(_GIT_DENY_PREFIX):
+            if arg in ("-x",) and subcommand not in ("rebase", "difftool", "mergetool", None):
+                continue
+            return f"git argument {arg!r} can run a program or change the repository checked"
+        if arg.startswith("-c") and subcommand is None and len(arg) > 2:
+            return f"git argument {arg!r} sets configuration"
+        if arg.startswith("-C") and subcommand is None and len(arg) > 2:
+            return f"git argument {arg!r} changes the repository checked"
+        if arg in ("-u",) and subcommand in ("clone", "fetch", "pull", "ls-remote", "archive"):
+            return "git -u (upload-pack) runs a program"
+        if arg.startswith("-u") and len(arg) > 2 and subcommand in ("clone", "fetch", "pull", "ls-remote"):
+            return "git -u (upload-pack) runs a program"
+        if arg.lower().startswith(("ext::", "fd::")) or ("::" in arg and arg.split("::", 1)[0].isalpha()):
+            return f"git remote-helper transport {arg.split('::', 1)[0]!r}:: is refused"
+        if _GIT_DANGEROUS_KEY.search(arg) and (subcommand in ("config", None) or "=" in arg):
+            return f"git argument {arg[:80]!r} names a configuration key that can run a program"
+        if subcommand is None and not arg.startswith("-"):
+            subcommand = arg
+            if arg in _GIT_DENY_SUBCOMMANDS:
+                return f"git {arg} runs programs"
+            continue
+        if subcommand == "submodule" and arg == "foreach":
+            return "git submodule foreach runs shell commands"
+        if subcommand == "bisect" and arg == "run":
+            return "git bisect run runs a command"
+        if subcommand == "rebase" and (arg.startswith("--exec") or arg == "-x" or arg.startswith("-x")):
+            return "git rebase --exec runs a command"
+        if subcommand == "config" and i == 1:
+            pass
+    return None
+
+
+# -- trampoline grammars -----------------------------------------------------------------
+_ENV_WITH_VALUE = frozenset({"-u", "--unset", "-C", "--chdir", "-a", "--argv0"})
+_TIMEOUT_WITH_VALUE = frozenset({"-s", "--signal", "-k", "--kill-after"})
+_NICE_WITH_VALUE = frozenset({"-n", "--adjustment"})
+_STDBUF_WITH_VALUE = frozenset({"-i", "-o", "-e", "--input", "--output", "--error"})
+_XARGS_WITH_VALUE = frozenset({"-a", "--arg-file", "-d", "--delimiter", "-E", "-e", "--eof", "-I", "-L",
+                               "--max-lines", "-n", "--max-args", "-P", "--max-procs", "-s", "--max-chars",
+                               "--process-slot-var"})
+_SUDO_WITH_VALUE = frozenset({"-u", "--user", "-g", "--group", "-h", "--host", "-p", "--prompt", "-C",
+                              "--close-from", "-D", "--chdir", "-r", "--role", "-t", "--type", "-T",
+                              "--command-timeout", "-U", "--other-user"})
+_SUDO_SHELL = frozenset({"-s", "--shell", "-i", "--login", "-e", "--edit"})
+_IONICE_WITH_VALUE = frozenset({"-c", "--class", "-n", "--classdata", "-p", "--pid", "-P", "--pgid", "-u", "--uid"})
+_FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
+
+
+def _skip_options(
+    rest: list[str], with_value: frozenset[str], *, assignments: bool = False
+) -> tuple[list[str], str | None]:
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--":
+            return rest[i + 1 :], None
+        if assignments and "=" in arg and not arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            if is_never_passed(name):
+                return [], f"would set {name}, a variable a child never gets"
+            i += 1
+            continue
+        if arg.startswith("-") and arg != "-":
+            if arg in with_value:
+                i += 2
+                continue
+            i += 1
+            continue
+        return rest[i:], None
+    return [], None
+
+
+def _inner_argv(name: str, rest: list[str]) -> tuple[list[list[str]] | None, str | None]:
+    """The command line(s) the trampoline ``name`` would run, or a reason to refuse it."""
+    if name == "env":
+        if any(a in ("-S", "--split-string") or a.startswith(("-S", "--split-string=")) for a in rest):
+            return None, "env -S splits a string into a command line (a shell-like string)"
+        inner, why = _skip_options(rest, _ENV_WITH_VALUE, assignments=True)
+        if why:
+            return None, why
+        return ([inner] if inner else None), None
+    if name == "nohup" or name == "setsid" or name == "time":
+        inner, _ = _skip_options(rest, frozenset({"-o", "--output", "-f", "--format"}))
+        return [inner], None
+    if name == "timeout":
+        inner, _ = _skip_options(rest, _TIMEOUT_WITH_VALUE)
+        return [inner[1:]] if inner else [[]], None  # first positional is the duration
+    if name == "nice":
+        inner, _ = _skip_options(rest, _NICE_WITH_VALUE)
+        return [inner], None
+    if name == "ionice":
+        inner, _ = _skip_options(rest, _IONICE_WITH_VALUE)
+        return [inner], None
+    if name == "stdbuf":
+        inner, _ = _skip_options(rest, _STDBUF_WITH_VALUE)
+        return [inner], None
+    if name == "xargs":
+        inner, _ = _skip_options(rest, _XARGS_WITH_VALUE)
+        return [inner or ["echo"]], None
+    if name in ("sudo", "doas"):
+        if any(a in _SUDO_SHELL for a in rest):
+            return None, f"{name} -s/-i/-e starts a shell or an editor"
+        inner, _ = _skip_options(rest, _SUDO_WITH_VALUE)
+        return [inner], None
+    if name in ("su", "runuser", "sg", "newgrp", "pkexec"):
+        return None, f"{name} runs a shell or a string command"
+    if name in ("busybox", "toybox"):
+        inner = [a for a in rest if not a.startswith("-")]
+        return ([inner] if inner else None), None
+    if name == "find":
+        commands: list[list[str]] = []
+        i = 0
+        while i < len(rest):
+            if rest[i] in _FIND_EXEC:
+                j = i + 1
+                while j < len(rest) and rest[j] not in (";", "+"):
+                    j += 1
+                commands.append(rest[i + 1 : j])
+                i = j
+            elif rest[i] in ("-fprint", "-fprint0", "-fprintf", "-fls", "-delete"):
+                return None, f"find {rest[i]} writes or deletes files outside the gate"
+            i += 1
+        return (commands or None), None
+    return None, f"{name} runs another program in a way capgate does not parse; it is refused"

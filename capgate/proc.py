@@ -1,1 +1,160 @@
-"""Placeholder: the process gate lands with issue 4."""
+"""The gated process runner: ``from capgate import proc``; ``proc.run(argv, ...)``.
+
+What it enforces, for every call (under ``capgate.current_gate()``):
+
+* ``argv`` is a list; a string (a shell command line) is refused unless it is … never: use
+  ``["sh", "-c", cmd]`` with ``allowShell: true`` if you really mean a shell.
+* ``cwd`` (default: the workspace root; relative = relative to the workspace) must be a
+  directory the policy lets the agent *read* (``fs.read`` decision). Naming it never makes it
+  writable: nothing here grants a write.
+* The command line is decided by ``capgate.cmdrules`` (allowlist on the resolved file looked
+  up on the sanitized PATH, shells, trampolines, git and ``deniedArguments`` rules); the file
+  that was decided is the file that is executed (``executable=`` the resolved path).
+* The child gets a clean environment (``capgate._sys.clean_env``): ``envPassthrough`` plus the
+  caller's ``env`` (never ``LD_*``, ``PYTHONPATH``, proxies, …), ``HOME`` = a fresh empty
+  sandbox home and ``TMPDIR`` = a fresh private empty directory, both in one ``0700`` temp
+  directory removed when the run ends (no state carries from one run to the next), and the
+  sanitized ``PATH``. git additionally gets ``GIT_CONFIG_NOSYSTEM=1``,
+  ``GIT_CONFIG_GLOBAL=/dev/null``, ``GIT_TERMINAL_PROMPT=0`` and config overrides that
+  neutralize ``core.fsmonitor``/``core.hooksPath``/… of a hostile repository.
+* It runs under ``capgate.supervisor.supervise``: new session, rlimits, pids cgroup, wall
+  time ``min(timeout, limits.wallTimeSeconds)`` killing the whole tree, capped output.
+* Every run is in the audit log: the ``proc.exec`` decision (with argv, resolved file and
+  cwd), and a ``proc.run`` event with exit status or signal, duration and limits fired.
+
+The result is a ``subprocess.CompletedProcess`` with ``stdout``/``stderr`` bytes and extra
+attributes: ``truncated`` (either stream was cut at ``maxCapturedOutputMb``),
+``stdout_truncated``, ``stderr_truncated``, ``timed_out``, ``limits_fired``, ``duration``,
+``executable``. A run stopped by the wall time is *returned* (``returncode`` -9,
+``timed_out`` True), not raised, so the caller keeps the output it produced.
+
+What it does not do: confine what the child does with files or sockets — it runs outside the
+fs/net gate, as the calling user (rlimits are not a sandbox; use the container backend).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from capgate import ops
+from capgate._sys.clean_env import build_child_env
+from capgate.cmdrules import GIT_ENV
+from capgate.decision import Decision
+from capgate.errors import PermissionDenied
+from capgate.gate import Gate, current_gate
+from capgate.supervisor import supervise
+
+__all__ = ["run"]
+
+
+def _shown_argv(argv: Sequence[str]) -> list[str]:
+    return [a[:200] for a in argv[:32]]
+
+
+def _resolve_cwd(gate: Gate, cwd: object) -> str:
+    target: object = gate.policy.workspace if cwd is None else cwd
+    decision = gate.check(ops.FS_READ, target)
+    if not decision.allowed:
+        raise PermissionDenied(ops.PROC_EXEC, str(target), f"cwd not readable: {decision.reason}", decision.rule)
+    canonical = gate.canonical_path(target)
+    try:
+        is_dir = stat.S_ISDIR(os.stat(canonical).st_mode)
+    except OSError:
+        is_dir = False
+    if not is_dir:
+        raise gate.deny(ops.PROC_EXEC, gate.show(canonical), "cwd is not a directory", "process.cwd")
+    return canonical
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run an allowed command; see the module docstring. Raises ``PermissionDenied``."""
+    gate = current_gate()
+    if isinstance(argv, (str, bytes)):
+        raise gate.deny(
+            ops.PROC_EXEC,
+            os.fsdecode(argv)[:200],
+            "a string command is a shell command line; pass an argv list",
+            "process.allowShell",
+        )
+    try:
+        args = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else a for a in argv]
+    except TypeError:
+        raise gate.deny(ops.PROC_EXEC, "<argv>", "argv items must be str or path-like", "process.argv")
+    if not args or not all(isinstance(a, str) for a in args):
+        raise gate.deny(ops.PROC_EXEC, "<argv>", "argv must be a non-empty list of strings", "process.argv")
+    if input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
+        raise TypeError("input must be bytes")
+    workdir = _resolve_cwd(gate, cwd)
+    shown = args[0][:200]
+    try:
+        decision, resolved = gate.command_rules.decide_argv(args, workdir)
+    except Exception as exc:  # fail closed: an error while deciding is a denial
+        decision, resolved = Decision.deny(f"error while deciding: {exc}", "gate.error", shown), None
+    fields: dict[str, Any] = {"argv": _shown_argv(args), "resolved": resolved, "cwd": gate.show(workdir)}
+    gate.record(ops.PROC_EXEC, shown, decision, **fields)
+    if not decision.allowed or resolved is None:
+        raise PermissionDenied(ops.PROC_EXEC, shown, decision.reason, decision.rule)
+
+    private = tempfile.mkdtemp(prefix="capgate-run-")  # 0700, fresh
+    try:
+        home = os.path.join(private, "home")
+        tmpdir = os.path.join(private, "tmp")
+        os.mkdir(home, 0o700)
+        os.mkdir(tmpdir, 0o700)
+        child_env = build_child_env(gate.policy, home=home, tmpdir=tmpdir, extra=env, cwd=workdir)
+        if os.path.basename(resolved) == "git" or os.path.basename(args[0]) == "git":
+            child_env.update(GIT_ENV)
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    result = supervise(
+        args,
+        executable=resolved,
+        limits=gate.policy.limits,
+        env=child_env,
+        cwd=workdir,
+        input=bytes(input) if input is not None else None,
+        timeout=timeout,
+        remove_after=(private,),
+    )
+    rc = result.returncode
+    gate.audit.event(
+        "proc.run",
+        command=shown,
+        resolved=resolved,
+        cwd=gate.show(workdir),
+        exit_status=rc if rc >= 0 else None,
+        signal=signal.Signals(-rc).name if rc < 0 and -rc in signal.valid_signals() else None,
+        duration=round(result.duration, 6),
+        timed_out=result.timed_out,
+        limits_fired=list(result.limits_fired),
+        output_truncated=result.stdout_truncated or result.stderr_truncated,
+        containment=result.containment,
+    )
+    completed: subprocess.CompletedProcess[bytes] = subprocess.CompletedProcess(args, rc, result.stdout, result.stderr)
+    extra = {
+        "truncated": result.stdout_truncated or result.stderr_truncated,
+        "stdout_truncated": result.stdout_truncated,
+        "stderr_truncated": result.stderr_truncated,
+        "timed_out": result.timed_out,
+        "limits_fired": result.limits_fired,
+        "duration": result.duration,
+        "executable": resolved,
+    }
+    for key, value in extra.items():
+        setattr(completed, key, value)
+    return completed

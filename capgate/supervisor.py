@@ -159,7 +159,7 @@ def supervise(
     limits: Limits,
     env: Mapping[str, str],
     cwd: str,
-    input: bytes | None = None,  # noqa: A002 - subprocess's name
+    input: bytes | None = None,
     capture: bool = True,
     timeout: float | None = None,
     pass_fds: Sequence[int] = (),

@@ -56,7 +56,7 @@ def _find_parent() -> tuple[str | None, int]:
         elif fstype == "cgroup2" and v2_mount is None:
             v2_mount = fields[4]
     for line in memberships:
-        _hid, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        _hid, controllers, rel = [*line.split(":", 2), "", ""][:3]
         if v1_mount and "pids" in controllers.split(","):
             return _usable(os.path.join(v1_mount, rel.lstrip("/")), 1)
     if v2_mount:

@@ -130,7 +130,9 @@ def _unsafe_dir(path: str) -> bool:
     return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
-def sanitized_path_dirs(policy: Policy, *, cwd: str | None = None, extra_exclude: Iterable[str] = ()) -> tuple[str, ...]:
+def sanitized_path_dirs(
+    policy: Policy, *, cwd: str | None = None, extra_exclude: Iterable[str] = ()
+) -> tuple[str, ...]:
     """The system directories a command may be found in, for this policy (and cwd).
 
     A directory is dropped when it (after symlink resolution) lies inside — or contains — the
