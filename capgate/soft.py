@@ -34,9 +34,10 @@ What is routed, and how:
   wrapper that only runs what a ``subprocess.Popen`` event just approved, on the resolved path
   that was checked; importing or reloading the real module again is denied. ``os.fork`` is
   allowed (the forked process keeps these hooks).
-* ``ctypes``: importing ``_ctypes`` is refused (``ImportError``): once ctypes is loaded, a
-  foreign function can be called at any address with no audit event at all. ``ctypes.dlopen``
-  and ``dlsym`` beyond the interpreter's own ``Py*`` symbols are denied as well, in case.
+* ``ctypes``: ``ctypes.dlopen`` of any library is denied (only the interpreter's own handle,
+  which ``import ctypes`` opens, is allowed) and ``dlsym`` on it is limited to the public
+  ``Py*`` C API (nothing with ``Audit`` in its name): ``CDLL("libc.so.6")`` and
+  ``CDLL(None).open`` fail. Importing ctypes stays possible because honest libraries do it.
 * Also denied: ``sqlite3`` extension loading, ``fcntl.ioctl(TIOCSTI/TIOCLINUX)`` (typing into
   the user's terminal), signals to processes outside this session, raising rlimits, ``syslog``,
   and ``gc.get_objects/get_referrers/get_referents`` (fishing out the hook's own references).
@@ -45,6 +46,8 @@ What this does NOT do — it is a seat belt, not isolation (``SOFT_SANDBOX=true`
 
 * No event exists for ``os.stat``, ``os.access``, ``os.readlink``: metadata of any path can be
   read. Non-Python children (and native extension code) are not hooked at all.
+* No event exists when a ctypes function pointer is built from a raw address and called
+  (``CFUNCTYPE(...)(address)``): code that computes libc addresses can call anything.
 * Check and use are not one object: a path is judged, then the interpreter opens it by name, so
   a concurrent symlink swap (by another thread or process) can race the check.
 * Python code in the process can reach the hook's objects through frames and closures and
@@ -81,7 +84,7 @@ _SOCK_DGRAM = 2
 _SOCK_TYPE_MASK = 0xF  # strips SOCK_NONBLOCK / SOCK_CLOEXEC
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
-_MODULES_DENIED_AFTER_BOOT = frozenset({"_posixsubprocess", "_ctypes"})
+_MODULES_DENIED_AFTER_BOOT = frozenset({"_posixsubprocess"})
 
 _installed: SoftHooks | None = None
 
@@ -494,7 +497,7 @@ class SoftHooks:
 
     def _on_dlsym(self, args: tuple[Any, ...]) -> None:
         name = args[1] if len(args) > 1 else None
-        if isinstance(name, str) and name.startswith(("Py", "_Py")):
+        if isinstance(name, str) and name.startswith("Py") and "Audit" not in name:
             return
         raise self._fail("native.load", _shown(args[1:]), "calling C functions through ctypes is not allowed",
                          "soft.ctypes")
@@ -502,10 +505,6 @@ class SoftHooks:
     def _on_import(self, args: tuple[Any, ...]) -> None:
         name = args[0]
         if name in _MODULES_DENIED_AFTER_BOOT:
-            if name == "_ctypes":
-                self._deny("native.load", "_ctypes", "ctypes is not available in the soft sandbox", "soft.ctypes")
-                raise _Denied(ImportError("ctypes is not available in the soft sandbox (capgate: rule soft.ctypes)",
-                                          name=name))
             raise self._fail(ops.PROC_EXEC, str(name), "loading _posixsubprocess again is not allowed",
                              "soft.posixsubprocess")
 

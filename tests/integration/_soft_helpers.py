@@ -1,0 +1,27 @@
+"""Shared helpers for the launcher / soft-sandbox integration tests: run the real command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PY = sys.executable
+
+
+def capgate_run(args: list[str], *, home: Path, cwd: Path, env_extra: dict[str, str] | None = None,
+                timeout: float = 90, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPGATE_", "AGENT_IN_SANDBOX", "SOFT_SANDBOX"))}
+    env.pop("XDG_STATE_HOME", None)
+    env["HOME"] = str(home)
+    env.update(env_extra or {})
+    return subprocess.run([PY, "-m", "capgate", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, input=None if stdin is None else stdin.decode())
+
+
+def audit_lines(home: Path) -> list[dict[str, object]]:
+    logs = sorted((home / ".local" / "state" / "capgate" / "audit").glob("*.jsonl"))
+    assert logs, "no audit log written"
+    return [json.loads(line) for line in logs[-1].read_text().splitlines() if line.strip()]
