@@ -16,8 +16,9 @@ What is enforced:
   have planted). The file found is resolved (symlinks) and must be a regular executable file.
 * **Allowlist on the resolved file.** ``process.allowedCommands`` entries (names looked up the
   same way, absolute paths resolved) become a set of allowed *files*. A command runs only when
-  its resolved file is in that set and the name it is invoked under is an allowed name (so a
-  multi-call binary such as busybox allowed as ``ls`` cannot be invoked as ``sh``).
+  its resolved file is in that set *and* the name it is invoked under (``argv[0]``'s base
+  name, which multi-call binaries dispatch on) is an allowed name: busybox allowed as ``ls``
+  cannot be invoked as ``sh``, and a symlink named ``sneaky`` to an allowed file is refused.
 * **Never from a write root.** An executable inside a ``filesystem.write`` root, or writable by
   group/others, is refused even if listed: the agent could rewrite it.
 * **Shells.** With ``allowShell: false`` every shell (``sh``, ``bash``, ``dash``, ``zsh``,
@@ -274,7 +275,7 @@ class CommandRules:
             return Decision.deny(
                 f"{resolved} is not an allowed command", "process.allowedCommands", target
             ), None
-        if invoked not in self._names and real_name not in self._names:
+        if invoked not in self._names:
             return Decision.deny(
                 f"{invoked!r} is not an allowed command name (it resolves to {resolved})",
                 "process.allowedCommands",
@@ -319,9 +320,15 @@ class CommandRules:
         return None
 
 
+_GIT_CONFIG_READS = frozenset({"--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list", "-l"})
+_GIT_CONFIG_WRITES = frozenset({"--add", "--replace-all", "--unset", "--unset-all", "--edit", "-e",
+                                "--rename-section", "--remove-section", "set", "unset", "edit"})
+
+
 def _git_denial(rest: list[str]) -> str | None:
     subcommand: str | None = None
-    for i, arg in enumerate(rest):
+    reading_config = bool(set(rest) & _GIT_CONFIG_READS) and not set(rest) & _GIT_CONFIG_WRITES
+    for arg in rest:
         if arg in _GIT_DENY_EXACT or arg.startswith(_GIT_DENY_PREFIX):
             if arg in ("-x",) and subcommand not in ("rebase", "difftool", "mergetool", None):
                 continue
@@ -336,7 +343,8 @@ def _git_denial(rest: list[str]) -> str | None:
             return "git -u (upload-pack) runs a program"
         if arg.lower().startswith(("ext::", "fd::")) or ("::" in arg and arg.split("::", 1)[0].isalpha()):
             return f"git remote-helper transport {arg.split('::', 1)[0]!r}:: is refused"
-        if _GIT_DANGEROUS_KEY.search(arg) and (subcommand in ("config", None) or "=" in arg):
+        if _GIT_DANGEROUS_KEY.search(arg) and (subcommand is None or "=" in arg or (
+                subcommand == "config" and not reading_config)):
             return f"git argument {arg[:80]!r} names a configuration key that can run a program"
         if subcommand is None and not arg.startswith("-"):
             subcommand = arg
@@ -349,8 +357,6 @@ def _git_denial(rest: list[str]) -> str | None:
             return "git bisect run runs a command"
         if subcommand == "rebase" and (arg.startswith("--exec") or arg == "-x" or arg.startswith("-x")):
             return "git rebase --exec runs a command"
-        if subcommand == "config" and i == 1:
-            pass
     return None
 
 

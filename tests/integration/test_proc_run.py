@@ -1,0 +1,88 @@
+"""proc.run end to end: audit events, cwd rules, input, result attributes, cleanup."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import capgate
+from capgate import proc
+from tests.conftest import audit_lines
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def gate(make_gate):  # type: ignore[no-untyped-def]
+    g = make_gate({"process": {"allowedCommands": ["python3", "cat", "git", "echo"]}})
+    with g:
+        yield g
+
+
+def test_run_returns_completed_process_and_audits(gate, audit_stream, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    result = proc.run(["python3", "-c", "import os,sys; print(os.getcwd()); sys.exit(3)"])
+    assert isinstance(result, subprocess.CompletedProcess)
+    assert result.returncode == 3 and result.stdout == f"{workspace}\n".encode()
+    assert result.truncated is False and result.timed_out is False and result.limits_fired == ()
+    lines = audit_lines(audit_stream)
+    decision = next(line for line in lines if line.get("op") == "proc.exec")
+    assert decision["decision"] == "allow" and decision["resolved"] == os.path.realpath("/usr/bin/python3")
+    event = next(line for line in lines if line.get("event") == "proc.run")
+    assert event["exit_status"] == 3 and event["signal"] is None and event["limits_fired"] == []
+    assert event["resolved"] == decision["resolved"] and "duration" in event
+
+
+def test_signal_is_reported(gate, audit_stream) -> None:  # type: ignore[no-untyped-def]
+    result = proc.run(["python3", "-c", "import os,signal; os.kill(os.getpid(), signal.SIGTERM)"])
+    assert result.returncode == -15
+    event = next(line for line in audit_lines(audit_stream) if line.get("event") == "proc.run")
+    assert event["signal"] == "SIGTERM" and event["exit_status"] is None
+
+
+def test_denial_is_audited_with_rule(gate, audit_stream) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(capgate.PermissionDenied) as info:
+        proc.run(["sh", "-c", "id"])
+    assert info.value.rule == "process.allowShell"
+    denied = [line for line in audit_lines(audit_stream) if line.get("decision") == "deny"]
+    assert denied and denied[-1]["rule"] == "process.allowShell" and denied[-1]["op"] == "proc.exec"
+
+
+def test_input_is_fed(gate) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(300_000)
+    assert proc.run(["cat"], input=data).stdout == data
+
+
+def test_cwd_must_be_readable(gate, fake_home: Path, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(capgate.PermissionDenied):
+        proc.run(["echo", "x"], cwd=str(fake_home / ".ssh"))
+    with pytest.raises(capgate.PermissionDenied):
+        proc.run(["echo", "x"], cwd="/")
+    with pytest.raises(capgate.PermissionDenied):
+        proc.run(["echo", "x"], cwd="no-such-dir")
+    assert proc.run(["python3", "-c", "import os; print(os.getcwd())"], cwd="src").stdout == f"{workspace / 'src'}\n".encode()
+
+
+def test_cwd_does_not_become_writable(gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    proc.run(["echo", "x"], cwd="src")
+    assert not gate.check("fs.write", str(workspace / "src" / "new.txt")).allowed
+
+
+def test_no_cgroup_or_tmp_left_behind(gate) -> None:  # type: ignore[no-untyped-def]
+    before = set(os.listdir("/sys/fs/cgroup/pids")) if os.path.isdir("/sys/fs/cgroup/pids") else set()
+    home = proc.run(["python3", "-c", "import os; print(os.environ['HOME'])"]).stdout.decode().strip()
+    assert not os.path.exists(home)
+    after = set(os.listdir("/sys/fs/cgroup/pids")) if os.path.isdir("/sys/fs/cgroup/pids") else set()
+    assert after <= before
+
+
+def test_no_gate_uses_ambient_defaults(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import capgate.gate as gate_mod
+
+    monkeypatch.setattr(gate_mod, "_ambient", None)
+    monkeypatch.chdir(workspace)
+    with pytest.raises(capgate.PermissionDenied):
+        proc.run(["echo", "x"])  # the defaults allow no command
+    monkeypatch.setattr(gate_mod, "_ambient", None)

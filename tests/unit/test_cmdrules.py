@@ -1,0 +1,118 @@
+"""Decision table of the process gate: the shared shell corpus, lookup, allowlist identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from capgate.cmdrules import CommandRules
+from capgate.testing import corpus
+from tests.conftest import audit_lines
+
+SHELL = json.loads((Path(__file__).parents[2] / "capgate/testing/corpus/shell.json").read_text())
+ALLOWED = SHELL["allowedCommands"]
+
+
+def _plant(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def rules(make_gate, workspace: Path) -> CommandRules:  # type: ignore[no-untyped-def]
+    _plant(workspace / "output" / "git", workspace / "pwned")
+    _plant(workspace / "git", workspace / "pwned")
+    return make_gate({"process": {"allowedCommands": ALLOWED}}).command_rules  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("entry", corpus("shell"), ids=lambda e: str(e.get("argv", e.get("input")))[:60])
+def test_shell_corpus_decision(rules: CommandRules, workspace: Path, entry: dict[str, object]) -> None:
+    value = entry.get("argv", entry.get("input"))
+    if isinstance(value, list):
+        value = [a.replace("{ws}", str(workspace)) for a in value]
+    decision, resolved = rules.decide_argv(value, str(workspace))  # type: ignore[arg-type]
+    if entry["expect"] == "allow":
+        assert decision.allowed, decision
+        assert resolved is not None and os.path.isabs(resolved)
+        assert not resolved.startswith(str(workspace))
+    else:
+        assert not decision.allowed, f"{value!r} was allowed"
+        assert decision.rule.startswith("process.") and decision.reason
+
+
+def test_check_proc_exec_names_and_audits(make_gate, audit_stream) -> None:  # type: ignore[no-untyped-def]
+    gate = make_gate({"process": {"allowedCommands": ["git"]}})
+    assert gate.check("proc.exec", "git").allowed
+    assert gate.check("proc.exec", "/usr/bin/git").allowed
+    denied = gate.check("proc.exec", "sh")
+    assert not denied.allowed and denied.rule == "process.allowShell"
+    assert gate.check("proc.exec", "curl").rule == "process.allowedCommands"
+    lines = [line for line in audit_lines(audit_stream) if line.get("op") == "proc.exec"]
+    assert [line["decision"] for line in lines] == ["allow", "allow", "deny", "deny"]
+
+
+def test_default_policy_allows_no_command(make_gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    rules = make_gate().command_rules
+    for argv in (["git", "status"], ["true"], ["echo", "x"]):
+        assert not rules.decide_argv(argv, str(workspace))[0].allowed
+
+
+def test_allow_shell_true_allows_shells(make_gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    rules = make_gate({"process": {"allowShell": True}}).command_rules
+    assert rules.decide_argv(["sh", "-c", "true"], str(workspace))[0].allowed
+    assert not rules.decide_argv(["git", "status"], str(workspace))[0].allowed
+
+
+def test_same_file_under_other_name_is_refused(make_gate, workspace: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # a multi-call binary allowed under one name must not run under another name
+    rules = make_gate({"process": {"allowedCommands": ["true"]}}).command_rules
+    assert rules.decide_argv(["true"], str(workspace))[0].allowed
+    link_dir = tmp_path / "bin"
+    link_dir.mkdir()
+    (link_dir / "sneaky").symlink_to("/usr/bin/true")
+    assert not rules.decide_argv([str(link_dir / "sneaky")], str(workspace))[0].allowed
+
+
+def test_absolute_entry_matches_resolved_file(make_gate, workspace: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rules = make_gate({"process": {"allowedCommands": ["/usr/bin/true"]}}).command_rules
+    decision, resolved = rules.decide_argv(["/usr/bin/true"], str(workspace))
+    assert decision.allowed and resolved == os.path.realpath("/usr/bin/true")
+    assert rules.decide_argv(["true"], str(workspace))[0].allowed  # same file, same name
+
+
+def test_listed_binary_in_write_root_is_refused(make_gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    tool = workspace / "output" / "tool"
+    _plant(tool, workspace / "pwned")
+    rules = make_gate({"process": {"allowedCommands": [str(tool)]}}).command_rules
+    decision, _ = rules.decide_argv([str(tool)], str(workspace))
+    assert not decision.allowed and decision.rule == "process.writeRoot"
+
+
+def test_group_writable_binary_is_refused(make_gate, workspace: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    tool = tmp_path / "opt" / "tool"
+    _plant(tool, workspace / "pwned")
+    tool.chmod(tool.stat().st_mode | stat.S_IWOTH)
+    rules = make_gate({"process": {"allowedCommands": [str(tool)]}}).command_rules
+    assert not rules.decide_argv([str(tool)], str(workspace))[0].allowed
+    tool.chmod(0o755)
+    assert rules.decide_argv([str(tool)], str(workspace))[0].allowed
+
+
+def test_denied_arguments_policy_key(make_gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    gate = make_gate({"process": {"allowedCommands": ["echo"], "deniedArguments": {"echo": ["--secret*", "*.pem"]}}})
+    rules = gate.command_rules
+    assert rules.decide_argv(["echo", "fine"], str(workspace))[0].allowed
+    decision, _ = rules.decide_argv(["echo", "--secret=1"], str(workspace))
+    assert not decision.allowed and decision.rule == "process.deniedArguments.echo[0]"
+    assert rules.decide_argv(["echo", "key.pem"], str(workspace))[0].rule == "process.deniedArguments.echo[1]"
+
+
+def test_error_while_deciding_is_a_denial(make_gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    rules = make_gate({"process": {"allowedCommands": ["git"]}}).command_rules
+    assert not rules.decide_argv([object()], str(workspace))[0].allowed  # type: ignore[list-item]
+    assert not rules.decide_argv("git status", str(workspace))[0].allowed  # type: ignore[arg-type]
