@@ -43,8 +43,9 @@ def _child(world: dict[str, Path], body: str) -> tuple[int, str, str]:
 
 
 def test_secret_in_fake_home_is_never_read(world: dict[str, Path]) -> None:
-    rc, out, err = _child(world, f"""
-        for p in [{str(world['home'] / '.ssh' / 'id_rsa')!r}, "~/.ssh/id_rsa", "/proc/self/root{world['home']}/.ssh/id_rsa"]:
+    _rc, out, err = _child(world, f"""
+        key = {str(world['home'] / '.ssh' / 'id_rsa')!r}
+        for p in [key, "~/.ssh/id_rsa", "/proc/self/root" + key]:
             import os
             try:
                 print("LEAK", open(os.path.expanduser(p)).read())
@@ -58,7 +59,7 @@ def test_secret_in_fake_home_is_never_read(world: dict[str, Path]) -> None:
 
 
 def test_dir_fd_relative_open_cannot_reach_the_secret(world: dict[str, Path]) -> None:
-    rc, out, err = _child(world, f"""
+    _rc, out, err = _child(world, f"""
         import os
         try:
             d = os.open({str(world['home'])!r}, os.O_RDONLY)
@@ -80,7 +81,7 @@ def test_dir_fd_relative_open_cannot_reach_the_secret(world: dict[str, Path]) ->
 
 def test_write_outside_output_creates_nothing(world: dict[str, Path]) -> None:
     target = world["outside"] / "evil.txt"
-    rc, out, err = _child(world, f"""
+    _rc, out, err = _child(world, f"""
         import os, shutil
         for action in (lambda: open({str(target)!r}, "w").write("x"),
                        lambda: open("src.py", "a").write("#"),
@@ -126,7 +127,7 @@ def test_loopback_server_is_never_contacted(world: dict[str, Path]) -> None:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        rc, out, err = _child(world, f"""
+        _rc, out, err = _child(world, f"""
             import socket, urllib.request
             tries = [lambda: socket.create_connection(("127.0.0.1", {port}), timeout=2),
                      lambda: socket.create_connection(("localhost", {port}), timeout=2),
@@ -172,7 +173,7 @@ def test_loopback_server_is_never_contacted(world: dict[str, Path]) -> None:
 ])
 def test_process_and_native_escapes_are_blocked(world: dict[str, Path], attack: str) -> None:
     attack = attack.replace("SECRETPATH", str(world["home"] / ".ssh" / "id_rsa"))
-    rc, out, err = _child(world, f"""
+    _rc, out, err = _child(world, f"""
         import os
         os.chdir("output")
         try:

@@ -1,0 +1,221 @@
+"""``capgate`` command line and launcher mode, through the real command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _soft_helpers import PY, audit_lines, capgate_run
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    (ws / "output").mkdir(parents=True)
+    return ws
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+def test_help_lists_every_subcommand(ws: Path, home: Path) -> None:
+    proc = capgate_run(["--help"], home=home, cwd=ws)
+    assert proc.returncode == 0
+    for word in ("run", "policy", "check", "init"):
+        assert word in proc.stdout
+    run_help = capgate_run(["run", "--help"], home=home, cwd=ws)
+    assert "--dry-run-policy" in run_help.stdout and "125" in run_help.stdout
+
+
+def test_dry_run_prints_effective_policy_and_runs_nothing(ws: Path, home: Path) -> None:
+    marker = ws / "output" / "ran"
+    proc = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--", PY, "-c",
+                        f"open({str(marker)!r}, 'w')"], home=home, cwd=ws)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("capgate: backend: soft")
+    assert "SOFT_SANDBOX=true" in proc.stderr and "defaults only" in proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["backend"] == "soft" and data["expansion"] == "defaults"
+    assert data["policy"]["workspace"] == str(ws.resolve())
+    runtime = data["runtimeReadRoots"]["paths"]
+    assert runtime == data["policy"]["filesystem"]["runtimeRead"]
+    assert any(Path(sys.base_prefix).resolve().as_posix() == r or sys.base_prefix.startswith(r) for r in runtime)
+    assert "/dev/null" in runtime
+    assert not (home / ".local" / "state" / "capgate").exists()  # nothing ran, nothing logged
+
+
+def test_user_file_restricting_is_reported_restrict_only(ws: Path, home: Path) -> None:
+    (ws / "agent-permissions.json").write_text(json.dumps({"version": 1, "filesystem": {"write": ["output"]}}))
+    proc = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--", PY, "-c", "pass"],
+                       home=home, cwd=ws)
+    assert proc.returncode == 0, proc.stderr
+    assert "restrict-only" in proc.stderr.splitlines()[2]
+    assert json.loads(proc.stdout)["expansion"] == "restrict-only"
+
+
+@pytest.mark.parametrize(("body", "key"), [
+    ({"version": 1, "filesystem": {"write": ["."]}}, "filesystem.write"),
+    ({"version": 1, "network": {"enabled": "true"}}, "network.enabled"),
+    ({"version": 2}, "version"),
+    ({"version": 1, "bogus": 1}, "bogus"),
+])
+def test_policy_errors_exit_2_naming_the_key(ws: Path, home: Path, body: dict[str, object], key: str) -> None:
+    policy = ws.parent / "p.json"
+    policy.write_text(json.dumps(body))
+    marker = ws / "output" / "ran"
+    proc = capgate_run(["run", "--workspace", str(ws), "--policy", str(policy), "--", PY, "-c",
+                        f"open({str(marker)!r}, 'w')"], home=home, cwd=ws)
+    assert proc.returncode == 2, proc.stderr
+    assert key in proc.stderr
+    assert not marker.exists()
+    validate = capgate_run(["policy", "validate", "--workspace", str(ws), "--policy", str(policy)], home=home, cwd=ws)
+    assert validate.returncode == 2 and key in validate.stderr
+
+
+def test_expansion_needs_the_flag(ws: Path, home: Path) -> None:
+    policy = ws.parent / "p.json"
+    policy.write_text(json.dumps({"version": 1, "filesystem": {"write": ["output", "notes"]}}))
+    (ws / "notes").mkdir()
+    refused = capgate_run(["policy", "validate", "--workspace", str(ws), "--policy", str(policy)], home=home, cwd=ws)
+    assert refused.returncode == 2 and "--allow-user-expansion" in refused.stderr + refused.stdout
+    ok = capgate_run(["run", "--workspace", str(ws), "--policy", str(policy), "--allow-user-expansion", "--",
+                      PY, "-c", "open('notes/n.txt', 'w').write('x')"], home=home, cwd=ws)
+    assert ok.returncode == 0, ok.stderr
+    assert "expanded" in ok.stderr and (ws / "notes" / "n.txt").read_text() == "x"
+
+
+def test_container_backend_refuses_with_125(ws: Path, home: Path) -> None:
+    marker = ws / "output" / "ran"
+    proc = capgate_run(["run", "--workspace", str(ws), "--backend", "container", "--", PY, "-c",
+                        f"open({str(marker)!r}, 'w')"], home=home, cwd=ws)
+    assert proc.returncode == 125
+    assert "not built yet" in proc.stderr
+    assert not marker.exists()
+
+
+def test_soft_sandbox_env_forces_soft_even_over_container(ws: Path, home: Path) -> None:
+    proc = capgate_run(["run", "--workspace", str(ws), "--backend", "container", "--dry-run-policy", "--", PY, "-c",
+                        "pass"], home=home, cwd=ws, env_extra={"SOFT_SANDBOX": "true"})
+    assert proc.returncode == 0, proc.stderr
+    assert "backend: soft (SOFT_SANDBOX=true" in proc.stderr.splitlines()[0]
+
+
+def test_recursion_guard_refuses_and_never_widens(ws: Path, home: Path) -> None:
+    # The child sees AGENT_IN_SANDBOX=1 and CAPGATE_POLICY; a nested launcher refuses to start,
+    # and a nested policy load with a widening file is still restrict-only.
+    (ws / "wide.json").write_text(json.dumps({"version": 1, "filesystem": {"write": ["."]}}))
+    script = ws / "nested.py"
+    script.write_text(
+        "import os, sys\n"
+        "print(os.environ['AGENT_IN_SANDBOX'], os.environ['SOFT_SANDBOX'], bool(os.environ['CAPGATE_POLICY']))\n"
+        "from capgate import launcher\n"
+        "rc = launcher.run(launcher.RunOptions(command=(sys.executable, '-c', 'pass')))\n"
+        "print('nested', rc)\n"
+        "rc2 = launcher.policy_command('validate', policy='wide.json', workspace='.', allow_user_expansion=True)\n"
+        "print('widen', rc2)\n"
+    )
+    proc = capgate_run(["run", "--workspace", str(ws), "--", PY, str(script)], home=home, cwd=ws)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "1 true True"
+    assert "nested 125" in lines
+    assert "widen 2" in lines
+    assert "already inside a capgate sandbox" in proc.stderr
+
+
+def test_audit_log_records_policy_backend_and_child_decisions(ws: Path, home: Path) -> None:
+    proc = capgate_run(["run", "--workspace", str(ws), "--", PY, "-c",
+                        "import os\ntry:\n    open('/etc/shadow')\nexcept PermissionError:\n    pass\n"
+                        "open('output/r.txt', 'w').write('x')"], home=home, cwd=ws)
+    assert proc.returncode == 0, proc.stderr
+    lines = audit_lines(home)
+    start = next(line for line in lines if line["event"] == "run.start")
+    assert start["backend"] == "soft" and start["soft_sandbox"] is True
+    assert start["policy"]["workspace"] == str(ws.resolve()) and start["os"]["system"] == "Linux"
+    assert start["python"]["version"]
+    denied = [line for line in lines if line.get("decision") == "deny"]
+    assert [(d["op"], d["target"], d["source"]) for d in denied] == [("fs.read", "/etc/shadow", "child")]
+    assert any(line.get("event") == "child.soft.activated" for line in lines)
+    assert lines[-1]["event"] == "run.end" and lines[-1]["returncode"] == 0
+    assert "fs.read" in proc.stderr and "/etc/shadow" in proc.stderr  # the summary table
+
+
+def test_forged_child_lines_stay_child_records(ws: Path, home: Path) -> None:
+    code = ("import os\nfd = 3\n"
+            "for fd in range(3, 20):\n"
+            "    try:\n        os.write(fd, b'{\"event\": \"run.end\", \"returncode\": 0}\\n')\n"
+            "    except OSError:\n        pass\n")
+    proc = capgate_run(["run", "--workspace", str(ws), "--", PY, "-c", code], home=home, cwd=ws)
+    assert proc.returncode == 0, proc.stderr
+    ends = [line for line in audit_lines(home) if str(line.get("event", "")).endswith("run.end")]
+    assert [line["event"] for line in ends] == ["child.run.end", "run.end"] or \
+        [line["event"] for line in ends] == ["run.end"]
+    assert all(line.get("source") == "child" for line in ends if line["event"] != "run.end")
+
+
+def test_audit_log_inside_a_write_root_is_refused(ws: Path, home: Path) -> None:
+    proc = capgate_run(["run", "--workspace", str(ws), "--audit-log", str(ws / "output" / "a.jsonl"), "--",
+                        PY, "-c", "pass"], home=home, cwd=ws)
+    assert proc.returncode == 2 and "write root" in proc.stderr
+
+
+def test_python_flags_that_skip_the_hooks_are_refused(ws: Path, home: Path) -> None:
+    for flag in ("-I", "-S", "-E", "-uI"):
+        proc = capgate_run(["run", "--workspace", str(ws), "--", PY, flag, "-c", "pass"], home=home, cwd=ws)
+        assert proc.returncode == 125, (flag, proc.stderr)
+
+
+def test_non_python_child_is_told_process_controls_only(ws: Path, home: Path) -> None:
+    proc = capgate_run(["run", "--workspace", str(ws), "--", "/bin/true"], home=home, cwd=ws)
+    assert proc.returncode == 0, proc.stderr
+    assert "process-level controls only" in proc.stderr
+
+
+def test_child_exit_code_is_passed_through(ws: Path, home: Path) -> None:
+    proc = capgate_run(["run", "--workspace", str(ws), "--", PY, "-c", "raise SystemExit(7)"], home=home, cwd=ws)
+    assert proc.returncode == 7
+
+
+def test_check_prints_decision_and_rule(ws: Path, home: Path) -> None:
+    (home / ".ssh").mkdir()
+    denied = capgate_run(["check", "fs.read", "~/.ssh/id_rsa", "--workspace", str(ws)], home=home, cwd=ws)
+    assert denied.returncode == 1 and "deny" in denied.stdout and "filesystem.denyRead" in denied.stdout
+    allowed = capgate_run(["check", "fs.write", "output/x", "--workspace", str(ws)], home=home, cwd=ws)
+    assert allowed.returncode == 0 and "allow" in allowed.stdout and "filesystem.write" in allowed.stdout
+    bad = capgate_run(["check", "fs.exec", "x", "--workspace", str(ws)], home=home, cwd=ws)
+    assert bad.returncode == 2
+
+
+def test_init_writes_a_template_that_loads_as_the_defaults(ws: Path, home: Path) -> None:
+    proc = capgate_run(["init"], home=home, cwd=ws)
+    assert proc.returncode == 0, proc.stderr
+    again = capgate_run(["init"], home=home, cwd=ws)
+    assert again.returncode == 2
+    import capgate
+
+    loaded = capgate.load_policy(ws / "agent-permissions.json", workspace=ws, home=str(home))
+    defaults = capgate.default_policy(ws, home=str(home))
+    assert loaded.origin == "restrict-only"
+    assert loaded.filesystem.read == defaults.filesystem.read and loaded.filesystem.write == defaults.filesystem.write
+    assert loaded.network == defaults.network and loaded.limits == defaults.limits
+    assert loaded.process == defaults.process
+
+
+def test_python_dash_m_capgate_is_the_same_command(ws: Path, home: Path) -> None:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("capgate", path=str(Path(PY).parent))
+    assert exe is not None
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "run" in proc.stdout
