@@ -14,10 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import capgate  # noqa: E402
-from _common import interleaved, report  # noqa: E402
-from capgate import proc  # noqa: E402
-from capgate.audit import AuditLog  # noqa: E402
+from _common import interleaved, report
+
+import capgate
+from capgate import proc
+from capgate.audit import AuditLog
 
 
 def main() -> None:

@@ -52,7 +52,8 @@ def test_child_sees_only_the_clean_environment(make_gate, hostile_env, fake_home
 
 def test_tmpdir_is_private_and_empty(make_gate) -> None:  # type: ignore[no-untyped-def]
     gate = make_gate({"process": {"allowedCommands": ["python3"]}})
-    code = "import os,stat; t=os.environ['TMPDIR']; print(os.listdir(t), oct(stat.S_IMODE(os.stat(os.path.dirname(t)).st_mode)))"
+    code = ("import os,stat; t=os.environ['TMPDIR'];"
+            " print(os.listdir(t), oct(stat.S_IMODE(os.stat(os.path.dirname(t)).st_mode)))")
     with gate:
         first = proc.run(["python3", "-c", code])
         second = proc.run(["python3", "-c", code])

@@ -62,7 +62,7 @@ def test_planted_git_by_path_is_refused(planted, workspace: Path, spelling: str)
 
 
 def test_hostile_repo_config_cannot_run_code(planted, workspace: Path) -> None:  # type: ignore[no-untyped-def]
-    marker, _ = planted
+    _marker, _ = planted
     hook_marker = workspace.parent / "HOOKED"
     subprocess.run(["git", "init", "-q", str(workspace)], check=True, env={"PATH": "/usr/bin:/bin"})
     with open(workspace / ".git" / "config", "a") as fh:

@@ -62,7 +62,8 @@ def test_cwd_must_be_readable(gate, fake_home: Path, workspace: Path) -> None:  
         proc.run(["echo", "x"], cwd="/")
     with pytest.raises(capgate.PermissionDenied):
         proc.run(["echo", "x"], cwd="no-such-dir")
-    assert proc.run(["python3", "-c", "import os; print(os.getcwd())"], cwd="src").stdout == f"{workspace / 'src'}\n".encode()
+    here = proc.run(["python3", "-c", "import os; print(os.getcwd())"], cwd="src")
+    assert here.stdout == f"{workspace / 'src'}\n".encode()
 
 
 def test_cwd_does_not_become_writable(gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
