@@ -196,17 +196,17 @@ def is_python_command(exe: str) -> bool:
         return False
 
 
-def _python_script(argv: Sequence[str]) -> str | None:
-    """Check a Python command line; return the script path it runs (if any).
+def _python_script(argv: Sequence[str]) -> int | None:
+    """Check a Python command line; return the index of the script path it runs (if any).
 
     Raises SandboxRefused for -I, -E and -S, which would skip the soft sandbox's boot."""
     i = 1
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
-            return argv[i + 1] if i + 1 < len(argv) else None
+            return i + 1 if i + 1 < len(argv) else None
         if arg == "-" or not arg.startswith("-"):
-            return None if arg == "-" else arg
+            return None if arg == "-" else i
         if arg.startswith("--"):
             if arg == "--check-hash-based-pycs":
                 i += 2
@@ -315,15 +315,19 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     script_roots: list[str] = []
     if options.command:
         exe = _resolve_command(options.command, env)
-        argv = (exe, *options.command[1:])
+        args = [exe, *options.command[1:]]
         python_child = is_python_command(exe)
         if python_child:
-            script = _python_script(options.command)
-            if script is not None:
-                script_path = os.path.realpath(os.path.join(options.workspace or os.getcwd(), script)
-                                               if not os.path.isabs(script) else script)
+            index = _python_script(options.command)
+            if index is not None:
+                # The user named the script relative to where they typed the command; the
+                # child runs in the workspace, so pass it absolute. Reading it is allowed
+                # (exactly that file): the user chose to run it.
+                script_path = os.path.realpath(args[index])
                 if os.path.isfile(script_path):
+                    args[index] = script_path
                     script_roots.append(script_path)
+        argv = tuple(args)
 
     policy = _load(options.policy, options.workspace, options.allow_user_expansion, env,
                    protected=(os.path.realpath(audit_path), policy_file))

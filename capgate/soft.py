@@ -440,7 +440,9 @@ class SoftHooks:
         rules = self.gate.command_rules
         decide_argv = getattr(rules, "decide_argv", None)
         if decide_argv is not None:
-            decision = decide_argv(exe, [_text_path(a) for a in argv])
+            # The command rules judge the resolved program with its arguments (trampolines
+            # such as env/xargs, deniedArguments); argv[0] is replaced by what will really run.
+            decision, _resolved = decide_argv([exe, *(_text_path(a) for a in argv[1:])], os.getcwd())
             self.gate.record(ops.PROC_EXEC, exe, decision, via="soft")
         else:
             decision = self.gate.check(ops.PROC_EXEC, exe)
