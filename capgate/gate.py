@@ -18,12 +18,12 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from capgate import ops
-from capgate.audit import AuditLog
 from capgate.decision import Decision
 from capgate.errors import PermissionDenied
 from capgate.paths import PathRules, canonicalize, coerce_path, display
 
 if TYPE_CHECKING:
+    from capgate.audit import AuditLog
     from capgate.policy.model import Policy
 
 __all__ = ["Gate", "current_gate"]
@@ -47,7 +47,11 @@ class Gate:
         if not isinstance(policy, Policy):
             raise TypeError(f"Gate needs a capgate.Policy, not {type(policy).__name__}")
         self.policy = policy
-        self.audit = audit if audit is not None else AuditLog.from_environment()
+        if audit is None:
+            from capgate.audit import AuditLog  # structlog costs start-up time: load on need
+
+            audit = AuditLog.from_environment()
+        self.audit = audit
         self.resolver = resolver
         self._paths = PathRules(policy.filesystem, policy.home)
         self._network_rules: Any = None
@@ -207,7 +211,8 @@ def current_gate() -> Gate:
     global _ambient
     with _ambient_lock:
         if _ambient is None:
-            from capgate.policy import load_effective_policy, load_policy
+            from capgate.policy.dump import load_effective_policy
+            from capgate.policy.load import load_policy
 
             path = os.environ.get("CAPGATE_POLICY")
             policy = load_effective_policy(path) if path else load_policy(None, workspace=os.getcwd())

@@ -20,7 +20,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import pathspec
 
 from capgate.decision import Decision
 from capgate.errors import PolicyError
@@ -34,6 +33,7 @@ __all__ = [
     "coerce_path",
     "display",
     "expand_home",
+    "glob_regexes",
     "is_within",
     "resolve_root",
 ]
@@ -161,14 +161,55 @@ def anchor_pattern(pattern: str, workspace: str, home: str, key: str) -> tuple[s
     return tuple(out)
 
 
+# gitignore line -> regex source. Filled by pathspec at policy build time; a sandboxed child
+# gets the same sources from the effective policy (``DenyPattern.regexes``) and never needs to
+# import pathspec — it costs ~35 ms of start-up.
+_REGEX_SOURCES: dict[str, str] = {}
+
+
 def _glob_regex(line: str) -> re.Pattern[str]:
-    """pathspec's regex for one gitignore line (named groups removed)."""
+    """The regex for one gitignore line (pathspec's translation, named groups removed)."""
     flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
-    for compiled in pathspec.GitIgnoreSpec.from_lines([line]).patterns:
-        regex = getattr(compiled, "regex", None)
-        if regex is not None and compiled.include:
-            return re.compile(regex.pattern.replace("(?P<ps_d>", "(?:"), flags)
-    raise PolicyError(f"deny pattern {line!r} matches nothing")
+    source = _REGEX_SOURCES.get(line)
+    if source is None:
+        import pathspec
+
+        for compiled in pathspec.GitIgnoreSpec.from_lines([line]).patterns:
+            regex = getattr(compiled, "regex", None)
+            if regex is not None and compiled.include:
+                source = regex.pattern.replace("(?P<ps_d>", "(?:")
+                break
+        else:
+            raise PolicyError(f"deny pattern {line!r} matches nothing")
+        _REGEX_SOURCES[line] = source
+    return re.compile(source, flags)
+
+
+def glob_regexes(anchored: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """Every (gitignore line, regex source) a ``PathMatcher`` needs for these lines."""
+    before = set(_REGEX_SOURCES)
+    PathMatcher([tuple(anchored)])
+    needed = {line for line in _REGEX_SOURCES if line not in before}
+    lines = set(anchored) | needed | _derived_lines(anchored)
+    return tuple(sorted((line, _REGEX_SOURCES[line]) for line in lines if line in _REGEX_SOURCES))
+
+
+def _derived_lines(anchored: Sequence[str]) -> set[str]:
+    out: set[str] = set()
+    for line in anchored:
+        body = line.rstrip("/")
+        if "/" not in body:
+            out.add("/" + body)
+        elif body.startswith("/"):
+            parts = body.split("/")[1:]
+            for i in range(len(parts)):
+                out.add("/" + "/".join(parts[i:]))
+    return out
+
+
+def seed_regexes(pairs: Iterable[tuple[str, str]]) -> None:
+    for line, source in pairs:
+        _REGEX_SOURCES.setdefault(line, source)
 
 
 class PathMatcher:
@@ -316,6 +357,8 @@ class PathRules:
         assert isinstance(fs_policy, FilesystemPolicy)
         self._fs = fs_policy
         self._home = home
+        for entry in (*fs_policy.deny_read, *fs_policy.deny_write):
+            seed_regexes(entry.regexes)
         self._deny_read = PathMatcher([p.anchored for p in fs_policy.deny_read])
         self._deny_write = PathMatcher([p.anchored for p in fs_policy.deny_write])
         self._readable = tuple(fs_policy.read) + tuple(fs_policy.write)

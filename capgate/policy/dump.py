@@ -3,64 +3,145 @@
 The same camelCase JSON is what ``--dry-run-policy`` and ``capgate policy show`` print and
 what the launcher hands a sandboxed child through ``CAPGATE_POLICY``: absolute paths, every
 deny pattern with the absolute patterns it was anchored to, and ``origin`` (``defaults``,
-``restrict-only`` or ``expanded``). Reading it back is strict: unknown keys and wrong types
-are refused just as for a user file.
+``restrict-only`` or ``expanded``). Reading it back is strict — unknown keys, missing keys
+without a default and wrong types (``"1"`` for a number, ``1`` for a boolean) are refused,
+naming the key — and needs no pydantic: a sandboxed child reads this at start-up, where
+every millisecond of import counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import types
+import typing
 from functools import lru_cache
-from typing import Any
-
-import pydantic
+from typing import Any, Literal, Union
 
 from capgate.errors import PolicyError
+from capgate.policy import model
 from capgate.policy.model import Policy
 
-__all__ = ["load_effective_policy", "policy_from_dict", "policy_to_dict"]
+__all__ = ["FORMAT", "load_effective_policy", "policy_from_dict", "policy_to_dict"]
 
 FORMAT = "capgate-effective-policy"
+MAX_EFFECTIVE_BYTES = 4 * 1024 * 1024
 
 
-@lru_cache(maxsize=1)
-def _adapter() -> pydantic.TypeAdapter[Policy]:
-    return pydantic.TypeAdapter(Policy)
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {_camel(f.name): _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_to_json(v) for v in value]
+    return value
 
 
 def policy_to_dict(policy: Policy, *, redact: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {"format": FORMAT}
-    data.update(_adapter().dump_python(policy, mode="json", by_alias=True))
+    data.update(_to_json(policy))
     if redact:
-        # Nothing in a policy is a credential, but reasons and sources are free text that
-        # a user may have pasted a token into: keep them out of shared logs.
+        # Nothing in a policy is a credential, but denial reasons are free text a user may
+        # have pasted a token into: keep them out of shared logs.
         for entry in data["network"]["deniedDomains"]:
             if entry.get("reason"):
                 entry["reason"] = "<redacted>"
     return data
 
 
+@lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, vars(model))
+
+
+def _fail(key: str, message: str) -> PolicyError:
+    return PolicyError(f"invalid effective policy: {key}: {message}", key)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise _fail(key, "expected an object")
+        fields = {_camel(f.name): f for f in dataclasses.fields(tp)}
+        unknown = set(value) - set(fields)
+        if unknown:
+            raise _fail(f"{key}.{sorted(unknown)[0]}" if key else sorted(unknown)[0], "unknown key")
+        hints = _hints(tp)
+        kwargs = {}
+        for camel, f in fields.items():
+            sub = f"{key}.{camel}" if key else camel
+            if camel in value:
+                kwargs[f.name] = _convert(hints[f.name], value[camel], sub)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _fail(sub, "required key is missing")
+        return tp(**kwargs)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise _fail(key, "expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise _fail(key, f"expected {len(args)} items")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except PolicyError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else _fail(key, "unexpected null")
+    if origin is Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool):
+            raise _fail(key, f"expected one of {typing.get_args(tp)}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _fail(key, "expected a boolean")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _fail(key, "expected an integer")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _fail(key, "expected a string")
+        return value
+    raise _fail(key, f"unsupported type {tp!r}")  # pragma: no cover - a model change missed here
+
+
 def policy_from_dict(data: Any) -> Policy:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PolicyError(f"not an effective policy (expected format {FORMAT!r})", "format")
     body = {k: v for k, v in data.items() if k != "format"}
-    try:
-        return _adapter().validate_python(body, strict=False)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise PolicyError(f"invalid effective policy: {key}: {first['msg']}", key) from exc
+    result = _convert(Policy, body, "")
+    assert isinstance(result, Policy)
+    return result
 
 
 def load_effective_policy(path: str | os.PathLike[str]) -> Policy:
     """Read an effective policy written by the launcher (``CAPGATE_POLICY``)."""
-    import json
-
-    from capgate.policy.load import _read_capped
-
-    raw = _read_capped(os.fspath(path)) if os.path.getsize(path) <= 64 * 1024 else open(path, "rb").read(4 << 20)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_EFFECTIVE_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(f"cannot read effective policy {path}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_EFFECTIVE_BYTES:
+        raise PolicyError(f"effective policy {path} is larger than {MAX_EFFECTIVE_BYTES} bytes")
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise PolicyError(f"effective policy {path} is not JSON: {exc.msg} at line {exc.lineno}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"effective policy {path} is not JSON: {exc}") from exc
     return policy_from_dict(data)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from capgate.errors import PolicyError
-from capgate.paths import anchor_pattern, is_within, resolve_root
+from capgate.paths import anchor_pattern, glob_regexes, is_within, resolve_root
 from capgate.policy.defaults import MANDATORY_DENY_WRITE
 from capgate.policy.model import (
     DeniedDomain,
@@ -95,7 +95,8 @@ def build_deny_patterns(
         if source in seen:
             continue
         seen.add(source)
-        out.append(DenyPattern(source, anchor_pattern(source, workspace, home, key), key, mandatory))
+        anchored = anchor_pattern(source, workspace, home, key)
+        out.append(DenyPattern(source, anchored, key, mandatory, glob_regexes(anchored)))
     return tuple(out)
 
 

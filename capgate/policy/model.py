@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import ConfigDict
-from pydantic.alias_generators import to_camel
 
 __all__ = [
     "DeniedDomain",
@@ -27,9 +25,6 @@ __all__ = [
 
 Origin = Literal["defaults", "restrict-only", "expanded"]
 
-# camelCase JSON, unknown keys refused: how ``policy.dump`` writes and reads these classes.
-_JSON = ConfigDict(alias_generator=to_camel, extra="forbid")
-
 
 @dataclass(frozen=True)
 class DenyPattern:
@@ -37,19 +32,18 @@ class DenyPattern:
     gitignore patterns relative to ``/`` that it stands for (more than one when a symlink
     in its literal prefix resolved elsewhere: both spellings are denied)."""
 
-    __pydantic_config__ = _JSON
-
 
     source: str
     anchored: tuple[str, ...]
     key: str  # stable rule pointer, e.g. "filesystem.denyRead[3]"
     mandatory: bool = False
+    # (gitignore line, regex) pairs compiled from ``anchored`` when the policy was built, so
+    # a sandboxed child can rebuild the matcher without importing pathspec.
+    regexes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class FilesystemPolicy:
-
-    __pydantic_config__ = _JSON
 
     read: tuple[str, ...]
     write: tuple[str, ...]
@@ -66,16 +60,12 @@ class FilesystemPolicy:
 @dataclass(frozen=True)
 class DeniedDomain:
 
-    __pydantic_config__ = _JSON
-
     domain: str
     reason: str | None = None
 
 
 @dataclass(frozen=True)
 class NetworkPolicy:
-
-    __pydantic_config__ = _JSON
 
     enabled: bool = False
     allowed_domains: tuple[str, ...] = ()  # normalized entries, "host", "*.host", "host:port"
@@ -87,8 +77,6 @@ class NetworkPolicy:
 
 @dataclass(frozen=True)
 class ProcessPolicy:
-
-    __pydantic_config__ = _JSON
 
     allowed_commands: tuple[str, ...] = ()  # bare names or absolute paths
     allow_shell: bool = False
@@ -105,8 +93,6 @@ class ProcessPolicy:
 @dataclass(frozen=True)
 class Limits:
 
-    __pydantic_config__ = _JSON
-
     wall_time_seconds: int = 900
     cpu_seconds: int = 600
     memory_mb: int = 2048
@@ -120,8 +106,6 @@ class Limits:
 @dataclass(frozen=True)
 class Policy:
     """The effective policy. Build it with ``capgate.load_policy``."""
-
-    __pydantic_config__ = _JSON
 
 
     workspace: str
