@@ -13,15 +13,15 @@ about the thousands of allowed reads).
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import os
 import sys
 import threading
-from typing import IO, Any, TextIO, cast
+from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 
-import structlog
-
-from capgate.decision import Decision
+if TYPE_CHECKING:
+    from capgate.decision import Decision
 
 __all__ = ["MAX_DISTINCT", "AuditLog", "DenialCount"]
 
@@ -29,11 +29,48 @@ MAX_DISTINCT = 1000
 
 DenialCount = tuple[str, str, int]
 
+# ``import structlog`` costs ~40 ms (it pulls in asyncio). A launcher that must start its
+# child quickly passes ``deferred=True``: the import runs on a background thread while the
+# child starts, and the few lines logged before it finishes wait in memory, in order, with
+# the time they happened.
+_STRUCTLOG_READY = threading.Event()
+_import_lock = threading.Lock()
+_import_started = False
+_MAX_PENDING = 10_000
+
+
+def _start_structlog_import() -> None:
+    global _import_started
+    with _import_lock:
+        if _import_started:
+            return
+        _import_started = True
+
+    def run() -> None:
+        try:
+            import structlog  # noqa: F401
+        finally:
+            _STRUCTLOG_READY.set()
+
+    threading.Thread(target=run, name="capgate-audit-import", daemon=True).start()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _keep_timestamp(_logger: Any, _name: str, event: Any) -> Any:
+    """structlog processor: stamp the event unless it already carries its own time."""
+    event.setdefault("timestamp", _now())
+    return event
+
 
 class AuditLog:
     """A JSON-lines audit writer with a denial summary. Thread-safe."""
 
-    def __init__(self, sink: str | os.PathLike[str] | IO[str] | None = None, *, level: str = "info") -> None:
+    def __init__(
+        self, sink: str | os.PathLike[str] | IO[str] | None = None, *, level: str = "info", deferred: bool = False
+    ) -> None:
         self._lock = threading.Lock()
         self._owned: IO[str] | None = None
         if sink is None:
@@ -47,23 +84,59 @@ class AuditLog:
         if not isinstance(sink, (str, os.PathLike)):
             self.path = None
         self._stream = stream
-        self._logger = structlog.wrap_logger(
-            structlog.WriteLogger(cast("TextIO", stream)),
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.processors.JSONRenderer(sort_keys=False),
-            ],
-            wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-            cache_logger_on_first_use=True,
-        )
+        self._level = getattr(logging, level.upper())
+        self._logger: Any = None
+        self._pending: list[tuple[str, str, dict[str, Any]]] = []
+        self._write_lock = threading.RLock()
+        self._deferred = deferred
+        if deferred:
+            _start_structlog_import()
+        else:
+            self._build_logger()
         # Allowed decisions are the hot path (every file read): when the log does not keep
         # them, count and return without building an event.
-        self._log_allowed = getattr(logging, level.upper()) <= logging.INFO
+        self._log_allowed = self._level <= logging.INFO
         self.allowed = 0
         self.denied = 0
         self.overflow = 0
         self._denials: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def _build_logger(self) -> None:
+        import structlog
+
+        self._logger = structlog.wrap_logger(
+            structlog.WriteLogger(cast("TextIO", self._stream)),
+            processors=[
+                structlog.processors.add_log_level,
+                _keep_timestamp,
+                structlog.processors.JSONRenderer(sort_keys=False),
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(self._level),
+            cache_logger_on_first_use=True,
+        )
+
+    def _emit(self, level: str, name: str, fields: dict[str, Any]) -> None:
+        with self._write_lock:
+            if self._logger is None:
+                if self._deferred and not _STRUCTLOG_READY.is_set() and len(self._pending) < _MAX_PENDING:
+                    self._pending.append((level, name, {**fields, "timestamp": _now()}))
+                    return
+                self._flush_pending()
+            try:
+                getattr(self._logger, level)(name, **fields)
+            except (OSError, ValueError):
+                pass  # a closed or full log never turns a denial into an allow, nor crashes the caller
+
+    def _flush_pending(self) -> None:
+        with self._write_lock:
+            if self._logger is None:
+                self._build_logger()
+            pending, self._pending = self._pending, []
+            for level, name, fields in pending:
+                try:
+                    getattr(self._logger, level)(name, **fields)
+                except (OSError, ValueError):
+                    pass
 
     @classmethod
     def from_environment(cls) -> AuditLog:
@@ -99,26 +172,19 @@ class AuditLog:
             "reason": decision.reason,
             **extra,
         }
-        try:
-            if decision.allowed:
-                self._logger.info("decision", **fields)
-            else:
-                self._logger.warning("decision", **fields)
-        except (OSError, ValueError):
-            pass  # a closed or full log never turns a denial into an allow, nor crashes the caller
+        self._emit("info" if decision.allowed else "warning", "decision", fields)
 
     def event(self, name: str, **fields: Any) -> None:
         """A non-decision line (policy loaded, backend chosen, run finished)."""
-        try:
-            self._logger.info(name, **fields)
-        except (OSError, ValueError):
-            pass
+        self._emit("info", name, fields)
 
     def warning(self, name: str, **fields: Any) -> None:
-        try:
-            self._logger.warning(name, **fields)
-        except (OSError, ValueError):
-            pass
+        self._emit("warning", name, fields)
+
+    def flush(self) -> None:
+        """Write whatever waits for the deferred structlog import (waits for it)."""
+        if self._pending or (self._logger is None and self._deferred):
+            self._flush_pending()
 
     def summary(self) -> list[DenialCount]:
         """Denials as (operation, target, count), most frequent first."""
@@ -141,6 +207,7 @@ class AuditLog:
         return "\n".join(lines)
 
     def close(self) -> None:
+        self.flush()
         if self._owned is not None:
             self._owned.close()
             self._owned = None

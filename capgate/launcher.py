@@ -165,11 +165,11 @@ def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = ()) -> tuple
     candidates.append(os.path.dirname(os.path.realpath(sys.executable)))
     candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + "/capgate")
     try:
-        import ssl
+        import _ssl  # the C half only: ``import ssl`` costs ~15 ms of start-up
 
-        paths = ssl.get_default_verify_paths()
-        candidates.extend(p for p in (paths.cafile, paths.capath) if p)
-    except ImportError:
+        cafile_env, cafile, capath_env, capath = _ssl.get_default_verify_paths()
+        candidates.extend(p for p in (os.environ.get(cafile_env), cafile, os.environ.get(capath_env), capath) if p)
+    except (ImportError, ValueError):
         pass
     candidates.extend(_SYSTEM_READ)
     if dev:
@@ -361,7 +361,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     from capgate.backends import LaunchRequest, get_backend
 
     os.makedirs(os.path.dirname(audit_path), mode=0o700, exist_ok=True)
-    audit = AuditLog(audit_path)
+    audit = AuditLog(audit_path, deferred=True)  # structlog loads while the child starts
     _prepare_run_dir(run_dir, policy, policy_file, boot_dir, sandbox_home, tmpdir)
     audit.event("run.start", backend="soft", soft_sandbox=True, backend_reason=why_backend,
                 expansion=policy.origin, policy_source=source, command=list(argv), python_child=python_child,

@@ -18,8 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
-
+from typing import Any, cast
 
 from capgate.decision import Decision
 from capgate.errors import PolicyError
@@ -185,31 +184,76 @@ def _glob_regex(line: str) -> re.Pattern[str]:
     return re.compile(source, flags)
 
 
-def glob_regexes(anchored: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """Every (gitignore line, regex source) a ``PathMatcher`` needs for these lines."""
-    before = set(_REGEX_SOURCES)
-    PathMatcher([tuple(anchored)])
-    needed = {line for line in _REGEX_SOURCES if line not in before}
-    lines = set(anchored) | needed | _derived_lines(anchored)
-    return tuple(sorted((line, _REGEX_SOURCES[line]) for line in lines if line in _REGEX_SOURCES))
-
-
-def _derived_lines(anchored: Sequence[str]) -> set[str]:
-    out: set[str] = set()
-    for line in anchored:
-        body = line.rstrip("/")
-        if "/" not in body:
-            out.add("/" + body)
-        elif body.startswith("/"):
-            parts = body.split("/")[1:]
-            for i in range(len(parts)):
-                out.add("/" + "/".join(parts[i:]))
-    return out
-
-
 def seed_regexes(pairs: Iterable[tuple[str, str]]) -> None:
     for line, source in pairs:
         _REGEX_SOURCES.setdefault(line, source)
+
+
+def _classify(line: str) -> tuple[str, object]:
+    """What kind of deny line this is, and the part the matcher keeps.
+
+    ``("exact", name)``, ``("prefix", p)``, ``("suffix", s)``, ``("name", "/glob")``,
+    ``("literal", "/abs/path")``, ``("tail", ("/abs/lit", "/glob/tail"))`` or
+    ``("loose", line)``. Only ``name``, ``tail`` and ``loose`` need a compiled regex.
+    """
+    body = line.rstrip("/")
+    if body.startswith("**/") and not _CASE_INSENSITIVE:
+        parts = body.split("/")[1:]
+        if parts and "**" not in (parts[0], parts[-1]) and all(
+            p == "**" or not (_GLOB_CHARS & set(p) or "\\" in p) for p in parts
+        ):
+            # "**/.git/hooks", "**/.git/modules/**/config": literal components at any depth —
+            # a substring search, no glob translation needed.
+            regex = "".join("(?:/[^/]+)*" if p == "**" else "/" + re.escape(p) for p in parts)
+            return "sequence", regex + "(?=/|$)"
+    if "/" not in body:
+        if _CASE_INSENSITIVE:
+            return "name", "/" + body
+        if not (_GLOB_CHARS & set(body)) and "\\" not in body:
+            return "exact", body
+        if _simple_star(body, leading=False):
+            return "prefix", body[:-1]
+        if _simple_star(body, leading=True):
+            return "suffix", body[1:]
+        return "name", "/" + body
+    if body.startswith("/") and not _CASE_INSENSITIVE:
+        parts = body.split("/")[1:]
+        lit: list[str] = []
+        for part in parts:
+            if _GLOB_CHARS & set(part) or "\\" in part:
+                break
+            lit.append(part)
+        key = "/" + "/".join(lit)
+        tail = parts[len(lit) :]
+        if not tail:
+            return "literal", key
+        return "tail", (key, "/" + "/".join(tail))
+    return "loose", line
+
+
+def glob_regexes(anchored: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """The (gitignore line, regex source) pairs a ``PathMatcher`` needs for these lines —
+    computed where the policy is built, carried to a sandboxed child in the policy."""
+    needed = []
+    for line in anchored:
+        kind, value = _classify(line)
+        if kind == "name":
+            needed.append(str(value))
+        elif kind == "tail":
+            needed.append(value[1])  # type: ignore[index]
+        elif kind == "loose":
+            needed.append(line)
+    out = []
+    for line in needed:
+        _glob_regex(line)
+        out.append((line, _REGEX_SOURCES[line]))
+    return tuple(out)
+
+
+def _component_regex(glob_line: str) -> str:
+    # pathspec's "^<glob>(?:(?:/)|$)" for "/<glob>": keep the part that matches one component.
+    source = _glob_regex(glob_line).pattern
+    return source[1:].split("(?:(?:/)|$)")[0].split("(?:/)")[0]
 
 
 class PathMatcher:
@@ -217,71 +261,65 @@ class PathMatcher:
     C-level string operations however many patterns there are:
 
     * a name pattern (no slash: ``.env*``, ``*.pem``, ``.bashrc``) matches when any component
-      of the path matches: exact names go in a set, ``prefix*`` / ``*suffix`` globs become
-      one ``startswith``/``endswith`` call with a tuple, the rest one combined regex;
+      of the path matches; since every component follows a ``/`` in an absolute path, exact
+      names, ``prefix*`` and ``*suffix`` (and the rarer globs) are one regex *search*;
     * an absolute pattern (``/home/u/.ssh``, ``/ws/gen/*/x.key``) is keyed by its literal
-      directory prefix; each ancestor of the path is one dict lookup, and only a hit runs the
-      glob tail's regex;
+      directory prefix: one ``startswith`` with a tuple, and only a hit runs the glob tail;
     * the few patterns left (``**/.git/hooks/``) form one regex over the whole path.
 
     A directory pattern (``secrets/``) also matches the directory itself: we cannot always
     tell a directory from a file by its name, and denying both is the safe reading.
+    ``first_match`` (run on denials only) walks the same tables to name the first pattern.
     """
 
     def __init__(self, patterns: Sequence[tuple[str, ...]]) -> None:
-        self._lines: list[tuple[int, re.Pattern[str]]] = []
-        exact: dict[str, int] = {}
-        prefixes: list[str] = []
-        suffixes: list[str] = []
-        name_regexes: list[str] = []
-        literal: dict[str, int] = {}
-        tails: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
-        loose: list[str] = []
+        flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
+        self._exact: dict[str, int] = {}
+        self._prefixes: list[tuple[str, int]] = []
+        self._suffixes: list[tuple[str, int]] = []
+        self._name_res: list[tuple[re.Pattern[str], int]] = []
+        self._sequences: list[tuple[re.Pattern[str], int]] = []
+        self._literal: dict[str, int] = {}
+        self._tails: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
+        self._loose: list[tuple[re.Pattern[str], int]] = []
         for index, anchored in enumerate(patterns):
             for line in anchored:
-                self._lines.append((index, _glob_regex(line)))
-                body = line.rstrip("/")
-                if "/" not in body:
-                    if not (_GLOB_CHARS & set(body)) and "\\" not in body and not _CASE_INSENSITIVE:
-                        exact.setdefault(body, index)
-                    elif _simple_star(body, leading=False) and not _CASE_INSENSITIVE:
-                        prefixes.append(body[:-1])
-                    elif _simple_star(body, leading=True) and not _CASE_INSENSITIVE:
-                        suffixes.append(body[1:])
-                    else:
-                        regex = _glob_regex("/" + body).pattern
-                        name_regexes.append(regex[1:].split("(?:(?:/)|$)")[0].split("(?:/)")[0])
-                elif body.startswith("/") and not _CASE_INSENSITIVE:
-                    parts = body.split("/")[1:]
-                    lit: list[str] = []
-                    for part in parts:
-                        if _GLOB_CHARS & set(part) or "\\" in part:
-                            break
-                        lit.append(part)
-                    key = "/" + "/".join(lit)
-                    tail = parts[len(lit):]
-                    if not tail:
-                        literal.setdefault(key, index)
-                    else:
-                        tails.setdefault(key, []).append((index, _glob_regex("/" + "/".join(tail))))
+                kind, value = _classify(line)
+                if kind == "exact":
+                    self._exact.setdefault(str(value), index)
+                elif kind == "prefix":
+                    self._prefixes.append((str(value), index))
+                elif kind == "suffix":
+                    self._suffixes.append((str(value), index))
+                elif kind == "name":
+                    self._name_res.append((re.compile(_component_regex(str(value)), flags), index))
+                elif kind == "sequence":
+                    self._sequences.append((re.compile(str(value)), index))
+                elif kind == "literal":
+                    self._literal.setdefault(str(value), index)
+                elif kind == "tail":
+                    key, tail = cast("tuple[str, str]", value)
+                    self._tails.setdefault(key, []).append((index, _glob_regex(tail)))
                 else:
-                    loose.append(_glob_regex(line).pattern)
-        flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
-        # Every component is preceded by "/" in an absolute path, so "a component equals N",
-        # "starts with P" and "ends with S" are plain substring tests: one regex search.
-        names = [f"/(?:{'|'.join(re.escape(n) for n in sorted(exact, key=len, reverse=True))})(?=/|$)"] if exact else []
-        if prefixes:
-            names.append(f"/(?:{'|'.join(re.escape(p) for p in sorted(set(prefixes), key=len, reverse=True))})")
-        if suffixes:
-            names.append(f"(?:{'|'.join(re.escape(x) for x in sorted(set(suffixes), key=len, reverse=True))})(?=/|$)")
-        if name_regexes:
-            names.append(f"/(?:{'|'.join(name_regexes)})(?=/|$)")
+                    self._loose.append((_glob_regex(line), index))
+        names = []
+        if self._exact:
+            alts = "|".join(re.escape(n) for n in sorted(self._exact, key=len, reverse=True))
+            names.append(f"/(?:{alts})(?=/|$)")
+        if self._prefixes:
+            alts = "|".join(re.escape(p) for p in sorted({p for p, _ in self._prefixes}, key=len, reverse=True))
+            names.append(f"/(?:{alts})")
+        if self._suffixes:
+            alts = "|".join(re.escape(x) for x in sorted({x for x, _ in self._suffixes}, key=len, reverse=True))
+            names.append(f"(?:{alts})(?=/|$)")
+        if self._name_res:
+            names.append(f"/(?:{'|'.join(r.pattern for r, _ in self._name_res)})(?=/|$)")
+        names += [r.pattern for r, _ in self._sequences]
         self._names = re.compile("|".join(names), flags) if names else None
-        self._literal = literal
-        self._literal_prefixes = tuple(k + "/" for k in literal)
-        self._tails = tails
-        self._tail_prefixes = tuple(k + "/" for k in tails)
-        self._loose = re.compile("|".join(f"(?:{r})" for r in loose), flags) if loose else None
+        self._literal_prefixes = tuple(k + "/" for k in self._literal)
+        self._tail_prefixes = tuple(k + "/" for k in self._tails)
+        joined = "|".join(f"(?:{r.pattern})" for r, _ in self._loose)
+        self._loose_all = re.compile(joined, flags) if self._loose else None
 
     def matches(self, path: str) -> bool:
         """Whether any pattern matches the absolute, canonical ``path``."""
@@ -292,30 +330,46 @@ class PathMatcher:
         slashed = path + "/"
         if self._literal_prefixes and slashed.startswith(self._literal_prefixes):
             return True
-        if self._tail_prefixes and slashed.startswith(self._tail_prefixes):
-            ancestor = ""
-            for component in path[1:].split("/"):
-                ancestor = ancestor + "/" + component
-                tails = self._tails.get(ancestor)
-                if tails:
-                    rest = path[len(ancestor) + 1 :]
-                    if rest and any(r.match(rest) or r.match(rest + "/") for _, r in tails):
-                        return True
-        if self._loose is not None:
+        if self._tail_prefixes and slashed.startswith(self._tail_prefixes) and self._tail_hits(path):
+            return True
+        if self._loose_all is not None:
             rel = slashed[1:]
-            if self._loose.match(rel) or self._loose.match(rel[:-1]):
+            if self._loose_all.match(rel) or self._loose_all.match(rel[:-1]):
                 return True
         return False
 
+    def _tail_hits(self, path: str) -> list[int]:
+        hits = []
+        ancestor = ""
+        for component in path[1:].split("/"):
+            ancestor = ancestor + "/" + component
+            for index, regex in self._tails.get(ancestor, ()):
+                rest = path[len(ancestor) + 1 :]
+                if rest and (regex.match(rest) or regex.match(rest + "/")):
+                    hits.append(index)
+        return hits
+
     def first_match(self, path: str) -> int | None:
-        """Index of the first pattern matching ``path`` (the slow path, run on denials)."""
+        """Index of the first pattern (in policy order) matching ``path``, or None."""
         if not self.matches(path):
             return None
+        hits: list[int] = []
+        components = path[1:].split("/")
+        ancestor = ""
+        for component in components:
+            ancestor = ancestor + "/" + component
+            if component in self._exact:
+                hits.append(self._exact[component])
+            hits += [i for p, i in self._prefixes if component.startswith(p)]
+            hits += [i for x, i in self._suffixes if component.endswith(x)]
+            hits += [i for r, i in self._name_res if r.fullmatch(component)]
+            if ancestor in self._literal:
+                hits.append(self._literal[ancestor])
+        hits += [i for r, i in self._sequences if r.search(path)]
+        hits += self._tail_hits(path)
         rel = path[1:]
-        for index, regex in self._lines:
-            if regex.match(rel) or regex.match(rel + "/"):
-                return index
-        return -1  # the fast classifier matched; report it even if the regex spelling differs
+        hits += [i for r, i in self._loose if r.match(rel) or r.match(rel + "/")]
+        return min(hits) if hits else -1
 
 
 def _simple_star(body: str, *, leading: bool) -> bool:

@@ -12,16 +12,18 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
-
-import pydantic
+from typing import TYPE_CHECKING, Any
 
 from capgate.errors import PolicyError
 from capgate.paths import coerce_path, resolve_root
 from capgate.policy import defaults as d
 from capgate.policy.merge import build_deny_patterns, mandatory_deny_entries, merge
 from capgate.policy.model import FilesystemPolicy, Limits, NetworkPolicy, Policy, ProcessPolicy
-from capgate.policy.schema import PolicyFile
+
+if TYPE_CHECKING:
+    import pydantic
+
+    from capgate.policy.schema import PolicyFile
 
 __all__ = ["MAX_POLICY_BYTES", "default_policy", "load_policy", "parse_policy_text"]
 
@@ -91,6 +93,10 @@ def parse_policy_text(text: str | bytes) -> PolicyFile:
     for value in _walk(data):
         if isinstance(value, float) and not math.isfinite(value):  # pragma: no cover - refused above
             raise PolicyError("non-finite number in policy file")
+    import pydantic  # only a user file needs the schema; defaults and children never load it
+
+    from capgate.policy.schema import PolicyFile
+
     try:
         return PolicyFile.model_validate(data)
     except pydantic.ValidationError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from capgate.errors import PolicyError
 from capgate.paths import anchor_pattern, glob_regexes, is_within, resolve_root
@@ -24,8 +25,9 @@ from capgate.policy.model import (
     Policy,
     ProcessPolicy,
 )
-from capgate.policy.schema import DeniedDomain as DeniedDomainEntry
-from capgate.policy.schema import PolicyFile
+
+if TYPE_CHECKING:
+    from capgate.policy.schema import PolicyFile
 
 __all__ = ["EXPANSION_FLAG", "build_deny_patterns", "merge"]
 
@@ -130,7 +132,7 @@ def _merge_network(m: _Merge, user: PolicyFile) -> NetworkPolicy:
     denied = list(base.denied_domains)
     for i, item in enumerate(section.denied_domains or ()):
         key = f"network.deniedDomains[{i}]"
-        if isinstance(item, DeniedDomainEntry):
+        if not isinstance(item, str):
             denied.append(DeniedDomain(hosts.normalize_domain_entry(item.domain, key), item.reason))
         else:
             denied.append(DeniedDomain(hosts.normalize_domain_entry(item, key)))

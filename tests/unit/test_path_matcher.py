@@ -12,7 +12,7 @@ from capgate.paths import PathMatcher, anchor_pattern
 PATTERNS = [
     ".env*", "*.pem", "id_rsa*", ".bashrc", "secrets/", "*.tar.gz", "a?c", "[ab]x", "**/.git/hooks/",
     "**/.git/modules/**/hooks/", "/home/u/.ssh", "/home/u/.docker/config.json", "/ws/gen/*/x.key",
-    "/ws/deep/**/y", "/ws/lit/", "/ws/cache*/z", "node_*", "*~",
+    "/ws/deep/**/y", "/ws/lit/", "/ws/cache*/z", "node_*", "*~", "**/gen/a", "**/deep/**/z/",
 ]
 NAMES = ["home", "u", ".ssh", "ws", "gen", "a", "x.key", "deep", "y", "lit", "cache1", "z", ".env", ".envrc",
          "k.pem", "id_rsa.pub", ".bashrc", "secrets", "f.tar.gz", "abc", "bx", ".git", "hooks", "modules", "m",
@@ -40,7 +40,10 @@ def test_matcher_agrees_with_pathspec_reference() -> None:
         path = "/" + "/".join(rng.choice(NAMES) for _ in range(depth))
         expected = _reference(PATTERNS, path)
         assert matcher.matches(path) == expected, path
-        assert (matcher.first_match(path) is not None) == expected, path
+        first = matcher.first_match(path)
+        assert (first is not None) == expected, path
+        if expected:  # the rule reported is the first pattern, in policy order, that matches
+            assert first == min(i for i, p in enumerate(PATTERNS) if _reference([p], path)), path
         checked += 1
         denied += expected
     assert denied > 500 and checked - denied > 500  # both outcomes exercised
