@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_attack_corpus_runner_catches_an_ungated_tool(tmp_path: Path) -> None:
 LOOPBACK_SPELLINGS = [
     "127.0.0.1", "127.1", "127.0.1", "2130706433", "0x7f000001", "0x7f.0.0.1", "0X7F.1", "0177.0.0.1",
     "0177.1", "017700000001", "127.000.000.001", "127.0x0.0.1", "127.0.0.1.", "::ffff:127.0.0.1",
-    "[::ffff:127.0.0.1]", "::ffff:7f00:1", "１２７.０.０.１",
+    "[::ffff:127.0.0.1]", "::ffff:7f00:1", "\uff11\uff12\uff17.\uff10.\uff10.\uff11",  # full-width digits
 ]
 
 
@@ -116,8 +117,6 @@ def test_loopback_spelling_reaches_127_0_0_1_when_listed(
     for _ in range(50):
         if listener.connections:
             break
-        import time
-
         time.sleep(0.02)
     assert listener.connections == 1
 
