@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import queue
 import re
 import socket
 import stat
@@ -117,6 +118,9 @@ class EgressProxy:
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         self.address: tuple[str, int] | str | None = None
+        # Over the cap, clients get a 503 from one refuser thread (bounded queue): it drains
+        # what they sent for a moment so the close is not a reset that eats the answer.
+        self._refusals: queue.Queue[socket.socket] = queue.Queue(maxsize=64)
 
     # -- lifecycle ----------------------------------------------------------------------
     @property
@@ -165,6 +169,7 @@ class EgressProxy:
         self._listener = listener
         self._thread = threading.Thread(target=self._serve, name="capgate-proxy", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._refuser, name="capgate-proxy-refuser", daemon=True).start()
         self.gate.audit.event("proxy.listening", address=self.url)
         return self
 
@@ -205,7 +210,10 @@ class EgressProxy:
                 continue
             if not self._slots.acquire(blocking=False):
                 self.gate.audit.warning("proxy.busy", limit=self.max_connections)
-                _refuse_quickly(client, 503, "too many connections to the egress proxy")
+                try:
+                    self._refusals.put_nowait(client)
+                except queue.Full:
+                    _close(client)
                 continue
             self._track(client)
             worker = threading.Thread(target=self._handle, args=(client,), name="capgate-proxy-conn", daemon=True)
@@ -215,6 +223,14 @@ class EgressProxy:
                 self._untrack(client)
                 _close(client)
                 self._slots.release()
+
+    def _refuser(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client = self._refusals.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            _refuse(client, 503, "too many connections to the egress proxy")
 
     def _track(self, sock: socket.socket) -> None:
         with self._open_lock:
@@ -528,6 +544,7 @@ def _send_error(sock: socket.socket, status: int, reason: str) -> None:
     with contextlib.suppress(OSError):
         sock.settimeout(2.0)
         sock.sendall(head.encode("ascii") + body)
+    _linger(sock)
 
 
 def _send_denied(sock: socket.socket, denied: _Denied) -> None:
@@ -544,17 +561,37 @@ def _send_denied(sock: socket.socket, denied: _Denied) -> None:
     with contextlib.suppress(OSError):
         sock.settimeout(2.0)
         sock.sendall(head.encode("ascii") + data)
+    _linger(sock)
 
 
-def _refuse_quickly(sock: socket.socket, status: int, reason: str) -> None:
+def _refuse(sock: socket.socket, status: int, reason: str) -> None:
     with contextlib.suppress(OSError):
-        sock.setblocking(False)
+        sock.settimeout(0.5)
         body = f"capgate egress proxy: {reason}\n".encode()
-        sock.send(
+        sock.sendall(
             f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Error')}\r\nContent-Length: {len(body)}\r\n"
             f"Connection: close\r\n\r\n".encode() + body
         )
+    _linger(sock)
     _close(sock)
+
+
+def _linger(sock: socket.socket) -> None:
+    """Half-close and read what the client still sends, briefly (at most 0.5 s, 1 MiB), so
+    closing with unread bytes does not reset the connection before it reads our answer."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 0.5
+        drained = 0
+        while drained < 1 << 20:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
 
 
 def _shutdown(sock: socket.socket) -> None:
