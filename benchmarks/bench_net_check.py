@@ -1,0 +1,71 @@
+"""net.check of an allowed name (stub resolver) against the raw work it wraps.
+
+The raw operation is what any careful client does anyway: call the resolver and parse its
+answer with ``ipaddress``. ``net.check`` adds URL parsing, host normalization, the deny/allow
+tables, address classification and the audit counter. Prints one JSON line.
+
+    .venv/bin/python benchmarks/bench_net_check.py
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import interleaved, report  # noqa: E402
+
+import capgate  # noqa: E402
+from capgate import net  # noqa: E402
+from capgate.audit import AuditLog  # noqa: E402
+from capgate.resolver import StaticResolver  # noqa: E402
+
+N = 2000
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp) / "ws"
+        ws.mkdir()
+        policy_file = Path(tmp) / "p.json"
+        domains = ["api.example.com", "*.example.org", "files.example.net:8443"]
+        domains += [f"host{i}.example.net" for i in range(50)]
+        policy_file.write_text(
+            '{"version": 1, "network": {"enabled": true, "allowedDomains": %s, '
+            '"deniedDomains": ["blocked.example.org"], "allowedPorts": [443]}}' % str(domains).replace("'", '"')
+        )
+        policy = capgate.load_policy(policy_file, workspace=ws, allow_user_expansion=True)
+        resolver = StaticResolver({"api.example.com": ["93.184.216.34"], "deep.a.example.org": ["93.184.216.35"]})
+        gate = capgate.Gate(policy, audit=AuditLog(io.StringIO(), level="warning"), resolver=resolver)
+
+        def raw() -> object:
+            return [ipaddress.ip_address(a) for a in resolver("api.example.com", 443)]
+
+        def check_url() -> object:
+            return net.check("https://api.example.com/v1/items?q=1")
+
+        def check_wild() -> object:
+            return net.check("deep.a.example.org:443")
+
+        with gate:
+            results = interleaved({"raw": raw, "check_url": check_url, "check_wildcard": check_wild}, n=N)
+        resolver.calls.clear()
+    report(
+        "net_check",
+        n=N,
+        median_us=results["check_url"]["median_us"],
+        p95_us=results["check_url"]["p95_us"],
+        wildcard_median_us=results["check_wildcard"]["median_us"],
+        raw_median_us=results["raw"]["median_us"],
+        ratio=round(results["check_url"]["median_us"] / results["raw"]["median_us"], 1),
+        allowed_domains=len(domains),
+    )
+
+
+if __name__ == "__main__":
+    main()
