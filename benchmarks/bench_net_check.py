@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -18,12 +19,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import interleaved, report  # noqa: E402
+from _common import interleaved, report
 
-import capgate  # noqa: E402
-from capgate import net  # noqa: E402
-from capgate.audit import AuditLog  # noqa: E402
-from capgate.resolver import StaticResolver  # noqa: E402
+import capgate
+from capgate import net
+from capgate.audit import AuditLog
+from capgate.resolver import StaticResolver
 
 N = 2000
 
@@ -35,10 +36,9 @@ def main() -> None:
         policy_file = Path(tmp) / "p.json"
         domains = ["api.example.com", "*.example.org", "files.example.net:8443"]
         domains += [f"host{i}.example.net" for i in range(50)]
-        policy_file.write_text(
-            '{"version": 1, "network": {"enabled": true, "allowedDomains": %s, '
-            '"deniedDomains": ["blocked.example.org"], "allowedPorts": [443]}}' % str(domains).replace("'", '"')
-        )
+        policy_file.write_text(json.dumps({"version": 1, "network": {
+            "enabled": True, "allowedDomains": domains, "deniedDomains": ["blocked.example.org"],
+            "allowedPorts": [443]}}))
         policy = capgate.load_policy(policy_file, workspace=ws, allow_user_expansion=True)
         resolver = StaticResolver({"api.example.com": ["93.184.216.34"], "deep.a.example.org": ["93.184.216.35"]})
         gate = capgate.Gate(policy, audit=AuditLog(io.StringIO(), level="warning"), resolver=resolver)

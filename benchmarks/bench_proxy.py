@@ -20,11 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import report  # noqa: E402
+from _common import report
 
-import capgate  # noqa: E402
-from capgate.audit import AuditLog  # noqa: E402
-from capgate.proxy import EgressProxy  # noqa: E402
+import capgate
+from capgate.audit import AuditLog
+from capgate.proxy import EgressProxy
 
 SIZE = 50 * 1024 * 1024
 ROUNDS = 5
