@@ -33,26 +33,31 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import itertools
 import os
+import resource
+import select
 import selectors
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-from capgate._sys.cgroup import PidsCgroup, create_pids_cgroup
+from capgate._sys import spawner as _spawner
+from capgate._sys.cgroup import PidsCgroup, cgroup_home_procs_fd, create_pids_cgroup
 from capgate._sys.rlimits import MB, RlimitTable, apply_rlimits, limit_table, user_process_count
 from capgate.errors import UnsupportedPlatform
 
 if TYPE_CHECKING:
     from capgate.policy.model import Limits
 
-__all__ = ["RunResult", "supervise"]
+__all__ = ["RunResult", "remove_tree", "supervise"]
 
 _PR_SET_PDEATHSIG = 1
 _CHUNK = 65536
@@ -166,87 +171,67 @@ def supervise(
     max_output_bytes: int | None = None,
     executable: str | None = None,
     remove_after: Sequence[str] = (),
+    private_dirs: bool = False,
 ) -> RunResult:
     """Run ``argv`` to completion inside ``limits``; see the module docstring.
 
-    ``executable``: the resolved file to exec (``argv[0]`` stays what the child sees).
+    ``private_dirs``: the child gets a fresh private (``0700``) directory as ``HOME`` and an
+    empty ``0700`` directory inside it as ``TMPDIR`` (replacing those of ``env``), removed
+    before this returns.
+    ``executable``: the resolved file to exec (``argv[0]`` stays what the child sees); when
+    None, a bare ``argv[0]`` is looked up on the ``PATH`` of ``env``.
     ``timeout``: seconds, capped by ``limits.wall_time_seconds`` (which applies when None).
     With ``capture=False`` the child inherits this process's stdin/stdout/stderr (unless
-    ``input`` is given, which is fed on a pipe). Raises ``OSError`` when the child cannot be
-    started or contained (never runs it uncontained), ``UnsupportedPlatform`` off Linux.
+    ``input`` is given, which is fed on a pipe). ``pass_fds`` (numbers above 2) reach the
+    child at the same numbers. Raises ``OSError`` when the child cannot be started or
+    contained (never runs it uncontained) — ``FileNotFoundError``/``PermissionError`` for
+    an executable that cannot be run — and ``UnsupportedPlatform`` off Linux.
     """
     if not sys.platform.startswith("linux"):
         raise UnsupportedPlatform("capgate.supervisor needs Linux (pids cgroup, prctl)")
     if isinstance(argv, (str, bytes)) or not argv:
         raise TypeError("argv must be a non-empty sequence of strings")
+    args = [os.fsdecode(a) for a in argv]
+    passed = tuple(int(fd) for fd in pass_fds)
+    if any(fd < 3 for fd in passed):
+        raise ValueError("pass_fds must be descriptors above 2")
+    exe = executable if executable is not None else _which(args[0], env)
     wall = float(limits.wall_time_seconds)
     budget = wall if timeout is None else max(0.0, min(float(timeout), wall))
     cap = limits.max_captured_output_mb * MB if max_output_bytes is None else max(0, int(max_output_bytes))
 
-    cgroup = create_pids_cgroup(limits.max_processes)  # OSError propagates: fail closed
-    spare_uid: int | None = None
-    nproc: int | None = None
-    containment = "cgroup"
-    if cgroup is None:
-        if os.geteuid() == 0:
-            spare_uid = _SPARE_UID_BASE + (os.getpid() * 1000 + next(_uid_counter)) % 100_000_000
-            nproc = limits.max_processes
-            containment = "spare-uid"
-        else:
-            nproc = user_process_count() + limits.max_processes
-            containment = "rlimit-nproc"
-    tree = _Tree(cgroup, spare_uid)
-    procs_fd = cgroup.procs_fd() if cgroup is not None else None
-    start = time.monotonic()
-    timed_out = False
-    out = _Capped(cap)
-    err = _Capped(cap)
-    proc: subprocess.Popen[bytes] | None = None
-    status = 0
-    cpu_used = 0.0
+    cgroup = None
+    pending: list[tuple[_spawner.Spawner, str]] = []
     try:
-        pipe_in = subprocess.PIPE if input is not None else (subprocess.DEVNULL if capture else None)
-        pipe_out = subprocess.PIPE if capture else None
-        proc = subprocess.Popen(
-            list(argv),
-            executable=executable,
-            stdin=pipe_in,
-            stdout=pipe_out,
-            stderr=pipe_out,
-            cwd=cwd,
-            env=dict(env),
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=tuple(pass_fds),
-            preexec_fn=_make_preexec(procs_fd, limit_table(limits, nproc=nproc)),
-            user=spare_uid,
-            group=spare_uid,
-            extra_groups=[] if spare_uid is not None else None,
-        )
-        tree.pgid = proc.pid
-        timed_out = _pump(proc, input, out, err, start + budget)
-        if timed_out:
-            tree.kill()
-        status, cpu_used = _reap(proc)
-        tree.kill()  # the child is gone: whatever it left behind goes too
-        _drain(proc, out, err, time.monotonic() + 2.0)
+        cgroup = create_pids_cgroup(limits.max_processes)  # OSError propagates: fail closed
+        spare_uid: int | None = None
+        nproc: int | None = None
+        containment = "cgroup"
+        if cgroup is None:
+            if os.geteuid() == 0:
+                spare_uid = _SPARE_UID_BASE + (os.getpid() * 1000 + next(_uid_counter)) % 100_000_000
+                nproc = limits.max_processes
+                containment = "spare-uid"
+            else:
+                nproc = user_process_count() + limits.max_processes
+                containment = "rlimit-nproc"
+        table = limit_table(limits, nproc=nproc)
+        tree = _Tree(cgroup, spare_uid)
+        outcome = _run(args, exe, env, cwd, input, capture, passed, table, cgroup, spare_uid, tree,
+                       budget, cap, limits, private_dirs, pending)
     finally:
-        if proc is not None and proc.returncode is None:
-            tree.kill()
-            with contextlib.suppress(Exception):
-                _reap(proc)
-        for stream in (proc.stdin, proc.stdout, proc.stderr) if proc is not None else ():
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        if procs_fd is not None:
-            os.close(procs_fd)
         hits = cgroup.max_hits() if cgroup is not None else 0
         if cgroup is not None:
-            cgroup.remove()
+            cgroup.release()
+        for spawner, private in pending:  # started by _run after the tree was dead
+            try:
+                spawner.cleanup_wait()
+            except OSError:
+                remove_tree(private)
+            _spawner.release(spawner)
         for path in remove_after:
-            shutil.rmtree(path, ignore_errors=True)
-    duration = time.monotonic() - start
+            remove_tree(path)
+    status, cpu_used, timed_out, out, err, duration = outcome
     returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     fired: list[str] = []
     if timed_out:
@@ -268,6 +253,355 @@ def supervise(
         limits_fired=tuple(fired),
         containment=containment,
     )
+
+
+def remove_tree(path: str) -> None:
+    """Remove a run's private directory: a few ``rmdir`` calls when the child left it empty."""
+    try:
+        with os.scandir(path) as entries:
+            names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        if all(is_dir for _name, is_dir in names):
+            for name, _is_dir in names:
+                os.rmdir(os.path.join(path, name))
+            os.rmdir(path)
+            return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    shutil.rmtree(path, ignore_errors=True)  # fd-based: safe against planted symlinks
+
+
+def _which(name: str, env: Mapping[str, str]) -> str:
+    """``argv[0]`` as the file to exec: a path as given, a bare name on the child's PATH."""
+    if "/" in name:
+        return name
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+_Outcome = tuple[int, float, bool, _Capped, _Capped, float]
+
+
+def _std_fd(fd: int) -> int | None:
+    try:
+        os.fstat(fd)
+        return fd
+    except OSError:
+        return None
+
+
+_devnull_fd: int | None = None
+
+
+def _devnull() -> int:
+    global _devnull_fd
+    if _devnull_fd is None:
+        _devnull_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    return _devnull_fd
+
+
+def _run(
+    args: list[str], exe: str, env: Mapping[str, str], cwd: str, data: bytes | None, capture: bool,
+    passed: tuple[int, ...], table: RlimitTable, cgroup: PidsCgroup | None, spare_uid: int | None,
+    tree: _Tree, budget: float, cap: int, limits: Limits, private_dirs: bool,
+    pending: list[tuple[_spawner.Spawner, str]],
+) -> _Outcome:
+    fast = cgroup is not None and limits.max_processes >= 2 and spare_uid is None and _carriable(table)
+    try:
+        spawner = _spawner.acquire(tuple((row[0], row[1], row[2]) for row in table) if fast else None)
+    except _spawner.SpawnerUnavailable:
+        private = _make_private() if private_dirs else None
+        try:
+            return _run_popen(args, exe, _with_private(env, private), cwd, data, capture, passed, table, cgroup,
+                              spare_uid, tree, budget, cap)
+        finally:
+            if private is not None:
+                remove_tree(private)
+    private = spawner.take_private_dir() if private_dirs else None
+    out = _Capped(cap)
+    err = _Capped(cap)
+    ours: list[int] = []  # our ends of the pipes, closed at the end
+    theirs: list[int] = []  # the child's ends, closed once it is started
+    child: _spawner.SpawnedChild | None = None
+    procs_fd = cgroup.procs_fd() if cgroup is not None else None
+    done = False
+    start = time.monotonic()
+    try:
+        stdin_w = out_r = err_r = None
+        if data is not None:
+            r, stdin_w = os.pipe2(os.O_CLOEXEC)
+            ours.append(stdin_w)
+            theirs.append(r)
+            child_in = r
+        elif capture:
+            child_in = _devnull()
+        else:
+            child_in = _std_fd(0) or _devnull()
+        if capture:
+            out_r, w1 = os.pipe2(os.O_CLOEXEC)
+            err_r, w2 = os.pipe2(os.O_CLOEXEC)
+            ours += [out_r, err_r]
+            theirs += [w1, w2]
+            child_out, child_err = w1, w2
+        else:
+            child_out = _std_fd(1) or _devnull()
+            child_err = _std_fd(2) or _devnull()
+        layout = [0, 1, 2, *passed]
+        fds = [child_in, child_out, child_err, *passed]
+        if procs_fd is not None:
+            home = cgroup_home_procs_fd()
+            layout += [_spawner.CGROUP_PROCS, _spawner.HOME_PROCS]
+            fds += [procs_fd, home]
+        request: dict[str, object] = {
+            "argv": args,
+            "exe": exe,
+            "env": _with_private(env, private),
+            "private": private,
+            "cwd": cwd,
+            "limits": [list(row[:3]) for row in table],
+            "layout": layout,
+            "uid": spare_uid,
+            "fast": fast,
+            "cgroup_dir": cgroup.path if cgroup is not None else None,
+        }
+        start = time.monotonic()
+        child = spawner.spawn(request, fds)
+        tree.pgid = child.pid
+        for fd in theirs:
+            os.close(fd)
+        theirs.clear()
+        if procs_fd is not None:
+            os.close(procs_fd)
+            procs_fd = None
+        exit_fd = None if child.exited else child.fileno()
+        timed_out = _pump_fds(exit_fd, stdin_w, out_r, err_r, data, out, err, start + budget)
+        if timed_out:
+            tree.kill()
+        status, cpu_used = _await_result(child)
+        done = True
+        tree.kill()  # the child is gone: whatever it left behind goes too
+        if private is not None:  # the spawner removes it while we drain and free the cgroup
+            spawner.cleanup_start(private)
+            pending.append((spawner, private))
+            private = None
+        _drain_fds([fd for fd in (out_r, err_r) if fd is not None], [out, err], time.monotonic() + 2.0)
+        return status, cpu_used, timed_out, out, err, time.monotonic() - start
+    finally:
+        if not done:
+            tree.kill()
+            if child is not None and not spawner.dead:
+                try:
+                    _await_result(child, grace=2.0)
+                except OSError:
+                    spawner.dead = True
+        if private is not None:  # the run failed before the normal clean-up
+            cleaned = False
+            if not spawner.dead:
+                with contextlib.suppress(OSError):
+                    spawner.cleanup(private)
+                    cleaned = True
+            if not cleaned:
+                spawner.dead = True
+                remove_tree(private)
+        for fd in [*ours, *theirs]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if procs_fd is not None:
+            os.close(procs_fd)
+        if not pending:
+            _spawner.release(spawner)
+
+
+def _make_private() -> str:
+    path = os.path.join(tempfile.gettempdir(), f"capgate-run-{os.getpid()}-{os.urandom(8).hex()}")
+    os.mkdir(path, 0o700)
+    os.mkdir(os.path.join(path, "tmp"), 0o700)
+    return path
+
+
+def _with_private(env: Mapping[str, str], private: str | None) -> dict[str, str]:
+    out = dict(env)
+    if private is not None:
+        out["HOME"] = private
+        out["TMPDIR"] = os.path.join(private, "tmp")
+    return out
+
+
+def _carriable(table: RlimitTable) -> bool:
+    """Can a spawner live under these limits itself (so its vfork children inherit them)?"""
+    for res, _soft, hard, _name in table:
+        if res == resource.RLIMIT_AS and hard != resource.RLIM_INFINITY and hard < 256 * MB:
+            return False
+        if res == resource.RLIMIT_NOFILE and hard != resource.RLIM_INFINITY and hard < 64:
+            return False
+        if res == resource.RLIMIT_CPU and hard != resource.RLIM_INFINITY and hard < 2:
+            return False
+    return True
+
+
+def _await_result(child: _spawner.SpawnedChild, grace: float = 10.0) -> tuple[int, float]:
+    """The exit status from the spawner; a spawner that says nothing within ``grace`` after
+    the tree was killed is broken and is closed."""
+    ready = child.exited or select.select([child.fileno()], [], [], grace)[0]
+    if not ready:
+        child.spawner.dead = True
+        raise _spawner.SpawnerDied(errno.ETIMEDOUT, "capgate spawner did not report the child's exit")
+    return child.result()
+
+
+def _run_popen(
+    args: list[str], exe: str, env: Mapping[str, str], cwd: str, data: bytes | None, capture: bool,
+    passed: tuple[int, ...], table: RlimitTable, cgroup: PidsCgroup | None, spare_uid: int | None,
+    tree: _Tree, budget: float, cap: int,
+) -> _Outcome:
+    """Fallback without a spawner: ``Popen`` with ``preexec_fn`` (a real fork of this process)."""
+    procs_fd = cgroup.procs_fd() if cgroup is not None else None
+    start = time.monotonic()
+    timed_out = False
+    out = _Capped(cap)
+    err = _Capped(cap)
+    proc: subprocess.Popen[bytes] | None = None
+    status = 0
+    cpu_used = 0.0
+    try:
+        pipe_in = subprocess.PIPE if data is not None else (subprocess.DEVNULL if capture else None)
+        pipe_out = subprocess.PIPE if capture else None
+        proc = subprocess.Popen(
+            args,
+            executable=exe,
+            stdin=pipe_in,
+            stdout=pipe_out,
+            stderr=pipe_out,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=passed,
+            preexec_fn=_make_preexec(procs_fd, table),
+            user=spare_uid,
+            group=spare_uid,
+            extra_groups=[] if spare_uid is not None else None,
+        )
+        tree.pgid = proc.pid
+        timed_out = _pump(proc, data, out, err, start + budget)
+        if timed_out:
+            tree.kill()
+        status, cpu_used = _reap(proc)
+        tree.kill()  # the child is gone: whatever it left behind goes too
+        _drain(proc, out, err, time.monotonic() + 2.0)
+    finally:
+        if proc is not None and proc.returncode is None:
+            tree.kill()
+            with contextlib.suppress(Exception):
+                _reap(proc)
+        for stream in (proc.stdin, proc.stdout, proc.stderr) if proc is not None else ():
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if procs_fd is not None:
+            os.close(procs_fd)
+    return status, cpu_used, timed_out, out, err, time.monotonic() - start
+
+
+def _pump_fds(
+    exit_fd: int | None, stdin_w: int | None, out_r: int | None, err_r: int | None, data: bytes | None,
+    out: _Capped, err: _Capped, deadline: float,
+) -> bool:
+    """Feed stdin, read stdout/stderr until ``exit_fd`` is readable. True if the deadline passed.
+
+    ``exit_fd`` None: the child already exited (what is left in the pipes is drained later).
+    """
+    if exit_fd is None:
+        if stdin_w is not None:
+            os.close(stdin_w)
+        return False
+    sel = selectors.DefaultSelector()
+    sel.register(exit_fd, selectors.EVENT_READ, "exit")
+    sinks: dict[int, _Capped] = {}
+    for fd, sink in ((out_r, out), (err_r, err)):
+        if fd is not None:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ, sink)
+            sinks[fd] = sink
+    view = memoryview(data) if data is not None else memoryview(b"")
+    if stdin_w is not None:
+        if len(view):
+            os.set_blocking(stdin_w, False)
+            sel.register(stdin_w, selectors.EVENT_WRITE, "stdin")
+        else:
+            os.close(stdin_w)
+            stdin_w = None
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            for key, _ in sel.select(left):
+                tag = key.data
+                if tag == "exit":
+                    return False
+                if tag == "stdin" and stdin_w is not None:
+                    try:
+                        sent = os.write(stdin_w, view[:_CHUNK])
+                        view = view[sent:]
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # BrokenPipe: the child stopped reading
+                        view = view[len(view):]
+                    if not len(view):
+                        sel.unregister(stdin_w)
+                        os.close(stdin_w)
+                        stdin_w = None
+                    continue
+                fd = key.fd
+                try:
+                    chunk = os.read(fd, _CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    sinks[fd].add(chunk)
+                else:
+                    sel.unregister(fd)
+    finally:
+        sel.close()
+        if stdin_w is not None:
+            with contextlib.suppress(OSError):
+                os.close(stdin_w)
+
+
+def _drain_fds(fds: list[int], sinks: list[_Capped], deadline: float) -> None:
+    """Read what is left in the pipes after the tree is dead (bounded by ``deadline``)."""
+    if not fds:
+        return
+    sel = selectors.DefaultSelector()
+    try:
+        for fd, sink in zip(fds, sinks, strict=True):
+            sel.register(fd, selectors.EVENT_READ, sink)
+        open_fds = len(fds)
+        while open_fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for key, _ in sel.select(left):
+                try:
+                    chunk = os.read(key.fd, _CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    key.data.add(chunk)
+                else:
+                    sel.unregister(key.fd)
+                    open_fds -= 1
+    finally:
+        sel.close()
 
 
 def _pump(proc: subprocess.Popen[bytes], data: bytes | None, out: _Capped, err: _Capped, deadline: float) -> bool:

@@ -9,6 +9,12 @@ descendant is born inside: a ``setsid`` double-fork cannot leave it, and ``kill_
 every member however it detached. ``remove`` kills what is left and deletes the directory.
 Directories of runs whose owner died (``capgate-<pid>-…``) are swept on first use.
 
+A run's cgroup that ends **empty** (every member killed) is kept for the next run of this
+process instead of being removed (``release``): an empty cgroup is as good as a fresh one,
+and mkdir/rmdir in cgroupfs costs more than the rest of starting a small command. Its
+``pids.max`` is rewritten for the next run, and ``max_hits`` counts from the hand-over.
+The kept ones are removed at interpreter exit (or swept later if the process was killed).
+
 What it does not do: work without write access to the cgroup tree (unprivileged users on
 most distributions, most containers): ``create`` then returns ``None`` and the supervisor
 falls back (see ``capgate.supervisor``). It bounds processes only; memory and CPU are rlimits.
@@ -16,6 +22,7 @@ falls back (see ``capgate.supervisor``). It bounds processes only; memory and CP
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
@@ -24,7 +31,7 @@ import signal
 import threading
 import time
 
-__all__ = ["PidsCgroup", "cgroup_parent", "create_pids_cgroup"]
+__all__ = ["PidsCgroup", "cgroup_home_procs_fd", "cgroup_parent", "create_pids_cgroup"]
 
 _counter = itertools.count()
 _probe_lock = threading.Lock()
@@ -114,15 +121,41 @@ def cgroup_parent() -> str | None:
     return _parent
 
 
+_home_fd: int | None = None
+_home_owner = 0
+
+
+def cgroup_home_procs_fd() -> int:
+    """A cached close-on-exec descriptor on ``cgroup.procs`` of ``cgroup_parent()``.
+
+    The spawner (``capgate._sys.spawner``) writes ``b"0"`` to it to move itself back out of
+    a run's cgroup after starting the child there. Raises ``OSError`` without a cgroup.
+    """
+    global _home_fd, _home_owner
+    parent = cgroup_parent()
+    if parent is None:
+        raise OSError("no pids cgroup on this machine")
+    with _probe_lock:
+        if _home_fd is None or _home_owner != os.getpid():
+            _home_fd = os.open(os.path.join(parent, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            _home_owner = os.getpid()
+        return _home_fd
+
+
 class PidsCgroup:
     """One run's pids cgroup directory."""
 
     def __init__(self, path: str, version: int) -> None:
         self.path = path
         self.version = version
+        self.max = -1
+        self.known_empty = True
+        self._hits_before = 0
+        self._hits_seen = 0
 
     def procs_fd(self) -> int:
         """A close-on-exec descriptor on ``cgroup.procs``; the child writes ``b"0"`` to it."""
+        self.known_empty = False
         return os.open(os.path.join(self.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
 
     def pids(self) -> list[int]:
@@ -133,16 +166,43 @@ class PidsCgroup:
             return []
 
     def max_hits(self) -> int:
-        """How many forks ``pids.max`` refused (the ``max`` counter of ``pids.events``)."""
+        """How many forks ``pids.max`` refused during this run (from ``pids.events``)."""
         try:
             with open(os.path.join(self.path, "pids.events"), encoding="ascii") as fh:
                 for line in fh:
                     key, _, value = line.partition(" ")
                     if key == "max":
-                        return int(value)
+                        self._hits_seen = int(value)
+                        return self._hits_seen - self._hits_before
         except (OSError, ValueError):
             pass
         return 0
+
+    def _current(self) -> int:
+        try:
+            with open(os.path.join(self.path, "pids.current"), encoding="ascii") as fh:
+                return int(fh.read())
+        except (OSError, ValueError):
+            return -1
+
+    def set_max(self, max_processes: int) -> None:
+        if max_processes != self.max:
+            with open(os.path.join(self.path, "pids.max"), "w", encoding="ascii") as fh:
+                fh.write(str(max_processes))
+            self.max = max_processes
+
+    def release(self) -> None:
+        """The run is over: keep the cgroup for the next run if it is empty, else remove it."""
+        if (self.known_empty or self.kill_all(deadline=0.5)) and self._current() == 0:
+            # pids.current also counts killed tasks not yet reaped (orphan zombies): reusing
+            # such a cgroup would hand the next run fewer processes than it was promised.
+            self.max_hits()
+            self._hits_before = self._hits_seen
+            with _spare_lock:
+                if len(_spare) < _MAX_SPARE and _spare_owner[0] == os.getpid():
+                    _spare.append(self)
+                    return
+        self.remove()
 
     def kill_all(self, *, deadline: float = 5.0) -> bool:
         """SIGKILL every member until none is left; True when the cgroup is empty.
@@ -159,6 +219,7 @@ class PidsCgroup:
         while True:
             members = self.pids()
             if not members:
+                self.known_empty = True  # nothing can enter an empty cgroup but a writer of procs
                 return True
             for pid in members:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -185,21 +246,52 @@ class PidsCgroup:
                 time.sleep(0.002)
 
 
+_spare: list[PidsCgroup] = []
+_spare_lock = threading.Lock()
+_spare_owner = [os.getpid()]
+_MAX_SPARE = 8
+
+
+def _remove_spares() -> None:
+    with _spare_lock:
+        groups = list(_spare) if _spare_owner[0] == os.getpid() else []
+        _spare.clear()
+    for group in groups:
+        group.remove(deadline=1.0)
+
+
+def _forget_after_fork() -> None:
+    global _home_fd
+    _spare.clear()  # the parent's: never reused nor removed by the child
+    _spare_owner[0] = os.getpid()
+    _home_fd = None
+
+
+atexit.register(_remove_spares)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def create_pids_cgroup(max_processes: int) -> PidsCgroup | None:
-    """A fresh pids cgroup limited to ``max_processes`` tasks, or None when unavailable.
+    """An empty pids cgroup limited to ``max_processes`` tasks, or None when unavailable.
 
     Raises ``OSError`` if the cgroup tree is usable but this one could not be set up (the
-    caller must then fail closed rather than run the child unbounded).
+    caller must then fail closed rather than run the child unbounded). Give it back with
+    ``release`` (or ``remove``).
     """
     parent = cgroup_parent()
     if parent is None:
         return None
-    path = os.path.join(parent, f"capgate-{os.getpid()}-{next(_counter)}")
-    os.mkdir(path)
-    group = PidsCgroup(path, _version)
+    group: PidsCgroup | None = None
+    with _spare_lock:
+        if _spare and _spare_owner[0] == os.getpid():
+            group = _spare.pop()
+    if group is None:
+        path = os.path.join(parent, f"capgate-{os.getpid()}-{next(_counter)}")
+        os.mkdir(path)
+        group = PidsCgroup(path, _version)
     try:
-        with open(os.path.join(path, "pids.max"), "w", encoding="ascii") as fh:
-            fh.write(str(max_processes))
+        group.set_max(max_processes)
     except OSError:
         group.remove()
         raise

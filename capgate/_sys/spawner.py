@@ -1,0 +1,688 @@
+"""A small long-lived helper process that starts supervised children cheaply and contained.
+
+Why: the supervisor must put a child in its pids cgroup and under its rlimits *before* the
+child execs anything. Doing that with ``preexec_fn`` forces a real ``fork()`` of the whole
+(big, multi-threaded) calling Python process. Instead, a minimal interpreter
+(``python -I -S`` running this file, stdlib only) is started once and reused; per run the
+supervisor sends it the argv, executable, environment, cwd, rlimit table, the child's file
+descriptors and the run cgroup's ``cgroup.procs`` over a ``socketpair`` (``SCM_RIGHTS``).
+
+How a child is started (the spawner is single-threaded and runs one child at a time):
+
+* **fast path** (the spawner runs as root, so it can raise its own limits back; the run has a
+  cgroup and ``maxProcesses >= 2``): the spawner moves *itself* into the run cgroup, lowers
+  its *own* rlimits to the run's table, ``chdir``s to the run's cwd and calls
+  ``posix_spawn`` (``vfork``-based in glibc: no page-table copy) with ``setsid``, the fd
+  ``dup2``s and the ignored signals reset. The child is born inside the cgroup, with the
+  rlimits, before its ``execve``. The spawner then restores its limits and moves back to its
+  own cgroup. While the spawner is inside it counts against ``pids.max`` (a fork of the child
+  in those microseconds is refused: stricter, never looser).
+* **fork path** (everything else: not root, no cgroup, a throw-away uid, tiny limits, a
+  fast-path error): ``os.fork`` of this small process; the child does ``setsid``, joins the
+  cgroup, places its fds, drops to the throw-away uid, sets the rlimits and
+  ``PR_SET_PDEATHSIG``, and ``execve``\\ s. An exec error goes back on a close-on-exec pipe.
+
+Either way an exec error (``ENOENT``, ``EACCES``, ...) is reported with its errno and the
+supervisor raises the matching ``OSError`` subclass. The spawner reports the pid, then the
+wait status and the child's CPU time (``wait4``). Only the descriptors named in the request
+reach the child, at the numbers the caller used (``pass_fds`` keep their numbers).
+
+Lifetime: the spawner dies with its owner — it watches a pidfd of the owner process and EOF
+on its socket; on either it kills the current run (its cgroup members and process group)
+and exits. If the spawner dies, the supervisor kills the run's tree itself, raises
+``OSError`` for that run, and the next run starts a fresh spawner. A child of a process that
+forked (``os.fork``) never uses its parent's spawners.
+
+What it does not do: decide anything, or contain anything by itself — it applies exactly
+the limits and cgroup the supervisor hands it (``capgate.supervisor``). Linux only
+(``pidfd_open``, ``posix_spawn`` with ``setsid``); ``SpawnerUnavailable`` otherwise.
+"""
+
+from __future__ import annotations
+
+import errno
+import marshal
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+from typing import Any
+
+__all__ = ["SpawnedChild", "Spawner", "SpawnerDied", "SpawnerUnavailable", "acquire", "release"]
+
+_LEN = struct.Struct("!I")
+_FD = struct.Struct("i")
+_MAX_FDS = 64
+# Targets in a request's fd layout that are not child fd numbers.
+CGROUP_PROCS = -1
+HOME_PROCS = -2
+_EXEC_ERRORS = frozenset(
+    {errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG,
+     errno.ETXTBSY, errno.EISDIR, errno.EPERM, errno.E2BIG}
+)
+
+
+class SpawnerUnavailable(OSError):
+    """No spawner can run here (the caller then uses its own, slower, fallback)."""
+
+
+class SpawnerDied(OSError):
+    """The spawner went away in the middle of a run."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire format: 4-byte length + marshal payload; the first chunk of a request carries the fds.
+# ---------------------------------------------------------------------------------------------
+def _send(sock: socket.socket, obj: Any, fds: list[int] | tuple[int, ...] = ()) -> None:
+    payload = marshal.dumps(obj)
+    data = _LEN.pack(len(payload)) + payload
+    if fds:
+        sent = socket.send_fds(sock, [data], list(fds))
+        data = data[sent:]
+    if data:
+        sock.sendall(data)
+
+
+def _recv_exact(sock: socket.socket, buf: bytearray, n: int, fds: list[int] | None) -> None:
+    while len(buf) < n:
+        if fds is None:
+            chunk = sock.recv(65536)
+        else:
+            # Every server read goes through recvmsg: a plain recv would make the kernel drop
+            # (close) descriptors attached to bytes it happens to read ahead. Not
+            # socket.recv_fds: before 3.12 it ignores ``flags``, and the fds must be
+            # close-on-exec from the first instant (only those placed by dup2 reach a child).
+            chunk, ancdata, _flags, _addr = sock.recvmsg(
+                65536, socket.CMSG_SPACE(_MAX_FDS * _FD.size), socket.MSG_CMSG_CLOEXEC
+            )
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(_FD.unpack_from(payload, i * _FD.size)[0] for i in range(len(payload) // _FD.size))
+        if not chunk:
+            raise EOFError("spawner socket closed")
+        buf += chunk
+
+
+def _recv(sock: socket.socket, buf: bytearray, fds: list[int] | None = None) -> object:
+    """One message; bytes read beyond it stay in ``buf`` for the next call. ``fds``: collect
+    received descriptors there (server side; they belong to the next request message)."""
+    _recv_exact(sock, buf, _LEN.size, fds)
+    (size,) = _LEN.unpack_from(buf)
+    _recv_exact(sock, buf, _LEN.size + size, fds)
+    # marshal, not pickle, and only between this process and the spawner it started.
+    message = marshal.loads(bytes(buf[_LEN.size:_LEN.size + size]))  # noqa: S302
+    del buf[:_LEN.size + size]
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# Client side (in the supervisor process)
+# ---------------------------------------------------------------------------------------------
+class SpawnedChild:
+    """A started child: its pid and the socket on which its exit status will arrive."""
+
+    def __init__(self, spawner: Spawner, pid: int, mode: str) -> None:
+        self.spawner = spawner
+        self.pid = pid
+        self.mode = mode  # "spawn" or "fork"
+
+    def fileno(self) -> int:
+        """Readable when the exit status has arrived (or the spawner died) — unless it is
+        already buffered: check ``exited`` first."""
+        return self.spawner.sock.fileno()
+
+    @property
+    def exited(self) -> bool:
+        """The exit report already arrived with the pid (read ahead into the buffer)."""
+        return bool(self.spawner.buf)
+
+    def result(self) -> tuple[int, float]:
+        """(wait status, child CPU seconds); blocks. Raises ``SpawnerDied``."""
+        try:
+            reply = _recv(self.spawner.sock, self.spawner.buf)
+        except (EOFError, OSError) as exc:
+            self.spawner.dead = True
+            raise SpawnerDied(errno.EIO, f"capgate spawner died during the run: {exc}") from None
+        if not isinstance(reply, tuple) or reply[0] != "exit":
+            self.spawner.dead = True
+            raise SpawnerDied(errno.EIO, f"capgate spawner protocol error: {reply!r}")
+        _tag, status, cpu, retire = reply
+        if retire:
+            self.spawner.dead = True
+        return int(status), float(cpu)
+
+
+class Spawner:
+    """One spawner process and the socket to it. Not thread-safe: one run at a time."""
+
+    def __init__(self, limits: tuple[tuple[int, int, int], ...] | None = None) -> None:
+        if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open") or not hasattr(os, "posix_spawn"):
+            raise SpawnerUnavailable(errno.ENOSYS, "the capgate spawner needs Linux with pidfd_open and posix_spawn")
+        import subprocess  # the caller has it loaded already (supervisor fallback)
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.owner = os.getpid()
+        self.dead = False
+        self.limits = limits
+        self.buf = bytearray()
+        self._cleaning = ""
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", os.path.abspath(__file__), str(self.owner), str(theirs.fileno()),
+                 ",".join(f"{r}:{s}:{h}" for r, s, h in limits or ())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,  # no terminal: a Ctrl-C reaches the supervisor, not us
+                close_fds=True,
+            )
+        except OSError as exc:
+            ours.close()
+            raise SpawnerUnavailable(exc.errno or errno.EIO, f"cannot start the capgate spawner: {exc}") from exc
+        finally:
+            theirs.close()
+        self.sock = ours
+        try:
+            hello = _recv(ours, self.buf)
+        except (EOFError, OSError) as exc:
+            self.close()
+            raise SpawnerUnavailable(errno.EIO, f"the capgate spawner did not start: {exc}") from exc
+        if hello != ("ready", self.owner):
+            self.close()
+            raise SpawnerUnavailable(errno.EIO, f"the capgate spawner said {hello!r}")
+        self.next_dir = _new_private_name()
+        _send(ours, ("prepare", self.next_dir))
+
+    def take_private_dir(self) -> str:
+        """A fresh private directory (``HOME``; ``TMPDIR`` is ``tmp`` inside it) for the next run: the
+        spawner made it while idle; it is removed by ``cleanup``."""
+        return self.next_dir
+
+    def cleanup(self, used: str) -> None:
+        """After the run (tree dead): the spawner removes ``used`` and, once it has replied,
+        prepares the next run's directory. Raises ``OSError`` if ``used`` could not go."""
+        self.cleanup_start(used)
+        self.cleanup_wait()
+
+    def cleanup_start(self, used: str) -> None:
+        """First half of ``cleanup``: ask, do not wait."""
+        self.next_dir = _new_private_name()
+        self._cleaning = used
+        try:
+            _send(self.sock, ("cleanup", used, self.next_dir))
+        except OSError as exc:
+            self.dead = True
+            raise SpawnerDied(errno.EIO, f"capgate spawner died while cleaning up: {exc}") from None
+
+    def cleanup_wait(self) -> None:
+        """Second half of ``cleanup``: the spawner's answer."""
+        used = self._cleaning
+        try:
+            reply = _recv(self.sock, self.buf)
+        except (EOFError, OSError) as exc:
+            self.dead = True
+            raise SpawnerDied(errno.EIO, f"capgate spawner died while cleaning up: {exc}") from None
+        if reply != ("cleaned", True):
+            raise OSError(errno.EIO, f"the run's private directory was not removed: {used}")
+
+    def spawn(self, request: dict[str, object], fds: list[int]) -> SpawnedChild:
+        """Start one child (see the module docstring for ``request``); raises ``OSError``."""
+        try:
+            _send(self.sock, request, fds)
+            reply = _recv(self.sock, self.buf)
+        except (EOFError, OSError) as exc:
+            self.dead = True
+            raise SpawnerDied(errno.EIO, f"capgate spawner died while starting a child: {exc}") from None
+        if not isinstance(reply, tuple):
+            self.dead = True
+            raise SpawnerDied(errno.EIO, f"capgate spawner protocol error: {reply!r}")
+        if reply[0] == "pid":
+            return SpawnedChild(self, int(reply[1]), str(reply[2]))
+        if reply[0] == "err":
+            _tag, code, message, filename, retire = reply
+            if retire:
+                self.dead = True
+            raise OSError(int(code), str(message), filename)
+        self.dead = True
+        raise SpawnerDied(errno.EIO, f"capgate spawner protocol error: {reply!r}")
+
+    def close(self) -> None:
+        """Stop the spawner: EOF makes it exit (removing the directory it prepared); one
+        that does not within a second is killed, and the directory removed here."""
+        self.dead = True
+        try:
+            self.sock.close()
+        finally:
+            if self.owner == os.getpid():
+                try:
+                    self.proc.wait(timeout=1.0)
+                except Exception:
+                    try:
+                        self.proc.kill()
+                        self.proc.wait(timeout=5)
+                    except Exception:
+                        pass
+                _remove_private(self.next_dir)
+
+
+def _new_private_name() -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"capgate-run-{os.getpid()}-{os.urandom(8).hex()}")
+
+
+_pool: dict[object, list[Spawner]] = {}
+_MAX_IDLE = 4
+_lock = threading.Lock()
+
+
+def acquire(limits: tuple[tuple[int, int, int], ...] | None = None) -> Spawner:
+    """An idle spawner of this process for ``limits`` (started if none is idle).
+
+    ``limits``: the (resource, soft, hard) table the spawner itself carries so its
+    ``posix_spawn`` children inherit it; None for a spawner that only forks. Pair with
+    ``release``.
+    """
+    with _lock:
+        idle = _pool.get(limits, [])
+        while idle:
+            spawner = idle.pop()
+            if not spawner.dead and spawner.owner == os.getpid() and spawner.proc.poll() is None:
+                return spawner
+            spawner.close()
+    return Spawner(limits)
+
+
+def release(spawner: Spawner) -> None:
+    """Give a spawner back after its run finished (a dead or surplus one is closed)."""
+    with _lock:
+        idle = _pool.setdefault(spawner.limits, [])
+        if not spawner.dead and spawner.owner == os.getpid() and len(idle) < _MAX_IDLE:
+            idle.append(spawner)
+            return
+    spawner.close()
+
+
+def _forget_after_fork() -> None:
+    # A forked child must not talk to its parent's spawners (replies would interleave).
+    global _lock
+    for idle in _pool.values():
+        for spawner in idle:
+            try:
+                spawner.sock.close()
+            except OSError:
+                pass
+    _pool.clear()
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+# ---------------------------------------------------------------------------------------------
+# Server side (``python -I -S spawner.py OWNER_PID SOCKET_FD``)
+# ---------------------------------------------------------------------------------------------
+def _cpu_self() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Server:
+    def __init__(self, owner: int, sock_fd: int, limits: str) -> None:
+        import resource
+
+        self.resource = resource
+        self.sock = socket.socket(fileno=sock_fd)
+        self.buf = bytearray()
+        self.fds: list[int] = []
+        os.set_inheritable(sock_fd, False)
+        self.owner_fd = os.pidfd_open(owner)
+        if os.getppid() != owner:  # the owner died before we could watch it
+            raise SystemExit(0)
+        self.null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.root = os.geteuid() == 0
+        os.chdir("/")  # never keeps a directory busy; chdir back here after each fast spawn
+        self.home = "/"
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGXCPU, signal.SIG_IGN)  # our own brief CPU limit (fast path)
+        self.reset_signals: list[int] = [signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU]
+        for num in range(1, signal.NSIG):
+            try:
+                if signal.getsignal(num) == signal.SIG_IGN and num not in self.reset_signals:
+                    self.reset_signals.append(num)
+            except (ValueError, OSError):
+                continue
+        self.libc: Any
+        try:
+            import ctypes
+
+            self.libc = ctypes.CDLL(None, use_errno=True)
+        except (ImportError, OSError):
+            self.libc = None
+        self.cgroup_dir: str | None = None
+        self.pid: int | None = None
+        self.prepared: str | None = None
+        # A spawner started for one rlimit table carries it itself (hard limits can only be
+        # lowered, even by root without CAP_SYS_RESOURCE), so posix_spawn children inherit it.
+        self.own_limits: list[tuple[int, ...]] | None = None
+        self.cpu_hard: int | None = None
+        if limits:
+            table = [tuple(int(v) for v in row.split(":")) for row in limits.split(",")]
+            for res, soft, hard in table:
+                resource.setrlimit(res, (soft, hard))
+                if res == resource.RLIMIT_CPU:
+                    self.cpu_hard = hard
+            self.own_limits = table
+
+    # -- main loop ------------------------------------------------------------------------
+    def serve(self) -> None:
+        _send(self.sock, ("ready", os.getppid()))
+        while True:
+            if not self.buf:  # a message read ahead with the previous one is handled first
+                ready, _, _ = select.select([self.sock.fileno(), self.owner_fd], [], [])
+            else:
+                ready, _, _ = select.select([self.owner_fd], [], [], 0)
+            if self.owner_fd in ready:
+                return
+            try:
+                request = _recv(self.sock, self.buf, self.fds)
+            except (EOFError, OSError):
+                return
+            if isinstance(request, tuple):
+                self.housekeeping(request)
+                continue
+            fds, self.fds = self.fds, []
+            try:
+                self.handle(request, fds)  # type: ignore[arg-type]
+            finally:
+                for fd in fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+
+    def housekeeping(self, msg: tuple[object, ...]) -> None:
+        if msg[0] == "prepare":
+            self.prepare(str(msg[1]))
+        elif msg[0] == "cleanup":
+            used, upcoming = str(msg[1]), str(msg[2])
+            ok = _remove_private(used)
+            if used == self.prepared:
+                self.prepared = None
+            _send(self.sock, ("cleaned", ok))
+            self.prepare(upcoming)  # while the supervisor finishes its own side of the run
+
+    def prepare(self, path: str) -> None:
+        if self.prepared is not None:
+            _remove_private(self.prepared)
+            self.prepared = None
+        try:
+            _make_private(path)
+            self.prepared = path
+        except OSError:
+            pass  # made (or refused) again when the run asks for it
+
+    def handle(self, req: dict[str, object], fds: list[int]) -> None:
+        layout = req["layout"]
+        if not isinstance(layout, list) or len(layout) != len(fds):
+            _send(self.sock, ("err", errno.EBADF, "descriptors lost in transit", None, True))
+            return
+        procs = home = None
+        places: list[tuple[int, int]] = []
+        for target, fd in zip(layout, fds, strict=True):
+            if target == CGROUP_PROCS:
+                procs = fd
+            elif target == HOME_PROCS:
+                home = fd
+            else:
+                places.append((fd, int(target)))
+        # Every source fd above every target, so a dup2 never clobbers a later source.
+        top = max([t for _, t in places] + [2]) + 1
+        moved: list[tuple[int, int]] = []
+        try:
+            for fd, target in places:
+                import fcntl
+
+                moved.append((fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top), target))
+            self.cgroup_dir = req.get("cgroup_dir")  # type: ignore[assignment]
+            private = req.get("private")
+            if private is not None and private != self.prepared:
+                try:
+                    _make_private(str(private))
+                    self.prepared = str(private)
+                except OSError as exc:
+                    _send(self.sock, ("err", exc.errno or errno.EIO, f"private directory: {exc.strerror}",
+                                      str(private), False))
+                    return
+            mode, pid, error = self.start(req, moved, procs, home)
+        finally:
+            for fd, _ in moved:
+                os.close(fd)
+        if error is not None:
+            code, message, filename = error
+            _send(self.sock, ("err", code, message, filename, False))
+            return
+        assert pid is not None
+        self.pid = pid
+        _send(self.sock, ("pid", pid, mode))
+        status, cpu = self.wait(pid)
+        self.pid = None
+        _send(self.sock, ("exit", status, cpu, self.worn_out()))
+
+    def wait(self, pid: int) -> tuple[int, float]:
+        try:
+            child_fd: int | None = os.pidfd_open(pid)
+        except OSError:
+            child_fd = None
+        try:
+            while True:
+                watch = [self.sock.fileno(), self.owner_fd] + ([child_fd] if child_fd is not None else [])
+                ready, _, _ = select.select(watch, [], [], None if child_fd is not None else 0.01)
+                if self.sock.fileno() in ready or self.owner_fd in ready:
+                    # The owner is gone (or broke the protocol): nothing may outlive it.
+                    self.kill_run(pid)
+                    raise SystemExit(0)
+                if child_fd is None:
+                    got, status, usage = os.wait4(pid, os.WNOHANG)
+                    if got == 0:
+                        continue
+                else:
+                    if child_fd not in ready:
+                        continue
+                    _got, status, usage = os.wait4(pid, 0)
+                return status, usage.ru_utime + usage.ru_stime
+        finally:
+            if child_fd is not None:
+                os.close(child_fd)
+
+    def kill_run(self, pid: int) -> None:
+        for _ in range(1000):
+            members: list[int] = []
+            if self.cgroup_dir:
+                try:
+                    with open(os.path.join(self.cgroup_dir, "cgroup.procs"), encoding="ascii") as fh:
+                        members = [int(x) for x in fh.read().split()]
+                except (OSError, ValueError):
+                    members = []
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            for member in members:
+                try:
+                    os.kill(member, signal.SIGKILL)
+                except OSError:
+                    pass
+            if not members:
+                break
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+
+    # -- starting a child -----------------------------------------------------------------
+    def start(
+        self, req: dict[str, object], moved: list[tuple[int, int]], procs: int | None, home: int | None
+    ) -> tuple[str, int | None, tuple[int, str, str | None] | None]:
+        table = [tuple(x) for x in req["limits"]]  # type: ignore[attr-defined]
+        fast = (
+            self.own_limits is not None
+            and table == self.own_limits
+            and req.get("uid") is None
+            and procs is not None
+            and home is not None
+            and bool(req.get("fast"))
+            and not self.worn_out()
+        )
+        if fast:
+            try:
+                return "spawn", self.spawn_fast(req, moved, procs, home), None  # type: ignore[arg-type]
+            except OSError as exc:
+                if exc.errno in _EXEC_ERRORS:
+                    return "spawn", None, (exc.errno or errno.EIO, exc.strerror or str(exc), exc.filename)
+                # ENOMEM/EMFILE/EAGAIN under the tight limits: the fork path decides for real.
+        return self.spawn_fork(req, moved, procs, table)
+
+    def worn_out(self) -> bool:
+        """Our own CPU time nears the hard RLIMIT_CPU we carry for our children: retire."""
+        return self.cpu_hard is not None and _cpu_self() + 0.5 >= self.cpu_hard
+
+    def spawn_fast(
+        self, req: dict[str, object], moved: list[tuple[int, int]], procs: int, home: int,
+    ) -> int:
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in moved]
+        os.chdir(req["cwd"])  # type: ignore[arg-type]
+        try:
+            os.write(procs, b"0")  # into the run's cgroup: the child is born there
+            try:
+                return os.posix_spawn(
+                    req["exe"],  # type: ignore[arg-type]
+                    req["argv"],  # type: ignore[arg-type]
+                    req["env"],  # type: ignore[arg-type]
+                    file_actions=actions,
+                    setsid=True,
+                    setsigmask=(),
+                    setsigdef=self.reset_signals,
+                )
+            finally:
+                os.write(home, b"0")  # back out before anything else happens
+        finally:
+            os.chdir(self.home)
+
+    def spawn_fork(
+        self, req: dict[str, object], moved: list[tuple[int, int]], procs: int | None,
+        table: list[tuple[int, ...]],
+    ) -> tuple[str, int | None, tuple[int, str, str | None] | None]:
+        exe = req["exe"]
+        argv = req["argv"]
+        env = req["env"]
+        cwd = req["cwd"]
+        uid = req.get("uid")
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        me = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(err_r)
+            os.close(err_w)
+            return "fork", None, (exc.errno or errno.EAGAIN, exc.strerror or str(exc), None)
+        if pid == 0:  # child: nothing here may return
+            step = "setsid"
+            try:
+                os.setsid()
+                if procs is not None:
+                    step = "cgroup"
+                    os.write(procs, b"0")
+                step = "fds"
+                for fd, target in moved:
+                    os.dup2(fd, target, inheritable=True)
+                step = "cwd"
+                os.chdir(cwd)  # type: ignore[arg-type]
+                if uid is not None:
+                    step = "uid"
+                    os.setgroups([])
+                    os.setgid(uid)  # type: ignore[arg-type]
+                    os.setuid(uid)  # type: ignore[arg-type]
+                step = "rlimits"
+                for res, soft, hard in table:
+                    self.resource.setrlimit(res, (soft, hard))
+                if self.libc is not None:
+                    self.libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+                    if os.getppid() != me:  # the spawner died before prctl took effect
+                        os._exit(127)
+                for sig in self.reset_signals:
+                    signal.signal(sig, signal.SIG_DFL)
+                step = "exec"
+                os.execve(exe, argv, env)  # type: ignore[arg-type]  # noqa: S606
+            except OSError as exc:
+                code = exc.errno or errno.EIO
+                try:
+                    os.write(err_w, f"{code}:{step}".encode())
+                except OSError:
+                    pass
+            except BaseException:
+                try:
+                    os.write(err_w, f"{errno.EIO}:{step}".encode())
+                except OSError:
+                    pass
+            os._exit(127)
+        os.close(err_w)
+        try:
+            data = b""
+            while True:
+                chunk = os.read(err_r, 64)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(err_r)
+        if not data:
+            return "fork", pid, None
+        os.waitpid(pid, 0)
+        code_s, _, step = data.decode("ascii", "replace").partition(":")
+        code = int(code_s) if code_s.isdigit() else errno.EIO
+        message = os.strerror(code) if step == "exec" else f"{os.strerror(code)} (while setting up: {step})"
+        return "fork", None, (code, message, exe if step == "exec" else None)  # type: ignore[return-value]
+
+
+def _make_private(path: str) -> None:
+    os.mkdir(path, 0o700)
+    os.mkdir(os.path.join(path, "tmp"), 0o700)
+
+
+def _remove_private(path: str) -> bool:
+    """Remove a run's private directory; True when it is gone."""
+    try:
+        os.rmdir(os.path.join(path, "tmp"))
+        os.rmdir(path)
+        return True
+    except FileNotFoundError:
+        return not os.path.lexists(path)
+    except OSError:
+        pass
+    import shutil  # fd-based walk: a planted symlink is removed, never followed
+
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
+
+
+def _main(args: list[str]) -> None:
+    server = _Server(int(args[0]), int(args[1]), args[2] if len(args) > 2 else "")
+    try:
+        server.serve()
+    finally:
+        if server.pid is not None:
+            server.kill_run(server.pid)
+        if server.prepared is not None:
+            _remove_private(server.prepared)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

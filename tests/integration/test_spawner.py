@@ -1,0 +1,268 @@
+"""The spawner (capgate._sys.spawner) under the supervisor: same containment, cheaper start.
+
+Real children, a real pids cgroup where the machine has one; every test bounded in time and
+checking that nothing of the run is left alive.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import capgate
+from capgate import proc
+from capgate._sys import spawner as spawner_mod
+from capgate._sys.cgroup import cgroup_parent
+from capgate.supervisor import supervise
+from tests.attacks._proc_helpers import alive, no_process_with
+
+pytestmark = pytest.mark.timeout(90)
+
+PY = "/usr/bin/python3"
+ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "TMPDIR": "/nonexistent"}
+
+
+@pytest.fixture
+def limits(workspace: Path):  # type: ignore[no-untyped-def]
+    base = capgate.default_policy(str(workspace)).limits
+    return dataclasses.replace(base, max_processes=16, wall_time_seconds=20, cpu_seconds=5, memory_mb=512)
+
+
+@pytest.fixture
+def gate(make_gate):  # type: ignore[no-untyped-def]
+    g = make_gate({"process": {"allowedCommands": ["python3", "echo", "true"]},
+                   "limits": {"maxProcesses": 16, "wallTimeSeconds": 20, "memoryMb": 512, "cpuSeconds": 5}})
+    with g:
+        yield g
+
+
+def _run_py(code: str, limits, workspace: Path, *args: str, **kw):  # type: ignore[no-untyped-def]
+    return supervise([PY, "-c", textwrap.dedent(code), *args], executable=PY, limits=limits, env=ENV,
+                     cwd=str(workspace), **kw)
+
+
+def _spawner_pids() -> set[int]:
+    me = str(os.getpid()).encode()
+    out = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(part.endswith(b"capgate/_sys/spawner.py") for part in cmd) and me in cmd:
+            out.add(int(name))
+    return out
+
+
+def _pid_with(token: str, exclude: set[int]) -> int:
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in exclude and int(name) != os.getpid():
+            try:
+                if token.encode() in Path(f"/proc/{name}/cmdline").read_bytes():
+                    return int(name)
+            except OSError:
+                continue
+    raise AssertionError(f"no process with {token}")
+
+
+def test_exec_failure_raises_the_matching_oserror(limits, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(FileNotFoundError):
+        supervise(["nope"], executable=str(workspace / "no-such-program"), limits=limits, env=ENV,
+                  cwd=str(workspace))
+    plain = workspace / "not-executable"
+    plain.write_text("#!/bin/sh\necho ran\n")
+    plain.chmod(0o644)
+    with pytest.raises(PermissionError):
+        supervise([str(plain)], executable=str(plain), limits=limits, env=ENV, cwd=str(workspace))
+    with pytest.raises(FileNotFoundError):
+        supervise(["echo"], executable="/bin/echo", limits=limits, env=ENV, cwd=str(workspace / "missing"))
+    ok = supervise(["echo", "x"], executable="/bin/echo", limits=limits, env=ENV, cwd=str(workspace))
+    assert ok.returncode == 0 and ok.stdout == b"x\n"  # the spawner is still fine
+
+
+def test_child_gets_only_its_descriptors_and_pass_fds_keep_their_numbers(limits, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    r, w = os.pipe()
+    high = 57
+    os.dup2(w, high)
+    os.close(w)
+    try:
+        code = """
+            import os
+            os.write(57, b'through 57')
+            print(sorted(int(fd) for fd in os.listdir('/proc/self/fd')))
+        """
+        result = _run_py(code, limits, workspace, pass_fds=(high,))
+    finally:
+        os.close(high)
+    assert os.read(r, 100) == b"through 57"
+    os.close(r)
+    fds = eval(result.stdout.decode())
+    assert set(fds) - {3} == {0, 1, 2, 57}, fds  # 3: the listdir handle itself
+
+
+def test_limits_cgroup_and_session_apply_before_exec(limits, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    code = """
+        import os, resource
+        cg = [l.strip() for l in open('/proc/self/cgroup') if ':pids:' in l or l.startswith('0::')]
+        print(resource.getrlimit(resource.RLIMIT_AS)[1], resource.getrlimit(resource.RLIMIT_CORE),
+              os.getsid(0) == os.getpid(), cg)
+    """
+    result = _run_py(code, limits, workspace)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert out.startswith(f"{512 * 1024 * 1024} (0, 0) True")
+    if cgroup_parent() is not None:
+        assert "capgate-" in out and result.containment == "cgroup"
+    for pid in _spawner_pids():  # the spawner itself went back to its own cgroup
+        assert "capgate-" not in Path(f"/proc/{pid}/cgroup").read_text()
+
+
+def test_concurrent_runs_from_threads(gate) -> None:  # type: ignore[no-untyped-def]
+    results: dict[int, list[bytes]] = {}
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            results[n] = [proc.run(["echo", f"{n}-{i}"]).stdout for i in range(5)]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(worker, n)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    for n in range(6):
+        assert results[n] == [f"{n}-{i}\n".encode() for i in range(5)]
+
+
+def test_spawner_killed_mid_run_kills_the_run_and_the_next_run_works(gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    token = uuid.uuid4().hex
+    pidfile = workspace / "output" / f"{token}.pid"
+    code = textwrap.dedent("""
+        import os, sys, time
+        if os.fork() == 0:
+            os.setsid()
+            open(sys.argv[2], 'w').write(str(os.getpid()))
+            time.sleep(60)
+        time.sleep(60)
+    """)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(proc.run(["python3", "-c", code, token, str(pidfile)], timeout=30))
+        except OSError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=contextvars.copy_context().run, args=(run,))
+    t.start()
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    grandchild = int(pidfile.read_text())
+    child = _pid_with(token, exclude={grandchild})
+    spawner_pid = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert spawner_pid in _spawner_pids()  # the run's child hangs off the spawner
+    os.kill(spawner_pid, signal.SIGKILL)
+    t.join(30)
+    assert not t.is_alive()
+    assert outcome and isinstance(outcome[0], OSError), outcome
+    end = time.monotonic() + 5
+    while alive(grandchild) and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not alive(grandchild) and no_process_with(token)
+    assert proc.run(["echo", "again"]).stdout == b"again\n"
+
+
+def test_fork_bomb_and_setsid_escape_through_the_spawner(limits, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    token = uuid.uuid4().hex
+    pidfile = workspace / "output" / f"{token}.pid"
+    bomb = """
+        import os, sys, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                open(sys.argv[2], 'w').write(str(os.getppid()) + ' ' + str(os.getpid()))
+                for _ in range(300):
+                    try:
+                        os.fork()
+                    except OSError:
+                        pass
+                time.sleep(60)
+            os._exit(0)
+        time.sleep(60)
+    """
+    result = _run_py(bomb, limits, workspace, token, str(pidfile), timeout=3)
+    assert result.timed_out
+    if cgroup_parent() is not None:
+        assert "maxProcesses" in result.limits_fired
+    assert not alive(int(pidfile.read_text().split()[1]))
+    assert no_process_with(token)
+
+
+def test_child_parent_is_the_spawner_not_this_process(limits, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    result = _run_py("import os; print(os.getppid())", limits, workspace)
+    parent = int(result.stdout)
+    assert parent != os.getpid() and parent in _spawner_pids()
+
+
+def test_fallback_without_spawner_is_contained(limits, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    def unavailable(*_a: object, **_k: object) -> None:
+        raise spawner_mod.SpawnerUnavailable(38, "test")
+
+    monkeypatch.setattr(spawner_mod, "acquire", unavailable)
+    code = "import os; print(os.getppid(), [l.strip() for l in open('/proc/self/cgroup') if ':pids:' in l])"
+    result = _run_py(code, limits, workspace)
+    assert result.returncode == 0
+    assert result.stdout.split()[0] == str(os.getpid()).encode()
+    if cgroup_parent() is not None:
+        assert b"capgate-" in result.stdout
+
+
+def test_nothing_left_after_the_process_exits(tmp_path: Path) -> None:
+    script = tmp_path / "runs.py"
+    script.write_text(textwrap.dedent(f"""
+        import dataclasses, os, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        import capgate
+        from capgate.supervisor import supervise
+        limits = dataclasses.replace(capgate.default_policy({str(tmp_path)!r}).limits, max_processes=8)
+        env = {{"PATH": "/usr/bin:/bin"}}
+        for i in range(5):
+            r = supervise(["echo", str(i)], executable="/bin/echo", limits=limits, env=env, cwd="/",
+                          private_dirs=True)
+            assert r.stdout == f"{{i}}\\n".encode()
+        print(os.getpid())
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    pid = done.stdout.decode().strip()
+    time.sleep(0.3)  # the spawners see their owner die
+    parent = cgroup_parent()
+    if parent is not None:
+        assert not [n for n in os.listdir(parent) if n.startswith(f"capgate-{pid}-")]
+    import tempfile
+
+    assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"capgate-run-{pid}-")]
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                cmd = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            assert not (any(p.endswith(b"spawner.py") for p in cmd) and pid.encode() in cmd)
