@@ -35,11 +35,9 @@ fs/net gate, as the calling user (rlimits are not a sandbox; use the container b
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -109,18 +107,11 @@ def run(
     if not decision.allowed or resolved is None:
         raise PermissionDenied(ops.PROC_EXEC, shown, decision.reason, decision.rule)
 
-    private = tempfile.mkdtemp(prefix="capgate-run-")  # 0700, fresh
-    try:
-        home = os.path.join(private, "home")
-        tmpdir = os.path.join(private, "tmp")
-        os.mkdir(home, 0o700)
-        os.mkdir(tmpdir, 0o700)
-        child_env = build_child_env(gate.policy, home=home, tmpdir=tmpdir, extra=env, cwd=workdir)
-        if os.path.basename(resolved) == "git" or os.path.basename(args[0]) == "git":
-            child_env.update(GIT_ENV)
-    except BaseException:
-        shutil.rmtree(private, ignore_errors=True)
-        raise
+    # HOME and TMPDIR: a fresh private directory per run, made and removed by the supervisor
+    # (``private_dirs``); the placeholders here are replaced before the child starts.
+    child_env = build_child_env(gate.policy, home="/nonexistent", tmpdir="/nonexistent", extra=env, cwd=workdir)
+    if os.path.basename(resolved) == "git" or os.path.basename(args[0]) == "git":
+        child_env.update(GIT_ENV)
     result = supervise(
         args,
         executable=resolved,
@@ -129,7 +120,7 @@ def run(
         cwd=workdir,
         input=bytes(input) if input is not None else None,
         timeout=timeout,
-        remove_after=(private,),
+        private_dirs=True,
     )
     rc = result.returncode
     gate.audit.event(

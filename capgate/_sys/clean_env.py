@@ -139,7 +139,39 @@ def sanitized_path_dirs(
     workspace, the cwd, or any write root, or when another user could write to it. Duplicates
     after resolution (``/bin`` -> ``/usr/bin``) are kept once, first spelling wins.
     """
-    excluded = [policy.workspace, *policy.filesystem.write, *extra_exclude]
+    key = (policy.workspace, tuple(policy.filesystem.write), tuple(extra_exclude), cwd)
+    fingerprint = _path_fingerprint()
+    hit = _dirs_cache.get(key)
+    if hit is not None and hit[0] == fingerprint:
+        return hit[1]
+    result = _compute_dirs(key[0], key[1], key[2], cwd)
+    if len(_dirs_cache) > 64:
+        _dirs_cache.clear()
+    _dirs_cache[key] = (fingerprint, result)
+    return result
+
+
+# sanitized_path_dirs results, valid while every SYSTEM_PATH entry is the same file (lstat:
+# a swapped symlink) resolving to the same directory with the same owner and mode (stat).
+_dirs_cache: dict[tuple[object, ...], tuple[tuple[object, ...], tuple[str, ...]]] = {}
+
+
+def _path_fingerprint() -> tuple[object, ...]:
+    out: list[object] = []
+    for entry in SYSTEM_PATH:
+        for fn in (os.lstat, os.stat):
+            try:
+                st = fn(entry)
+                out.append((st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+    return tuple(out)
+
+
+def _compute_dirs(
+    workspace: str, write: tuple[str, ...], extra_exclude: tuple[str, ...], cwd: str | None
+) -> tuple[str, ...]:
+    excluded = [workspace, *write, *extra_exclude]
     if cwd is not None:
         excluded.append(cwd)
     excluded = [os.path.realpath(p) for p in excluded]

@@ -72,11 +72,15 @@ def test_cwd_does_not_become_writable(gate, workspace: Path) -> None:  # type: i
 
 
 def test_no_cgroup_or_tmp_left_behind(gate) -> None:  # type: ignore[no-untyped-def]
-    before = set(os.listdir("/sys/fs/cgroup/pids")) if os.path.isdir("/sys/fs/cgroup/pids") else set()
-    home = proc.run(["python3", "-c", "import os; print(os.environ['HOME'])"]).stdout.decode().strip()
-    assert not os.path.exists(home)
-    after = set(os.listdir("/sys/fs/cgroup/pids")) if os.path.isdir("/sys/fs/cgroup/pids") else set()
-    assert after <= before
+    root = "/sys/fs/cgroup/pids"
+    before = set(os.listdir(root)) if os.path.isdir(root) else set()
+    out = proc.run(["python3", "-c", "import os; print(os.environ['HOME'], os.environ['TMPDIR'])"]).stdout
+    home, tmpdir = out.decode().split()
+    assert not os.path.exists(home) and not os.path.exists(tmpdir)
+    after = set(os.listdir(root)) if os.path.isdir(root) else set()
+    for name in after - before:  # only an empty cgroup kept for this process's next run
+        assert name.startswith(f"capgate-{os.getpid()}-")
+        assert open(os.path.join(root, name, "cgroup.procs")).read() == ""
 
 
 def test_no_gate_uses_ambient_defaults(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
