@@ -18,9 +18,14 @@ the whole agent this way). For every child it:
 * **captures** stdout/stderr up to ``max_output_bytes`` each (default
   ``maxCapturedOutputMb``): the rest is read and dropped, so memory stays bounded during a
   flood and the child is never blocked on a full pipe; ``*_truncated`` says so;
-* sets ``PR_SET_PDEATHSIG`` so the child dies if the supervisor dies; cgroups left by a
-  supervisor that crashed are swept by the next one;
-* removes the cgroup and the paths in ``remove_after`` (the private ``TMPDIR``).
+* starts the child through a small reused **spawner** process (``capgate._sys.spawner``),
+  which puts it in the cgroup and under the rlimits before ``execve`` without forking this
+  (big) process; the spawner kills the run if this process dies, and a spawner that dies is
+  replaced (its run is killed and reported as ``OSError``). Without a spawner: ``Popen`` with
+  ``preexec_fn`` (same containment, slower; ``PR_SET_PDEATHSIG`` on the child);
+* cgroups left by a supervisor that crashed are swept by the next one;
+* removes (or keeps for reuse, when empty) the cgroup, the private ``HOME``/``TMPDIR`` made
+  with ``private_dirs=True``, and the paths in ``remove_after``.
 
 What it does not do: decide anything (``capgate.cmdrules`` does, before this is called),
 clean the environment (pass ``env`` from ``capgate._sys.clean_env.build_child_env``) or
@@ -286,12 +291,13 @@ def _which(name: str, env: Mapping[str, str]) -> str:
 _Outcome = tuple[int, float, bool, _Capped, _Capped, float]
 
 
-def _std_fd(fd: int) -> int | None:
+def _std_fd(fd: int) -> int:
+    """``fd`` of this process for the child, or /dev/null when it is closed here."""
     try:
         os.fstat(fd)
         return fd
     except OSError:
-        return None
+        return _devnull()
 
 
 _devnull_fd: int | None = None
@@ -340,7 +346,7 @@ def _run(
         elif capture:
             child_in = _devnull()
         else:
-            child_in = _std_fd(0) or _devnull()
+            child_in = _std_fd(0)
         if capture:
             out_r, w1 = os.pipe2(os.O_CLOEXEC)
             err_r, w2 = os.pipe2(os.O_CLOEXEC)
@@ -348,8 +354,8 @@ def _run(
             theirs += [w1, w2]
             child_out, child_err = w1, w2
         else:
-            child_out = _std_fd(1) or _devnull()
-            child_err = _std_fd(2) or _devnull()
+            child_out = _std_fd(1)
+            child_err = _std_fd(2)
         layout = [0, 1, 2, *passed]
         fds = [child_in, child_out, child_err, *passed]
         if procs_fd is not None:

@@ -266,3 +266,21 @@ def test_nothing_left_after_the_process_exits(tmp_path: Path) -> None:
             except OSError:
                 continue
             assert not (any(p.endswith(b"spawner.py") for p in cmd) and pid.encode() in cmd)
+
+
+def test_capture_false_inherits_this_process_stdin_and_stdout(limits, workspace: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The launcher path: the child reads our stdin and writes our stdout (fds 0 and 1)."""
+    script = tmp_path / "inherit.py"
+    script.write_text(textwrap.dedent(f"""
+        import dataclasses, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        import capgate
+        from capgate.supervisor import supervise
+        limits = dataclasses.replace(capgate.default_policy({str(workspace)!r}).limits, max_processes=8)
+        r = supervise(["cat"], executable="/bin/cat", limits=limits, env={{"PATH": "/usr/bin"}}, cwd="/",
+                      capture=False)
+        sys.exit(r.returncode)
+    """))
+    done = subprocess.run([sys.executable, str(script)], input=b"from our stdin\n", capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"from our stdin\n"
