@@ -174,9 +174,10 @@ def _verified(gate: Gate, op: str, fd: int, path: str, decision: Decision) -> in
     """Check the opened descriptor itself, then log the decision."""
     try:
         st = os.fstat(fd)
-        if op == FS_READ and st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode):
+        if st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode):
             # Another name of this inode may be a secret outside every allowed root (a hard
-            # link planted in the workspace); we cannot see that name, so we refuse.
+            # link planted in the workspace); we cannot see that name, so we refuse to read it
+            # or change its metadata (chmod/utime act on the inode, i.e. on every name).
             raise gate.deny(
                 op,
                 gate.show(path),
@@ -321,39 +322,57 @@ class _CappedFileIO(io.FileIO):
         n = super().write(b)
         return n if n is not None else 0
 
+    def truncate(self, size: int | None = None) -> int:
+        # truncate() can grow a file too (a sparse extension): same cap as write().
+        if (self.tell() if size is None else size) > self._cap:
+            raise self._on_exceed()
+        return super().truncate(size)
+
 
 class AtomicFile:
     """What ``fs.open`` returns for writing: a temp file that replaces the target on a clean
     ``close()`` and is discarded on an exception, on ``discard()`` or if never closed."""
 
     def __init__(self, target: _Target, mode: str, initial: bytes, **text: Any) -> None:
+        # Set first: __del__ and __getattr__ must work on a half-built object.
+        self._done = True
         self._target = target
         gate = target.gate
-        self._tmp = f".{target.name[:200]}.capgate-{secrets.token_hex(6)}.tmp"
+        self._tmp = _temp_name(target.name)
         existing = target.lstat()
         perms = stat_mod.S_IMODE(existing.st_mode) if existing is not None else 0o666
-        fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perms,
-                     dir_fd=target.dirfd)
-        if existing is not None:
-            os.fchmod(fd, perms & 0o777)
-        cap = _max_file_bytes(gate)
-        raw = _CappedFileIO(fd, "r+", cap, lambda: gate.deny(
-            FS_WRITE, gate.show(target.path), f"file larger than maxFileSizeMb={gate.policy.limits.max_file_size_mb}",
-            "limits.maxFileSizeMb"))
-        self._done = False
         try:
+            fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perms,
+                         dir_fd=target.dirfd)
+        except BaseException:
+            target.close()
+            raise
+        try:
+            raw = _CappedFileIO(fd, "r+", _max_file_bytes(gate), lambda: gate.deny(
+                FS_WRITE, gate.show(target.path),
+                f"file larger than maxFileSizeMb={gate.policy.limits.max_file_size_mb}", "limits.maxFileSizeMb"))
+        except BaseException:
+            os.close(fd)
+            self._unlink_tmp()
+            target.close()
+            raise
+        try:
+            if existing is not None:
+                os.fchmod(fd, perms & 0o777)
             if initial:
                 raw.write(initial)
                 if "a" not in mode and "+" in mode:
                     raw.seek(0)
+            buffered: IO[bytes] = io.BufferedRandom(raw)
+            # A bad encoding or newline argument fails here, before anything is handed out.
+            self._file: IO[Any] = buffered if "b" in mode else io.TextIOWrapper(buffered, **text)
         except BaseException:
             self._abort_raw(raw)
             raise
         self._exclusive = "x" in mode
         # Bytes this write adds: all of it when replacing, only the growth when appending.
         self._charge_from = len(initial) if ("a" in mode or "r" in mode) else 0
-        buffered: IO[bytes] = io.BufferedRandom(raw)
-        self._file: IO[Any] = buffered if "b" in mode else io.TextIOWrapper(buffered, **text)
+        self._done = False
         self.name = target.path
         self.mode = mode
 
@@ -370,6 +389,8 @@ class AtomicFile:
             pass
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # never recurse on our own attributes of a half-built object
+            raise AttributeError(name)
         return getattr(self._file, name)
 
     def __iter__(self) -> Iterator[Any]:
@@ -407,7 +428,13 @@ class AtomicFile:
         try:
             self._file.flush()
             fd = self._file.fileno()
-            size = max(0, os.fstat(fd).st_size - self._charge_from)
+            total = os.fstat(fd).st_size
+            if total > _max_file_bytes(gate):
+                raise gate.deny(FS_WRITE, gate.show(target.path),
+                                f"file larger than maxFileSizeMb={gate.policy.limits.max_file_size_mb}",
+                                "limits.maxFileSizeMb")
+            _recheck_directory(target)
+            size = max(0, total - self._charge_from)
             gate.charge_output(size, gate.show(target.path))
             try:
                 os.fsync(fd)
@@ -432,6 +459,32 @@ class AtomicFile:
     def __del__(self) -> None:
         if not getattr(self, "_done", True):
             self.discard()
+
+
+def _temp_name(name: str) -> str:
+    """A sibling temp name that fits NAME_MAX (255 bytes) whatever the target's name is."""
+    stem = os.fsencode(name)[:200].decode(sys.getfilesystemencoding(), "ignore")
+    return f".{stem}.capgate-{secrets.token_hex(6)}.tmp"
+
+
+def _recheck_directory(target: _Target) -> None:
+    """The directory descriptor was checked under its name at open time; if the directory
+    has been renamed since (``output/g`` -> ``.git``), the final rename would land under a name
+    that was never checked. Decide again on where the directory is *now*."""
+    gate = target.gate
+    try:
+        now = os.readlink(f"/proc/self/fd/{target.dirfd}")
+    except OSError as exc:
+        raise gate.deny(FS_WRITE, gate.show(target.path), f"cannot confirm the directory: {exc}", "fs.race")
+    if now == target.parent:
+        return
+    if not now.startswith("/") or now.endswith(" (deleted)"):
+        raise gate.deny(FS_WRITE, gate.show(target.path), "directory was removed while the file was open", "fs.race")
+    moved = os.path.join(now, target.name)
+    decision = gate.peek_path(FS_WRITE, moved)
+    gate.record(FS_WRITE, gate.show(moved), decision)
+    if not decision.allowed:
+        raise _denied(gate, FS_WRITE, moved, decision)
 
 
 def _read_existing(target: _Target) -> bytes:

@@ -102,6 +102,8 @@ class Gate:
                 canonical = self.canonical_path(target)
                 shown = self.show(canonical)
                 decision = self._paths.decide(op, canonical)
+                if decision.allowed and op == ops.FS_READ:
+                    decision = _hard_link_rule(decision, canonical)
             elif op == ops.NET_CONNECT:
                 decision, _endpoint = self.network_rules.decide(coerce_path(target))
             elif op == ops.PROC_EXEC:
@@ -218,3 +220,21 @@ def current_gate() -> Gate:
             policy = load_effective_policy(path) if path else load_policy(None, workspace=os.getcwd())
             _ambient = Gate(policy)
         return _ambient
+
+
+def _hard_link_rule(decision: Decision, canonical: str) -> Decision:
+    """``check`` answers what ``fs`` would do: a hard-linked regular file is not readable,
+    because its other names (perhaps a secret outside every root) cannot be checked."""
+    import stat as stat_mod
+
+    try:
+        st = os.stat(canonical)
+    except OSError:
+        return decision
+    if stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return Decision.deny(
+            f"hard-linked file (st_nlink={st.st_nlink}): its other names cannot be checked",
+            "filesystem.hardLinks",
+            canonical,
+        )
+    return decision

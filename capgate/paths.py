@@ -127,10 +127,16 @@ def anchor_pattern(pattern: str, workspace: str, home: str, key: str) -> tuple[s
     trimmed = pattern.rstrip("/")
     if not trimmed:
         raise PolicyError(f"{key} {pattern!r}: pattern matches the whole filesystem", key)
-    if "/" not in trimmed or pattern.startswith("**/"):
+    if all(part in ("*", "**") for part in trimmed.split("/")):
+        # "**", "*", "**/*": gitignore reads these as "everything". pathspec compiles them to a
+        # bare "." that our component matcher cannot use, so they get their own anchor.
+        return (MATCH_ALL,)
+    if trimmed == "~":
+        trimmed = "~/"  # the home directory itself, not a file named "~"
+    elif "/" not in trimmed or pattern.startswith("**/"):
         return (pattern,)
     directory_only = pattern.endswith("/")
-    if trimmed == "~" or trimmed.startswith("~/"):
+    if trimmed.startswith("~/"):
         base, rest = home, trimmed[2:]
     elif trimmed.startswith("/"):
         base, rest = "/", trimmed.lstrip("/")
@@ -166,6 +172,10 @@ def anchor_pattern(pattern: str, workspace: str, home: str, key: str) -> tuple[s
 _REGEX_SOURCES: dict[str, str] = {}
 
 
+# The anchored form of a deny entry that matches every path ("**", "*").
+MATCH_ALL = "/"
+
+
 def _glob_regex(line: str) -> re.Pattern[str]:
     """The regex for one gitignore line (pathspec's translation, named groups removed)."""
     flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
@@ -197,6 +207,8 @@ def _classify(line: str) -> tuple[str, object]:
     ``("loose", line)``. Only ``name``, ``tail`` and ``loose`` need a compiled regex.
     """
     body = line.rstrip("/")
+    if line == MATCH_ALL:
+        return "literal", ""  # "" + "/" is a prefix of every absolute path
     if body.startswith("**/") and not _CASE_INSENSITIVE:
         parts = body.split("/")[1:]
         if parts and "**" not in (parts[0], parts[-1]) and all(
@@ -353,7 +365,7 @@ class PathMatcher:
         """Index of the first pattern (in policy order) matching ``path``, or None."""
         if not self.matches(path):
             return None
-        hits: list[int] = []
+        hits: list[int] = [self._literal[""]] if "" in self._literal else []
         components = path[1:].split("/")
         ancestor = ""
         for component in components:

@@ -98,7 +98,13 @@ def build_deny_patterns(
             continue
         seen.add(source)
         anchored = anchor_pattern(source, workspace, home, key)
-        out.append(DenyPattern(source, anchored, key, mandatory, glob_regexes(anchored)))
+        try:
+            regexes = glob_regexes(anchored)
+        except PolicyError:
+            raise
+        except Exception as exc:  # pathspec's GitIgnorePatternError, re.error, ...
+            raise PolicyError(f"{key} {source!r}: not a valid gitignore pattern ({exc})", key) from None
+        out.append(DenyPattern(source, anchored, key, mandatory, regexes))
     return tuple(out)
 
 

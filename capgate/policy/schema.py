@@ -9,7 +9,7 @@ symlink-resolved paths; normalized hosts) happens later, in ``load``/``merge``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -110,8 +110,15 @@ class LimitsSection(_Strict):
     max_captured_output_mb: Positive | None = Field(None, alias="maxCapturedOutputMb")
 
 
+def _version_one(value: int) -> int:
+    if value != 1:
+        raise ValueError("must be 1 (the only policy format version)")
+    return value
+
+
 class PolicyFile(_Strict):
-    version: Literal[1]
+    # StrictInt first: Literal[1] alone accepts ``true`` and ``1.0`` (they compare equal to 1).
+    version: Annotated[StrictInt, AfterValidator(_version_one)]
     filesystem: FilesystemSection | None = None
     network: NetworkSection | None = None
     process: ProcessSection | None = None
