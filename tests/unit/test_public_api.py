@@ -46,6 +46,13 @@ def test_net_and_proc_functions() -> None:
     assert {"cwd", "env", "input", "timeout"} <= set(params)
     fetch = inspect.signature(net.fetch).parameters
     assert {"method", "headers", "data", "timeout", "max_bytes"} <= set(fetch)
+    endpoint = net.Endpoint("example.org", 443, ("93.184.215.14",))
+    assert (endpoint.host, endpoint.port, endpoint.addresses) == ("example.org", 443, ("93.184.215.14",))
+    response = net.Response(200, "OK", net.Headers([("Content-Type", "text/plain; charset=latin-1")]), b"caf\xe9",
+                            "http://127.0.0.1/")
+    assert (response.status, response.headers["content-type"], response.body) == (200, "text/plain; charset=latin-1",
+                                                                                  b"caf\xe9")
+    assert response.text() == "café"
 
 
 def test_decision_is_frozen(workspace: object) -> None:
