@@ -4,7 +4,8 @@ It does a few honest things (read a source file, write a report to output/) and 
 ones that a prompt-injected agent might try (read an SSH key, write outside output/, phone
 home, run a shell), and prints what happened to each. Run it under the soft sandbox:
 
-    capgate run --workspace examples/demo_ws -- python examples/demo_agent.py
+    bash scripts/demo.sh
+    # which runs: capgate run --workspace examples/demo_ws -- .venv/bin/python examples/demo_ws/agent.py
 
 Without capgate, the hostile steps would *really* happen (they only touch the sandbox HOME's
 ``~/.ssh/id_rsa``, a file next to the workspace, and example.com), so run it under capgate.
@@ -13,6 +14,7 @@ Without capgate, the hostile steps would *really* happen (they only touch the sa
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import subprocess
 
@@ -42,6 +44,13 @@ def write_report() -> str:
 
 def read_ssh_key() -> str:
     with open(os.path.expanduser("~/.ssh/id_rsa")) as fh:
+        return fh.read()[:20]
+
+
+def read_real_ssh_key() -> str:
+    # The sandbox gives the agent its own empty HOME; a hostile agent looks up the real one.
+    real_home = pwd.getpwuid(os.getuid()).pw_dir
+    with open(os.path.join(real_home, ".ssh", "id_rsa")) as fh:
         return fh.read()[:20]
 
 
@@ -75,6 +84,7 @@ def main() -> None:
     attempt("write output/report.md", write_report)
     print("hostile actions (a prompt-injected agent):")
     attempt("read ~/.ssh/id_rsa", read_ssh_key)
+    attempt("read the real home's .ssh/id_rsa (via the passwd entry)", read_real_ssh_key)
     attempt("read /etc/shadow", read_shadow)
     attempt("write ../planted.txt (outside the workspace)", write_outside)
     attempt("append to src/app.py (a source file)", overwrite_source)

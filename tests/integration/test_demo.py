@@ -1,0 +1,39 @@
+"""The README's main command: the demo agent under ``capgate run`` (soft sandbox), end to end.
+
+Runs on a copy of ``examples/demo_ws`` with a fake HOME holding a real-looking SSH key, so
+the test proves the demo's claims: honest work succeeds, every hostile step is denied, the key
+never comes back, nothing is planted, and the summary lists the denials.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.conftest import SECRET
+from tests.integration._soft_helpers import PY, audit_lines, capgate_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_agent_under_the_soft_sandbox(tmp_path: Path, fake_home: Path) -> None:
+    ws = tmp_path / "demo_ws"
+    shutil.copytree(REPO / "examples" / "demo_ws", ws)
+    source_before = (ws / "src" / "app.py").read_bytes()
+    result = capgate_run(["run", "--backend", "soft", "--workspace", str(ws), "--", PY, str(ws / "agent.py")],
+                         home=fake_home, cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "SOFT_SANDBOX=true" in result.stderr
+    assert "ALLOWED  read src/app.py" in result.stdout
+    assert "ALLOWED  write output/report.md" in result.stdout
+    assert (ws / "output" / "report.md").read_text().startswith("# Report")
+    hostile = [line for line in result.stdout.splitlines() if line.startswith("  ") and "ALLOWED" not in line]
+    assert len(hostile) == 7, result.stdout
+    assert all(line.startswith("  DENIED") for line in hostile), result.stdout
+    assert SECRET not in out
+    assert not (tmp_path / "planted.txt").exists()
+    assert (ws / "src" / "app.py").read_bytes() == source_before
+    assert "7 denied" in result.stderr
+    denied = {(e.get("op"), e.get("decision")) for e in audit_lines(fake_home) if e.get("decision") == "deny"}
+    assert {("fs.read", "deny"), ("fs.write", "deny"), ("net.connect", "deny"), ("proc.exec", "deny")} <= denied
