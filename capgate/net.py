@@ -30,8 +30,10 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import sys
 import time
 import urllib.parse
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -144,7 +146,7 @@ def _decide(gate: Gate, target: str | Target, via: str) -> Endpoint:
     """Decide ``net.connect``, log it once, return the checked endpoint or raise."""
     shown = _shown(target)
     try:
-        rules: NetworkRules = gate.network_rules
+        rules: NetworkRules = gate.network_rules if _soft_sandbox_proxy() is None else _proxy_side_rules(gate)
         if isinstance(target, Target):
             decision, endpoint = rules.decide_parsed(target)
         else:
@@ -158,6 +160,18 @@ def _decide(gate: Gate, target: str | Target, via: str) -> Endpoint:
     if not decision.allowed or endpoint is None:
         raise PermissionDenied(ops.NET_CONNECT, shown, decision.reason, decision.rule)
     return endpoint
+
+
+_PROXY_SIDE_RULES: weakref.WeakKeyDictionary[Gate, NetworkRules] = weakref.WeakKeyDictionary()
+
+
+def _proxy_side_rules(gate: Gate) -> NetworkRules:
+    """Inside the soft sandbox this process may not resolve names (a lookup is an exfiltration
+    channel); it decides on the name and the egress proxy resolves and judges the addresses."""
+    rules = _PROXY_SIDE_RULES.get(gate)
+    if rules is None:
+        rules = _PROXY_SIDE_RULES[gate] = NetworkRules(gate.policy, resolve=False)
+    return rules
 
 
 def _shown(target: str | Target) -> str:
@@ -178,11 +192,51 @@ def check(url_or_host_port: str) -> Endpoint:
     return _decide(current_gate(), url_or_host_port, "net.check")
 
 
+def _soft_sandbox_proxy() -> tuple[str, int] | None:
+    """The launcher's egress proxy when this process runs inside the soft sandbox.
+
+    Read from the installed hooks (set by the launcher's boot code), never from an environment
+    variable: outside the sandbox nothing may redirect the gated client to another proxy.
+    """
+    soft = sys.modules.get("capgate.soft")
+    hooks = soft.installed() if soft is not None else None
+    return hooks.proxy if hooks is not None else None
+
+
+def _tunnel(proxy: tuple[str, int], endpoint: Endpoint, timeout: float | None) -> socket.socket:
+    """A ``CONNECT`` tunnel through the egress proxy, which decides the destination again
+    with the same policy and dials its own checked address."""
+    sock = socket.create_connection(proxy, timeout=timeout)
+    try:
+        authority = format_hostport(endpoint.host, endpoint.port)
+        sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode("ascii"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(1)  # byte by byte: nothing after the header may be consumed
+            if not chunk or len(head) > 16384:
+                raise OSError(f"the egress proxy closed the tunnel to {authority}")
+            head += chunk
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or parts[1] != "200":
+            raise PermissionDenied(ops.NET_CONNECT, authority, f"egress proxy answered {status_line!r}",
+                                   "soft.proxy")
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
 def dial(endpoint: Endpoint, timeout: float | None = DEFAULT_TIMEOUT) -> socket.socket:
     """Connect a TCP socket to the first reachable address of an already checked endpoint.
 
     Only ``endpoint.addresses`` are dialed (numeric addresses: no name lookup happens here).
+    Inside the soft sandbox the connection is a tunnel through the launcher's egress proxy,
+    the only way out of it.
     """
+    proxy = _soft_sandbox_proxy()
+    if proxy is not None:
+        return _tunnel(proxy, endpoint, timeout)
     last: OSError | None = None
     deadline = None if timeout is None else time.monotonic() + timeout
     for text in endpoint.addresses:

@@ -183,7 +183,14 @@ class NetworkRules:
     """The compiled network section of a policy. ``resolver``: ``(host, port) -> [ip, ...]``
     (default: ``SystemResolver`` — ``getaddrinfo`` with a 5 s deadline)."""
 
-    def __init__(self, policy: Policy, resolver: Callable[[str, int], Sequence[str]] | None = None) -> None:
+    def __init__(
+        self, policy: Policy, resolver: Callable[[str, int], Sequence[str]] | None = None, *, resolve: bool = True
+    ) -> None:
+        # resolve=False: names are resolved and their addresses judged by someone else — the
+        # egress proxy, for a soft-sandboxed child that may not look names up itself. An
+        # allowed name then yields an Endpoint with no addresses, which only a tunnel through
+        # that proxy can use.
+        self.resolve = resolve
         self.policy = policy
         network = policy.network
         self.enabled = network.enabled
@@ -248,6 +255,9 @@ class NetworkRules:
             rule = "network.allowedPorts" if entry.port is None else f"network.allowedDomains[{index}]"
             return Decision.deny(f"port {port} is not allowed for {host} (allowed: {ports})", rule, shown), None
         rule = f"network.allowedDomains[{index}]"
+        if not self.resolve:
+            return Decision.allow(f"allowedDomains '{entry}' (addresses judged by the egress proxy)", rule,
+                                  shown), Endpoint(host, port, ())
         try:
             raw = list(self.resolver(host, port))
         except Exception as exc:
