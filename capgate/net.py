@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import re
 import socket
 import ssl
 import sys
@@ -317,15 +318,29 @@ def _tls_context(ssl_context: ssl.SSLContext | None, cafile: str | None) -> ssl.
     return ssl_context
 
 
+# RFC 9110 token: what a header name may be. "Host " or "Host\t" would otherwise pass a
+# plain name comparison and go out as a second Host line that lenient servers route on.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Set from the checked URL and by http.client's own framing; a caller value for any of them
+# would let the body be framed as a second request with an unchecked Host (smuggling).
+_RESERVED_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
+    "proxy-connection", "expect",
+})
+
+
 def _prepare_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in (headers or {}).items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError("header names and values must be str")
-        if name.lower() == "host":
-            raise ValueError("the Host header is set from the checked URL and cannot be overridden")
-        if any(ch in name + value for ch in "\r\n\x00"):
-            raise ValueError(f"header {name!r} contains a line break or NUL")
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"header name {name!r} is not an HTTP token")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"the {name} header is set by capgate (from the checked URL and the body) and cannot be "
+                             "given")
+        if any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in value):
+            raise ValueError(f"header {name!r} contains a control character (line break, NUL, ...)")
         out[name] = value
     return out
 
@@ -412,24 +427,37 @@ def _one_request(
     history: tuple[str, ...],
 ) -> Response:
     conn = _PinnedConnection(endpoint, timeout, context)
+
+    def budget() -> float:
+        # Every socket wait is bounded by what is left of the overall deadline, so a server
+        # dripping a byte just inside ``timeout`` cannot stretch the fetch past it.
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"fetching {endpoint} took longer than {4 * timeout:g}s")
+        if conn.sock is not None:
+            conn.sock.settimeout(min(timeout, remaining))
+        return remaining
+
     try:
         wanted = {k.lower() for k in headers}
         send = dict(headers)
         if "accept-encoding" not in wanted:
             send["Accept-Encoding"] = "identity"
-        if "connection" not in wanted:
-            send["Connection"] = "close"
+        send["Connection"] = "close"
         if "user-agent" not in wanted:
             send["User-Agent"] = "capgate"
+        conn.timeout = min(timeout, budget())
+        conn.connect()
+        budget()
         conn.request(method, target.path, body=data, headers=send)
+        budget()
         resp = conn.getresponse()
         chunks: list[bytes] = []
         total = 0
         if method != "HEAD":
             while True:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"fetching {endpoint} took longer than {4 * timeout:g}s")
-                chunk = resp.read(min(256 * 1024, max_bytes - total + 1))
+                budget()
+                chunk = resp.read1(min(256 * 1024, max_bytes - total + 1))
                 if not chunk:
                     break
                 total += len(chunk)
