@@ -143,7 +143,13 @@ def cgroup_home_procs_fd() -> int:
 
 
 class PidsCgroup:
-    """One run's pids cgroup directory."""
+    """One run's pids cgroup directory.
+
+    The control files read or written on every run (``cgroup.procs`` for joining,
+    ``pids.current``, ``pids.events``) stay open, close-on-exec, for the cgroup's lifetime and
+    are read with ``pread`` at offset 0 (a fresh snapshot each time): opening a cgroupfs file
+    costs more than reading it.
+    """
 
     def __init__(self, path: str, version: int) -> None:
         self.path = path
@@ -152,11 +158,30 @@ class PidsCgroup:
         self.known_empty = True
         self._hits_before = 0
         self._hits_seen = 0
+        self._fds: dict[str, int] = {}
+        self._has_kill: bool | None = None
+
+    def _fd(self, name: str, flags: int = os.O_RDONLY) -> int:
+        fd = self._fds.get(name)
+        if fd is None:
+            fd = os.open(os.path.join(self.path, name), flags | os.O_CLOEXEC)
+            self._fds[name] = fd
+        return fd
+
+    def _read(self, name: str) -> bytes:
+        return os.pread(self._fd(name), 4096, 0)
 
     def procs_fd(self) -> int:
-        """A close-on-exec descriptor on ``cgroup.procs``; the child writes ``b"0"`` to it."""
+        """A close-on-exec descriptor on ``cgroup.procs``; the child writes ``b"0"`` to it.
+
+        Owned by this object (closed by ``remove``): do not close it.
+        """
         self.known_empty = False
-        return os.open(os.path.join(self.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        return self._fd("cgroup.procs", os.O_WRONLY)
+
+    def current_fd(self) -> int:
+        """A close-on-exec read-only descriptor on ``pids.current`` (owned by this object)."""
+        return self._fd("pids.current")
 
     def pids(self) -> list[int]:
         try:
@@ -168,20 +193,19 @@ class PidsCgroup:
     def max_hits(self) -> int:
         """How many forks ``pids.max`` refused during this run (from ``pids.events``)."""
         try:
-            with open(os.path.join(self.path, "pids.events"), encoding="ascii") as fh:
-                for line in fh:
-                    key, _, value = line.partition(" ")
-                    if key == "max":
-                        self._hits_seen = int(value)
-                        return self._hits_seen - self._hits_before
+            for line in self._read("pids.events").decode("ascii").splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max":
+                    self._hits_seen = int(value)
+                    return self._hits_seen - self._hits_before
         except (OSError, ValueError):
             pass
         return 0
 
     def _current(self) -> int:
+        """Tasks charged to the cgroup: members plus killed ones not yet reaped; -1 if unknown."""
         try:
-            with open(os.path.join(self.path, "pids.current"), encoding="ascii") as fh:
-                return int(fh.read())
+            return int(self._read("pids.current"))
         except (OSError, ValueError):
             return -1
 
@@ -198,6 +222,7 @@ class PidsCgroup:
             # such a cgroup would hand the next run fewer processes than it was promised.
             self.max_hits()
             self._hits_before = self._hits_seen
+            self.known_empty = True
             with _spare_lock:
                 if len(_spare) < _MAX_SPARE and _spare_owner[0] == os.getpid():
                     _spare.append(self)
@@ -210,8 +235,13 @@ class PidsCgroup:
         Each pass kills all members present; one forked between read and kill is found by
         the next pass, and ``pids.max`` keeps the set finite, so this converges quickly.
         """
+        if self._current() == 0:  # no task at all (the usual end of a run): nothing can fork in
+            self.known_empty = True
+            return True
         kill_file = os.path.join(self.path, "cgroup.kill")
-        if self.version == 2 and os.path.exists(kill_file):
+        if self._has_kill is None:
+            self._has_kill = self.version == 2 and os.path.exists(kill_file)
+        if self._has_kill:
             with contextlib.suppress(OSError):
                 with open(kill_file, "w", encoding="ascii") as fh:
                     fh.write("1")
@@ -231,6 +261,7 @@ class PidsCgroup:
     def remove(self, *, deadline: float = 5.0) -> bool:
         """Kill what is left and delete the directory; True when it is gone."""
         self.kill_all(deadline=deadline)
+        self.close_files()
         end = time.monotonic() + deadline
         while True:
             try:
@@ -243,7 +274,15 @@ class PidsCgroup:
                 if time.monotonic() > end:
                     return False
                 self.kill_all(deadline=0.1)
+                self.close_files()
                 time.sleep(0.002)
+
+    def close_files(self) -> None:
+        """Close the cached control-file descriptors (they keep nothing alive, but are ours)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 _spare: list[PidsCgroup] = []
@@ -262,7 +301,9 @@ def _remove_spares() -> None:
 
 def _forget_after_fork() -> None:
     global _home_fd
-    _spare.clear()  # the parent's: never reused nor removed by the child
+    for group in _spare:  # the parent's: never reused nor removed by the child
+        group.close_files()
+    _spare.clear()
     _spare_owner[0] = os.getpid()
     _home_fd = None
 
@@ -286,6 +327,9 @@ def create_pids_cgroup(max_processes: int) -> PidsCgroup | None:
     with _spare_lock:
         if _spare and _spare_owner[0] == os.getpid():
             group = _spare.pop()
+    if group is not None and group._current() != 0:  # someone joined it since: not fresh
+        group.remove()
+        group = None
     if group is None:
         path = os.path.join(parent, f"capgate-{os.getpid()}-{next(_counter)}")
         os.mkdir(path)
