@@ -28,6 +28,8 @@ from typing import Any
 
 from capgate.decision import Decision
 
+_quote = json.encoder.encode_basestring_ascii
+
 __all__ = ["SITECUSTOMIZE", "ChildAudit", "boot"]
 
 # Written by the launcher as <boot dir>/sitecustomize.py.
@@ -46,6 +48,7 @@ except BaseException as _exc:  # noqa: BLE001
 '''
 
 _PIPE_BUF = 4096
+_RESERVED = frozenset({"op", "target", "decision", "rule", "reason", "pid"})
 _FLUSH_AT = 32 * 1024
 
 
@@ -68,20 +71,39 @@ class ChildAudit:
         self._denials: dict[tuple[str, str], int] = {}
         self._dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
+    def encode(self, op: str, target: str, decision: Decision, **extra: Any) -> bytes:
+        """The line ``record`` writes for this decision (``capgate.soft`` keeps the line of
+        an allowed decision and hands it back to ``append_allowed`` when it recurs)."""
+        # What json.dumps(..., ensure_ascii=True, separators=(",", ":")) gives, built directly.
+        line = (f'{{"op":{_quote(op)},"target":{_quote(target)},'
+                f'"decision":"{"allow" if decision.allowed else "deny"}",'
+                f'"rule":{_quote(decision.rule)},"reason":{_quote(decision.reason)},"pid":{os.getpid()}')
+        for key, value in extra.items():
+            if key in _RESERVED:
+                continue
+            if isinstance(value, bool):
+                line += f',{_quote(key)}:{"true" if value else "false"}'
+            elif isinstance(value, int):
+                line += f",{_quote(key)}:{int(value)}"
+            elif isinstance(value, str):
+                line += f",{_quote(key)}:{_quote(value)}"
+        return (line + "}\n").encode()
+
+    def append_allowed(self, line: bytes) -> None:
+        """Log an allowed decision already encoded by ``encode``. Buffered: an allowed line
+        written just before the process is SIGKILLed can be lost (denials never are)."""
+        self.allowed += 1
+        if self.fd is None:
+            return
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= _FLUSH_AT:
+            self.flush()
+
     def record(self, op: str, target: str, decision: Decision, **extra: Any) -> None:
-        fields = {"op": op, "target": target, "decision": "allow" if decision.allowed else "deny",
-                  "rule": decision.rule, "reason": decision.reason, "pid": os.getpid()}
-        if extra:
-            fields.update({k: v for k, v in extra.items() if isinstance(v, (str, int, bool))})
-        line = self._dumps(fields).encode() + b"\n"
+        line = self.encode(op, target, decision, **extra)
         if decision.allowed:
-            self.allowed += 1
-            if self.fd is None:
-                return
-            self._buffer.append(line)
-            self._size += len(line)
-            if self._size >= _FLUSH_AT:
-                self.flush()
+            self.append_allowed(line)
             return
         self.denied += 1
         key = (op, target)

@@ -60,6 +60,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from capgate import ops
@@ -85,6 +86,9 @@ _SOCK_TYPE_MASK = 0xF  # strips SOCK_NONBLOCK / SOCK_CLOEXEC
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
 _MODULES_DENIED_AFTER_BOOT = frozenset({"_posixsubprocess"})
+_FS_READ = ops.FS_READ
+_FS_WRITE = ops.FS_WRITE
+_MEMO_MAX = 16384  # remembered allowed decisions; the table is emptied when full
 
 _installed: SoftHooks | None = None
 
@@ -165,26 +169,45 @@ class SoftHooks:
             "gc.get_referents": self._deny_event("walking interpreter object references"),
         }
         self._sid = os.getsid(0)
+        # Allowed filesystem decisions, keyed by (op, canonical path): the policy is frozen
+        # for the life of the process and ``PathRules.decide`` looks at nothing but the path
+        # string, so the same key always gets the same answer. Only the *decision* is reused:
+        # every event still resolves its path first (a swapped symlink gives a new key), and
+        # every reuse is logged again. The value logs it: the encoded audit line when the
+        # audit is a ``ChildAudit``, else a ``gate.record`` call. Cleared in a forked child
+        # (the lines carry the pid).
+        self._memo: dict[tuple[str, str], Callable[[], None]] = {}
+        self._encode: Callable[..., bytes] | None = getattr(gate.audit, "encode", None)
+        self._append: Callable[[bytes], None] | None = getattr(gate.audit, "append_allowed", None)
+        self.hook = self._make_hook()
 
     # -- the hook ---------------------------------------------------------------------
-    def hook(self, event: str, args: tuple[Any, ...]) -> None:
-        handler = self._handlers.get(event)
-        if handler is None:
-            return
-        ident = self._get_ident()
+    def _make_hook(self) -> Callable[[str, tuple[Any, ...]], None]:
+        # A closure over locals: this runs for every audit event the process raises.
+        handlers = self._handlers
+        get_ident = self._get_ident
         busy = self._busy
-        if ident in busy:  # an event raised by our own deciding (realpath, lazy imports)
-            return
-        busy.add(ident)
-        try:
-            handler(args)
-        except _Denied as denied:
-            raise denied.exc from None
-        except Exception as exc:  # fail closed: an error while deciding is a denial
-            raise self._deny(_op_of(event), _shown(args), f"error while deciding {event}: {exc!r}",
-                             "soft.error") from None
-        finally:
-            busy.discard(ident)
+        deny = self._deny
+
+        def hook(event: str, args: tuple[Any, ...]) -> None:
+            handler = handlers.get(event)
+            if handler is None:
+                return
+            ident = get_ident()
+            if ident in busy:  # an event raised by our own deciding (realpath, lazy imports)
+                return
+            busy.add(ident)
+            try:
+                handler(args)
+            except _Denied as denied:
+                raise denied.exc from None
+            except Exception as exc:  # fail closed: an error while deciding is a denial
+                raise deny(_op_of(event), _shown(args), f"error while deciding {event}: {exc!r}",
+                           "soft.error") from None
+            finally:
+                busy.discard(ident)
+
+        return hook
 
     # -- helpers ----------------------------------------------------------------------
     def _deny(self, op: str, target: str, reason: str, rule: str) -> PermissionDenied:
@@ -201,9 +224,26 @@ class SoftHooks:
         return handler
 
     def _decide(self, op: str, canonical: str) -> None:
-        decision = self.gate.decide_path(op, canonical, via="soft")
+        key = (op, canonical)
+        log = self._memo.get(key)
+        if log is not None:
+            log()
+            return
+        gate = self.gate
+        decision = gate.peek_path(op, canonical)
+        shown = gate.show(canonical)
         if not decision.allowed:
-            raise _Denied(PermissionDenied(op, self.gate.show(canonical), decision.reason, decision.rule))
+            gate.record(op, shown, decision, via="soft")
+            raise _Denied(PermissionDenied(op, shown, decision.reason, decision.rule))
+        if self._encode is not None and self._append is not None:
+            log = partial(self._append, self._encode(op, shown, decision, via="soft"))
+        else:
+            log = partial(gate.record, op, shown, decision, via="soft")
+        memo = self._memo
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[key] = log
+        log()
 
     def _absolute(self, path: Any, dir_fd: Any = None) -> str:
         text = _text_path(path)
@@ -227,14 +267,15 @@ class SoftHooks:
 
     # -- filesystem events ------------------------------------------------------------
     def _on_open(self, args: tuple[Any, ...]) -> None:
-        path, mode, flags = args[0], args[1], args[2]
+        # The hottest handler (every file a program opens, every module it imports).
+        path, mode, flags = args
         if isinstance(path, int) or path is None:
             return
         write = bool((flags or 0) & _WRITE_FLAGS) or (
-            isinstance(mode, str) and any(c in mode for c in "wax+")
+            isinstance(mode, str) and ("w" in mode or "a" in mode or "x" in mode or "+" in mode)
         )
-        op = ops.FS_WRITE if write else ops.FS_READ
-        text = _text_path(path)
+        op = _FS_WRITE if write else _FS_READ
+        text = path if type(path) is str and path and "\x00" not in path else _text_path(path)
         if mode is None and not text.startswith("/"):
             # os.open: a dir_fd may have been given, and the event does not say. Every
             # directory we hold is a possible base; all of them must allow it.
@@ -242,7 +283,14 @@ class SoftHooks:
             for base in _directory_fds():
                 self._decide(op, _canonical(base.rstrip("/") + "/" + text))
             return
-        self._check(op, text)
+        # The common case (builtin open, io.open_code, absolute os.open): resolve the name
+        # as the open will, relative to the real cwd, without building an absolute path.
+        canonical = _canonical_here(text)
+        log = self._memo.get((op, canonical))
+        if log is not None:
+            log()
+            return
+        self._decide(op, canonical)
 
     def _on_listdir(self, args: tuple[Any, ...]) -> None:
         path = args[0] if args else "."
@@ -616,6 +664,28 @@ def _canonical(absolute: str) -> str:
     return os.path.realpath(absolute)
 
 
+def _canonical_here(text: str) -> str:
+    """``_canonical`` of ``text`` as given (relative to the process cwd, as ``open`` will
+    resolve it); ``getcwd`` only for a path that does not exist yet."""
+    if _O_PATH:
+        try:
+            fd = os.open(text, _O_PATH | os.O_CLOEXEC)
+        except OSError:
+            pass
+        else:
+            try:
+                target = os.readlink(f"/proc/{os.getpid()}/fd/{fd}")  # cheaper than /proc/self
+            except OSError:
+                target = ""
+            finally:
+                os.close(fd)
+            if target.startswith("/") and not target.endswith(" (deleted)"):
+                return target
+    if not text.startswith("/"):
+        text = os.getcwd().rstrip("/") + "/" + text
+    return os.path.realpath(text)
+
+
 def _canonical_nofollow(absolute: str) -> str:
     """The canonical path of ``absolute``'s directory plus its last name (the name itself
     is what a remove, rename or link acts on, not what a symlink there points to)."""
@@ -668,6 +738,7 @@ def install(gate: Gate, *, proxy: tuple[str, int] | None = None) -> SoftHooks:
     # Warm what the deciding path imports lazily, so no user-visible import happens mid-hook.
     gate.network_rules  # noqa: B018
     gate.command_rules  # noqa: B018
+    os.register_at_fork(after_in_child=hooks._memo.clear)
     sys.addaudithook(hooks.hook)
     _installed = hooks
     return hooks
