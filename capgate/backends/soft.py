@@ -65,8 +65,7 @@ class ChildReportReader(threading.Thread):
                     break
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self.handle(line)
+                self.handle_many(lines)
                 if len(pending) > MAX_CHILD_LINE:
                     self.malformed += 1
                     pending = b""
@@ -77,29 +76,45 @@ class ChildReportReader(threading.Thread):
                 pass
 
     def handle(self, line: bytes) -> None:
-        if not line:
-            return
-        if self.lines >= MAX_CHILD_LINES:
-            self.dropped += 1
-            return
-        self.lines += 1
-        data = _parse(line)
+        self.handle_many([line])
+
+    def handle_many(self, lines: list[bytes]) -> None:
+        """One read's worth of lines. Decisions go to the log as one batch (one write, one
+        timestamp: the time they arrived), in order with the events between them."""
+        batch: list[tuple[str, str, Decision, dict[str, Any]]] = []
+        for line in lines:
+            if not line:
+                continue
+            if self.lines >= MAX_CHILD_LINES:
+                self.dropped += 1
+                continue
+            self.lines += 1
+            data = _parse(line)
+            if data is not None and "event" not in data:
+                pid = data["pid"] if isinstance(data.get("pid"), int) else None
+                decision = Decision(data["decision"] == "allow", data["reason"], data["rule"], data["target"])
+                batch.append((data["op"], data["target"], decision, {"source": "child", "child_pid": pid}))
+                continue
+            if batch:
+                self.audit.record_many(batch)
+                batch = []
+            self._other(line, data)
+        if batch:
+            self.audit.record_many(batch)
+
+    def _other(self, line: bytes, data: dict[str, Any] | None) -> None:
         if data is None:
             self.malformed += 1
             if self.malformed <= 20:
                 self.audit.warning("child.malformed", source="child", line=line[:200].decode("utf-8", "replace"))
             return
         pid = data.get("pid") if isinstance(data.get("pid"), int) else None
-        if "event" in data:
-            name = data["event"]
-            if name == "soft.activated":
-                self.activated = True
-            extra = {k: v for k, v in data.items() if k not in ("event", "pid") and isinstance(v, (str, int, bool))}
-            self.audit.event("child." + name, source="child", child_pid=pid,
-                             **{f"child_{k}": v for k, v in list(extra.items())[:8]})
-            return
-        decision = Decision(data["decision"] == "allow", data["reason"], data["rule"], data["target"])
-        self.audit.record(data["op"], data["target"], decision, source="child", child_pid=pid)
+        name = data["event"]
+        if name == "soft.activated":
+            self.activated = True
+        extra = {k: v for k, v in data.items() if k not in ("event", "pid") and isinstance(v, (str, int, bool))}
+        self.audit.event("child." + name, source="child", child_pid=pid,
+                         **{f"child_{k}": v for k, v in list(extra.items())[:8]})
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:
