@@ -735,9 +735,10 @@ def install(gate: Gate, *, proxy: tuple[str, int] | None = None) -> SoftHooks:
     guarded.fork_exec = hooks.fork_exec_guard(_posixsubprocess.fork_exec)  # type: ignore[attr-defined]
     guarded.__spec__ = getattr(_posixsubprocess, "__spec__", None)
     sys.modules["_posixsubprocess"] = guarded
-    # Warm what the deciding path imports lazily, so no user-visible import happens mid-hook.
-    gate.network_rules  # noqa: B018
-    gate.command_rules  # noqa: B018
+    # gate.network_rules / gate.command_rules (~10 ms of imports and compiling) are built on
+    # first use, inside the hook: the import's own events are skipped by the re-entrancy
+    # guard, and an import that fails there is a denial (fail closed). Most children never
+    # start a process or touch a unix socket.
     os.register_at_fork(after_in_child=hooks._memo.clear)
     sys.addaudithook(hooks.hook)
     _installed = hooks
