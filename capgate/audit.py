@@ -1,7 +1,8 @@
 """The audit log: one JSON line per decision or event, plus a bounded denial summary.
 
 Every decision goes through ``AuditLog.record``: allowed ones at ``info``, denials at
-``warning``. Lines are written by structlog (JSON, UTC ISO timestamps). The summary keeps a
+``warning``. Lines are written by structlog (JSON, UTC ISO timestamps); ``record_many``
+writes the same lines for a batch without structlog's per-call overhead. The summary keeps a
 count per (operation, target) — at most ``MAX_DISTINCT`` distinct pairs, the rest counted
 in ``overflow`` — so a hostile loop of denials cannot grow memory without bound.
 
@@ -75,7 +76,8 @@ class AuditLog:
     """A JSON-lines audit writer with a denial summary. Thread-safe."""
 
     def __init__(
-        self, sink: str | os.PathLike[str] | IO[str] | None = None, *, level: str = "info", deferred: bool = False
+        self, sink: str | os.PathLike[str] | IO[str] | None = None, *, level: str = "info", deferred: bool = False,
+        start_import: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self._owned: IO[str] | None = None
@@ -96,7 +98,8 @@ class AuditLog:
         self._write_lock = threading.RLock()
         self._deferred = deferred
         if deferred:
-            _start_structlog_import()
+            if start_import:
+                _start_structlog_import()
         else:
             self._build_logger()
         # Allowed decisions are the hot path (every file read): when the log does not keep
@@ -143,6 +146,13 @@ class AuditLog:
                     getattr(self._logger, level)(name, **fields)
                 except (OSError, ValueError):
                     pass
+
+    def start_import(self) -> None:
+        """With ``deferred=True, start_import=False``: begin loading structlog now, on a
+        background thread (a launcher calls this once its own start-up work is done, so the
+        import runs while the child starts instead of competing with it)."""
+        if self._deferred:
+            _start_structlog_import()
 
     @classmethod
     def from_environment(cls) -> AuditLog:

@@ -331,6 +331,9 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
 
     policy = _load(options.policy, options.workspace, options.allow_user_expansion, env,
                    protected=(os.path.realpath(audit_path), policy_file))
+    warmup = None
+    if options.command and not options.dry_run_policy:
+        warmup = _SpawnerWarmup(policy.limits)  # starts the supervisor's spawner while we finish
     policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
                           extra_read=script_roots)
     _check_outside_writes(policy, audit_path, "the audit log (--audit-log)",
@@ -361,7 +364,9 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     from capgate.backends import LaunchRequest, get_backend
 
     os.makedirs(os.path.dirname(audit_path), mode=0o700, exist_ok=True)
-    audit = AuditLog(audit_path, deferred=True)  # structlog loads while the child starts
+    # structlog loads on a background thread once the child is being started (SoftBackend
+    # calls audit.start_import): earlier, it would compete with this thread for the GIL.
+    audit = AuditLog(audit_path, deferred=True, start_import=False)
     _prepare_run_dir(run_dir, policy, policy_file, boot_dir, sandbox_home, tmpdir)
     audit.event("run.start", backend="soft", soft_sandbox=True, backend_reason=why_backend,
                 expansion=policy.origin, policy_source=source, command=list(argv), python_child=python_child,
@@ -369,6 +374,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env)
     try:
+        if warmup is not None:
+            warmup.join(timeout=5.0)
         result = get_backend("soft").launch(request, audit)
     except BackendUnavailable as exc:
         audit.event("run.refused", reason=str(exc))
@@ -388,6 +395,38 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     say(audit.format_summary().removeprefix("capgate: "))
     audit.close()
     return result.returncode
+
+
+class _SpawnerWarmup:
+    """Start the supervisor's spawner process (``capgate._sys.spawner``: ~40 ms to come up) on
+    a thread, in parallel with the rest of the launcher's start-up, and leave it idle in the
+    spawner pool where ``supervise`` will pick it up. Best effort: the pool key is worked out
+    the way ``capgate.supervisor`` does it; if the two ever disagree the idle spawner is just
+    unused (it exits with this process) and ``supervise`` starts its own, as before."""
+
+    def __init__(self, limits: Any) -> None:
+        import threading
+
+        self._thread = threading.Thread(target=self._run, args=(limits,), name="capgate-spawner-warmup",
+                                        daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _run(limits: Any) -> None:
+        try:
+            from capgate import supervisor
+            from capgate._sys import spawner
+            from capgate._sys.rlimits import limit_table
+
+            table = limit_table(limits)
+            carriable = getattr(supervisor, "_carriable", None)
+            fast = limits.max_processes >= 2 and carriable is not None and carriable(table)
+            spawner.release(spawner.acquire(tuple((row[0], row[1], row[2]) for row in table) if fast else None))
+        except Exception:  # an optimisation only: supervise() starts a spawner itself
+            pass
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
 
 def _soft_policy(policy: Policy, *, dev: bool, boot_dir: str, home: str, tmpdir: str,

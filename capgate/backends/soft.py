@@ -182,6 +182,13 @@ class SoftBackend:
         env["CAPGATE_AUDIT_FD"] = str(write_fd)
         reader = ChildReportReader(read_fd, audit)
         reader.start()
+        try:
+            import capgate.supervisor  # noqa: F401  (before the audit writer's import thread starts)
+        except ImportError:
+            pass
+        start_import = getattr(audit, "start_import", None)
+        if start_import is not None:
+            start_import()  # structlog loads while the child starts
         started = time.monotonic()
         try:
             result = _supervise(list(request.argv), policy=policy, env=env, cwd=policy.workspace,
