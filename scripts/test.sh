@@ -9,6 +9,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# The third-party workload the soft-sandbox tests run (six's own test suite, from its sdist):
+# fetched here, at install time, because tests never touch the network beyond loopback.
+if ! ls .cache/test-workloads/six-1.16.0.tar.gz >/dev/null 2>&1; then
+    .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+        -d .cache/test-workloads six==1.16.0
+fi
 echo "== ruff"
 .venv/bin/ruff check capgate tests benchmarks examples
 echo "== mypy (strict)"
