@@ -11,5 +11,8 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+# Byte-compile now: with PYTHONDONTWRITEBYTECODE=1 (CI sets it) every capgate start would
+# otherwise recompile the package from source (~100 ms per sandboxed run).
+.venv/bin/python -m compileall -q capgate >/dev/null
 exec .venv/bin/capgate run --backend soft --workspace examples/demo_ws -- \
     .venv/bin/python examples/demo_ws/agent.py

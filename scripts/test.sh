@@ -9,6 +9,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# Byte-compile now: with PYTHONDONTWRITEBYTECODE=1 (CI sets it) every capgate start would
+# otherwise recompile the package from source (~100 ms per sandboxed run).
+.venv/bin/python -m compileall -q capgate >/dev/null
 # The third-party workload the soft-sandbox tests run (six's own test suite, from its sdist):
 # fetched here, at install time, because tests never touch the network beyond loopback.
 if ! ls .cache/test-workloads/six-1.16.0.tar.gz >/dev/null 2>&1; then
