@@ -36,7 +36,6 @@ import dataclasses
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from capgate.errors import BackendUnavailable, PolicyError
+from capgate.soft import is_python_command
 
 if TYPE_CHECKING:
     from capgate.policy.model import Policy
@@ -66,7 +66,6 @@ __all__ = [
 EXIT_USAGE = 2
 EXIT_SANDBOX_REFUSED = 125
 
-_PYTHON_NAME = re.compile(r"python(\d+(\.\d+)*)?\Z")
 _DEV_ROOTS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/lib", "/usr/lib64", "/lib", "/lib64",
               "/usr/libexec", "/usr/local", "/usr/include", "/usr/share", "/opt")
 _SYSTEM_READ = ("/etc/ssl", "/etc/ca-certificates", "/usr/share/ca-certificates", "/etc/pki",
@@ -186,46 +185,17 @@ def default_audit_path(environ: Mapping[str, str], home: str) -> str:
     return os.path.join(state, "capgate", "audit", f"run-{stamp}-{os.getpid()}.jsonl")
 
 
-def is_python_command(exe: str) -> bool:
-    """Whether ``exe`` (resolved) is a Python interpreter the soft sandbox can hook."""
-    if _PYTHON_NAME.match(os.path.basename(exe)):
-        return True
-    try:
-        return os.path.realpath(exe) == os.path.realpath(sys.executable)
-    except OSError:
-        return False
-
-
 def _python_script(argv: Sequence[str]) -> int | None:
     """Check a Python command line; return the index of the script path it runs (if any).
 
-    Raises SandboxRefused for -I, -E and -S, which would skip the soft sandbox's boot."""
-    i = 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            return i + 1 if i + 1 < len(argv) else None
-        if arg == "-" or not arg.startswith("-"):
-            return None if arg == "-" else i
-        if arg.startswith("--"):
-            if arg == "--check-hash-based-pycs":
-                i += 2
-                continue
-            i += 1
-            continue
-        cluster = arg[1:]
-        for pos, char in enumerate(cluster):
-            if char in "IES":
-                raise SandboxRefused(f"python option -{char} would skip the soft sandbox's start-up hooks; "
-                                     "run without it")
-            if char in "cm":
-                return None
-            if char in "WX":
-                if pos == len(cluster) - 1:
-                    i += 1
-                break
-        i += 1
-    return None
+    Raises SandboxRefused for -I, -E and -S, which would skip the soft sandbox's boot (the
+    same check ``capgate.soft`` makes for a Python program the child starts)."""
+    from capgate.soft import HookSkippingOption, python_script_index
+
+    try:
+        return python_script_index(argv)
+    except HookSkippingOption as exc:
+        raise SandboxRefused(str(exc)) from None
 
 
 def _resolve_command(argv: Sequence[str], environ: Mapping[str, str]) -> str:

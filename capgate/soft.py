@@ -21,7 +21,9 @@ What is routed, and how:
   target. ``sqlite3.connect`` is a write of the database file.
 * Paths are canonicalized first (symlinks, ``..``, ``/proc/self/fd/N``): an ``O_PATH`` open
   and a ``readlink`` of its ``/proc/self/fd`` entry, else ``os.path.realpath``.
-* ``socket.connect/sendto``: with network off, every inet connect is denied; with network on,
+* ``socket.connect/sendto/sendmsg`` (``sendmsg`` with an address, e.g. a UDP datagram or a
+  TCP ``MSG_FASTOPEN`` connect; without one the socket is already connected, and that
+  connect was judged): with network off, every inet connect is denied; with network on,
   only the launcher's egress proxy (``proxy=(host, port)``) may be reached, and the proxy asks
   the gate about each real destination. ``socket.getaddrinfo`` and the other name lookups are
   denied (a DNS query is an exfiltration channel) except for the proxy's own host. Unix-socket
@@ -34,10 +36,37 @@ What is routed, and how:
   wrapper that only runs what a ``subprocess.Popen`` event just approved, on the resolved path
   that was checked; importing or reloading the real module again is denied. ``os.fork`` is
   allowed (the forked process keeps these hooks).
+* Python grandchildren: when the program that will run is a Python interpreter (by name,
+  this interpreter under another name, or a script whose ``#!`` line runs one), ``-I``/``-E``/
+  ``-S`` are refused (the launcher's own check, ``python_script_index``), and its environment
+  must carry what the launcher gave this process for every ``PYTHON*`` variable that changes
+  start-up (``PYTHONPATH`` = the boot directory, ``PYTHONNOUSERSITE``, ``PYTHONDONTWRITEBYTECODE``)
+  and for ``CAPGATE_POLICY``/``CAPGATE_PROXY``, and set no other such variable (``PYTHONHOME``,
+  ``PYTHONPLATLIBDIR``, ...; harmless ones such as ``PYTHONUNBUFFERED`` are free). A ``Popen``
+  whose environment lacks them gets them back (in the ``fork_exec`` guard, on the list that
+  really runs); a different value is refused, and so is anything but an exact match for
+  ``os.exec*``/``posix_spawn`` (whose environment is already converted when the event is
+  raised; give them a plain dict). The inherited environment is followed through the
+  ``os.putenv``/``os.unsetenv`` events.
 * ``ctypes``: ``ctypes.dlopen`` of any library is denied (only the interpreter's own handle,
   which ``import ctypes`` opens, is allowed) and ``dlsym`` on it is limited to the public
   ``Py*`` C API (nothing with ``Audit`` in its name): ``CDLL("libc.so.6")`` and
   ``CDLL(None).open`` fail. Importing ctypes stays possible because honest libraries do it.
+* Functions that raise no audit event, replaced in ``os``/``posix`` (and ``_signal``/``signal``)
+  by wrappers that run a check first, as the hook would (re-importing ``posix`` or ``_signal``
+  is denied, like ``_posixsubprocess``):
+  ``os.mkfifo``, ``os.mknod`` — ``fs.write`` of the new name (``dir_fd`` honoured, the name not
+  followed); character and block device nodes are refused outright.
+  ``os.pidfd_open``, ``signal.pidfd_send_signal`` (the process a pidfd or an open ``/proc/<pid>``
+  refers to), ``os.sched_setaffinity/sched_setscheduler/sched_setparam``, ``os.setpriority`` —
+  the same session check as ``os.kill``; ``setpriority(PRIO_USER)`` is refused.
+  ``os.chroot``, ``os.unshare``, ``os.setns`` (3.12+) — refused.
+  Checked and found to have events (handled above): ``os.truncate``, ``os.setxattr``,
+  ``os.removexattr``, ``os.lchown``/``fchown`` (``os.chown``), ``os.fchmod`` (``os.chmod``),
+  ``os.replace`` (``os.rename``), ``os.unlink`` (``os.remove``). Left alone, descriptor-based
+  and so bounded by the open that was judged: ``os.ftruncate``, ``os.posix_fallocate``,
+  ``os.sendfile``, ``os.copy_file_range``, ``os.splice``; ``os.memfd_create``/``eventfd``
+  create no path. ``os.lchmod`` and ``os.chflags`` do not exist on Linux.
 * Also denied: ``sqlite3`` extension loading, ``fcntl.ioctl(TIOCSTI/TIOCLINUX)`` (typing into
   the user's terminal), signals to processes outside this session, raising rlimits, ``syslog``,
   and ``gc.get_objects/get_referrers/get_referents`` (fishing out the hook's own references).
@@ -51,15 +80,18 @@ What this does NOT do — it is a seat belt, not isolation (``SOFT_SANDBOX=true`
 * Check and use are not one object: a path is judged, then the interpreter opens it by name, so
   a concurrent symlink swap (by another thread or process) can race the check.
 * Python code in the process can reach the hook's objects through frames and closures and
-  undo them; a determined program written against capgate can escape. Use the container
-  backend for isolation.
+  undo them (the wrapped ``os``/``signal`` functions keep the real ones in a closure); a
+  determined program written against capgate can escape. Use the container backend for
+  isolation.
+* Non-Python programs the child may run (a shell, ``make``) can start Python without these
+  hooks: they are not hooked themselves.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +102,8 @@ from capgate.errors import PermissionDenied
 if TYPE_CHECKING:
     from capgate.gate import Gate
 
-__all__ = ["SHELLS", "SoftHooks", "install", "installed"]
+__all__ = ["SHELLS", "HookSkippingOption", "SoftHooks", "install", "installed", "is_python_command",
+           "python_script_index"]
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "fish", "csh", "tcsh"})
 
@@ -85,10 +118,24 @@ _SOCK_DGRAM = 2
 _SOCK_TYPE_MASK = 0xF  # strips SOCK_NONBLOCK / SOCK_CLOEXEC
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
-_MODULES_DENIED_AFTER_BOOT = frozenset({"_posixsubprocess"})
+_MODULES_DENIED_AFTER_BOOT = frozenset({"_posixsubprocess", "posix", "_signal"})
 _FS_READ = ops.FS_READ
 _FS_WRITE = ops.FS_WRITE
 _MEMO_MAX = 16384  # remembered allowed decisions; the table is emptied when full
+_ENV_PREFIXES = ("PYTHON", "CAPGATE_")
+# PYTHON* variables that cannot make an interpreter skip or replace its start-up (site,
+# sitecustomize, the stdlib it loads, where it writes bytecode): a Python program started in
+# the sandbox may set these freely. Every other PYTHON* variable, and CAPGATE_*, must be
+# exactly what the launcher gave this process (see SoftHooks._python_env_problems).
+_HARMLESS_PYTHON_VARS = frozenset({
+    "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONWARNINGS", "PYTHONHASHSEED", "PYTHONFAULTHANDLER",
+    "PYTHONUTF8", "PYTHONBREAKPOINT", "PYTHONSAFEPATH", "PYTHONDEVMODE", "PYTHONTRACEMALLOC",
+    "PYTHONOPTIMIZE", "PYTHONVERBOSE", "PYTHONDEBUG", "PYTHONINSPECT", "PYTHONCOERCECLOCALE",
+    "PYTHONMALLOC", "PYTHONMALLOCSTATS", "PYTHONASYNCIODEBUG", "PYTHONNODEBUGRANGES",
+    "PYTHONPROFILEIMPORTTIME", "PYTHONINTMAXSTRDIGITS", "PYTHONWARNDEFAULTENCODING", "PYTHONSTARTUP",
+    "PYTHONCASEOK", "PYTHONLEGACYWINDOWSSTDIO", "PYTHONLEGACYWINDOWSFSENCODING",
+})
+_FREE_CAPGATE_VARS = frozenset({"CAPGATE_AUDIT_FD"})  # where a child logs; removed at boot
 
 _installed: SoftHooks | None = None
 
@@ -109,12 +156,22 @@ class _Denied(Exception):
 class SoftHooks:
     """The audit-hook handlers for one gate. Build with ``install``."""
 
-    def __init__(self, gate: Gate, *, proxy: tuple[str, int] | None = None) -> None:
+    def __init__(self, gate: Gate, *, proxy: tuple[str, int] | None = None,
+                 python_env: Mapping[str, str] | None = None) -> None:
         self.gate = gate
         self.policy = gate.policy
         self.proxy = proxy
         self._busy: set[int] = set()  # thread idents currently deciding (re-entrancy)
-        self._approved: dict[int, tuple[list[bytes], bytes]] = {}  # thread -> Popen approved
+        # thread -> (argv, resolved program, runs Python) of the Popen just approved
+        self._approved: dict[int, tuple[list[bytes], bytes, bool]] = {}
+        # What a Python program started from here must carry to boot these hooks itself
+        # (None: not started by the launcher, nothing to carry). See _python_env_problems.
+        self._python_env: dict[str, str] | None = None
+        if python_env is not None:
+            self._python_env = {k: v for k, v in python_env.items() if _guarded_env_name(k)}
+        # The guarded names as the C environment holds them (what an os.exec* or a Popen
+        # with env=None hands on), kept current from the os.putenv/os.unsetenv events.
+        self._c_env: dict[str, str] = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
         import _thread
 
         self._get_ident = _thread.get_ident
@@ -141,6 +198,7 @@ class SoftHooks:
             "socket.__new__": self._on_socket_new,
             "socket.connect": self._on_connect,
             "socket.sendto": self._on_connect,
+            "socket.sendmsg": self._on_sendmsg,
             "socket.bind": self._on_bind,
             "socket.getaddrinfo": self._on_lookup,
             "socket.gethostbyname": self._on_lookup,
@@ -160,6 +218,8 @@ class SoftHooks:
             "fcntl.ioctl": self._on_ioctl,
             "os.kill": self._on_kill,
             "os.killpg": self._on_kill,
+            "os.putenv": self._on_putenv,
+            "os.unsetenv": self._on_unsetenv,
             "resource.setrlimit": self._on_setrlimit,
             "resource.prlimit": self._on_prlimit,
             "syslog.openlog": self._deny_event("writing to the system log"),
@@ -401,6 +461,13 @@ class SoftHooks:
                          "direct connections are not allowed: traffic goes through the egress proxy "
                          "(HTTP_PROXY/HTTPS_PROXY)", "soft.proxy")
 
+    def _on_sendmsg(self, args: tuple[Any, ...]) -> None:
+        # socket.sendmsg(buffers, ancdata, flags, address): the same check as sendto (a UDP
+        # datagram, or a TCP connect with MSG_FASTOPEN). No address: the socket is already
+        # connected, and that connect was judged.
+        if len(args) > 1 and args[1] is not None:
+            self._on_connect(args)
+
     def _unix(self, address: Any) -> None:
         if isinstance(address, (bytes, bytearray)):
             address = os.fsdecode(bytes(address))
@@ -479,7 +546,9 @@ class SoftHooks:
             raise _Denied(FileNotFoundError(errno.ENOENT, f"{text}: not found on PATH", text))
         return _canonical(self._absolute(found))
 
-    def _exec_decision(self, exe: str, argv: Sequence[Any]) -> None:
+    def _exec_decision(self, exe: str, argv: Sequence[Any]) -> bool:
+        """Judge running ``exe`` with ``argv``; return whether it starts a Python interpreter
+        (whose command line has then been checked by ``_python_command``)."""
         name = os.path.basename(exe)
         if name in SHELLS or os.path.basename(_text_path(argv[0]) if argv else "") in SHELLS:
             if not self.policy.process.allow_shell:
@@ -496,14 +565,73 @@ class SoftHooks:
             decision = self.gate.check(ops.PROC_EXEC, exe)
         if not decision.allowed:
             raise _Denied(PermissionDenied(ops.PROC_EXEC, exe, decision.reason, decision.rule))
+        return self._python_command(exe, argv)
+
+    def _python_command(self, exe: str, argv: Sequence[Any]) -> bool:
+        """Whether ``exe`` runs Python (itself, or through its ``#!`` line); refuse the options
+        that would make that interpreter skip ``sitecustomize`` and so these hooks."""
+        try:
+            line: list[str] | None
+            if is_python_command(exe):
+                line = [exe, *(_text_path(a) for a in argv[1:])]
+            else:
+                line = _shebang_python(exe)
+                if line is None:
+                    return False
+            python_script_index(line)
+        except HookSkippingOption as exc:
+            raise self._fail(ops.PROC_EXEC, exe, str(exc), "soft.python") from None
+        return True
+
+    def _python_env_problems(self, exe: str, env: Mapping[str, str], *, fill: bool) -> dict[str, str]:
+        """Check the environment a Python program will start with. It must carry the
+        launcher's values (the boot ``PYTHONPATH``, ``CAPGATE_POLICY``, ...) unchanged and set
+        no other variable that changes how the interpreter starts (``PYTHONHOME``,
+        ``PYTHONPLATLIBDIR``, ...). With ``fill``, a missing launcher value is returned to be
+        put back; otherwise a missing one is refused too. A different value is always refused:
+        that is a program trying to start Python unhooked or under a policy it wrote."""
+        required = self._python_env
+        if required is None:
+            return {}
+        problems: list[str] = []
+        missing: dict[str, str] = {}
+        for name, value in required.items():
+            have = env.get(name)
+            if have is None:
+                if fill:
+                    missing[name] = value
+                else:
+                    problems.append(f"{name} is missing")
+            elif have != value:
+                problems.append(f"{name} differs from the sandbox's")
+        for name in env:
+            if name not in required and _guarded_env_name(name):
+                problems.append(f"{name} is set")
+        if problems:
+            raise self._fail(ops.PROC_EXEC, exe, "a Python program started in the soft sandbox must keep "
+                             "the sandbox's start-up environment (" + "; ".join(sorted(problems)[:5]) + ")",
+                             "soft.python")
+        return missing
+
+    def _check_exec_env(self, exe: str, env: Any) -> None:
+        """os.exec*/posix_spawn of Python: the environment has already been converted for the
+        call, so nothing can be put back; only a plain dict (or the inherited one) is read."""
+        if env is None:
+            self._python_env_problems(exe, self._c_env, fill=False)
+            return
+        if type(env) is not dict:
+            raise self._fail(ops.PROC_EXEC, exe, "give a Python program started with os.exec*/posix_spawn "
+                             "a plain dict as its environment", "soft.python")
+        self._python_env_problems(exe, _env_dict(env.items()), fill=False)
 
     def _on_popen(self, args: tuple[Any, ...]) -> None:
         executable, argv, _cwd, env = args[0], list(args[1] or ()), args[2], args[3]
         if executable is None:
             executable = argv[0] if argv else ""
         exe = self._resolve_exe(executable, self._path_env(env))
-        self._exec_decision(exe, argv)
-        self._approved[self._get_ident()] = ([os.fsencode(_text_path(a)) for a in argv], os.fsencode(exe))
+        python = self._exec_decision(exe, argv)
+        # The environment is checked (and completed) in fork_exec, on the list that runs.
+        self._approved[self._get_ident()] = ([os.fsencode(_text_path(a)) for a in argv], os.fsencode(exe), python)
 
     def _on_system(self, args: tuple[Any, ...]) -> None:
         command = _shown(args)
@@ -514,15 +642,47 @@ class SoftHooks:
 
     def _on_exec(self, args: tuple[Any, ...]) -> None:
         path, argv = args[0], list(args[1] or ())
-        self._exec_decision(_canonical(self._absolute(path)), argv)
+        exe = _canonical(self._absolute(path))
+        if self._exec_decision(exe, argv):
+            self._check_exec_env(exe, args[2] if len(args) > 2 else None)
 
     def _on_spawn(self, args: tuple[Any, ...]) -> None:
         path, argv = args[0], list(args[1] or ())
-        self._exec_decision(self._resolve_exe(path, os.environ.get("PATH", os.defpath)), argv)
+        exe = self._resolve_exe(path, os.environ.get("PATH", os.defpath))
+        if self._exec_decision(exe, argv):
+            self._check_exec_env(exe, args[2] if len(args) > 2 else None)
+
+    def _on_putenv(self, args: tuple[Any, ...]) -> None:
+        name = os.fsdecode(args[0])
+        if name.startswith(_ENV_PREFIXES):
+            self._c_env[name] = os.fsdecode(args[1])
+
+    def _on_unsetenv(self, args: tuple[Any, ...]) -> None:
+        name = os.fsdecode(args[0])
+        if name.startswith(_ENV_PREFIXES):
+            self._c_env.pop(name, None)
+
+    def _fork_exec_env(self, exe: str, env_list: Any) -> Any:
+        """The environment list fork_exec will hand a Python program, checked, with any
+        launcher value it lacks put back (``env=None``: the inherited environment)."""
+        if env_list is None:
+            missing = self._python_env_problems(exe, self._c_env, fill=True)
+            if not missing:
+                return None
+            env_list = [k + b"=" + v for k, v in os.environb.items()]
+        entries = [_raw_bytes(e) for e in env_list]
+        pairs = []
+        for entry in entries:
+            name, sep, value = entry.partition(b"=")
+            if sep:
+                pairs.append((name, value))
+        missing = self._python_env_problems(exe, _env_dict(pairs), fill=True)
+        return entries + [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in missing.items()]
 
     def fork_exec_guard(self, real: Callable[..., int]) -> Callable[..., int]:
         """Wrap ``_posixsubprocess.fork_exec``: run only what a Popen event just approved,
-        and exec exactly the resolved path that was checked."""
+        exec exactly the resolved path that was checked, and give a Python program the
+        environment that boots these hooks."""
         approved = self._approved
         get_ident = self._get_ident
         gate = self.gate
@@ -534,9 +694,96 @@ class SoftHooks:
                 shown = " ".join(os.fsdecode(a) for a in argv)[:200] or "?"
                 raise gate.deny(ops.PROC_EXEC, shown, "direct use of _posixsubprocess is not allowed",
                                 "soft.posixsubprocess", via="soft")
-            return real(args[0], (ticket[1],), *args[2:])
+            rest = args[2:]
+            if ticket[2] and len(rest) > 3:  # (close_fds, pass_fds, cwd, env_list, ...)
+                try:
+                    env_list = self._fork_exec_env(os.fsdecode(ticket[1]), rest[3])
+                except _Denied as denied:
+                    raise denied.exc from None
+                except Exception as exc:  # fail closed
+                    raise gate.deny(ops.PROC_EXEC, os.fsdecode(ticket[1]), f"error while checking the environment: "
+                                    f"{exc!r}", "soft.error", via="soft") from None
+                rest = (*rest[:3], env_list, *rest[4:])
+            return real(args[0], (ticket[1],), *rest)
 
         return fork_exec
+
+    # -- functions that raise no audit event ------------------------------------------
+    def guard(self, event: str, check: Callable[[tuple[Any, ...], dict[str, Any]], None],
+              real: Callable[..., Any]) -> Callable[..., Any]:
+        """``real`` (a function that raises no audit event) with ``check`` run first, exactly
+        as the hook runs a handler. No ``__wrapped__``: that would hand out ``real``."""
+        busy = self._busy
+        get_ident = self._get_ident
+        deny = self._deny
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            ident = get_ident()
+            if ident not in busy:
+                busy.add(ident)
+                try:
+                    check(args, kwargs)
+                except _Denied as denied:
+                    raise denied.exc from None
+                except Exception as exc:  # fail closed
+                    raise deny(_op_of(event), _shown(args), f"error while deciding {event}: {exc!r}",
+                               "soft.error") from None
+                finally:
+                    busy.discard(ident)
+            return real(*args, **kwargs)
+
+        for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
+            try:
+                setattr(guarded, attr, getattr(real, attr))
+            except (AttributeError, TypeError):
+                pass
+        return guarded
+
+    def _on_make_node(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # os.mkfifo(path, mode=0o666, *, dir_fd=None) / os.mknod(path, mode=0o600, device=0, *, dir_fd=None)
+        import stat
+
+        path = args[0] if args else kwargs["path"]
+        mode = args[1] if len(args) > 1 else kwargs.get("mode", 0o600)
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            raise self._fail(ops.FS_WRITE, _shown((path,)), "creating device nodes is not allowed",
+                             "soft.mknod")
+        self._check(ops.FS_WRITE, path, kwargs.get("dir_fd"), follow=False)
+
+    def _on_pid_arg(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # os.pidfd_open(pid), os.sched_setaffinity(pid, ...), sched_setscheduler, sched_setparam
+        self._on_kill((args[0] if args else kwargs["pid"],))
+
+    def _on_pidfd_send_signal(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._on_kill((_pidfd_target(args[0] if args else kwargs["pidfd"]),))
+
+    def _on_setpriority(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        which, who = args[0], args[1]
+        if which == getattr(os, "PRIO_PROCESS", 0):
+            self._on_kill((who,))
+        elif which == getattr(os, "PRIO_PGRP", 1) and who != 0:
+            self._on_kill((who,))  # a group's leader: in this session, or refused
+        elif which != getattr(os, "PRIO_PGRP", 1):
+            raise self._fail("proc.signal", str(who), "changing the priority of all of a user's processes is "
+                             "not allowed", "soft.signal")
+
+    def _refuse(self, what: str) -> Callable[[tuple[Any, ...], dict[str, Any]], None]:
+        def check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            raise self._fail("soft.event", _shown(args), f"{what} is not allowed in the soft sandbox", "soft.denied")
+
+        return check
+
+    def guarded_functions(self) -> dict[str, dict[str, Callable[[tuple[Any, ...], dict[str, Any]], None]]]:
+        """Module -> function -> check, for the functions ``install`` replaces."""
+        process = {"pidfd_open": self._on_pid_arg, "sched_setaffinity": self._on_pid_arg,
+                   "sched_setscheduler": self._on_pid_arg, "sched_setparam": self._on_pid_arg,
+                   "setpriority": self._on_setpriority}
+        posix = {"mkfifo": self._on_make_node, "mknod": self._on_make_node,
+                 "chroot": self._refuse("changing the root directory"),
+                 "unshare": self._refuse("entering new namespaces"),
+                 "setns": self._refuse("entering other namespaces"), **process}
+        return {"posix": posix, "os": posix, "_signal": {"pidfd_send_signal": self._on_pidfd_send_signal},
+                "signal": {"pidfd_send_signal": self._on_pidfd_send_signal}}
 
     # -- native code, imports, signals, limits ----------------------------------------
     def _on_dlopen(self, args: tuple[Any, ...]) -> None:
@@ -555,8 +802,8 @@ class SoftHooks:
     def _on_import(self, args: tuple[Any, ...]) -> None:
         name = args[0]
         if name in _MODULES_DENIED_AFTER_BOOT:
-            raise self._fail(ops.PROC_EXEC, str(name), "loading _posixsubprocess again is not allowed",
-                             "soft.posixsubprocess")
+            raise self._fail(ops.PROC_EXEC, str(name), f"loading {name} again is not allowed (it would bring "
+                             "back the unguarded functions)", "soft.posixsubprocess")
 
     def _on_ioctl(self, args: tuple[Any, ...]) -> None:
         request = args[1] if len(args) > 1 else None
@@ -599,6 +846,126 @@ class SoftHooks:
 
 
 # -- module-level helpers ------------------------------------------------------------
+class HookSkippingOption(ValueError):
+    """A Python command line with an option that skips the soft sandbox's start-up."""
+
+
+def is_python_command(exe: str) -> bool:
+    """Whether ``exe`` (resolved) is a Python interpreter the soft sandbox can hook:
+    ``python``, ``python3``, ``python3.11``..., or this very interpreter under another name."""
+    name = os.path.basename(exe)
+    if name.startswith("python"):
+        version = name[6:]
+        if not version or all(part.isdecimal() for part in version.split(".")):
+            return True
+    try:
+        return os.path.realpath(exe) == os.path.realpath(sys.executable)
+    except OSError:
+        return False
+
+
+def python_script_index(argv: Sequence[str]) -> int | None:
+    """Check a Python command line; return the index of the script path it runs (if any).
+
+    Raises HookSkippingOption for -I, -E and -S (alone or in a cluster such as ``-Esc``),
+    which would skip ``sitecustomize`` and so the soft sandbox's boot."""
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return i + 1 if i + 1 < len(argv) else None
+        if arg == "-" or not arg.startswith("-"):
+            return None if arg == "-" else i
+        if arg.startswith("--"):
+            if arg == "--check-hash-based-pycs":
+                i += 2
+                continue
+            i += 1
+            continue
+        cluster = arg[1:]
+        for pos, char in enumerate(cluster):
+            if char in "IES":
+                raise HookSkippingOption(f"python option -{char} would skip the soft sandbox's start-up hooks; "
+                                         "run without it")
+            if char in "cm":
+                return None
+            if char in "WX":
+                if pos == len(cluster) - 1:
+                    i += 1
+                break
+        i += 1
+    return None
+
+
+def _shebang_python(exe: str) -> list[str] | None:
+    """``[interpreter, *options]`` of a script whose ``#!`` line runs Python, else None.
+    ``#!/usr/bin/env python3`` counts; ``env`` with options or assignments in front of a
+    Python is refused (``env -i``/``-S``/``NAME=value`` change what the interpreter sees)."""
+    try:
+        with open(exe, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = os.fsdecode(head[2:].split(b"\n", 1)[0]).split()
+    if not words or "python" not in " ".join(words).lower():
+        return None
+    if os.path.basename(words[0]) == "env":
+        words = words[1:]
+        if not words or words[0].startswith("-") or "=" in words[0]:
+            raise HookSkippingOption("a #! line that runs Python through env with options is not allowed in the "
+                                     "soft sandbox")
+    if not is_python_command(words[0]):
+        return None
+    return words
+
+
+def _guarded_env_name(name: str) -> bool:
+    if name.startswith("PYTHON"):
+        return name not in _HARMLESS_PYTHON_VARS
+    return name.startswith("CAPGATE_") and name not in _FREE_CAPGATE_VARS
+
+
+def _raw_bytes(value: Any) -> bytes:
+    """An environment name or value as the C call sees it: exact str or bytes content (a
+    subclass's overridden methods are not consulted); anything else is refused."""
+    if isinstance(value, str):
+        return os.fsencode(str.__str__(value))
+    if isinstance(value, bytes):
+        return bytes(memoryview(value))
+    raise TypeError(f"environment entries must be str or bytes, not {type(value).__name__}")
+
+
+def _env_dict(pairs: Any) -> dict[str, str]:
+    """Name -> value of the guarded variables in ``pairs``; a guarded name given twice is
+    refused (which copy a program reads is not ours to guess)."""
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        name = os.fsdecode(_raw_bytes(key))
+        if not name.startswith(_ENV_PREFIXES):
+            continue
+        if name in out:
+            raise ValueError(f"{name} is given twice in the environment")
+        out[name] = os.fsdecode(_raw_bytes(value))
+    return out
+
+
+def _pidfd_target(fd: Any) -> int:
+    """The process a pidfd (or an open ``/proc/<pid>`` directory) refers to."""
+    fd = int(fd)
+    link = os.readlink(f"/proc/self/fd/{fd}")
+    if link == "anon_inode:[pidfd]":
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    parts = link.split("/")
+    if len(parts) >= 3 and parts[0] == "" and parts[1] == "proc" and parts[-1].isdecimal():
+        return int(parts[-1])
+    raise ValueError(f"descriptor {fd} is not a process descriptor ({link})")
+
+
 def _op_of(event: str) -> str:
     if event.startswith("socket."):
         return ops.NET_CONNECT
@@ -719,10 +1086,15 @@ def _directory_fds() -> list[str]:
     return out
 
 
-def install(gate: Gate, *, proxy: tuple[str, int] | None = None) -> SoftHooks:
+def install(gate: Gate, *, proxy: tuple[str, int] | None = None,
+            python_env: Mapping[str, str] | None = None) -> SoftHooks:
     """Route this process's audit events through ``gate``; cannot be undone.
 
-    Also swaps ``_posixsubprocess`` for a guarded module. Call once, before user code.
+    Also swaps ``_posixsubprocess`` for a guarded module, and replaces the ``os``/``posix``
+    and ``signal`` functions that raise no audit event (see the module docstring). Call
+    once, before user code. ``python_env``: the environment the launcher gave this process
+    (``capgate._soft_boot`` passes it); a Python program started from here must carry its
+    start-up variables. Without it, the environment of a Python child is not checked.
     """
     global _installed
     if _installed is not None:
@@ -730,7 +1102,15 @@ def install(gate: Gate, *, proxy: tuple[str, int] | None = None) -> SoftHooks:
     import _posixsubprocess
     import types
 
-    hooks = SoftHooks(gate, proxy=proxy)
+    hooks = SoftHooks(gate, proxy=proxy, python_env=python_env)
+    for module_name, checks in hooks.guarded_functions().items():
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue  # signal: not imported yet; it copies _signal's (guarded) functions
+        for name, check in checks.items():
+            real = getattr(module, name, None)
+            if real is not None:
+                setattr(module, name, hooks.guard(f"{module_name}.{name}", check, real))
     guarded = types.ModuleType("_posixsubprocess", "capgate guard around _posixsubprocess")
     guarded.fork_exec = hooks.fork_exec_guard(_posixsubprocess.fork_exec)  # type: ignore[attr-defined]
     guarded.__spec__ = getattr(_posixsubprocess, "__spec__", None)
