@@ -9,7 +9,12 @@ Why this ``PYTHONPATH`` is safe when the clean environment otherwise strips the 
 is set by the launcher, not inherited; it points at a directory the launcher created (mode
 0500, file 0400, outside the workspace and every write root, and a runtime *read* root in the
 policy so the gate refuses writes to it). ``-I``, ``-E`` and ``-S`` would skip it, so the
-launcher refuses Python command lines that carry them, and if ``boot()`` fails for any reason
+launcher refuses Python command lines that carry them — and so do the hooks, for a Python
+program the child starts, whose environment must also carry the launcher's ``PYTHONPATH``,
+``CAPGATE_POLICY`` and the other start-up variables unchanged (``capgate.soft``). The policy
+file itself must look like the launcher's (``check_launcher_file``: a read-only regular file,
+outside every write root of the policy it holds), and no file the loaded policy lets this
+process write is accepted as ``CAPGATE_POLICY``. If ``boot()`` fails for any reason
 the process exits with 125 before user code runs (fail closed) — a Python that cannot import
 capgate refuses to run under the soft sandbox rather than running unguarded.
 
@@ -190,7 +195,7 @@ def boot() -> None:
     (the ``sitecustomize`` stub turns that into exit 125)."""
     from capgate import soft
     from capgate.gate import Gate
-    from capgate.policy.dump import load_effective_policy
+    from capgate.policy.dump import check_launcher_file, load_effective_policy
 
     if soft.installed() is not None:
         return
@@ -198,8 +203,14 @@ def boot() -> None:
     if not path:
         raise RuntimeError("CAPGATE_POLICY is not set")
     policy = load_effective_policy(path)
+    check_launcher_file(path, policy)
     audit = ChildAudit(_audit_fd())
     gate = Gate(policy, audit=audit)  # type: ignore[arg-type]
+    from capgate import ops
+
+    if gate.peek_path(ops.FS_WRITE, os.path.realpath(path)).allowed:
+        raise RuntimeError(f"CAPGATE_POLICY {path} is a file the policy it holds lets this process write; "
+                           "it is not the launcher's")
     import capgate.gate as gate_module
 
     gate_module._ambient = gate  # capgate.fs/net/proc in the child use this same gate
@@ -207,6 +218,8 @@ def boot() -> None:
 
     atexit.register(audit.close)
     os.register_at_fork(before=audit.flush, after_in_child=audit.after_fork_in_child)
-    soft.install(gate, proxy=_proxy())
+    # The environment the launcher gave us (CAPGATE_AUDIT_FD already removed): a Python
+    # program this one starts must carry its start-up variables (see capgate.soft).
+    soft.install(gate, proxy=_proxy(), python_env=dict(os.environ))
     audit.event("soft.activated", python=sys.version.split()[0], executable=sys.executable)
     audit.flush()

@@ -23,7 +23,7 @@ from capgate.errors import PolicyError
 from capgate.policy import model
 from capgate.policy.model import Policy
 
-__all__ = ["FORMAT", "load_effective_policy", "policy_from_dict", "policy_to_dict"]
+__all__ = ["FORMAT", "check_launcher_file", "load_effective_policy", "policy_from_dict", "policy_to_dict"]
 
 FORMAT = "capgate-effective-policy"
 MAX_EFFECTIVE_BYTES = 4 * 1024 * 1024
@@ -145,3 +145,36 @@ def load_effective_policy(path: str | os.PathLike[str]) -> Policy:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PolicyError(f"effective policy {path} is not JSON: {exc}") from exc
     return policy_from_dict(data)
+
+
+def check_launcher_file(path: str | os.PathLike[str], policy: Policy) -> None:
+    """Refuse an effective policy file that a sandboxed program could have written.
+
+    The launcher writes ``<run dir>/policy.json``: a regular file, mode 0400, owned by this
+    user, in a directory only its owner can write, outside every write root of the policy
+    it holds (the launcher checks that its run directory is). A file that fails any of these
+    — a symlink, a writable file, one in a write root or a shared directory — is not the
+    launcher's. (A file can pass and still be forged; what stops a sandboxed program from
+    handing a Python child a policy it wrote is the soft hooks' environment check.)"""
+    import stat
+
+    from capgate.paths import is_within
+
+    text = os.fspath(path)
+    try:
+        st = os.lstat(text)
+        real = os.path.realpath(text)
+        parent = os.stat(os.path.dirname(real))
+    except OSError as exc:
+        raise PolicyError(f"cannot check effective policy {text}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise PolicyError(f"effective policy {text} is not a regular file (a symlink?)")
+    if st.st_uid != os.getuid() or parent.st_uid != os.getuid():
+        raise PolicyError(f"effective policy {text} is not owned by this user")
+    if st.st_mode & 0o222:
+        raise PolicyError(f"effective policy {text} is writable (the launcher writes it read-only)")
+    if parent.st_mode & 0o022:
+        raise PolicyError(f"effective policy {text} lies in a directory others can write")
+    for root in policy.filesystem.write:
+        if is_within(real, root):
+            raise PolicyError(f"effective policy {text} lies inside its own write root {root}")
