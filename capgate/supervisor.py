@@ -48,7 +48,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -358,10 +357,10 @@ def _run(
             child_err = _std_fd(2)
         layout = [0, 1, 2, *passed]
         fds = [child_in, child_out, child_err, *passed]
-        if procs_fd is not None:
+        if procs_fd is not None and cgroup is not None:
             home = cgroup_home_procs_fd()
-            layout += [_spawner.CGROUP_PROCS, _spawner.HOME_PROCS]
-            fds += [procs_fd, home]
+            layout += [_spawner.CGROUP_PROCS, _spawner.HOME_PROCS, _spawner.CGROUP_CURRENT]
+            fds += [procs_fd, home, cgroup.current_fd()]
         request: dict[str, object] = {
             "argv": args,
             "exe": exe,
@@ -380,20 +379,23 @@ def _run(
         for fd in theirs:
             os.close(fd)
         theirs.clear()
-        if procs_fd is not None:
-            os.close(procs_fd)
-            procs_fd = None
         exit_fd = None if child.exited else child.fileno()
         timed_out = _pump_fds(exit_fd, stdin_w, out_r, err_r, data, out, err, start + budget)
         if timed_out:
             tree.kill()
-        status, cpu_used = _await_result(child)
+        status, cpu_used, cleaned = _await_result(child)
         done = True
-        tree.kill()  # the child is gone: whatever it left behind goes too
-        if private is not None:  # the spawner removes it while we drain and free the cgroup
-            spawner.cleanup_start(private)
-            pending.append((spawner, private))
-            private = None
+        # The spawner killed the child's process group before reaping it (while its pid could
+        # not be reused); a killpg from here, after the reap, could hit a recycled group.
+        tree.pgid = None
+        tree.kill()  # the child is gone: whatever it left behind (cgroup members) goes too
+        if private is not None:
+            if cleaned is None:  # the spawner removes it while we drain and free the cgroup
+                spawner.cleanup_start(private)
+                pending.append((spawner, private))
+            elif not cleaned:
+                remove_tree(private)
+            private = None  # (cleaned: the spawner removed it before reporting the exit)
         _drain_fds([fd for fd in (out_r, err_r) if fd is not None], [out, err], time.monotonic() + 2.0)
         return status, cpu_used, timed_out, out, err, time.monotonic() - start
     finally:
@@ -416,14 +418,13 @@ def _run(
         for fd in [*ours, *theirs]:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if procs_fd is not None:
-            os.close(procs_fd)
         if not pending:
             _spawner.release(spawner)
 
 
+
 def _make_private() -> str:
-    path = os.path.join(tempfile.gettempdir(), f"capgate-run-{os.getpid()}-{os.urandom(8).hex()}")
+    path = os.path.join(_spawner.private_parent(), f"capgate-run-{os.getpid()}-{os.urandom(8).hex()}")
     os.mkdir(path, 0o700)
     os.mkdir(os.path.join(path, "tmp"), 0o700)
     return path
@@ -449,9 +450,9 @@ def _carriable(table: RlimitTable) -> bool:
     return True
 
 
-def _await_result(child: _spawner.SpawnedChild, grace: float = 10.0) -> tuple[int, float]:
-    """The exit status from the spawner; a spawner that says nothing within ``grace`` after
-    the tree was killed is broken and is closed."""
+def _await_result(child: _spawner.SpawnedChild, grace: float = 10.0) -> tuple[int, float, bool | None]:
+    """The exit report from the spawner (``SpawnedChild.result``); a spawner that says nothing
+    within ``grace`` after the tree was killed is broken and is closed."""
     ready = child.exited or select.select([child.fileno()], [], [], grace)[0]
     if not ready:
         child.spawner.dead = True
@@ -508,8 +509,6 @@ def _run_popen(
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-        if procs_fd is not None:
-            os.close(procs_fd)
     return status, cpu_used, timed_out, out, err, time.monotonic() - start
 
 

@@ -24,8 +24,14 @@ How a child is started (the spawner is single-threaded and runs one child at a t
 
 Either way an exec error (``ENOENT``, ``EACCES``, ...) is reported with its errno and the
 supervisor raises the matching ``OSError`` subclass. The spawner reports the pid, then the
-wait status and the child's CPU time (``wait4``). Only the descriptors named in the request
-reach the child, at the numbers the caller used (``pass_fds`` keep their numbers).
+wait status and the child's CPU time (``wait4``). When the child exits, the spawner kills its
+process group *before* reaping it (the pid cannot be reused yet); then, if the run cgroup's
+``pids.current`` is 0 (nothing of the run is left, not even a zombie), it removes the run's
+private directory at once and says so in the same exit report, and prepares the next one
+while the supervisor finishes. Otherwise the supervisor kills the rest and asks ``cleanup``.
+Private directories go on a tmpfs when a suitable one exists (``private_parent``). Only the
+descriptors named in the request reach the child, at the numbers the caller used (``pass_fds``
+keep their numbers).
 
 Lifetime: the spawner dies with its owner — it watches a pidfd of the owner process and EOF
 on its socket; on either it kills the current run (its cgroup members and process group)
@@ -41,6 +47,7 @@ the limits and cgroup the supervisor hands it (``capgate.supervisor``). Linux on
 from __future__ import annotations
 
 import errno
+import fcntl as _fcntl
 import marshal
 import os
 import select
@@ -51,7 +58,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["SpawnedChild", "Spawner", "SpawnerDied", "SpawnerUnavailable", "acquire", "release"]
+__all__ = ["SpawnedChild", "Spawner", "SpawnerDied", "SpawnerUnavailable", "acquire", "private_parent", "release"]
 
 _LEN = struct.Struct("!I")
 _FD = struct.Struct("i")
@@ -59,6 +66,7 @@ _MAX_FDS = 64
 # Targets in a request's fd layout that are not child fd numbers.
 CGROUP_PROCS = -1
 HOME_PROCS = -2
+CGROUP_CURRENT = -3  # the run cgroup's pids.current (read-only): is the tree gone at exit?
 _EXEC_ERRORS = frozenset(
     {errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG,
      errno.ETXTBSY, errno.EISDIR, errno.EPERM, errno.E2BIG}
@@ -139,8 +147,15 @@ class SpawnedChild:
         """The exit report already arrived with the pid (read ahead into the buffer)."""
         return bool(self.spawner.buf)
 
-    def result(self) -> tuple[int, float]:
-        """(wait status, child CPU seconds); blocks. Raises ``SpawnerDied``."""
+    def result(self) -> tuple[int, float, bool | None]:
+        """(wait status, child CPU seconds, private directory removed); blocks. Raises
+        ``SpawnerDied``.
+
+        The third item: True when the spawner found the run's cgroup empty right after
+        reaping the child and removed the run's private directory (the next one is then
+        prepared under the name the request gave); False when that removal failed; None when
+        it did not try (no cgroup or no private directory, or something of the run was still
+        alive) — the caller then kills the tree and asks for ``cleanup``."""
         try:
             reply = _recv(self.spawner.sock, self.spawner.buf)
         except (EOFError, OSError) as exc:
@@ -149,10 +164,12 @@ class SpawnedChild:
         if not isinstance(reply, tuple) or reply[0] != "exit":
             self.spawner.dead = True
             raise SpawnerDied(errno.EIO, f"capgate spawner protocol error: {reply!r}")
-        _tag, status, cpu, retire = reply
+        _tag, status, cpu, retire, cleaned = reply
         if retire:
             self.spawner.dead = True
-        return int(status), float(cpu)
+        if cleaned is not None:
+            self.spawner.next_dir = self.spawner.upcoming
+        return int(status), float(cpu), None if cleaned is None else bool(cleaned)
 
 
 class Spawner:
@@ -194,6 +211,7 @@ class Spawner:
             self.close()
             raise SpawnerUnavailable(errno.EIO, f"the capgate spawner said {hello!r}")
         self.next_dir = _new_private_name()
+        self.upcoming = self.next_dir  # named in each request: prepared after a self-cleaned run
         _send(ours, ("prepare", self.next_dir))
 
     def take_private_dir(self) -> str:
@@ -230,6 +248,9 @@ class Spawner:
 
     def spawn(self, request: dict[str, object], fds: list[int]) -> SpawnedChild:
         """Start one child (see the module docstring for ``request``); raises ``OSError``."""
+        if request.get("private") is not None:
+            self.upcoming = _new_private_name()
+            request["next_private"] = self.upcoming
         try:
             _send(self.sock, request, fds)
             reply = _recv(self.sock, self.buf)
@@ -269,9 +290,67 @@ class Spawner:
 
 
 def _new_private_name() -> str:
-    import tempfile
+    return os.path.join(private_parent(), f"capgate-run-{os.getpid()}-{os.urandom(8).hex()}")
 
-    return os.path.join(tempfile.gettempdir(), f"capgate-run-{os.getpid()}-{os.urandom(8).hex()}")
+
+_parent_dir: str | None = None
+_MIN_TMPFS_FREE = 1 << 30  # a small tmpfs (a container's 64 MB /dev/shm) would refuse big temp files
+
+
+def private_parent() -> str:
+    """Where runs' private ``HOME``/``TMPDIR`` directories are made (once per process).
+
+    Creating and removing two directories per run costs ~300 us on a disk file system and
+    ~10 us on a tmpfs. So, unless the caller chose a temp directory (``TMPDIR``/``TEMP``/
+    ``TMP`` set: then ``tempfile.gettempdir()``, as before), the first of
+    ``$XDG_RUNTIME_DIR`` and ``/dev/shm`` that is a tmpfs mounted without ``noexec``, has at
+    least 1 GiB free, and is either ours and private or root's and sticky (like ``/tmp``:
+    nobody else can rename or remove our entries) — else ``tempfile.gettempdir()``. A child
+    can write to those places anyway; each run's directory is still a fresh ``0700`` one.
+    """
+    global _parent_dir
+    if _parent_dir is None:
+        chosen = None
+        if not any(os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")):
+            for candidate in (os.environ.get("XDG_RUNTIME_DIR", ""), "/dev/shm"):
+                if candidate.startswith("/") and _fast_private_parent(candidate):
+                    chosen = candidate
+                    break
+        if chosen is None:
+            import tempfile
+
+            chosen = tempfile.gettempdir()
+        _parent_dir = chosen
+    return _parent_dir
+
+
+def _fast_private_parent(path: str) -> bool:
+    import stat
+
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        vfs = os.statvfs(real)
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            mounts = fh.read().splitlines()
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or not os.access(real, os.W_OK | os.X_OK):
+        return False
+    private = st.st_uid == os.geteuid() and not st.st_mode & 0o077
+    shared = st.st_uid == 0 and bool(st.st_mode & stat.S_ISVTX)
+    if not (private or shared) or vfs.f_bavail * vfs.f_frsize < _MIN_TMPFS_FREE:
+        return False
+    best = ("", "", [""])
+    for line in mounts:  # the last mount on the longest matching mount point is the visible one
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 6 or len(rfields) < 1:
+            continue
+        point = fields[4].replace("\\040", " ")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+            best = (point, rfields[0], fields[5].split(","))
+    return best[1] == "tmpfs" and "noexec" not in best[2]
 
 
 _pool: dict[object, list[Spawner]] = {}
@@ -402,11 +481,7 @@ class _Server:
             try:
                 self.handle(request, fds)  # type: ignore[arg-type]
             finally:
-                for fd in fds:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
+                _close_all(fds)
 
     def housekeeping(self, msg: tuple[object, ...]) -> None:
         if msg[0] == "prepare":
@@ -430,29 +505,32 @@ class _Server:
             pass  # made (or refused) again when the run asks for it
 
     def handle(self, req: dict[str, object], fds: list[int]) -> None:
+        """Start the child, report its pid, wait, report its exit. Closes (and empties) ``fds``
+        once the child is started: the pipes' write ends then belong to the child alone, so
+        the supervisor sees EOF as soon as the tree is dead."""
         layout = req["layout"]
         if not isinstance(layout, list) or len(layout) != len(fds):
             _send(self.sock, ("err", errno.EBADF, "descriptors lost in transit", None, True))
             return
-        procs = home = None
+        procs = home = current = None
         places: list[tuple[int, int]] = []
         for target, fd in zip(layout, fds, strict=True):
             if target == CGROUP_PROCS:
                 procs = fd
             elif target == HOME_PROCS:
                 home = fd
+            elif target == CGROUP_CURRENT:
+                current = fd
             else:
                 places.append((fd, int(target)))
         # Every source fd above every target, so a dup2 never clobbers a later source.
         top = max([t for _, t in places] + [2]) + 1
         moved: list[tuple[int, int]] = []
+        private = req.get("private")
         try:
             for fd, target in places:
-                import fcntl
-
-                moved.append((fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top), target))
+                moved.append((_fcntl.fcntl(fd, _fcntl.F_DUPFD_CLOEXEC, top), target))
             self.cgroup_dir = req.get("cgroup_dir")  # type: ignore[assignment]
-            private = req.get("private")
             if private is not None and private != self.prepared:
                 try:
                     _make_private(str(private))
@@ -463,8 +541,10 @@ class _Server:
                     return
             mode, pid, error = self.start(req, moved, procs, home)
         finally:
-            for fd, _ in moved:
-                os.close(fd)
+            _close_all([fd for fd, _ in moved])
+            keep = [current] if current is not None else []
+            _close_all([fd for fd in fds if fd not in keep])
+            fds[:] = keep
         if error is not None:
             code, message, filename = error
             _send(self.sock, ("err", code, message, filename, False))
@@ -474,7 +554,20 @@ class _Server:
         _send(self.sock, ("pid", pid, mode))
         status, cpu = self.wait(pid)
         self.pid = None
-        _send(self.sock, ("exit", status, cpu, self.worn_out()))
+        # The child is reaped and its process group was killed before that (while its pid
+        # could not be reused). When nothing of the run is left in its cgroup, no process can
+        # write to the private directory any more: remove it now and say so with the exit
+        # report, saving the supervisor a round trip. Otherwise the supervisor kills the rest
+        # of the tree and asks for ``cleanup``.
+        cleaned = None
+        upcoming = req.get("next_private")
+        if private is not None and upcoming is not None and current is not None and _tree_gone(current):
+            cleaned = _remove_private(str(private))
+            if private == self.prepared:
+                self.prepared = None
+        _send(self.sock, ("exit", status, cpu, self.worn_out(), cleaned))
+        if cleaned is not None:
+            self.prepare(str(upcoming))  # while the supervisor finishes its own side of the run
 
     def wait(self, pid: int) -> tuple[int, float]:
         try:
@@ -490,13 +583,15 @@ class _Server:
                     self.kill_run(pid)
                     raise SystemExit(0)
                 if child_fd is None:
-                    got, status, usage = os.wait4(pid, os.WNOHANG)
-                    if got == 0:
+                    if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
                         continue
-                else:
-                    if child_fd not in ready:
-                        continue
-                    _got, status, usage = os.wait4(pid, 0)
+                elif child_fd not in ready:
+                    continue
+                try:  # the group of the (unreaped, so not reusable) pid: what it left behind
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                _got, status, usage = os.wait4(pid, 0)
                 return status, usage.ru_utime + usage.ru_stime
         finally:
             if child_fd is not None:
@@ -650,6 +745,22 @@ class _Server:
         code = int(code_s) if code_s.isdigit() else errno.EIO
         message = os.strerror(code) if step == "exec" else f"{os.strerror(code)} (while setting up: {step})"
         return "fork", None, (code, message, exe if step == "exec" else None)  # type: ignore[return-value]
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _tree_gone(current_fd: int) -> bool:
+    """The run's cgroup holds no task, not even an unreaped zombie (``pids.current`` is 0)."""
+    try:
+        return int(os.pread(current_fd, 32, 0)) == 0
+    except (OSError, ValueError):
+        return False
 
 
 def _make_private(path: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,45 @@ def test_no_cgroup_or_tmp_left_behind(gate) -> None:  # type: ignore[no-untyped-
     for name in after - before:  # only an empty cgroup kept for this process's next run
         assert name.startswith(f"capgate-{os.getpid()}-")
         assert open(os.path.join(root, name, "cgroup.procs")).read() == ""
+
+
+def test_private_dirs_are_fresh_and_gone_even_when_the_child_leaves_files(gate) -> None:  # type: ignore[no-untyped-def]
+    """Files left in HOME/TMPDIR are removed with the directory (the spawner's own clean-up
+    right after the exit); the next run gets a different, empty directory."""
+    code = ("import os; t=os.environ['TMPDIR']; h=os.environ['HOME'];"
+            "print(t, h, sorted(os.listdir(t)), sorted(os.listdir(h)));"
+            "open(os.path.join(t, 'secret'), 'w').write('x'); os.mkdir(os.path.join(h, '.cache'));"
+            "open(os.path.join(h, '.cache', 'k'), 'w').write('y')")
+    seen = []
+    for _ in range(3):
+        tmpdir, home, in_tmp, in_home = proc.run(["python3", "-c", code]).stdout.decode().split(" ", 3)
+        assert in_tmp == "[]" and in_home.strip() == "['tmp']"
+        assert not os.path.lexists(home) and not os.path.lexists(tmpdir)
+        seen.append(home)
+    assert len(set(seen)) == 3
+
+
+def test_private_dir_is_removed_when_a_daemon_outlives_the_child(gate) -> None:  # type: ignore[no-untyped-def]
+    """A setsid double-forked daemon still writing into TMPDIR when the child exits: the tree
+    is killed first, then the directory removed (the supervisor's clean-up path)."""
+    code = textwrap.dedent("""
+        import os, sys, time
+        t = os.environ['TMPDIR']
+        print(t, flush=True)
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.close(1); os.close(2)
+                i = 0
+                while True:
+                    open(os.path.join(t, f'f{i % 50}'), 'w').write('x'); i += 1
+            os._exit(0)
+        time.sleep(0.2)
+    """)
+    result = proc.run(["python3", "-c", code])
+    tmpdir = result.stdout.decode().strip()
+    assert result.returncode == 0 and tmpdir
+    assert not os.path.lexists(tmpdir) and not os.path.lexists(os.path.dirname(tmpdir))
 
 
 def test_no_gate_uses_ambient_defaults(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
