@@ -130,11 +130,16 @@ _MAX_DEPTH = 4
 
 
 def _is_executable_file(path: str) -> bool:
+    return _executable_stat(path) is not None
+
+
+def _executable_stat(path: str) -> os.stat_result | None:
+    """``stat(path)`` when it is a regular file we may execute, else None."""
     try:
         st = os.stat(path)
     except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK)
+        return None
+    return st if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK) else None
 
 
 class CommandRules:
@@ -173,32 +178,52 @@ class CommandRules:
     # -- lookup -------------------------------------------------------------------------
     @staticmethod
     def _lookup(name: str, dirs: Sequence[str]) -> str | None:
+        found = CommandRules._lookup_stat(name, dirs)
+        return found[0] if found is not None else None
+
+    @staticmethod
+    def _lookup_stat(name: str, dirs: Sequence[str]) -> tuple[str, os.stat_result] | None:
         for directory in dirs:
-            candidate = os.path.join(directory, name)
-            if _is_executable_file(candidate):
-                return candidate
+            candidate = directory + "/" + name
+            st = _executable_stat(candidate)
+            if st is not None:
+                return candidate, st
         return None
 
-    def resolve(self, target: str, cwd: str | None = None) -> tuple[str | None, Decision | None]:
+    def resolve(
+        self, target: str, cwd: str | None = None, path_dirs: tuple[str, ...] | None = None
+    ) -> tuple[str | None, Decision | None]:
         """The real file ``target`` names, or a denial saying why it names none we accept."""
+        resolved, _st, denial = self._resolve(target, cwd, path_dirs)
+        return resolved, denial
+
+    def _resolve(
+        self, target: str, cwd: str | None, path_dirs: tuple[str, ...] | None
+    ) -> tuple[str | None, os.stat_result | None, Decision | None]:
+        """``resolve`` plus the ``stat`` of the file (taken through ``target``'s own name, so
+        it is the resolved file's)."""
         if not isinstance(target, str) or not target or "\x00" in target:
-            return None, Decision.deny("a command must be a non-empty string without NUL", "process.argv", str(target))
+            return None, None, Decision.deny(
+                "a command must be a non-empty string without NUL", "process.argv", str(target)
+            )
         if "/" in target:
             if not target.startswith("/"):
-                return None, Decision.deny(
+                return None, None, Decision.deny(
                     "a relative command path is never run (it may name a planted file); "
                     "use a bare name or an absolute path",
                     "process.path",
                     target,
                 )
-            found: str | None = target if _is_executable_file(target) else None
+            st = _executable_stat(target)
+            found = (target, st) if st is not None else None
         else:
-            found = self._lookup(target, sanitized_path_dirs(self.policy, cwd=cwd))
+            dirs = path_dirs if path_dirs is not None else sanitized_path_dirs(self.policy, cwd=cwd)
+            found = self._lookup_stat(target, dirs)
         if found is None:
-            return None, Decision.deny(
+            return None, None, Decision.deny(
                 "not found as an executable file on the sanitized PATH", "process.allowedCommands", target
             )
-        return os.path.realpath(found), None
+        return os.path.realpath(found[0]), found[1], None
 
     # -- decisions ----------------------------------------------------------------------
     def decide(self, target: str) -> Decision:
@@ -206,8 +231,13 @@ class CommandRules:
         decision, _resolved = self._decide_program(target, None)
         return decision
 
-    def decide_argv(self, argv: Sequence[str], cwd: str | None = None) -> tuple[Decision, str | None]:
-        """Decide one command line; returns the decision and the resolved executable."""
+    def decide_argv(
+        self, argv: Sequence[str], cwd: str | None = None, *, path_dirs: tuple[str, ...] | None = None
+    ) -> tuple[Decision, str | None]:
+        """Decide one command line; returns the decision and the resolved executable.
+
+        ``path_dirs``: ``sanitized_path_dirs(policy, cwd=cwd)`` when the caller has it already.
+        """
         if isinstance(argv, (str, bytes)):
             return Decision.deny(
                 "a string command is a shell command line; pass an argv list", "process.allowShell", str(argv)[:200]
@@ -221,11 +251,13 @@ class CommandRules:
         for a in args:
             if "\x00" in a:
                 return Decision.deny("an argument holds a NUL byte", "process.argv", args[0]), None
-        return self._decide(args, cwd, 0)
+        return self._decide(args, cwd, 0, path_dirs)
 
-    def _decide(self, args: list[str], cwd: str | None, depth: int) -> tuple[Decision, str | None]:
+    def _decide(
+        self, args: list[str], cwd: str | None, depth: int, path_dirs: tuple[str, ...] | None = None
+    ) -> tuple[Decision, str | None]:
         head = args[0]
-        decision, resolved = self._decide_program(head, cwd)
+        decision, resolved = self._decide_program(head, cwd, path_dirs)
         if not decision.allowed or resolved is None:
             return decision, None
         names = {os.path.basename(head), os.path.basename(resolved)}
@@ -245,7 +277,7 @@ class CommandRules:
                 for command in inner:
                     if not command:
                         return Decision.deny(f"{name} with no program to run", "process.trampoline", head), None
-                    sub, _sub_resolved = self._decide(command, cwd, depth + 1)
+                    sub, _sub_resolved = self._decide(command, cwd, depth + 1, path_dirs)
                     if not sub.allowed:
                         return Decision.deny(
                             f"{name} would run {command[0]!r}: {sub.reason}", sub.rule, head
@@ -261,9 +293,11 @@ class CommandRules:
             return arg_decision, None
         return decision, resolved
 
-    def _decide_program(self, target: str, cwd: str | None) -> tuple[Decision, str | None]:
-        resolved, denial = self.resolve(target, cwd)
-        if denial is not None or resolved is None:
+    def _decide_program(
+        self, target: str, cwd: str | None, path_dirs: tuple[str, ...] | None = None
+    ) -> tuple[Decision, str | None]:
+        resolved, st, denial = self._resolve(target, cwd, path_dirs)
+        if denial is not None or resolved is None or st is None:
             return denial or Decision.deny("not found", "process.allowedCommands", target), None
         invoked = os.path.basename(target)
         real_name = os.path.basename(resolved)
@@ -288,11 +322,7 @@ class CommandRules:
                     "process.writeRoot",
                     target,
                 ), None
-        try:
-            mode = os.stat(resolved).st_mode
-        except OSError as exc:
-            return Decision.deny(f"cannot stat {resolved}: {exc}", "process.allowedCommands", target), None
-        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):  # the resolved file's mode (stat follows links)
             return Decision.deny(
                 f"{resolved} is writable by group or others", "process.writeRoot", target
             ), None

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from capgate import ops
-from capgate._sys.clean_env import build_child_env
+from capgate._sys.clean_env import build_child_env, sanitized_path_dirs
 from capgate.cmdrules import GIT_ENV
 from capgate.decision import Decision
 from capgate.errors import PermissionDenied
@@ -58,10 +58,16 @@ def _shown_argv(argv: Sequence[str]) -> list[str]:
 
 def _resolve_cwd(gate: Gate, cwd: object) -> str:
     target: object = gate.policy.workspace if cwd is None else cwd
-    decision = gate.check(ops.FS_READ, target)
-    if not decision.allowed:
+    try:
+        canonical = gate.canonical_path(target)
+    except Exception:  # a target that cannot name a path: gate.check logs the denial
+        canonical = None
+    if canonical is None:
+        decision = gate.check(ops.FS_READ, target)
+    else:  # gate.check without canonicalizing twice (its hard-link rule is for regular files)
+        decision = gate.decide_path(ops.FS_READ, canonical)
+    if not decision.allowed or canonical is None:
         raise PermissionDenied(ops.PROC_EXEC, str(target), f"cwd not readable: {decision.reason}", decision.rule)
-    canonical = gate.canonical_path(target)
     try:
         is_dir = stat.S_ISDIR(os.stat(canonical).st_mode)
     except OSError:
@@ -98,8 +104,10 @@ def run(
         raise TypeError("input must be bytes")
     workdir = _resolve_cwd(gate, cwd)
     shown = args[0][:200]
+    path_dirs: tuple[str, ...] | None = None
     try:
-        decision, resolved = gate.command_rules.decide_argv(args, workdir)
+        path_dirs = sanitized_path_dirs(gate.policy, cwd=workdir)  # once: the lookup and the child's PATH
+        decision, resolved = gate.command_rules.decide_argv(args, workdir, path_dirs=path_dirs)
     except Exception as exc:  # fail closed: an error while deciding is a denial
         decision, resolved = Decision.deny(f"error while deciding: {exc}", "gate.error", shown), None
     fields: dict[str, Any] = {"argv": _shown_argv(args), "resolved": resolved, "cwd": gate.show(workdir)}
@@ -109,7 +117,8 @@ def run(
 
     # HOME and TMPDIR: a fresh private directory per run, made and removed by the supervisor
     # (``private_dirs``); the placeholders here are replaced before the child starts.
-    child_env = build_child_env(gate.policy, home="/nonexistent", tmpdir="/nonexistent", extra=env, cwd=workdir)
+    child_env = build_child_env(gate.policy, home="/nonexistent", tmpdir="/nonexistent", extra=env, cwd=workdir,
+                                path_dirs=path_dirs)
     if os.path.basename(resolved) == "git" or os.path.basename(args[0]) == "git":
         child_env.update(GIT_ENV)
     result = supervise(

@@ -159,12 +159,20 @@ _dirs_cache: dict[tuple[object, ...], tuple[tuple[object, ...], tuple[str, ...]]
 def _path_fingerprint() -> tuple[object, ...]:
     out: list[object] = []
     for entry in SYSTEM_PATH:
-        for fn in (os.lstat, os.stat):
+        try:
+            st = os.lstat(entry)
+            seen: object = (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_mtime_ns)
+        except OSError:
+            out += [None, None]
+            continue
+        out.append(seen)
+        if stat.S_ISLNK(st.st_mode):  # else stat() would return this very inode again
             try:
-                st = fn(entry)
-                out.append((st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_mtime_ns))
+                st = os.stat(entry)
+                seen = (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_mtime_ns)
             except OSError:
-                out.append(None)
+                seen = None
+        out.append(seen)
     return tuple(out)
 
 
@@ -201,12 +209,14 @@ def build_child_env(
     extra: Mapping[str, str] | None = None,
     base_env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    path_dirs: tuple[str, ...] | None = None,
 ) -> dict[str, str]:
     """The complete environment for a child process (see the module docstring).
 
     Passthrough names missing from ``base_env`` are simply absent. ``extra`` entries are added
     after passthrough (the launcher passes ``AGENT_IN_SANDBOX`` and ``CAPGATE_POLICY`` this
     way) but still never a name from ``NEVER_PASSED``; values holding a NUL byte are refused.
+    ``path_dirs``: ``sanitized_path_dirs(policy, cwd=cwd)`` when the caller has it already.
     """
     source = os.environ if base_env is None else base_env
     env: dict[str, str] = {}
@@ -226,5 +236,5 @@ def build_child_env(
         env[name] = value
     env["HOME"] = home
     env["TMPDIR"] = tmpdir
-    env["PATH"] = sanitized_path(policy, cwd=cwd)
+    env["PATH"] = ":".join(path_dirs) if path_dirs is not None else sanitized_path(policy, cwd=cwd)
     return env
