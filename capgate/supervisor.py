@@ -40,6 +40,7 @@ import contextlib
 import ctypes
 import errno
 import itertools
+import math
 import os
 import resource
 import select
@@ -396,7 +397,7 @@ def _run(
             elif not cleaned:
                 remove_tree(private)
             private = None  # (cleaned: the spawner removed it before reporting the exit)
-        _drain_fds([fd for fd in (out_r, err_r) if fd is not None], [out, err], time.monotonic() + 2.0)
+        _drain_fds([(fd, sink) for fd, sink in ((out_r, out), (err_r, err)) if fd is not None], time.monotonic() + 2.0)
         return status, cpu_used, timed_out, out, err, time.monotonic() - start
     finally:
         if not done:
@@ -519,24 +520,28 @@ def _pump_fds(
     """Feed stdin, read stdout/stderr until ``exit_fd`` is readable. True if the deadline passed.
 
     ``exit_fd`` None: the child already exited (what is left in the pipes is drained later).
+    The pipes are left non-blocking. ``select.poll``: no epoll instance to create per run.
     """
+    for fd in (out_r, err_r):
+        if fd is not None:
+            os.set_blocking(fd, False)
     if exit_fd is None:
         if stdin_w is not None:
             os.close(stdin_w)
         return False
-    sel = selectors.DefaultSelector()
-    sel.register(exit_fd, selectors.EVENT_READ, "exit")
+    poller = select.poll()
+    readable = select.POLLIN | select.POLLHUP | select.POLLERR
+    poller.register(exit_fd, readable)
     sinks: dict[int, _Capped] = {}
     for fd, sink in ((out_r, out), (err_r, err)):
         if fd is not None:
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ, sink)
+            poller.register(fd, readable)
             sinks[fd] = sink
     view = memoryview(data) if data is not None else memoryview(b"")
     if stdin_w is not None:
         if len(view):
             os.set_blocking(stdin_w, False)
-            sel.register(stdin_w, selectors.EVENT_WRITE, "stdin")
+            poller.register(stdin_w, select.POLLOUT | select.POLLERR)
         else:
             os.close(stdin_w)
             stdin_w = None
@@ -545,11 +550,10 @@ def _pump_fds(
             left = deadline - time.monotonic()
             if left <= 0:
                 return True
-            for key, _ in sel.select(left):
-                tag = key.data
-                if tag == "exit":
+            for fd, _event in poller.poll(max(1, math.ceil(left * 1000))):
+                if fd == exit_fd:
                     return False
-                if tag == "stdin" and stdin_w is not None:
+                if fd == stdin_w:
                     try:
                         sent = os.write(stdin_w, view[:_CHUNK])
                         view = view[sent:]
@@ -558,11 +562,10 @@ def _pump_fds(
                     except OSError:  # BrokenPipe: the child stopped reading
                         view = view[len(view):]
                     if not len(view):
-                        sel.unregister(stdin_w)
+                        poller.unregister(stdin_w)
                         os.close(stdin_w)
                         stdin_w = None
                     continue
-                fd = key.fd
                 try:
                     chunk = os.read(fd, _CHUNK)
                 except BlockingIOError:
@@ -572,41 +575,47 @@ def _pump_fds(
                 if chunk:
                     sinks[fd].add(chunk)
                 else:
-                    sel.unregister(fd)
+                    poller.unregister(fd)
     finally:
-        sel.close()
         if stdin_w is not None:
             with contextlib.suppress(OSError):
                 os.close(stdin_w)
 
 
-def _drain_fds(fds: list[int], sinks: list[_Capped], deadline: float) -> None:
-    """Read what is left in the pipes after the tree is dead (bounded by ``deadline``)."""
-    if not fds:
+def _drain_fds(pipes: list[tuple[int, _Capped]], deadline: float) -> None:
+    """Read what is left in the (non-blocking) pipes after the tree is dead, until EOF
+    (bounded by ``deadline``: a writer that escaped the kill cannot hold us)."""
+    waiting: dict[int, _Capped] = {}
+    for fd, sink in pipes:
+        if _read_available(fd, sink):  # usually EOF at once: every writer is gone
+            waiting[fd] = sink
+    if not waiting:
         return
-    sel = selectors.DefaultSelector()
-    try:
-        for fd, sink in zip(fds, sinks, strict=True):
-            sel.register(fd, selectors.EVENT_READ, sink)
-        open_fds = len(fds)
-        while open_fds:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            for key, _ in sel.select(left):
-                try:
-                    chunk = os.read(key.fd, _CHUNK)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    chunk = b""
-                if chunk:
-                    key.data.add(chunk)
-                else:
-                    sel.unregister(key.fd)
-                    open_fds -= 1
-    finally:
-        sel.close()
+    poller = select.poll()
+    for fd in waiting:
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        for fd, _event in poller.poll(max(1, math.ceil(left * 1000))):
+            if fd in waiting and not _read_available(fd, waiting[fd]):
+                poller.unregister(fd)
+                del waiting[fd]
+
+
+def _read_available(fd: int, sink: _Capped) -> bool:
+    """Read a non-blocking pipe into ``sink`` until it would block (True) or ends (False)."""
+    while True:
+        try:
+            chunk = os.read(fd, _CHUNK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not chunk:
+            return False
+        sink.add(chunk)
 
 
 def _pump(proc: subprocess.Popen[bytes], data: bytes | None, out: _Capped, err: _Capped, deadline: float) -> bool:

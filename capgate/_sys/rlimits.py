@@ -56,6 +56,12 @@ def limit_table(limits: Limits, *, nproc: int | None = None) -> RlimitTable:
 
     ``nproc``: a value for RLIMIT_NPROC, or None to leave it (the cgroup bounds processes).
     """
+    key = (limits.cpu_seconds, limits.memory_mb, limits.max_open_files, limits.max_file_size_mb, nproc)
+    root = os.geteuid() == 0
+    if root:  # root is never clamped to its own limits: the table depends on the numbers alone
+        hit = _root_tables.get(key)
+        if hit is not None:
+            return hit
     table: list[tuple[int, int, int, str]] = [
         (resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1, "cpuSeconds"),
         (resource.RLIMIT_AS, limits.memory_mb * MB, limits.memory_mb * MB, "memoryMb"),
@@ -65,7 +71,13 @@ def limit_table(limits: Limits, *, nproc: int | None = None) -> RlimitTable:
     ]
     if nproc is not None:
         table.append((resource.RLIMIT_NPROC, nproc, nproc, "maxProcesses"))
-    return tuple(_never_above_current(table))
+    result = tuple(_never_above_current(table))
+    if root and len(_root_tables) < 64:
+        _root_tables[key] = result
+    return result
+
+
+_root_tables: dict[tuple[int | None, ...], RlimitTable] = {}
 
 
 def _never_above_current(table: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:
