@@ -113,7 +113,6 @@ _GIT_OVERRIDES = (
     ("credential.helper", ""),
     ("protocol.ext.allow", "never"),
     ("protocol.fd.allow", "never"),
-    ("diff.external", ""),
     ("sequence.editor", "false"),
 )
 GIT_ENV: dict[str, str] = {
@@ -230,6 +229,11 @@ class CommandRules:
         """May ``target`` (name or absolute path) run at all (arguments not known)?"""
         decision, _resolved = self._decide_program(target, None)
         return decision
+
+    def allowed_executable(self, target: str, cwd: str | None, path_dirs: tuple[str, ...] | None = None) -> str | None:
+        """The resolved file ``target`` would run as, when it is an allowed command; else None."""
+        decision, resolved = self._decide_program(target, cwd, path_dirs)
+        return resolved if decision.allowed else None
 
     def decide_argv(
         self, argv: Sequence[str], cwd: str | None = None, *, path_dirs: tuple[str, ...] | None = None
@@ -351,13 +355,18 @@ class CommandRules:
 
 
 _GIT_CONFIG_READS = frozenset({"--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list", "-l"})
+_GIT_CONFIG_REMOVALS = frozenset({"--unset", "--unset-all", "--remove-section", "unset"})
 _GIT_CONFIG_WRITES = frozenset({"--add", "--replace-all", "--unset", "--unset-all", "--edit", "-e",
                                 "--rename-section", "--remove-section", "set", "unset", "edit"})
 
 
 def _git_denial(rest: list[str]) -> str | None:
     subcommand: str | None = None
-    reading_config = bool(set(rest) & _GIT_CONFIG_READS) and not set(rest) & _GIT_CONFIG_WRITES
+    words = set(rest)
+    # Reading a key, or removing one, never makes git run it (and lets a user repair a repo
+    # that ``capgate.gitconfig`` refuses); setting one is refused.
+    reading_config = bool(words & (_GIT_CONFIG_READS | _GIT_CONFIG_REMOVALS)) and not words & (
+        _GIT_CONFIG_WRITES - _GIT_CONFIG_REMOVALS)
     for arg in rest:
         if arg in _GIT_DENY_EXACT or arg.startswith(_GIT_DENY_PREFIX):
             if arg in ("-x",) and subcommand not in ("rebase", "difftool", "mergetool", None):

@@ -14,9 +14,11 @@ What it enforces, for every call (under ``capgate.current_gate()``):
   caller's ``env`` (never ``LD_*``, ``PYTHONPATH``, proxies, …), ``HOME`` = a fresh empty
   sandbox home and ``TMPDIR`` = a fresh private empty directory, both in one ``0700`` temp
   directory removed when the run ends (no state carries from one run to the next), and the
-  sanitized ``PATH``. git additionally gets ``GIT_CONFIG_NOSYSTEM=1``,
+  sanitized ``PATH``. Every child also gets ``GIT_ENV`` (``GIT_CONFIG_NOSYSTEM=1``,
   ``GIT_CONFIG_GLOBAL=/dev/null``, ``GIT_TERMINAL_PROMPT=0`` and config overrides that
-  neutralize ``core.fsmonitor``/``core.hooksPath``/… of a hostile repository.
+  neutralize ``core.fsmonitor``/``core.hooksPath``/… of a hostile repository), and a command
+  line that names git is refused when the repository's own configuration names a program
+  to run (``capgate.gitconfig``: filter/textconv/merge drivers, aliases, …).
 * It runs under ``capgate.supervisor.supervise``: new session, rlimits, pids cgroup, wall
   time ``min(timeout, limits.wallTimeSeconds)`` killing the whole tree, capped output.
 * Every run is in the audit log: the ``proc.exec`` decision (with argv, resolved file and
@@ -47,6 +49,7 @@ from capgate.cmdrules import GIT_ENV
 from capgate.decision import Decision
 from capgate.errors import PermissionDenied
 from capgate.gate import Gate, current_gate
+from capgate.gitconfig import GIT_CONFIG_RULE, dangerous_git_config, git_in_argv
 from capgate.supervisor import supervise
 
 __all__ = ["run"]
@@ -77,6 +80,30 @@ def _resolve_cwd(gate: Gate, cwd: object) -> str:
     return canonical
 
 
+def _git_config_decision(
+    gate: Gate, args: list[str], workdir: str, child_env: dict[str, str], path_dirs: tuple[str, ...],
+    allowed: Decision,
+) -> Decision:
+    """Deny when the repository git would use configures a program to run (``capgate.gitconfig``).
+
+    The git that lists the configuration is an allowed git the command line names, found the
+    way the run finds it (never a file the agent planted); no allowed git means none can run.
+    """
+    for i, word in enumerate(args):
+        if os.path.basename(word) != "git":
+            continue
+        if args[i + 1 : i + 2] == ["config"]:
+            return allowed  # lists or edits the configuration (never runs it): lets a user repair it
+        git = gate.command_rules.allowed_executable(word, workdir, path_dirs)
+        if git is None:
+            continue
+        why = dangerous_git_config(git, workdir, child_env)
+        if why is not None:
+            return Decision.deny(why, GIT_CONFIG_RULE, allowed.target)
+        return allowed
+    return allowed
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -105,9 +132,18 @@ def run(
     workdir = _resolve_cwd(gate, cwd)
     shown = args[0][:200]
     path_dirs: tuple[str, ...] | None = None
+    child_env: dict[str, str] = {}
     try:
         path_dirs = sanitized_path_dirs(gate.policy, cwd=workdir)  # once: the lookup and the child's PATH
         decision, resolved = gate.command_rules.decide_argv(args, workdir, path_dirs=path_dirs)
+        # HOME and TMPDIR: a fresh private directory per run, made and removed by the supervisor
+        # (``private_dirs``); the placeholders here are replaced before the child starts. The
+        # git variables go to every child: git may run behind a trampoline (``env git …``).
+        child_env = build_child_env(gate.policy, home="/nonexistent", tmpdir="/nonexistent", extra=env,
+                                    cwd=workdir, path_dirs=path_dirs)
+        child_env.update(GIT_ENV)
+        if decision.allowed and git_in_argv(args):
+            decision = _git_config_decision(gate, args, workdir, child_env, path_dirs, decision)
     except Exception as exc:  # fail closed: an error while deciding is a denial
         decision, resolved = Decision.deny(f"error while deciding: {exc}", "gate.error", shown), None
     fields: dict[str, Any] = {"argv": _shown_argv(args), "resolved": resolved, "cwd": gate.show(workdir)}
@@ -115,12 +151,6 @@ def run(
     if not decision.allowed or resolved is None:
         raise PermissionDenied(ops.PROC_EXEC, shown, decision.reason, decision.rule)
 
-    # HOME and TMPDIR: a fresh private directory per run, made and removed by the supervisor
-    # (``private_dirs``); the placeholders here are replaced before the child starts.
-    child_env = build_child_env(gate.policy, home="/nonexistent", tmpdir="/nonexistent", extra=env, cwd=workdir,
-                                path_dirs=path_dirs)
-    if os.path.basename(resolved) == "git" or os.path.basename(args[0]) == "git":
-        child_env.update(GIT_ENV)
     result = supervise(
         args,
         executable=resolved,

@@ -68,9 +68,15 @@ def test_hostile_repo_config_cannot_run_code(planted, workspace: Path) -> None: 
     with open(workspace / ".git" / "config", "a") as fh:
         fh.write(f"[core]\n\tfsmonitor = touch {hook_marker}\n\tpager = touch {hook_marker}\n"
                  f"\thooksPath = {workspace}/hooks\n")
-    result = proc.run(["git", "status", "--porcelain"])
-    assert result.returncode == 0, result.stderr
-    log = proc.run(["git", "-P", "log"])  # no commits: fails, but must not run the pager
-    assert log.returncode != 0
+    for argv in (["git", "status", "--porcelain"], ["git", "-P", "log"], ["env", "git", "status"]):
+        with pytest.raises(capgate.PermissionDenied) as info:
+            proc.run(argv)
+        assert info.value.rule in ("process.gitConfig", "process.allowedCommands"), info.value
     assert not hook_marker.exists()
+    # git config itself never runs the configuration: it can show (and repair) it
     assert proc.run(["git", "config", "--get", "core.hooksPath"]).stdout == b"/dev/null\n"
+    assert proc.run(["git", "config", "--unset", "core.fsmonitor"]).returncode == 0
+    assert proc.run(["git", "config", "--unset", "core.pager"]).returncode == 0
+    assert proc.run(["git", "config", "--unset", "core.hooksPath"]).returncode == 0
+    assert proc.run(["git", "status", "--porcelain"]).returncode == 0
+    assert not hook_marker.exists()

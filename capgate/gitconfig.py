@@ -1,0 +1,95 @@
+"""Refuse to run git in a repository whose own configuration names a program to run.
+
+Why: the agent can write ``.git/config`` (it is in the workspace), and git runs commands
+named there on ordinary operations: ``filter.<d>.clean`` on ``git add``, ``smudge`` on
+``git checkout``, ``diff.<d>.textconv`` on ``git show``/``diff``, ``merge.<d>.driver``,
+``alias.x = !cmd``, ``trailer.<t>.cmd``, ``gpg.program``, ``core.sshCommand``… The argument
+rules (``capgate.cmdrules``) only see the command line, and ``GIT_ENV`` can only neutralize a
+fixed list of keys, while driver names are free-form. So before every git run, capgate asks
+git itself (the one parser that decides what git will do, with the same environment, cwd,
+repository discovery and ``include``\\ s) to list the configuration, and refuses the run when
+any key from a file or the environment is one that makes git execute something.
+
+What it does not do: stop a concurrent writer that rewrites ``.git/config`` between this
+check and git's own read (one tool call racing another); the exec restriction on children
+is the layer below that (see ``capgate.proc``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+
+__all__ = ["GIT_CONFIG_RULE", "dangerous_git_config", "git_in_argv"]
+
+GIT_CONFIG_RULE = "process.gitConfig"
+
+# Keys (lower-cased; a subsection may contain dots) whose value git runs as a program or shell
+# command, or which redirect git to files/commands outside the checked repository.
+_RUNS_A_PROGRAM = re.compile(
+    r"""^(?:
+      core\.(?:sshcommand|fsmonitor|hookspath|pager|editor|askpass|gitproxy|alternaterefscommand|worktree)
+    | filter\..+\.(?:clean|smudge|process)
+    | diff\..+\.(?:textconv|command) | diff\.external | diff\.tool | diff\.guitool
+    | merge\..+\.driver | merge\.tool | merge\.guitool
+    | (?:difftool|mergetool)\..+
+    | alias\..+
+    | credential\..*helper
+    | pager\..+ | sequence\.editor | interactive\.difffilter
+    | gpg\..* | ssh\..*
+    | remote\..+\.(?:uploadpack|receivepack|vcs|proxy)
+    | uploadpack\.packobjectshook
+    | submodule\..+\.update
+    | trailer\..+\.(?:command|cmd)
+    | sendemail\..+ | web\.browser | browser\..+ | man\..+ | instaweb\..+ | help\.browser
+    | url\..+\.(?:insteadof|pushinsteadof)
+    | include\..+ | includeif\..+
+    | protocol\..*allow
+    )$""",
+    re.VERBOSE,
+)
+_TIMEOUT = 10.0
+
+
+def git_in_argv(argv: Sequence[str]) -> bool:
+    """True when any word of the command line names git (also behind a trampoline)."""
+    return any(os.path.basename(a) == "git" for a in argv)
+
+
+def dangerous_git_config(git: str, cwd: str, env: Mapping[str, str]) -> str | None:
+    """A reason to refuse running git in ``cwd``, or None when its configuration is inert.
+
+    ``env`` is the child's environment (with ``GIT_ENV``): capgate's own command-scope
+    overrides are skipped, every other scope (local, worktree, included files) is checked.
+    Fails closed: a configuration git cannot list is a reason to refuse.
+    """
+    try:
+        listed = subprocess.run(
+            [git, "config", "--list", "--includes", "--show-scope", "-z"],
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"could not list the repository's git configuration ({exc})"
+    if listed.returncode != 0:
+        detail = listed.stderr.decode(errors="replace").strip().splitlines()
+        return f"could not list the repository's git configuration: {detail[-1] if detail else listed.returncode}"
+    fields = listed.stdout.split(b"\0")[:-1]  # every field ends with NUL
+    if len(fields) % 2:
+        return "could not parse the repository's git configuration listing"
+    for scope, entry in zip(fields[0::2], fields[1::2], strict=True):
+        if scope == b"command":
+            continue  # capgate's own overrides (GIT_CONFIG_COUNT; the caller cannot set GIT_*)
+        key = entry.split(b"\n", 1)[0].decode(errors="replace").lower()
+        if _RUNS_A_PROGRAM.match(key):
+            return (
+                f"the repository's git configuration ({scope.decode(errors='replace')} scope) sets {key!r}, "
+                "which makes git run a program or leave the repository; remove it to run git here"
+            )
+    return None
