@@ -35,7 +35,9 @@ What is enforced:
   ``--config-env``, ``--exec-path``, ``--upload-pack``/``-u``, ``--receive-pack``,
   ``--template``, ``-C``/``--git-dir``/``--work-tree``, ``ext::``/``fd::`` transports, dangerous
   config keys such as ``core.sshCommand``/``core.fsmonitor``/``core.hooksPath``, subcommands
-  that run commands) plus ``process.deniedArguments``: per command name, ``fnmatch`` patterns
+  that run commands), for data tools with an option that runs a command (``capgate.argrules``:
+  ``tar --to-command/-I/--checkpoint-action``, ``sort --compress-program``, ``rsync -e``, …,
+  rule ``process.builtinArguments``) plus ``process.deniedArguments``: per command name, ``fnmatch`` patterns
   (case-sensitive) that no argument may match.
 
 What it does not do: judge what an allowed program does with its arguments beyond these rules
@@ -54,6 +56,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from capgate._sys.clean_env import is_never_passed, sanitized_path_dirs
+from capgate.argrules import BUILTIN_RULES, builtin_denial
 from capgate.decision import Decision
 from capgate.paths import is_within
 
@@ -335,7 +338,7 @@ class CommandRules:
 
     def _has_argument_rules(self, command: str) -> bool:
         name = os.path.basename(command)
-        return name == "git" or bool(self.policy.process.denied_arguments_for(name))
+        return name == "git" or name in BUILTIN_RULES or bool(self.policy.process.denied_arguments_for(name))
 
     def _check_arguments(self, names: set[str], rest: list[str], head: str) -> Decision | None:
         if "git" in names:
@@ -343,6 +346,9 @@ class CommandRules:
             if why is not None:
                 return Decision.deny(why, "process.gitArguments", head)
         for name in sorted(names):
+            why = builtin_denial(name, rest)
+            if why is not None:
+                return Decision.deny(why, "process.builtinArguments", head)
             for i, pattern in enumerate(self.policy.process.denied_arguments_for(name)):
                 for arg in rest:
                     if fnmatch.fnmatchcase(arg, pattern):
