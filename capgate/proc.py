@@ -14,10 +14,10 @@ What it enforces, for every call (under ``capgate.current_gate()``):
   caller's ``env`` (never ``LD_*``, ``PYTHONPATH``, proxies, …), ``HOME`` = a fresh empty
   sandbox home and ``TMPDIR`` = a fresh private empty directory, both in one ``0700`` temp
   directory removed when the run ends (no state carries from one run to the next), and the
-  sanitized ``PATH``. Every child also gets ``GIT_ENV`` (``GIT_CONFIG_NOSYSTEM=1``,
-  ``GIT_CONFIG_GLOBAL=/dev/null``, ``GIT_TERMINAL_PROMPT=0`` and config overrides that
-  neutralize ``core.fsmonitor``/``core.hooksPath``/… of a hostile repository), and a command
-  line that names git is refused when the repository's own configuration names a program
+  sanitized ``PATH``. A command line naming git (also behind a trampoline) gets ``GIT_ENV``
+  (``GIT_CONFIG_NOSYSTEM=1``, ``GIT_CONFIG_GLOBAL=/dev/null``, ``GIT_TERMINAL_PROMPT=0`` and
+  config overrides that neutralize ``core.fsmonitor``/``core.hooksPath``/… of a hostile
+  repository), and is refused when the repository's own configuration names a program
   to run (``capgate.gitconfig``: filter/textconv/merge drivers, aliases, …).
 * It runs under ``capgate.supervisor.supervise``: new session, rlimits, pids cgroup, wall
   time ``min(timeout, limits.wallTimeSeconds)`` killing the whole tree, capped output.
@@ -138,12 +138,13 @@ def run(
         decision, resolved = gate.command_rules.decide_argv(args, workdir, path_dirs=path_dirs)
         # HOME and TMPDIR: a fresh private directory per run, made and removed by the supervisor
         # (``private_dirs``); the placeholders here are replaced before the child starts. The
-        # git variables go to every child: git may run behind a trampoline (``env git …``).
+        # git variables go to any command line that names git (also behind ``env``, ``timeout``…).
         child_env = build_child_env(gate.policy, home="/nonexistent", tmpdir="/nonexistent", extra=env,
                                     cwd=workdir, path_dirs=path_dirs)
-        child_env.update(GIT_ENV)
-        if decision.allowed and git_in_argv(args):
-            decision = _git_config_decision(gate, args, workdir, child_env, path_dirs, decision)
+        if git_in_argv(args):
+            child_env.update(GIT_ENV)
+            if decision.allowed:
+                decision = _git_config_decision(gate, args, workdir, child_env, path_dirs, decision)
     except Exception as exc:  # fail closed: an error while deciding is a denial
         decision, resolved = Decision.deny(f"error while deciding: {exc}", "gate.error", shown), None
     fields: dict[str, Any] = {"argv": _shown_argv(args), "resolved": resolved, "cwd": gate.show(workdir)}

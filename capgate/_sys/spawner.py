@@ -25,7 +25,10 @@ How a child is started (the spawner is single-threaded and runs one child at a t
 Either way an exec error (``ENOENT``, ``EACCES``, ...) is reported with its errno and the
 supervisor raises the matching ``OSError`` subclass. The spawner reports the pid, then the
 wait status and the child's CPU time (``wait4``). When the child exits, the spawner kills its
-process group *before* reaping it (the pid cannot be reused yet); then, if the run cgroup's
+process group *before* reaping it (the pid cannot be reused yet), then kills every process
+still its child: it is a subreaper (``PR_SET_CHILD_SUBREAPER``), so an orphan of the run that
+left the process group *and* the cgroup (a root child may write a cgroup root's
+``cgroup.procs``) is re-parented to it, not to init, and dies with the run. Then, if the run cgroup's
 ``pids.current`` is 0 (nothing of the run is left, not even a zombie), it removes the run's
 private directory at once and says so in the same exit report, and prepares the next one
 while the supervisor finishes. Otherwise the supervisor kills the rest and asks ``cleanup``.
@@ -56,6 +59,7 @@ import socket
 import struct
 import sys
 import threading
+from time import monotonic as _monotonic
 from typing import Any
 
 __all__ = ["SpawnedChild", "Spawner", "SpawnerDied", "SpawnerUnavailable", "acquire", "private_parent", "release"]
@@ -67,6 +71,7 @@ _MAX_FDS = 64
 CGROUP_PROCS = -1
 HOME_PROCS = -2
 CGROUP_CURRENT = -3  # the run cgroup's pids.current (read-only): is the tree gone at exit?
+_PR_SET_CHILD_SUBREAPER = 36
 _EXEC_ERRORS = frozenset(
     {errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG,
      errno.ETXTBSY, errno.EISDIR, errno.EPERM, errno.E2BIG}
@@ -445,6 +450,10 @@ class _Server:
             self.libc = ctypes.CDLL(None, use_errno=True)
         except (ImportError, OSError):
             self.libc = None
+        # Subreaper: an orphan of a run is re-parented to us, not to init, wherever it went
+        # (another session, another cgroup it may write to): ``kill_strays`` finds it.
+        self.subreaper = self.libc is not None and self.libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        self.children_file = f"/proc/self/task/{os.getpid()}/children"
         self.cgroup_dir: str | None = None
         self.pid: int | None = None
         self.prepared: str | None = None
@@ -488,6 +497,7 @@ class _Server:
             self.prepare(str(msg[1]))
         elif msg[0] == "cleanup":
             used, upcoming = str(msg[1]), str(msg[2])
+            self.kill_strays()  # the supervisor killed the cgroup: orphans of those are ours now
             ok = _remove_private(used)
             if used == self.prepared:
                 self.prepared = None
@@ -554,6 +564,7 @@ class _Server:
         _send(self.sock, ("pid", pid, mode))
         status, cpu = self.wait(pid)
         self.pid = None
+        self.kill_strays()
         # The child is reaped and its process group was killed before that (while its pid
         # could not be reused). When nothing of the run is left in its cgroup, no process can
         # write to the private directory any more: remove it now and say so with the exit
@@ -597,6 +608,45 @@ class _Server:
             if child_fd is not None:
                 os.close(child_fd)
 
+    def kill_strays(self) -> None:
+        """Kill and reap every process still our child once a run's main child is reaped.
+
+        We start nothing else, so any child left is part of a run: an orphan re-parented to
+        us (``PR_SET_CHILD_SUBREAPER``) that left the run's process group and cgroup. Each
+        pass kills our current children; their own children then become ours, so passes
+        repeat until none is left (bounded: a process stuck in the kernel is reported by
+        the supervisor's own checks, never waited for here forever).
+        """
+        if not self.subreaper:
+            return
+        deadline = None
+        while True:
+            while True:  # reap whatever has exited
+                try:
+                    got, _status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return  # no children at all
+                if got == 0:
+                    break
+            try:
+                with open(self.children_file, encoding="ascii") as fh:
+                    kids = [int(x) for x in fh.read().split()]
+            except (OSError, ValueError):
+                return
+            if not kids:
+                return
+            for kid in kids:
+                try:
+                    os.kill(kid, signal.SIGKILL)
+                except OSError:
+                    pass
+            now = _monotonic()
+            if deadline is None:
+                deadline = now + 2.0
+            elif now > deadline:
+                return
+            select.select([], [], [], 0.001)
+
     def kill_run(self, pid: int) -> None:
         for _ in range(1000):
             members: list[int] = []
@@ -621,6 +671,7 @@ class _Server:
             os.waitpid(pid, 0)
         except OSError:
             pass
+        self.kill_strays()
 
     # -- starting a child -----------------------------------------------------------------
     def start(
