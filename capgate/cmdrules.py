@@ -129,6 +129,8 @@ GIT_ENV: dict[str, str] = {
 }
 
 _MAX_DEPTH = 4
+# Where git finds its helper programs (``git --exec-path``) on the distributions we know.
+_GIT_EXEC_PATHS = ("/usr/lib/git-core", "/usr/libexec/git-core", "/usr/local/libexec/git-core")
 
 
 def _is_executable_file(path: str) -> bool:
@@ -155,6 +157,7 @@ class CommandRules:
         self._names: set[str] = set()
         self._files: set[str] = set()
         self._entry_for_file: dict[str, str] = {}
+        self._exec_allowlist: tuple[str, ...] | None = None
         dirs = sanitized_path_dirs(policy)
         for i, entry in enumerate(proc.allowed_commands):
             if entry.startswith("/"):
@@ -176,6 +179,31 @@ class CommandRules:
                     self._names.add(shell)
                     self._files.add(os.path.realpath(found))
                     self._entry_for_file.setdefault(os.path.realpath(found), "process.allowShell")
+
+    def exec_allowlist(self) -> tuple[str, ...] | None:
+        """The files a ``proc.run`` child tree may execute, or None for no restriction.
+
+        With ``allowShell: false``: the allowed command files, what the kernel opens to run
+        them (ELF loader, ``#!`` interpreter — never a shell), and git's own helper directory
+        when git is allowed. ``capgate._sys.landlock`` enforces it, so an allowed program that
+        runs ``/bin/sh -c`` by itself (a git filter, ``tar --to-command``, ``awk`` ``system()``)
+        gets ``EACCES``. With ``allowShell: true`` a shell may run anything, so None.
+        """
+        if self.allow_shell:
+            return None
+        if self._exec_allowlist is None:
+            from capgate._sys.landlock import exec_dependencies
+
+            allowed: set[str] = set()
+            for path in self._files:
+                allowed.add(path)
+                for dependency in exec_dependencies(path):
+                    if os.path.basename(dependency) not in SHELLS:
+                        allowed.add(dependency)
+                if os.path.basename(path) == "git":
+                    allowed.update(d for d in _GIT_EXEC_PATHS if os.path.isdir(d))
+            self._exec_allowlist = tuple(sorted(allowed))
+        return self._exec_allowlist
 
     # -- lookup -------------------------------------------------------------------------
     @staticmethod

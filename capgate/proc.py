@@ -21,6 +21,12 @@ What it enforces, for every call (under ``capgate.current_gate()``):
   to run (``capgate.gitconfig``: filter/textconv/merge drivers, aliases, …).
 * It runs under ``capgate.supervisor.supervise``: new session, rlimits, pids cgroup, wall
   time ``min(timeout, limits.wallTimeSeconds)`` killing the whole tree, capped output.
+* With ``allowShell: false`` the whole tree may ``execve`` only the allowed commands (plus the
+  ELF loader, non-shell ``#!`` interpreters, git's helper directory): Landlock, set before the
+  child starts and inherited by every descendant (``CommandRules.exec_allowlist``). An allowed
+  program that starts ``/bin/sh -c`` by itself (a git driver, ``awk`` ``system()``, ``sed``
+  ``e``, ``os.system``) gets ``EACCES``. The result's ``exec_confined`` (and the audit event)
+  say whether the kernel enforced it; without Landlock the run goes on without it.
 * Every run is in the audit log: the ``proc.exec`` decision (with argv, resolved file and
   cwd), and a ``proc.run`` event with exit status or signal, duration and limits fired.
 
@@ -30,7 +36,7 @@ attributes: ``truncated`` (either stream was cut at ``maxCapturedOutputMb``),
 ``executable``. A run stopped by the wall time is *returned* (``returncode`` -9,
 ``timed_out`` True), not raised, so the caller keeps the output it produced.
 
-What it does not do: confine what the child does with files or sockets — it runs outside the
+What it does not do: confine what the child reads, writes or connects to — it runs outside the
 fs/net gate, as the calling user (rlimits are not a sandbox; use the container backend).
 """
 
@@ -161,6 +167,7 @@ def run(
         input=bytes(input) if input is not None else None,
         timeout=timeout,
         private_dirs=True,
+        exec_allowlist=gate.command_rules.exec_allowlist(),
     )
     rc = result.returncode
     gate.audit.event(
@@ -175,6 +182,7 @@ def run(
         limits_fired=list(result.limits_fired),
         output_truncated=result.stdout_truncated or result.stderr_truncated,
         containment=result.containment,
+        exec_confined=result.exec_confined,
     )
     completed: subprocess.CompletedProcess[bytes] = subprocess.CompletedProcess(args, rc, result.stdout, result.stderr)
     extra = {
@@ -185,6 +193,7 @@ def run(
         "limits_fired": result.limits_fired,
         "duration": result.duration,
         "executable": resolved,
+        "exec_confined": result.exec_confined,
     }
     for key, value in extra.items():
         setattr(completed, key, value)

@@ -56,6 +56,7 @@ from typing import IO, TYPE_CHECKING
 
 from capgate._sys import spawner as _spawner
 from capgate._sys.cgroup import PidsCgroup, cgroup_home_procs_fd, create_pids_cgroup
+from capgate._sys.landlock import ExecRuleset, LandlockUnavailable
 from capgate._sys.rlimits import MB, RlimitTable, apply_rlimits, limit_table, user_process_count
 from capgate.errors import UnsupportedPlatform
 
@@ -89,6 +90,7 @@ class RunResult:
     timed_out: bool
     limits_fired: tuple[str, ...]  # e.g. ("wallTimeSeconds",), ("cpuSeconds",), ("maxProcesses",)
     containment: str = "cgroup"  # "cgroup", "spare-uid" or "rlimit-nproc"
+    exec_confined: bool = False  # the tree could execute only the exec allowlist (Landlock)
 
 
 class _Capped:
@@ -115,7 +117,7 @@ class _Capped:
         return b"".join(self.parts)
 
 
-def _make_preexec(procs_fd: int | None, table: RlimitTable) -> Callable[[], None]:
+def _make_preexec(procs_fd: int | None, table: RlimitTable, ruleset: ExecRuleset | None) -> Callable[[], None]:
     libc = _libc
 
     def preexec() -> None:  # runs in the child between fork and exec: no imports, no locks
@@ -124,6 +126,8 @@ def _make_preexec(procs_fd: int | None, table: RlimitTable) -> Callable[[], None
         apply_rlimits(table)
         if libc is not None:
             libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if ruleset is not None and ruleset.restrict_self() != 0:
+            raise OSError(errno.EPERM, "could not restrict execution (Landlock)")  # fail closed
 
     return preexec
 
@@ -145,6 +149,8 @@ class _Tree:
         self.cgroup = cgroup
         self.spare_uid = spare_uid
         self.pgid: int | None = None
+        self.exec_allow: tuple[str, ...] | None = None  # what the tree may execute (None: anything)
+        self.exec_confined = False  # whether the kernel enforces ``exec_allow`` for this run
 
     def kill(self) -> None:
         if self.pgid is not None:
@@ -177,6 +183,7 @@ def supervise(
     executable: str | None = None,
     remove_after: Sequence[str] = (),
     private_dirs: bool = False,
+    exec_allowlist: Sequence[str] | None = None,
 ) -> RunResult:
     """Run ``argv`` to completion inside ``limits``; see the module docstring.
 
@@ -186,6 +193,9 @@ def supervise(
     ``executable``: the resolved file to exec (``argv[0]`` stays what the child sees); when
     None, a bare ``argv[0]`` is looked up on the ``PATH`` of ``env``.
     ``timeout``: seconds, capped by ``limits.wall_time_seconds`` (which applies when None).
+    ``exec_allowlist``: when given, the child and every descendant may ``execve`` only
+    these files (and files beneath these directories), enforced by Landlock where the
+    kernel has it (``RunResult.exec_confined`` says whether it did).
     With ``capture=False`` the child inherits this process's stdin/stdout/stderr (unless
     ``input`` is given, which is fed on a pipe). ``pass_fds`` (numbers above 2) reach the
     child at the same numbers. Raises ``OSError`` when the child cannot be started or
@@ -222,6 +232,7 @@ def supervise(
                 containment = "rlimit-nproc"
         table = limit_table(limits, nproc=nproc)
         tree = _Tree(cgroup, spare_uid)
+        tree.exec_allow = None if exec_allowlist is None else tuple(exec_allowlist)
         outcome = _run(args, exe, env, cwd, input, capture, passed, table, cgroup, spare_uid, tree,
                        budget, cap, limits, private_dirs, pending)
     finally:
@@ -257,6 +268,7 @@ def supervise(
         timed_out=timed_out,
         limits_fired=tuple(fired),
         containment=containment,
+        exec_confined=tree.exec_confined,
     )
 
 
@@ -318,7 +330,9 @@ def _run(
 ) -> _Outcome:
     fast = cgroup is not None and limits.max_processes >= 2 and spare_uid is None and _carriable(table)
     try:
-        spawner = _spawner.acquire(tuple((row[0], row[1], row[2]) for row in table) if fast else None)
+        spawner = _spawner.acquire(tuple((row[0], row[1], row[2]) for row in table) if fast else None,
+                                   tree.exec_allow)
+        tree.exec_confined = spawner.exec_confined
     except _spawner.SpawnerUnavailable:
         private = _make_private() if private_dirs else None
         try:
@@ -468,6 +482,13 @@ def _run_popen(
 ) -> _Outcome:
     """Fallback without a spawner: ``Popen`` with ``preexec_fn`` (a real fork of this process)."""
     procs_fd = cgroup.procs_fd() if cgroup is not None else None
+    ruleset: ExecRuleset | None = None
+    if tree.exec_allow is not None:
+        try:
+            ruleset = ExecRuleset(tree.exec_allow)  # built here: preexec may not allocate
+        except LandlockUnavailable:
+            ruleset = None
+    tree.exec_confined = ruleset is not None
     start = time.monotonic()
     timed_out = False
     out = _Capped(cap)
@@ -489,7 +510,7 @@ def _run_popen(
             start_new_session=True,
             close_fds=True,
             pass_fds=passed,
-            preexec_fn=_make_preexec(procs_fd, table),
+            preexec_fn=_make_preexec(procs_fd, table, ruleset),
             user=spare_uid,
             group=spare_uid,
             extra_groups=[] if spare_uid is not None else None,
@@ -510,6 +531,8 @@ def _run_popen(
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+        if ruleset is not None:
+            ruleset.close()
     return status, cpu_used, timed_out, out, err, time.monotonic() - start
 
 

@@ -180,7 +180,9 @@ class SpawnedChild:
 class Spawner:
     """One spawner process and the socket to it. Not thread-safe: one run at a time."""
 
-    def __init__(self, limits: tuple[tuple[int, int, int], ...] | None = None) -> None:
+    def __init__(
+        self, limits: tuple[tuple[int, int, int], ...] | None = None, exec_allow: tuple[str, ...] | None = None
+    ) -> None:
         if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open") or not hasattr(os, "posix_spawn"):
             raise SpawnerUnavailable(errno.ENOSYS, "the capgate spawner needs Linux with pidfd_open and posix_spawn")
         import subprocess  # the caller has it loaded already (supervisor fallback)
@@ -189,12 +191,15 @@ class Spawner:
         self.owner = os.getpid()
         self.dead = False
         self.limits = limits
+        self.exec_allow = exec_allow
+        self.exec_confined = False  # the spawner (so every child) may execute only ``exec_allow``
         self.buf = bytearray()
         self._cleaning = ""
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", os.path.abspath(__file__), str(self.owner), str(theirs.fileno()),
-                 ",".join(f"{r}:{s}:{h}" for r, s, h in limits or ())],
+                 ",".join(f"{r}:{s}:{h}" for r, s, h in limits or ()),
+                 "" if exec_allow is None else os.fsencode("\0".join(exec_allow)).hex()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
@@ -212,9 +217,10 @@ class Spawner:
         except (EOFError, OSError) as exc:
             self.close()
             raise SpawnerUnavailable(errno.EIO, f"the capgate spawner did not start: {exc}") from exc
-        if hello != ("ready", self.owner):
+        if not isinstance(hello, tuple) or hello[:2] != ("ready", self.owner) or len(hello) != 3:
             self.close()
             raise SpawnerUnavailable(errno.EIO, f"the capgate spawner said {hello!r}")
+        self.exec_confined = bool(hello[2])
         self.next_dir = _new_private_name()
         self.upcoming = self.next_dir  # named in each request: prepared after a self-cleaned run
         _send(ours, ("prepare", self.next_dir))
@@ -363,27 +369,31 @@ _MAX_IDLE = 4
 _lock = threading.Lock()
 
 
-def acquire(limits: tuple[tuple[int, int, int], ...] | None = None) -> Spawner:
+def acquire(
+    limits: tuple[tuple[int, int, int], ...] | None = None, exec_allow: tuple[str, ...] | None = None
+) -> Spawner:
     """An idle spawner of this process for ``limits`` (started if none is idle).
 
     ``limits``: the (resource, soft, hard) table the spawner itself carries so its
-    ``posix_spawn`` children inherit it; None for a spawner that only forks. Pair with
-    ``release``.
+    ``posix_spawn`` children inherit it; None for a spawner that only forks. ``exec_allow``:
+    the only files the spawner and its children may execute (``capgate._sys.landlock``;
+    ``exec_confined`` says whether the kernel could enforce it); None for no restriction.
+    Pair with ``release``.
     """
     with _lock:
-        idle = _pool.get(limits, [])
+        idle = _pool.get((limits, exec_allow), [])
         while idle:
             spawner = idle.pop()
             if not spawner.dead and spawner.owner == os.getpid() and spawner.proc.poll() is None:
                 return spawner
             spawner.close()
-    return Spawner(limits)
+    return Spawner(limits, exec_allow)
 
 
 def release(spawner: Spawner) -> None:
     """Give a spawner back after its run finished (a dead or surplus one is closed)."""
     with _lock:
-        idle = _pool.setdefault(spawner.limits, [])
+        idle = _pool.setdefault((spawner.limits, spawner.exec_allow), [])
         if not spawner.dead and spawner.owner == os.getpid() and len(idle) < _MAX_IDLE:
             idle.append(spawner)
             return
@@ -418,7 +428,7 @@ def _cpu_self() -> float:
 
 
 class _Server:
-    def __init__(self, owner: int, sock_fd: int, limits: str) -> None:
+    def __init__(self, owner: int, sock_fd: int, limits: str, exec_allow: str = "") -> None:
         import resource
 
         self.resource = resource
@@ -468,10 +478,12 @@ class _Server:
                 if res == resource.RLIMIT_CPU:
                     self.cpu_hard = hard
             self.own_limits = table
+        self.exec_confined = bool(exec_allow) and _confine_exec(
+            os.fsdecode(bytes.fromhex(exec_allow)).split("\0"))
 
     # -- main loop ------------------------------------------------------------------------
     def serve(self) -> None:
-        _send(self.sock, ("ready", os.getppid()))
+        _send(self.sock, ("ready", os.getppid(), self.exec_confined))
         while True:
             if not self.buf:  # a message read ahead with the previous one is handled first
                 ready, _, _ = select.select([self.sock.fileno(), self.owner_fd], [], [])
@@ -798,6 +810,27 @@ class _Server:
         return "fork", None, (code, message, exe if step == "exec" else None)  # type: ignore[return-value]
 
 
+def _confine_exec(paths: list[str]) -> bool:
+    """Restrict ourselves (and so every child) to executing ``paths``; False if the kernel
+    cannot (the supervisor reports that, it never assumes)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_capgate_landlock", os.path.join(os.path.dirname(os.path.abspath(__file__)), "landlock.py"))
+    if spec is None or spec.loader is None:
+        return False
+    landlock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(landlock)
+    try:
+        ruleset = landlock.ExecRuleset(paths)
+    except OSError:
+        return False
+    try:
+        return bool(ruleset.restrict_self() == 0)
+    finally:
+        ruleset.close()
+
+
 def _close_all(fds: list[int]) -> None:
     for fd in fds:
         try:
@@ -836,7 +869,7 @@ def _remove_private(path: str) -> bool:
 
 
 def _main(args: list[str]) -> None:
-    server = _Server(int(args[0]), int(args[1]), args[2] if len(args) > 2 else "")
+    server = _Server(int(args[0]), int(args[1]), args[2] if len(args) > 2 else "", args[3] if len(args) > 3 else "")
     try:
         server.serve()
     finally:
