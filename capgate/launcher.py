@@ -144,15 +144,10 @@ def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = ()) -> tuple
     """Read-only roots the soft sandbox adds so that the interpreter itself works: prefixes,
     stdlib, site-packages and the other import paths of this Python, capgate's own package,
     certificates, name-service files, ``/dev/null`` and the random devices."""
-    import site
-    import sysconfig
+    import site  # loaded at start-up already (``sysconfig`` is not: ~5 ms, and sys.path has its paths)
 
     candidates: list[str] = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        try:
-            candidates.append(sysconfig.get_path(key))
-        except KeyError:
-            pass
+    candidates.append(os.path.dirname(os.__file__))  # the stdlib
     try:
         candidates.extend(site.getsitepackages())
     except AttributeError:

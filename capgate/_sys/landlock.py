@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
+import sys
 
 __all__ = ["ExecRuleset", "LandlockUnavailable", "available", "exec_dependencies"]
 
@@ -52,7 +52,7 @@ def _syscall() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
 
 def available() -> int:
     """The Landlock ABI version, or 0 when Landlock cannot be used here."""
-    if platform.system() != "Linux":
+    if not sys.platform.startswith("linux"):
         return 0
     try:
         version = _syscall()(ctypes.c_long(_SYS_CREATE_RULESET), None, ctypes.c_size_t(0),

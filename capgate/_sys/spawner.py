@@ -3,7 +3,7 @@
 Why: the supervisor must put a child in its pids cgroup and under its rlimits *before* the
 child execs anything. Doing that with ``preexec_fn`` forces a real ``fork()`` of the whole
 (big, multi-threaded) calling Python process. Instead, a minimal interpreter
-(``python -I -S`` running this file, stdlib only) is started once and reused; per run the
+(``python -I -S`` importing this file, stdlib only) is started once and reused; per run the
 supervisor sends it the argv, executable, environment, cwd, rlimit table, the child's file
 descriptors and the run cgroup's ``cgroup.procs`` over a ``socketpair`` (``SCM_RIGHTS``).
 
@@ -49,18 +49,26 @@ the limits and cgroup the supervisor hands it (``capgate.supervisor``). Linux on
 
 from __future__ import annotations
 
+# The spawner's own start-up is on every sandboxed run's critical path: only C modules and
+# the few pure-Python ones the interpreter has loaded anyway (no ``socket``/``signal``/
+# ``threading``/``typing``, whose enums and imports cost ~15 ms in ``python -I -S``).
+import _socket as socket
+import _thread
 import errno
 import fcntl as _fcntl
 import marshal
 import os
 import select
-import signal
-import socket
 import struct
 import sys
-import threading
 from time import monotonic as _monotonic
-from typing import Any
+
+TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs ~5 ms here
+if TYPE_CHECKING:
+    import signal
+    from typing import Any
+else:
+    import _signal as signal  # the C half: same functions and numbers, no enum classes
 
 __all__ = ["SpawnedChild", "Spawner", "SpawnerDied", "SpawnerUnavailable", "acquire", "private_parent", "release"]
 
@@ -78,6 +86,12 @@ _EXEC_ERRORS = frozenset(
 )
 
 
+# Run as ``python -I -S -c _BOOT DIR ARGS…``: importing this file as a module reuses its
+# byte-compiled cache (a script given by path is compiled from source on every start). DIR
+# goes at the *end* of ``sys.path``: nothing in it can shadow a standard module.
+_BOOT = "import sys; sys.path.append(sys.argv[1]); import spawner; spawner._main(sys.argv[2:])"
+
+
 class SpawnerUnavailable(OSError):
     """No spawner can run here (the caller then uses its own, slower, fallback)."""
 
@@ -93,7 +107,7 @@ def _send(sock: socket.socket, obj: Any, fds: list[int] | tuple[int, ...] = ()) 
     payload = marshal.dumps(obj)
     data = _LEN.pack(len(payload)) + payload
     if fds:
-        sent = socket.send_fds(sock, [data], list(fds))
+        sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
         data = data[sent:]
     if data:
         sock.sendall(data)
@@ -185,9 +199,10 @@ class Spawner:
     ) -> None:
         if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open") or not hasattr(os, "posix_spawn"):
             raise SpawnerUnavailable(errno.ENOSYS, "the capgate spawner needs Linux with pidfd_open and posix_spawn")
+        import socket as socket_module  # the caller's process has it loaded already
         import subprocess  # the caller has it loaded already (supervisor fallback)
 
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = socket_module.socketpair(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
         self.owner = os.getpid()
         self.dead = False
         self.limits = limits
@@ -197,7 +212,8 @@ class Spawner:
         self._cleaning = ""
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", os.path.abspath(__file__), str(self.owner), str(theirs.fileno()),
+                [sys.executable, "-I", "-S", "-c", _BOOT, os.path.dirname(os.path.abspath(__file__)),
+                 str(self.owner), str(theirs.fileno()),
                  ",".join(f"{r}:{s}:{h}" for r, s, h in limits or ()),
                  "" if exec_allow is None else os.fsencode("\0".join(exec_allow)).hex()],
                 stdin=subprocess.DEVNULL,
@@ -366,7 +382,7 @@ def _fast_private_parent(path: str) -> bool:
 
 _pool: dict[object, list[Spawner]] = {}
 _MAX_IDLE = 4
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 
 
 def acquire(
@@ -410,7 +426,7 @@ def _forget_after_fork() -> None:
             except OSError:
                 pass
     _pool.clear()
-    _lock = threading.Lock()
+    _lock = _thread.allocate_lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -418,7 +434,7 @@ if hasattr(os, "register_at_fork"):
 
 
 # ---------------------------------------------------------------------------------------------
-# Server side (``python -I -S spawner.py OWNER_PID SOCKET_FD``)
+# Server side (``python -I -S -c _BOOT DIR OWNER_PID SOCKET_FD LIMITS EXEC_ALLOW``)
 # ---------------------------------------------------------------------------------------------
 def _cpu_self() -> float:
     import resource
@@ -813,14 +829,11 @@ class _Server:
 def _confine_exec(paths: list[str]) -> bool:
     """Restrict ourselves (and so every child) to executing ``paths``; False if the kernel
     cannot (the supervisor reports that, it never assumes)."""
-    import importlib.util
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.append(here)  # (started by _BOOT it is there already)
+    import landlock  # type: ignore[import-not-found]  # this directory's stdlib-only module
 
-    spec = importlib.util.spec_from_file_location(
-        "_capgate_landlock", os.path.join(os.path.dirname(os.path.abspath(__file__)), "landlock.py"))
-    if spec is None or spec.loader is None:
-        return False
-    landlock = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(landlock)
     try:
         ruleset = landlock.ExecRuleset(paths)
     except OSError:

@@ -62,7 +62,7 @@ def _spawner_pids() -> set[int]:
             cmd = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(part.endswith(b"capgate/_sys/spawner.py") for part in cmd) and me in cmd:
+        if spawner_mod._BOOT.encode() in cmd and me in cmd:
             out.add(int(name))
     return out
 
@@ -268,7 +268,7 @@ def test_nothing_left_after_the_process_exits(tmp_path: Path) -> None:
                 cmd = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            assert not (any(p.endswith(b"spawner.py") for p in cmd) and pid.encode() in cmd)
+            assert not (spawner_mod._BOOT.encode() in cmd and pid.encode() in cmd)
 
 
 def test_capture_false_inherits_this_process_stdin_and_stdout(limits, workspace: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
