@@ -61,6 +61,7 @@ from capgate.decision import Decision
 from capgate.paths import is_within
 
 if TYPE_CHECKING:
+    from capgate._sys.landlock import Plan
     from capgate.policy.model import Policy
 
 __all__ = ["GIT_ARGUMENT_RULES", "GIT_ENV", "SHELLS", "TRAMPOLINES", "CommandRules"]
@@ -158,6 +159,7 @@ class CommandRules:
         self._files: set[str] = set()
         self._entry_for_file: dict[str, str] = {}
         self._exec_allowlist: tuple[str, ...] | None = None
+        self._exec_plan: Plan | bool | None = False  # False: not built yet
         dirs = sanitized_path_dirs(policy)
         for i, entry in enumerate(proc.allowed_commands):
             if entry.startswith("/"):
@@ -204,6 +206,14 @@ class CommandRules:
                     allowed.update(d for d in _GIT_EXEC_PATHS if os.path.isdir(d))
             self._exec_allowlist = tuple(sorted(allowed))
         return self._exec_allowlist
+
+    def exec_plan(self) -> Plan | None:
+        """``exec_allowlist`` as a Landlock plan, built once (None: no restriction, or no Landlock)."""
+        if self._exec_plan is False:
+            from capgate._sys.landlock import plan
+
+            self._exec_plan = plan(self.exec_allowlist(), None) if not self.allow_shell else None
+        return self._exec_plan  # type: ignore[return-value]
 
     # -- lookup -------------------------------------------------------------------------
     @staticmethod

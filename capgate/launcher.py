@@ -296,11 +296,17 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
 
     policy = _load(options.policy, options.workspace, options.allow_user_expansion, env,
                    protected=(os.path.realpath(audit_path), policy_file))
-    warmup = None
-    if options.command and not options.dry_run_policy:
-        warmup = _SpawnerWarmup(policy.limits)  # starts the supervisor's spawner while we finish
     policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
                           extra_read=script_roots)
+    warmup = None
+    confine = None
+    if options.command and not options.dry_run_policy:
+        # The kernel layer under the hooks: the tree may write only beneath the write roots
+        # and (allowShell false) execute only the command and the allowed commands. Made now,
+        # so the spawner that the warm-up starts is already under it.
+        _make_write_roots(policy, sandbox_home, tmpdir)
+        confine = soft_plan(policy, argv)
+        warmup = _SpawnerWarmup(policy.limits, confine)  # starts the supervisor's spawner while we finish
     _check_outside_writes(policy, audit_path, "the audit log (--audit-log)",
                           exempt=(sandbox_home, tmpdir, "/dev/null"))
     _check_outside_writes(policy, run_dir, "the launcher's run directory (TMPDIR)",
@@ -318,12 +324,18 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                 "(audit hooks), plus process-level controls")
         else:
             say(f"child: not Python ({argv[0]}): process-level controls only (resource limits, wall-time "
-                "kill, clean environment, private TMPDIR, sandbox HOME); its file, network and process "
-                "actions are NOT checked by the gate (Python programs it starts are)")
+                "kill, clean environment, private TMPDIR, sandbox HOME, and the kernel layer below when "
+                "there is one); its file, network and process actions are NOT checked by the gate "
+                "(Python programs it starts are)")
     if options.dry_run_policy:
         _print_dry_run(out, policy, backend_name, audit_path, sandbox_home, tmpdir)
         return 0
 
+    if confine is None:
+        say("kernel layer: none (no Landlock on this kernel): the hooks are the only file and process checks")
+    else:
+        say("kernel layer (Landlock): the whole tree may write only beneath the write roots"
+            + (", and execute only the command and the allowed commands" if confine.restricts_exec else ""))
     say(f"audit log: {audit_path}")
     from capgate.audit import AuditLog
     from capgate.backends import LaunchRequest, get_backend
@@ -335,9 +347,12 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     _prepare_run_dir(run_dir, policy, policy_file, boot_dir, sandbox_home, tmpdir)
     audit.event("run.start", backend="soft", soft_sandbox=True, backend_reason=why_backend,
                 expansion=policy.origin, policy_source=source, command=list(argv), python_child=python_child,
+                landlock={"write": bool(confine and confine.restricts_write),
+                          "exec": bool(confine and confine.restricts_exec)},
                 os=_os_info(), python=_python_info(), policy=policy.to_dict(redact=True))
     request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
-                            home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env)
+                            home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
+                            confine=confine)
     try:
         if warmup is not None:
             warmup.join(timeout=5.0)
@@ -369,15 +384,15 @@ class _SpawnerWarmup:
     the way ``capgate.supervisor`` does it; if the two ever disagree the idle spawner is just
     unused (it exits with this process) and ``supervise`` starts its own, as before."""
 
-    def __init__(self, limits: Any) -> None:
+    def __init__(self, limits: Any, confine: Any = None) -> None:
         import threading
 
-        self._thread = threading.Thread(target=self._run, args=(limits,), name="capgate-spawner-warmup",
+        self._thread = threading.Thread(target=self._run, args=(limits, confine), name="capgate-spawner-warmup",
                                         daemon=True)
         self._thread.start()
 
     @staticmethod
-    def _run(limits: Any) -> None:
+    def _run(limits: Any, confine: Any) -> None:
         try:
             from capgate import supervisor
             from capgate._sys import spawner
@@ -386,7 +401,8 @@ class _SpawnerWarmup:
             table = limit_table(limits)
             carriable = getattr(supervisor, "_carriable", None)
             fast = limits.max_processes >= 2 and carriable is not None and carriable(table)
-            spawner.release(spawner.acquire(tuple((row[0], row[1], row[2]) for row in table) if fast else None))
+            spawner.release(spawner.acquire(tuple((row[0], row[1], row[2]) for row in table) if fast else None,
+                                            confine))
         except Exception:  # an optimisation only: supervise() starts a spawner itself
             pass
 
@@ -401,6 +417,42 @@ def _soft_policy(policy: Policy, *, dev: bool, boot_dir: str, home: str, tmpdir:
     runtime = tuple(dict.fromkeys((*fs.runtime_read, *runtime, boot_dir)))
     write = tuple(dict.fromkeys((*fs.write, home, tmpdir, "/dev/null")))
     return dataclasses.replace(policy, filesystem=dataclasses.replace(fs, runtime_read=runtime, write=write))
+
+
+def _make_write_roots(policy: Policy, home: str, tmpdir: str) -> None:
+    """Create the sandbox HOME and TMPDIR, and write roots missing inside the workspace whose
+    parent exists.
+
+    Landlock can only allow writes beneath a directory that exists when the ruleset is made;
+    the hooks would let the child ``mkdir output`` itself (the root is writable), the kernel
+    layer would not. A root whose parent is missing (``.cache/agent`` without ``.cache``)
+    could not be made by the child either, so it is left alone; roots outside the workspace
+    are never created here."""
+    from capgate.paths import is_within
+
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    os.makedirs(tmpdir, mode=0o700, exist_ok=True)
+    for root in policy.filesystem.write:
+        if (root != policy.workspace and is_within(root, policy.workspace) and not os.path.lexists(root)
+                and os.path.isdir(os.path.dirname(root))):
+            try:
+                os.makedirs(root, exist_ok=True)
+            except OSError:
+                pass  # left to the child (and the gate) as before
+
+
+def soft_plan(policy: Policy, argv: Sequence[str]) -> Any:
+    """The Landlock plan for a soft-sandboxed tree (None without Landlock): writes only
+    beneath ``filesystem.write``; with ``allowShell: false`` also ``execve`` only of the
+    command itself (what its exec needs: loader, ``#!`` interpreter) and the allowed commands."""
+    from capgate._sys.landlock import exec_dependencies, plan
+    from capgate.cmdrules import CommandRules
+
+    exec_allow = CommandRules(policy).exec_allowlist()
+    if exec_allow is not None and argv:
+        command = os.path.realpath(argv[0])
+        exec_allow = (*exec_allow, command, *exec_dependencies(command))
+    return plan(exec_allow, policy.filesystem.write)
 
 
 def _check_outside_writes(policy: Policy, path: str, what: str, exempt: Sequence[str]) -> None:
@@ -425,8 +477,8 @@ def _prepare_run_dir(run_dir: str, policy: Policy, policy_file: str, boot_dir: s
         fh.write(SITECUSTOMIZE)
     os.chmod(os.path.join(boot_dir, "sitecustomize.py"), 0o400)
     os.chmod(boot_dir, 0o500)
-    os.makedirs(home, mode=0o700)
-    os.makedirs(tmpdir, mode=0o700)
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    os.makedirs(tmpdir, mode=0o700, exist_ok=True)
     fd = os.open(policy_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(policy.to_json())

@@ -167,7 +167,7 @@ def run(
         input=bytes(input) if input is not None else None,
         timeout=timeout,
         private_dirs=True,
-        exec_allowlist=gate.command_rules.exec_allowlist(),
+        confine=gate.command_rules.exec_plan(),
     )
     rc = result.returncode
     gate.audit.event(

@@ -56,7 +56,7 @@ from typing import IO, TYPE_CHECKING
 
 from capgate._sys import spawner as _spawner
 from capgate._sys.cgroup import PidsCgroup, cgroup_home_procs_fd, create_pids_cgroup
-from capgate._sys.landlock import ExecRuleset, LandlockUnavailable
+from capgate._sys.landlock import LandlockUnavailable, Plan, Ruleset, plan
 from capgate._sys.rlimits import MB, RlimitTable, apply_rlimits, limit_table, user_process_count
 from capgate.errors import UnsupportedPlatform
 
@@ -91,6 +91,7 @@ class RunResult:
     limits_fired: tuple[str, ...]  # e.g. ("wallTimeSeconds",), ("cpuSeconds",), ("maxProcesses",)
     containment: str = "cgroup"  # "cgroup", "spare-uid" or "rlimit-nproc"
     exec_confined: bool = False  # the tree could execute only the exec allowlist (Landlock)
+    write_confined: bool = False  # the tree could write only beneath the write roots (Landlock)
 
 
 class _Capped:
@@ -117,7 +118,7 @@ class _Capped:
         return b"".join(self.parts)
 
 
-def _make_preexec(procs_fd: int | None, table: RlimitTable, ruleset: ExecRuleset | None) -> Callable[[], None]:
+def _make_preexec(procs_fd: int | None, table: RlimitTable, ruleset: Ruleset | None) -> Callable[[], None]:
     libc = _libc
 
     def preexec() -> None:  # runs in the child between fork and exec: no imports, no locks
@@ -127,7 +128,7 @@ def _make_preexec(procs_fd: int | None, table: RlimitTable, ruleset: ExecRuleset
         if libc is not None:
             libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if ruleset is not None and ruleset.restrict_self() != 0:
-            raise OSError(errno.EPERM, "could not restrict execution (Landlock)")  # fail closed
+            raise OSError(errno.EPERM, "could not apply the Landlock ruleset")  # fail closed
 
     return preexec
 
@@ -149,8 +150,8 @@ class _Tree:
         self.cgroup = cgroup
         self.spare_uid = spare_uid
         self.pgid: int | None = None
-        self.exec_allow: tuple[str, ...] | None = None  # what the tree may execute (None: anything)
-        self.exec_confined = False  # whether the kernel enforces ``exec_allow`` for this run
+        self.confine: Plan | None = None  # the Landlock plan for the tree (None: none)
+        self.confined = False  # whether the kernel enforces ``confine`` for this run
 
     def kill(self) -> None:
         if self.pgid is not None:
@@ -184,6 +185,8 @@ def supervise(
     remove_after: Sequence[str] = (),
     private_dirs: bool = False,
     exec_allowlist: Sequence[str] | None = None,
+    write_roots: Sequence[str] | None = None,
+    confine: Plan | None = None,
 ) -> RunResult:
     """Run ``argv`` to completion inside ``limits``; see the module docstring.
 
@@ -194,8 +197,11 @@ def supervise(
     None, a bare ``argv[0]`` is looked up on the ``PATH`` of ``env``.
     ``timeout``: seconds, capped by ``limits.wall_time_seconds`` (which applies when None).
     ``exec_allowlist``: when given, the child and every descendant may ``execve`` only
-    these files (and files beneath these directories), enforced by Landlock where the
-    kernel has it (``RunResult.exec_confined`` says whether it did).
+    these files (and files beneath these directories); ``write_roots``: when given, they may
+    create, change or remove file system objects only beneath these. Enforced by Landlock
+    where the kernel has it (``RunResult.exec_confined``/``write_confined`` say whether it
+    did). ``confine``: the same as a ready ``capgate._sys.landlock.Plan`` (callers that run
+    often build it once).
     With ``capture=False`` the child inherits this process's stdin/stdout/stderr (unless
     ``input`` is given, which is fed on a pipe). ``pass_fds`` (numbers above 2) reach the
     child at the same numbers. Raises ``OSError`` when the child cannot be started or
@@ -232,7 +238,7 @@ def supervise(
                 containment = "rlimit-nproc"
         table = limit_table(limits, nproc=nproc)
         tree = _Tree(cgroup, spare_uid)
-        tree.exec_allow = None if exec_allowlist is None else tuple(exec_allowlist)
+        tree.confine = confine if confine is not None else plan(exec_allowlist, write_roots)
         outcome = _run(args, exe, env, cwd, input, capture, passed, table, cgroup, spare_uid, tree,
                        budget, cap, limits, private_dirs, pending)
     finally:
@@ -268,7 +274,8 @@ def supervise(
         timed_out=timed_out,
         limits_fired=tuple(fired),
         containment=containment,
-        exec_confined=tree.exec_confined,
+        exec_confined=tree.confined and tree.confine is not None and tree.confine.restricts_exec,
+        write_confined=tree.confined and tree.confine is not None and tree.confine.restricts_write,
     )
 
 
@@ -331,8 +338,8 @@ def _run(
     fast = cgroup is not None and limits.max_processes >= 2 and spare_uid is None and _carriable(table)
     try:
         spawner = _spawner.acquire(tuple((row[0], row[1], row[2]) for row in table) if fast else None,
-                                   tree.exec_allow)
-        tree.exec_confined = spawner.exec_confined
+                                   tree.confine)
+        tree.confined = spawner.confined
     except _spawner.SpawnerUnavailable:
         private = _make_private() if private_dirs else None
         try:
@@ -482,13 +489,13 @@ def _run_popen(
 ) -> _Outcome:
     """Fallback without a spawner: ``Popen`` with ``preexec_fn`` (a real fork of this process)."""
     procs_fd = cgroup.procs_fd() if cgroup is not None else None
-    ruleset: ExecRuleset | None = None
-    if tree.exec_allow is not None:
+    ruleset: Ruleset | None = None
+    if tree.confine is not None:
         try:
-            ruleset = ExecRuleset(tree.exec_allow)  # built here: preexec may not allocate
+            ruleset = Ruleset(tree.confine)  # built here: preexec may not allocate
         except LandlockUnavailable:
             ruleset = None
-    tree.exec_confined = ruleset is not None
+    tree.confined = ruleset is not None
     start = time.monotonic()
     timed_out = False
     out = _Capped(cap)

@@ -1,4 +1,4 @@
-"""Landlock, for one job: a process tree that may execute only listed files.
+"""Landlock: a process tree that may execute only listed files, and write only beneath listed roots.
 
 Why: ``capgate.cmdrules`` decides the command line it is given, but an allowed program can run
 another one by itself — ``git`` runs a repository's filter through ``/bin/sh -c``, ``tar``
@@ -7,38 +7,58 @@ another one by itself — ``git`` runs a repository's filter through ``/bin/sh -
 false``, capgate instead asks the kernel to refuse ``execve`` of any file that is not an
 allowed command (or the ELF loader / script interpreter an allowed command needs): a whole
 class closed in one place, for the child and every descendant, and no descendant can lift it.
+The soft sandbox also hands the kernel its write roots: whatever the audit hooks cannot see
+(native code, non-Python children), nothing is created, changed or removed outside them.
 
-Landlock handles *only* ``LANDLOCK_ACCESS_FS_EXECUTE`` here: reads and writes are untouched
-(``proc.run`` children are outside the fs gate by design). ``PR_SET_NO_NEW_PRIVS`` comes with
-it (the kernel requires it; set-uid programs then run without their privileges).
+A ``Plan`` names the access rights handled and, per path, the rights allowed beneath it (a
+rule on a file may only carry file rights). Rights the running kernel's ABI lacks are left
+out. ``PR_SET_NO_NEW_PRIVS`` comes with it (the kernel requires it; set-uid programs then run
+without their privileges). Reads are never restricted here: the deny lists inside read roots
+cannot be expressed as Landlock rules, and the gate decides reads.
 
-Stdlib only (``ctypes``): the spawner (``python -I -S``) loads this file by path. Linux with
+Stdlib only (``ctypes``): the spawner (``python -I -S``) imports this file by path. Linux with
 Landlock (5.13+) only; ``available()`` says whether it can be used, and callers report the
-containment they actually got rather than pretend.
+confinement they actually got rather than pretend.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import struct
 import sys
 
-__all__ = ["ExecRuleset", "LandlockUnavailable", "available", "exec_dependencies"]
+TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: the spawner imports this file (typing costs ~5 ms)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["EXECUTE", "WRITE", "LandlockUnavailable", "Plan", "Ruleset", "available", "exec_dependencies", "plan"]
 
 _SYS_CREATE_RULESET = 444  # the same number on every architecture (added after the syscall table merge)
 _SYS_ADD_RULE = 445
 _SYS_RESTRICT_SELF = 446
 _CREATE_RULESET_VERSION = 1
-_ACCESS_FS_EXECUTE = 1
 _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
+
+EXECUTE = 1 << 0
+WRITE_FILE = 1 << 1
+_REMOVE_DIR, _REMOVE_FILE, _MAKE_CHAR, _MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
+_MAKE_REG, _MAKE_SOCK, _MAKE_FIFO, _MAKE_BLOCK, _MAKE_SYM = 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12
+_REFER = 1 << 13  # ABI 2: rename/link across directories
+_TRUNCATE = 1 << 14  # ABI 3
+# Every right that creates, changes or removes a file system object (reads and ioctls stay free).
+WRITE = (WRITE_FILE | _REMOVE_DIR | _REMOVE_FILE | _MAKE_CHAR | _MAKE_DIR | _MAKE_REG | _MAKE_SOCK
+         | _MAKE_FIFO | _MAKE_BLOCK | _MAKE_SYM | _REFER | _TRUNCATE)
+_FILE_RIGHTS = EXECUTE | WRITE_FILE | (1 << 2) | _TRUNCATE | (1 << 15)  # what a rule on a non-directory may carry
+_ABI_RIGHTS = {1: (1 << 13) - 1, 2: (1 << 14) - 1}  # ABI >= 3: up to TRUNCATE (higher bits unused here)
 
 _libc: ctypes.CDLL | None = None
 
 
 class LandlockUnavailable(OSError):
-    """The kernel (or platform) cannot restrict execution with Landlock."""
+    """The kernel (or platform) cannot restrict with Landlock."""
 
 
 def _syscall() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
@@ -62,41 +82,104 @@ def available() -> int:
     return max(0, int(version))
 
 
-class ExecRuleset:
-    """A Landlock ruleset allowing ``execute`` on the listed files and directories only.
+class Plan:
+    """What a tree may do: ``handled`` rights are denied except ``rules`` (path, rights).
+
+    Immutable and hashable: spawners are pooled per plan."""
+
+    __slots__ = ("handled", "rules")
+
+    def __init__(self, handled: int, rules: tuple[tuple[str, int], ...]) -> None:
+        self.handled = handled
+        self.rules = rules
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and (self.handled, self.rules) == (other.handled, other.rules)
+
+    def __hash__(self) -> int:
+        return hash((self.handled, self.rules))
+
+    def __repr__(self) -> str:
+        return f"Plan(handled={self.handled:#x}, rules={self.rules!r})"
+
+    @property
+    def restricts_exec(self) -> bool:
+        return bool(self.handled & EXECUTE)
+
+    @property
+    def restricts_write(self) -> bool:
+        return bool(self.handled & WRITE_FILE)
+
+    def encode(self) -> str:
+        """One argv-safe string (for the spawner's command line)."""
+        fields = [str(self.handled)] + [f"{rights}:{path}" for path, rights in self.rules]
+        return os.fsencode("\0".join(fields)).hex()
+
+    @classmethod
+    def decode(cls, text: str) -> Plan:
+        handled, *fields = os.fsdecode(bytes.fromhex(text)).split("\0")
+        rules = tuple((path, int(rights)) for rights, _, path in (f.partition(":") for f in fields))
+        return cls(int(handled), rules)
+
+
+def plan(exec_allow: Sequence[str] | None, write_roots: Sequence[str] | None) -> Plan | None:
+    """The plan for executing only ``exec_allow`` and writing only beneath ``write_roots``
+    (None: that kind of access is not restricted). None when nothing is restricted or this
+    kernel has no Landlock. Paths that do not exist are left out: nothing can be executed from
+    them, or created beneath them."""
+    abi = available()
+    if abi == 0 or (exec_allow is None and write_roots is None):
+        return None
+    supported = _ABI_RIGHTS.get(abi, (1 << 15) - 1)
+    handled = ((EXECUTE if exec_allow is not None else 0) | (WRITE if write_roots is not None else 0)) & supported
+    wanted: dict[str, int] = {}
+    for paths, rights in ((exec_allow or (), EXECUTE), (write_roots or (), WRITE & supported)):
+        for path in paths:
+            wanted[path] = wanted.get(path, 0) | rights
+    rules: list[tuple[str, int]] = []
+    for path, rights in sorted(wanted.items()):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError:
+            continue
+        rights &= handled if is_dir else handled & _FILE_RIGHTS
+        if rights:
+            rules.append((path, rights))
+    return Plan(handled, tuple(rules))
+
+
+class Ruleset:
+    """A built Landlock ruleset for one ``Plan``.
 
     Build it in the parent (it opens each path), then call ``restrict_self`` in the process
     that must be confined (a spawner, or a child between fork and exec: no allocation there).
-    Paths that do not exist are skipped (nothing can be executed from them anyway).
     """
 
-    def __init__(self, paths: list[str] | tuple[str, ...]) -> None:
+    def __init__(self, wanted: Plan) -> None:
         if not available():
             raise LandlockUnavailable(38, "Landlock is not available on this kernel")
         call = _syscall()
-        attr = struct.pack("=Q", _ACCESS_FS_EXECUTE)  # handled_access_fs only: valid from ABI 1
+        attr = struct.pack("=Q", wanted.handled)  # handled_access_fs only: valid from ABI 1
         buf = ctypes.create_string_buffer(attr, len(attr))
         fd = call(ctypes.c_long(_SYS_CREATE_RULESET), buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
         if fd < 0:
             err = ctypes.get_errno()
             raise LandlockUnavailable(err, f"landlock_create_ruleset: {os.strerror(err)}")
         self.fd = int(fd)
-        self.paths: list[str] = []
         try:
-            for path in paths:
+            for path, rights in wanted.rules:
                 try:
                     target = os.open(path, os.O_PATH | os.O_CLOEXEC)
                 except OSError:
-                    continue
+                    continue  # gone since the plan was made: nothing to allow there
                 try:
-                    rule = ctypes.create_string_buffer(struct.pack("=Qi", _ACCESS_FS_EXECUTE, target), 12)
+                    rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, target), 12)
                     if call(ctypes.c_long(_SYS_ADD_RULE), ctypes.c_int(self.fd), ctypes.c_int(_RULE_PATH_BENEATH),
                             rule, ctypes.c_uint32(0)) < 0:
                         err = ctypes.get_errno()
                         raise LandlockUnavailable(err, f"landlock_add_rule {path}: {os.strerror(err)}")
                 finally:
                     os.close(target)
-                self.paths.append(path)
         except BaseException:
             os.close(self.fd)
             raise

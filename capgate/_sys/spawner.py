@@ -67,6 +67,8 @@ TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs ~5
 if TYPE_CHECKING:
     import signal
     from typing import Any
+
+    from capgate._sys.landlock import Plan
 else:
     import _signal as signal  # the C half: same functions and numbers, no enum classes
 
@@ -195,7 +197,7 @@ class Spawner:
     """One spawner process and the socket to it. Not thread-safe: one run at a time."""
 
     def __init__(
-        self, limits: tuple[tuple[int, int, int], ...] | None = None, exec_allow: tuple[str, ...] | None = None
+        self, limits: tuple[tuple[int, int, int], ...] | None = None, confine: Plan | None = None
     ) -> None:
         if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open") or not hasattr(os, "posix_spawn"):
             raise SpawnerUnavailable(errno.ENOSYS, "the capgate spawner needs Linux with pidfd_open and posix_spawn")
@@ -206,8 +208,8 @@ class Spawner:
         self.owner = os.getpid()
         self.dead = False
         self.limits = limits
-        self.exec_allow = exec_allow
-        self.exec_confined = False  # the spawner (so every child) may execute only ``exec_allow``
+        self.confine = confine
+        self.confined = False  # the spawner (so every child) is under ``confine`` (Landlock)
         self.buf = bytearray()
         self._cleaning = ""
         try:
@@ -215,7 +217,7 @@ class Spawner:
                 [sys.executable, "-I", "-S", "-c", _BOOT, os.path.dirname(os.path.abspath(__file__)),
                  str(self.owner), str(theirs.fileno()),
                  ",".join(f"{r}:{s}:{h}" for r, s, h in limits or ()),
-                 "" if exec_allow is None else os.fsencode("\0".join(exec_allow)).hex()],
+                 "" if confine is None else confine.encode()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
@@ -236,7 +238,7 @@ class Spawner:
         if not isinstance(hello, tuple) or hello[:2] != ("ready", self.owner) or len(hello) != 3:
             self.close()
             raise SpawnerUnavailable(errno.EIO, f"the capgate spawner said {hello!r}")
-        self.exec_confined = bool(hello[2])
+        self.confined = bool(hello[2])
         self.next_dir = _new_private_name()
         self.upcoming = self.next_dir  # named in each request: prepared after a self-cleaned run
         _send(ours, ("prepare", self.next_dir))
@@ -386,30 +388,30 @@ _lock = _thread.allocate_lock()
 
 
 def acquire(
-    limits: tuple[tuple[int, int, int], ...] | None = None, exec_allow: tuple[str, ...] | None = None
+    limits: tuple[tuple[int, int, int], ...] | None = None, confine: Plan | None = None
 ) -> Spawner:
     """An idle spawner of this process for ``limits`` (started if none is idle).
 
     ``limits``: the (resource, soft, hard) table the spawner itself carries so its
-    ``posix_spawn`` children inherit it; None for a spawner that only forks. ``exec_allow``:
-    the only files the spawner and its children may execute (``capgate._sys.landlock``;
-    ``exec_confined`` says whether the kernel could enforce it); None for no restriction.
+    ``posix_spawn`` children inherit it; None for a spawner that only forks. ``confine``: the
+    Landlock plan the spawner puts itself (so every child) under (``capgate._sys.landlock``;
+    ``confined`` says whether the kernel could enforce it); None for no restriction.
     Pair with ``release``.
     """
     with _lock:
-        idle = _pool.get((limits, exec_allow), [])
+        idle = _pool.get((limits, confine), [])
         while idle:
             spawner = idle.pop()
             if not spawner.dead and spawner.owner == os.getpid() and spawner.proc.poll() is None:
                 return spawner
             spawner.close()
-    return Spawner(limits, exec_allow)
+    return Spawner(limits, confine)
 
 
 def release(spawner: Spawner) -> None:
     """Give a spawner back after its run finished (a dead or surplus one is closed)."""
     with _lock:
-        idle = _pool.setdefault((spawner.limits, spawner.exec_allow), [])
+        idle = _pool.setdefault((spawner.limits, spawner.confine), [])
         if not spawner.dead and spawner.owner == os.getpid() and len(idle) < _MAX_IDLE:
             idle.append(spawner)
             return
@@ -444,7 +446,7 @@ def _cpu_self() -> float:
 
 
 class _Server:
-    def __init__(self, owner: int, sock_fd: int, limits: str, exec_allow: str = "") -> None:
+    def __init__(self, owner: int, sock_fd: int, limits: str, confine: str = "") -> None:
         import resource
 
         self.resource = resource
@@ -494,12 +496,11 @@ class _Server:
                 if res == resource.RLIMIT_CPU:
                     self.cpu_hard = hard
             self.own_limits = table
-        self.exec_confined = bool(exec_allow) and _confine_exec(
-            os.fsdecode(bytes.fromhex(exec_allow)).split("\0"))
+        self.confined = bool(confine) and _confine(confine)  # confine: Plan.encode()
 
     # -- main loop ------------------------------------------------------------------------
     def serve(self) -> None:
-        _send(self.sock, ("ready", os.getppid(), self.exec_confined))
+        _send(self.sock, ("ready", os.getppid(), self.confined))
         while True:
             if not self.buf:  # a message read ahead with the previous one is handled first
                 ready, _, _ = select.select([self.sock.fileno(), self.owner_fd], [], [])
@@ -826,17 +827,17 @@ class _Server:
         return "fork", None, (code, message, exe if step == "exec" else None)  # type: ignore[return-value]
 
 
-def _confine_exec(paths: list[str]) -> bool:
-    """Restrict ourselves (and so every child) to executing ``paths``; False if the kernel
-    cannot (the supervisor reports that, it never assumes)."""
+def _confine(encoded: str) -> bool:
+    """Put ourselves (and so every child) under the Landlock plan ``encoded``; False if the
+    kernel cannot (the supervisor reports that, it never assumes)."""
     here = os.path.dirname(os.path.abspath(__file__))
     if here not in sys.path:
         sys.path.append(here)  # (started by _BOOT it is there already)
     import landlock  # type: ignore[import-not-found]  # this directory's stdlib-only module
 
     try:
-        ruleset = landlock.ExecRuleset(paths)
-    except OSError:
+        ruleset = landlock.Ruleset(landlock.Plan.decode(encoded))
+    except (OSError, ValueError):
         return False
     try:
         return bool(ruleset.restrict_self() == 0)

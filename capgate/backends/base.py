@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from capgate.audit import AuditLog
@@ -29,6 +29,7 @@ class LaunchRequest:
     tmpdir: str  # the private TMPDIR
     python_child: bool
     environ: dict[str, str] = field(default_factory=dict)  # the caller's environment
+    confine: Any = None  # a capgate._sys.landlock.Plan for the child tree, or None (no Landlock)
 
 
 @dataclass

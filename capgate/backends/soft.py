@@ -192,7 +192,7 @@ class SoftBackend:
         started = time.monotonic()
         try:
             result = _supervise(list(request.argv), policy=policy, env=env, cwd=policy.workspace,
-                                pass_fds=(write_fd,))
+                                pass_fds=(write_fd,), confine=request.confine)
         finally:
             os.close(write_fd)
             reader.join(timeout=5.0)
@@ -225,13 +225,14 @@ def _start_proxy(policy: Any, audit: AuditLog) -> Any:
     return proxy
 
 
-def _supervise(argv: list[str], *, policy: Any, env: dict[str, str], cwd: str, pass_fds: tuple[int, ...]) -> Any:
+def _supervise(argv: list[str], *, policy: Any, env: dict[str, str], cwd: str, pass_fds: tuple[int, ...],
+               confine: Any = None) -> Any:
     try:
         from capgate.supervisor import supervise
     except ImportError:
         return _basic_supervise(argv, policy=policy, env=env, cwd=cwd, pass_fds=pass_fds)
     return supervise(argv, limits=policy.limits, env=env, cwd=cwd, capture=False,
-                     timeout=float(policy.limits.wall_time_seconds), pass_fds=pass_fds)
+                     timeout=float(policy.limits.wall_time_seconds), pass_fds=pass_fds, confine=confine)
 
 
 def _basic_supervise(argv: list[str], *, policy: Any, env: dict[str, str], cwd: str,
