@@ -67,10 +67,14 @@ def _shown_argv(argv: Sequence[str]) -> list[str]:
 
 def _resolve_cwd(gate: Gate, cwd: object) -> str:
     target: object = gate.policy.workspace if cwd is None else cwd
-    try:
-        canonical = gate.canonical_path(target)
-    except Exception:  # a target that cannot name a path: gate.check logs the denial
-        canonical = None
+    canonical: str | None
+    if cwd is None:
+        canonical = gate.policy.workspace  # canonical since the policy was loaded
+    else:
+        try:
+            canonical = gate.canonical_path(target)
+        except Exception:  # a target that cannot name a path: gate.check logs the denial
+            canonical = None
     if canonical is None:
         decision = gate.check(ops.FS_READ, target)
     else:  # gate.check without canonicalizing twice (its hard-link rule is for regular files)
