@@ -64,12 +64,16 @@ if TYPE_CHECKING:
     from capgate._sys.landlock import Plan
     from capgate.policy.model import Policy
 
-__all__ = ["GIT_ARGUMENT_RULES", "GIT_ENV", "SHELLS", "TRAMPOLINES", "CommandRules"]
+__all__ = ["GIT_ARGUMENT_RULES", "GIT_ENV", "SHELLS", "SHELL_RUNNERS", "TRAMPOLINES", "CommandRules"]
 
 SHELLS = frozenset(
     {"sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "ash", "fish", "csh", "tcsh",
      "yash", "posh", "rbash", "elvish", "nu", "xonsh", "rc", "es"}
 )
+
+# Programs whose input (a Makefile) names the shell that runs each line, so no exec rule can
+# follow them: they count as shells.
+SHELL_RUNNERS = frozenset({"make", "gmake", "bmake", "pmake", "remake"})
 
 # Programs whose job is to run another program. name -> how to find the inner argv.
 TRAMPOLINES = frozenset(
@@ -350,6 +354,11 @@ class CommandRules:
             return Decision.deny(
                 "shells are not allowed (allowShell is false)", "process.allowShell", target
             ), None
+        if not self.allow_shell and ({invoked, real_name} & SHELL_RUNNERS):
+            return Decision.deny(
+                f"{invoked} runs its recipes through a shell it lets the input choose (needs allowShell)",
+                "process.allowShell", target
+            ), None
         if resolved not in self._files:
             return Decision.deny(
                 f"{resolved} is not an allowed command", "process.allowedCommands", target
@@ -416,6 +425,8 @@ def _git_denial(rest: list[str]) -> str | None:
             if arg in ("-x",) and subcommand not in ("rebase", "difftool", "mergetool", None):
                 continue
             return f"git argument {arg!r} can run a program or change the repository checked"
+        if arg == "--bare" and subcommand is None:
+            return "git --bare makes the cwd itself the repository (not the one whose configuration is checked)"
         if arg.startswith("-c") and subcommand is None and len(arg) > 2:
             return f"git argument {arg!r} sets configuration"
         if arg.startswith("-C") and subcommand is None and len(arg) > 2:
@@ -444,7 +455,6 @@ def _git_denial(rest: list[str]) -> str | None:
 
 
 # -- trampoline grammars -----------------------------------------------------------------
-_ENV_WITH_VALUE = frozenset({"-u", "--unset", "-C", "--chdir", "-a", "--argv0"})
 _TIMEOUT_WITH_VALUE = frozenset({"-s", "--signal", "-k", "--kill-after"})
 _NICE_WITH_VALUE = frozenset({"-n", "--adjustment"})
 _STDBUF_WITH_VALUE = frozenset({"-i", "-o", "-e", "--input", "--output", "--error"})
@@ -483,12 +493,75 @@ def _skip_options(
     return [], None
 
 
+# GNU env's options, read the way getopt_long reads them: short clusters (``-iu NAME``) and
+# unambiguous long prefixes (``--uns``). Value: True = takes one, "opt" = only with ``=``.
+_ENV_SHORT_FLAGS = frozenset("0iv")
+_ENV_SHORT_VALUE = frozenset("uCSa")
+_ENV_LONG: dict[str, bool | str] = {
+    "null": False, "ignore-environment": False, "unset": True, "chdir": True, "split-string": True,
+    "argv0": True, "debug": False, "block-signal": "opt", "default-signal": "opt", "ignore-signal": "opt",
+    "list-signal-handling": False, "help": False, "version": False,
+}
+_ENV_REFUSED = {
+    "S": "env -S/--split-string splits a string into a command line (a shell-like string)",
+    "split-string": "env -S/--split-string splits a string into a command line (a shell-like string)",
+    "C": "env -C/--chdir runs the program in another directory than the checked cwd",
+    "chdir": "env -C/--chdir runs the program in another directory than the checked cwd",
+}
+
+
+def _env_inner(rest: list[str]) -> tuple[list[str], str | None]:
+    """The command ``env rest…`` runs (empty: none), or a reason to refuse; unknown or
+    ambiguous options are refused rather than guessed."""
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--":
+            return rest[i + 1 :], None
+        if arg == "-":  # an old spelling of -i
+            i += 1
+            continue
+        if arg.startswith("--"):
+            name, has_value, _value = arg[2:].partition("=")
+            matches = [o for o in _ENV_LONG if o == name] or [o for o in _ENV_LONG if o.startswith(name)]
+            if len(matches) != 1 or not name:
+                return [], f"env option {arg[:40]!r} is unknown or ambiguous"
+            option = matches[0]
+            if option in _ENV_REFUSED:
+                return [], _ENV_REFUSED[option]
+            if option in ("help", "version", "list-signal-handling"):
+                return [], None  # prints, runs nothing
+            if _ENV_LONG[option] is True and not has_value:
+                i += 1  # the value is the next argument
+            i += 1
+            continue
+        if arg.startswith("-") and len(arg) > 1:
+            for j, letter in enumerate(arg[1:], start=1):
+                if letter in _ENV_REFUSED:
+                    return [], _ENV_REFUSED[letter]
+                if letter in _ENV_SHORT_FLAGS:
+                    continue
+                if letter in _ENV_SHORT_VALUE:
+                    if j == len(arg) - 1:
+                        i += 1  # the value is the next argument
+                    break
+                return [], f"env option -{letter} is unknown"
+            i += 1
+            continue
+        if "=" in arg:
+            variable = arg.split("=", 1)[0]
+            if is_never_passed(variable):
+                return [], f"would set {variable}, a variable a child never gets"
+            i += 1
+            continue
+        return rest[i:], None
+    return [], None
+
+
 def _inner_argv(name: str, rest: list[str]) -> tuple[list[list[str]] | None, str | None]:
     """The command line(s) the trampoline ``name`` would run, or a reason to refuse it."""
     if name == "env":
-        if any(a in ("-S", "--split-string") or a.startswith(("-S", "--split-string=")) for a in rest):
-            return None, "env -S splits a string into a command line (a shell-like string)"
-        inner, why = _skip_options(rest, _ENV_WITH_VALUE, assignments=True)
+        inner, why = _env_inner(rest)
         if why:
             return None, why
         return ([inner] if inner else None), None
@@ -528,7 +601,11 @@ def _inner_argv(name: str, rest: list[str]) -> tuple[list[list[str]] | None, str
                 j = i + 1
                 while j < len(rest) and rest[j] not in (";", "+"):
                     j += 1
-                commands.append(rest[i + 1 : j])
+                command = rest[i + 1 : j]
+                if rest[i] in ("-execdir", "-okdir") and command and os.path.basename(command[0]) == "git":
+                    return None, (f"find {rest[i]} would run git in other directories, whose repository "
+                                  "configuration is not checked")
+                commands.append(command)
                 i = j
             elif rest[i] in ("-fprint", "-fprint0", "-fprintf", "-fls", "-delete"):
                 return None, f"find {rest[i]} writes or deletes files outside the gate"

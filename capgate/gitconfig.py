@@ -22,7 +22,7 @@ import re
 import subprocess
 from collections.abc import Mapping, Sequence
 
-__all__ = ["GIT_CONFIG_RULE", "dangerous_git_config", "git_in_argv"]
+__all__ = ["GIT_CONFIG_RULE", "dangerous_git_config", "git_in_argv", "only_git_config"]
 
 GIT_CONFIG_RULE = "process.gitConfig"
 
@@ -44,6 +44,7 @@ _RUNS_A_PROGRAM = re.compile(
     | submodule\..+\.update
     | trailer\..+\.(?:command|cmd)
     | sendemail\..+ | web\.browser | browser\..+ | man\..+ | instaweb\..+ | help\.browser
+    | imap\.tunnel | guitool\..+ | citool\..+ | gui\..*editor
     | url\..+\.(?:insteadof|pushinsteadof)
     | include\..+ | includeif\..+
     | protocol\..*allow
@@ -56,6 +57,12 @@ _TIMEOUT = 10.0
 def git_in_argv(argv: Sequence[str]) -> bool:
     """True when any word of the command line names git (also behind a trampoline)."""
     return any(os.path.basename(a) == "git" for a in argv)
+
+
+def only_git_config(argv: Sequence[str]) -> bool:
+    """True when every git the command line names is ``git config`` (which reads and edits
+    the configuration, never runs it): such a line needs no configuration check."""
+    return all(argv[i + 1 : i + 2] == ["config"] for i, a in enumerate(argv) if os.path.basename(a) == "git")
 
 
 def dangerous_git_config(git: str, cwd: str, env: Mapping[str, str]) -> str | None:

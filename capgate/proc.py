@@ -55,7 +55,7 @@ from capgate.cmdrules import GIT_ENV
 from capgate.decision import Decision
 from capgate.errors import PermissionDenied
 from capgate.gate import Gate, current_gate
-from capgate.gitconfig import GIT_CONFIG_RULE, dangerous_git_config, git_in_argv
+from capgate.gitconfig import GIT_CONFIG_RULE, dangerous_git_config, git_in_argv, only_git_config
 from capgate.supervisor import supervise
 
 __all__ = ["run"]
@@ -99,11 +99,11 @@ def _git_config_decision(
     The git that lists the configuration is an allowed git the command line names, found the
     way the run finds it (never a file the agent planted); no allowed git means none can run.
     """
-    for i, word in enumerate(args):
+    if only_git_config(args):
+        return allowed  # lists or edits the configuration (never runs it): lets a user repair it
+    for word in args:
         if os.path.basename(word) != "git":
             continue
-        if args[i + 1 : i + 2] == ["config"]:
-            return allowed  # lists or edits the configuration (never runs it): lets a user repair it
         git = gate.command_rules.allowed_executable(word, workdir, path_dirs)
         if git is None:
             continue

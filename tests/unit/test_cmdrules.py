@@ -116,3 +116,48 @@ def test_error_while_deciding_is_a_denial(make_gate, workspace: Path) -> None:  
     rules = make_gate({"process": {"allowedCommands": ["git"]}}).command_rules
     assert not rules.decide_argv([object()], str(workspace))[0].allowed  # type: ignore[list-item]
     assert not rules.decide_argv("git status", str(workspace))[0].allowed  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("argv", "allowed"), [
+    (["env", "-i", "FOO=1", "true"], True),
+    (["env", "-iu", "HOME", "true"], True),  # -u takes HOME; the program is true
+    (["env", "--unset=HOME", "true"], True),
+    (["env", "--uns", "HOME", "true"], True),  # getopt abbreviation of --unset, value next
+    (["env", "--", "true"], True),
+    (["env", "-iu", "true", "sh"], False),  # the program is sh, not true
+    (["env", "--uns", "true", "sh"], False),
+    (["env", "-C", "src", "true"], False),  # runs elsewhere than the checked cwd
+    (["env", "--ch=src", "true"], False),
+    (["env", "-iS", "true"], False),
+    (["env", "--split=true"], False),
+    (["env", "--frobnicate", "true"], False),  # unknown: refused, not guessed
+    (["env", "SHELL=/bin/sh", "true"], False),
+    (["env", "TAR_OPTIONS=-Ix", "true"], False),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+def test_env_is_read_the_way_getopt_reads_it(make_gate, workspace: Path, argv: list[str], allowed: bool) -> None:  # type: ignore[no-untyped-def]
+    rules = make_gate({"process": {"allowedCommands": ["env", "true"]}}).command_rules
+    decision, _ = rules.decide_argv(argv, str(workspace))
+    assert decision.allowed is allowed, decision
+
+
+def test_make_counts_as_a_shell(make_gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    """A Makefile names the shell that runs its recipes (SHELL := anything): no exec rule
+    can follow it, so with allowShell false make is refused even when listed."""
+    rules = make_gate({"process": {"allowedCommands": ["make"]}}).command_rules
+    decision, _ = rules.decide_argv(["make", "-n"], str(workspace))
+    assert not decision.allowed and decision.rule == "process.allowShell"
+    rules = make_gate({"process": {"allowedCommands": ["make"], "allowShell": True}}).command_rules
+    if rules.allowed_executable("make", str(workspace)) is not None:  # make is installed here
+        assert rules.decide_argv(["make", "-n"], str(workspace))[0].allowed
+
+
+@pytest.mark.parametrize("argv", [
+    ["git", "--bare", "log"],
+    ["find", ".", "-execdir", "git", "status", ";"],
+])
+def test_git_where_the_checked_repository_is_not_the_one_used(make_gate, workspace: Path,  # type: ignore[no-untyped-def]
+                                                              argv: list[str]) -> None:
+    rules = make_gate({"process": {"allowedCommands": ["git", "find"]}}).command_rules
+    decision, _ = rules.decide_argv(argv, str(workspace))
+    assert not decision.allowed, decision
+    assert rules.decide_argv(["git", "init", "--bare", "output/r.git"], str(workspace))[0].allowed
