@@ -16,6 +16,16 @@ out. ``PR_SET_NO_NEW_PRIVS`` comes with it (the kernel requires it; set-uid prog
 without their privileges). Reads are never restricted here: the deny lists inside read roots
 cannot be expressed as Landlock rules, and the gate decides reads.
 
+What it does not do: stop the ELF loader. The kernel checks ``EXECUTE`` on a binary's
+interpreter too, so ``ld-linux*.so`` must be allowed, and whoever can ``execve`` it can make it
+map and run any *readable* file (``ld.so /bin/sh``) with no further check. So the exec
+allowlist closes the class only together with the rules that no allowed program may be told
+which program to run: trampolines' targets are decided (``env``, ``xargs``, ``find -exec``…),
+git refuses repository configuration that names programs, ``tar -I``/``sort
+--compress-program``… are refused, ``make`` counts as a shell, and option variables
+(``TAR_OPTIONS``, ``MAKEFLAGS``…) never reach a child. An allowed interpreter (``python``,
+``perl``) can always do this: list interpreters knowingly.
+
 Stdlib only (``ctypes``): the spawner (``python -I -S``) imports this file by path. Linux with
 Landlock (5.13+) only; ``available()`` says whether it can be used, and callers report the
 confinement they actually got rather than pretend.
