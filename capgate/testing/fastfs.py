@@ -4,13 +4,24 @@ Each function asks the real gate (same policy, same canonicalization through the
 ``os.path.realpath``) and then acts with plain ``open``/``os`` calls, which pyfakefs fakes.
 It proves a tool *asks* the right questions quickly; it does not prove the race-free opening
 (openat2, descriptor checks), which pyfakefs cannot fake — use the real ``capgate_gate``.
+
+pyfakefs fakes ``os`` only in the modules ``sys.modules`` lists when it starts, hands its fake
+``os`` to modules first imported while it runs and drops those again when it stops. capgate
+loads ``capgate.fs`` and the policy loader lazily and keeps them as package attributes
+(``capgate.fs``, ``capgate.policy.load``) and in the package's lazy cache
+(``capgate.load_policy``), so ``prepare()`` and ``forget_loaded_while_patched()`` keep those
+references and ``sys.modules`` in step around the patching (see ``capgate_fast_fs``).
 """
 
 from __future__ import annotations
 
 import builtins
+import importlib
 import os
 import shutil
+import sys
+from collections.abc import Mapping
+from types import FunctionType, ModuleType
 from typing import Any
 
 import pytest
@@ -19,7 +30,7 @@ from capgate.errors import PermissionDenied
 from capgate.gate import current_gate
 from capgate.ops import FS_DELETE, FS_READ, FS_WRITE
 
-__all__ = ["install"]
+__all__ = ["forget_loaded_while_patched", "install", "prepare"]
 
 
 def _checked(op: str, path: Any) -> str:
@@ -103,3 +114,79 @@ def install(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in _NAMES:
         monkeypatch.setattr(real, name, globals()[name])
+
+
+# What the fixture and the fake functions run: imported before pyfakefs starts, so that none is
+# first imported under it (``capgate._sys.openat2`` probes the kernel at import, the policy
+# loader would keep pyfakefs' fake ``os`` after the test).
+_PRELOAD = ("capgate.fs", "capgate.policy.load", "capgate.policy.schema", "capgate.policy.dump", "capgate.addresses",
+            "capgate.hosts")
+
+
+def _is_capgate(name: object) -> bool:
+    return isinstance(name, str) and (name == "capgate" or name.startswith("capgate."))
+
+
+def _capgate_modules() -> list[ModuleType]:
+    return [m for n, m in list(sys.modules.items()) if _is_capgate(n) and isinstance(m, ModuleType)]
+
+
+def _reattach_dropped_modules() -> None:
+    """Register again the capgate modules the package still hands out but ``sys.modules`` lost.
+
+    pytester's in-process runs restore ``sys.modules`` afterwards, dropping the capgate modules
+    first imported during the run while ``capgate.fs`` or ``capgate.load_policy`` still lead to
+    them: pyfakefs would not patch them, and ``import capgate.fs`` would build a second copy.
+    """
+    stack = _capgate_modules()
+    seen = {id(m) for m in stack}
+    while stack:
+        for value in list(vars(stack.pop()).values()):
+            if not isinstance(value, ModuleType) or id(value) in seen or not _is_capgate(value.__name__):
+                continue
+            seen.add(id(value))
+            sys.modules.setdefault(value.__name__, value)
+            if sys.modules[value.__name__] is value:  # follow only what is now the registered module
+                stack.append(value)
+
+
+def prepare() -> dict[str, ModuleType]:
+    """Before pyfakefs starts: make the capgate modules in use registered and loaded.
+
+    Returns the ``sys.modules`` of that moment, for ``forget_loaded_while_patched``.
+    """
+    _reattach_dropped_modules()
+    for name in _PRELOAD:
+        importlib.import_module(name)
+    import capgate
+
+    if capgate.fs is not sys.modules["capgate.fs"] or not _is_registered(capgate.load_policy):
+        raise RuntimeError(
+            "capgate_fast_fs: this process holds two copies of capgate.fs or capgate.policy.load "
+            "(sys.modules was edited); pyfakefs would patch only one of them"
+        )
+    return dict(sys.modules)
+
+
+def _is_registered(fn: Any) -> bool:
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    return isinstance(module, ModuleType) and getattr(fn, "__globals__", None) is vars(module)
+
+
+def forget_loaded_while_patched(before: Mapping[str, ModuleType]) -> None:
+    """After pyfakefs stopped: drop capgate's references to modules first imported under it.
+
+    pyfakefs removed those modules from ``sys.modules`` (they hold its fake ``os``), but a
+    package attribute or lazy cache (``capgate.net``, ``capgate.load_policy``) would keep
+    handing them to the next, real-filesystem, test; without it they load afresh.
+    """
+    for module in _capgate_modules():
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, ModuleType):
+                stale = _is_capgate(value.__name__) and before.get(value.__name__) is not value
+            elif isinstance(value, FunctionType):
+                stale = _is_capgate(value.__module__) and value.__module__ not in before
+            else:
+                continue
+            if stale:
+                delattr(module, attr)

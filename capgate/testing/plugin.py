@@ -74,15 +74,22 @@ def capgate_fast_fs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
 
     from capgate.testing import fastfs
 
-    with Patcher() as patcher:
-        assert patcher.fs is not None
-        home = Path("/home/agent")
-        monkeypatch.setenv("HOME", str(home))
-        ws = build_workspace(Path("/work/ws"), home, hard_links=False)
-        gate = gate_for(ws, _policy_from_marker(request))
-        fastfs.install(monkeypatch)
-        with gate:
-            yield gate
+    # capgate's lazily loaded modules must be loaded and in sys.modules before pyfakefs starts,
+    # and what pyfakefs unloads when it stops must not stay reachable from the capgate package
+    # (see capgate.testing.fastfs) — else a real-fs test before or after this one breaks it.
+    loaded = fastfs.prepare()
+    try:
+        with Patcher() as patcher:
+            assert patcher.fs is not None
+            home = Path("/home/agent")
+            monkeypatch.setenv("HOME", str(home))
+            ws = build_workspace(Path("/work/ws"), home, hard_links=False)
+            gate = gate_for(ws, _policy_from_marker(request))
+            fastfs.install(monkeypatch)
+            with gate:
+                yield gate
+    finally:
+        fastfs.forget_loaded_while_patched(loaded)
 
 
 _ = CANARY

@@ -2,9 +2,41 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from types import FunctionType, ModuleType
+
 import pytest
 
 pytest_plugins = ["pytester"]
+
+
+def _capgate_modules_at_startup() -> frozenset[str]:
+    """The capgate modules a fresh pytest process holds before its first test (the plugin's)."""
+    code = "import sys, capgate.testing.plugin; print(*(m for m in sys.modules if m.startswith('capgate')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return frozenset(out.stdout.split())
+
+
+@pytest.fixture
+def lazy_capgate_unloaded(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unload what capgate loads lazily (``capgate.fs``, the policy loader), as in a fresh pytest
+    process, whatever this one ran before: the in-process runs of the test then import it
+    themselves. Put back afterwards (after pytester's own restore of ``sys.modules``)."""
+    startup = _capgate_modules_at_startup()
+
+    def lazy(name: object) -> bool:
+        return isinstance(name, str) and name.startswith("capgate.") and name not in startup
+
+    for name in [n for n in sys.modules if lazy(n)]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in startup:
+        module = sys.modules[name]
+        for attr, value in list(vars(module).items()):
+            if (isinstance(value, ModuleType) and lazy(value.__name__)) or (
+                isinstance(value, FunctionType) and lazy(value.__module__)
+            ):
+                monkeypatch.delattr(module, attr)
 
 
 def test_corpus_runner_flags_a_leaky_tool_and_passes_a_gated_one(pytester: pytest.Pytester) -> None:
@@ -82,3 +114,57 @@ def test_fast_fs_mode(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+_REAL_FS_TESTS = """
+from capgate import fs
+
+def test_real(capgate_gate, capgate_workspace):
+    assert fs.read_text("src/app.py") == "print('hello')\\n"
+"""
+
+_FAST_FS_TESTS = """
+import os
+from capgate import fs
+
+def test_fast(capgate_fast_fs):
+    assert fs.read_text("src/app.py") == "print('hello')\\n"
+    fs.write_text("output/x.txt", "hi")
+    assert os.path.exists("/work/ws/output/x.txt")  # on the fake filesystem
+"""
+
+
+def test_fast_fs_after_a_real_fs_run_in_the_same_process(
+    pytester: pytest.Pytester, lazy_capgate_unloaded: None
+) -> None:
+    # The first run imports capgate.fs and the policy loader and drops them from sys.modules
+    # when it ends, while capgate.fs / capgate.load_policy still lead to them.
+    pytester.makepyfile(test_real_first=_REAL_FS_TESTS)
+    pytester.runpytest("-q", "-p", "no:cacheprovider", "test_real_first.py").assert_outcomes(passed=1)
+    pytester.makepyfile(test_fast_then=_FAST_FS_TESTS)
+    pytester.runpytest("-q", "-p", "no:cacheprovider", "test_fast_then.py").assert_outcomes(passed=1)
+
+
+def test_fast_fs_and_real_fs_tests_mix_in_one_session(pytester: pytest.Pytester, lazy_capgate_unloaded: None) -> None:
+    # A tool author's suite: capgate modules first imported under pyfakefs (the policy loader
+    # in the fixture, capgate.fs in the test) must not leak its fake os into the real-fs test.
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_1_fast(capgate_fast_fs):
+            from capgate import fs
+            fs.write_text("output/x.txt", "hi")
+            assert os.path.exists("/work/ws/output/x.txt")
+
+        def test_2_real(capgate_gate, capgate_workspace):
+            from capgate import fs
+            assert fs.read_text("src/app.py") == "print('hello')\\n"
+            assert not os.path.exists("/work/ws/output/x.txt")
+
+        def test_3_fast(capgate_fast_fs):
+            from capgate import fs
+            assert fs.read_text("src/app.py") == "print('hello')\\n"
+        """
+    )
+    pytester.runpytest("-q", "-p", "no:cacheprovider").assert_outcomes(passed=3)
