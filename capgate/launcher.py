@@ -298,19 +298,16 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                    protected=(os.path.realpath(audit_path), policy_file))
     policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
                           extra_read=script_roots)
-    warmup = None
-    confine = None
-    if options.command and not options.dry_run_policy:
-        # The kernel layer under the hooks: the tree may write only beneath the write roots
-        # and (allowShell false) execute only the command and the allowed commands. Made now,
-        # so the spawner that the warm-up starts is already under it.
-        _make_write_roots(policy, sandbox_home, tmpdir)
-        confine = soft_plan(policy, argv)
-        warmup = _SpawnerWarmup(policy.limits, confine)  # starts the supervisor's spawner while we finish
     _check_outside_writes(policy, audit_path, "the audit log (--audit-log)",
                           exempt=(sandbox_home, tmpdir, "/dev/null"))
     _check_outside_writes(policy, run_dir, "the launcher's run directory (TMPDIR)",
                           exempt=(sandbox_home, tmpdir, "/dev/null"))
+    warmup = None
+    if options.command and not options.dry_run_policy:
+        # The kernel layer under the hooks (soft_plan) is worked out on the warm-up thread,
+        # which then starts the supervisor's spawner under it while we finish here.
+        _make_write_roots(policy, sandbox_home, tmpdir)
+        warmup = _SpawnerWarmup(policy, argv)
 
     # -- first lines ------------------------------------------------------------------
     source = policy.source or "built-in defaults"
@@ -331,6 +328,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         _print_dry_run(out, policy, backend_name, audit_path, sandbox_home, tmpdir)
         return 0
 
+    confine = warmup.plan() if warmup is not None else None
     if confine is None:
         say("kernel layer: none (no Landlock on this kernel): the hooks are the only file and process checks")
     else:
@@ -378,35 +376,51 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
 
 
 class _SpawnerWarmup:
-    """Start the supervisor's spawner process (``capgate._sys.spawner``: ~40 ms to come up) on
-    a thread, in parallel with the rest of the launcher's start-up, and leave it idle in the
-    spawner pool where ``supervise`` will pick it up. Best effort: the pool key is worked out
-    the way ``capgate.supervisor`` does it; if the two ever disagree the idle spawner is just
-    unused (it exits with this process) and ``supervise`` starts its own, as before."""
+    """Work out the kernel layer (``soft_plan``) and start the supervisor's spawner process
+    under it (``capgate._sys.spawner``: ~20 ms to come up) on a thread, in parallel with the
+    rest of the launcher's start-up, leaving the spawner idle in the pool where ``supervise``
+    picks it up; also keeps cgroup migration warm for the child's start. The spawner part is
+    best effort (a pool-key mismatch only means ``supervise`` starts its own); the plan is
+    not: ``plan()`` computes it here if the thread could not."""
 
-    def __init__(self, limits: Any, confine: Any = None) -> None:
+    def __init__(self, policy: Policy, argv: Sequence[str]) -> None:
         import threading
 
-        self._thread = threading.Thread(target=self._run, args=(limits, confine), name="capgate-spawner-warmup",
-                                        daemon=True)
+        self._policy = policy
+        self._argv = tuple(argv)
+        self._plan: Any = None
+        self._planned = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="capgate-spawner-warmup", daemon=True)
         self._thread.start()
 
-    @staticmethod
-    def _run(limits: Any, confine: Any) -> None:
+    def _run(self) -> None:
         try:
+            from capgate._sys.cgroup import keep_migrations_warm
+
+            keep_migrations_warm(2.0)  # the child's cgroup join is then ~30 us, not a grace period
+            self._plan = soft_plan(self._policy, self._argv)
+            self._planned.set()
             from capgate import supervisor
             from capgate._sys import spawner
             from capgate._sys.rlimits import limit_table
 
+            limits = self._policy.limits
             table = limit_table(limits)
             carriable = getattr(supervisor, "_carriable", None)
             fast = limits.max_processes >= 2 and carriable is not None and carriable(table)
             spawner.release(spawner.acquire(tuple((row[0], row[1], row[2]) for row in table) if fast else None,
-                                            confine))
+                                            self._plan))
         except Exception:  # an optimisation only: supervise() starts a spawner itself
             pass
 
+    def plan(self) -> Any:
+        """The Landlock plan for the child tree (None: no Landlock here), once worked out."""
+        if self._planned.wait(5.0):
+            return self._plan
+        return soft_plan(self._policy, self._argv)  # the thread failed or hangs: never run without it
+
     def join(self, timeout: float) -> None:
+        """Wait for the spawner to be idle in the pool (else supervise would start a second)."""
         self._thread.join(timeout)
 
 

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from capgate._sys import spawner as _spawner
-from capgate._sys.cgroup import PidsCgroup, cgroup_home_procs_fd, create_pids_cgroup
+from capgate._sys.cgroup import PidsCgroup, cgroup_home_procs_fd, create_pids_cgroup, stop_warming
 from capgate._sys.landlock import LandlockUnavailable, Plan, Ruleset, plan
 from capgate._sys.rlimits import MB, RlimitTable, apply_rlimits, limit_table, user_process_count
 from capgate.errors import UnsupportedPlatform
@@ -397,6 +397,7 @@ def _run(
         }
         start = time.monotonic()
         child = spawner.spawn(request, fds)
+        stop_warming()  # (the launcher kept cgroup migration warm for this first spawn)
         tree.pgid = child.pid
         for fd in theirs:
             os.close(fd)
