@@ -307,7 +307,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         # The kernel layer under the hooks (soft_plan) is worked out on the warm-up thread,
         # which then starts the supervisor's spawner under it while we finish here.
         _make_write_roots(policy, sandbox_home, tmpdir)
-        warmup = _SpawnerWarmup(policy, argv)
+        warmup = _SpawnerWarmup(policy, argv, extra_read=(run_dir,))  # (policy.json, boot/: the child reads them)
 
     # -- first lines ------------------------------------------------------------------
     source = policy.source or "built-in defaults"
@@ -332,7 +332,9 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     if confine is None:
         say("kernel layer: none (no Landlock on this kernel): the hooks are the only file and process checks")
     else:
-        say("kernel layer (Landlock): the whole tree may write only beneath the write roots"
+        say("kernel layer (Landlock): the whole tree may write only beneath the write roots, read only "
+            "beneath the read roots and the system's own files, connect only to the egress proxy, signal "
+            "nothing outside itself"
             + (", and execute only the command and the allowed commands" if confine.restricts_exec else ""))
     say(f"audit log: {audit_path}")
     from capgate.audit import AuditLog
@@ -346,7 +348,10 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     audit.event("run.start", backend="soft", soft_sandbox=True, backend_reason=why_backend,
                 expansion=policy.origin, policy_source=source, command=list(argv), python_child=python_child,
                 landlock={"write": bool(confine and confine.restricts_write),
-                          "exec": bool(confine and confine.restricts_exec)},
+                          "exec": bool(confine and confine.restricts_exec),
+                          "read": bool(confine and confine.restricts_read),
+                          "connect": bool(confine and confine.restricts_connect),
+                          "signals": bool(confine and confine.scoped)},
                 os=_os_info(), python=_python_info(), policy=policy.to_dict(redact=True))
     request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
@@ -383,11 +388,12 @@ class _SpawnerWarmup:
     best effort (a pool-key mismatch only means ``supervise`` starts its own); the plan is
     not: ``plan()`` computes it here if the thread could not."""
 
-    def __init__(self, policy: Policy, argv: Sequence[str]) -> None:
+    def __init__(self, policy: Policy, argv: Sequence[str], extra_read: Sequence[str] = ()) -> None:
         import threading
 
         self._policy = policy
         self._argv = tuple(argv)
+        self._extra_read = tuple(extra_read)
         self._plan: Any = None
         self._planned = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capgate-spawner-warmup", daemon=True)
@@ -398,7 +404,7 @@ class _SpawnerWarmup:
             from capgate._sys.cgroup import keep_migrations_warm
 
             keep_migrations_warm(2.0)  # the child's cgroup join is then ~30 us, not a grace period
-            self._plan = soft_plan(self._policy, self._argv)
+            self._plan = soft_plan(self._policy, self._argv, extra_read=self._extra_read)
             self._planned.set()
             from capgate import supervisor
             from capgate._sys import spawner
@@ -417,7 +423,8 @@ class _SpawnerWarmup:
         """The Landlock plan for the child tree (None: no Landlock here), once worked out."""
         if self._planned.wait(5.0):
             return self._plan
-        return soft_plan(self._policy, self._argv)  # the thread failed or hangs: never run without it
+        # the thread failed or hangs: never run without the plan
+        return soft_plan(self._policy, self._argv, extra_read=self._extra_read)
 
     def join(self, timeout: float) -> None:
         """Wait for the spawner to be idle in the pool (else supervise would start a second)."""
@@ -455,18 +462,48 @@ def _make_write_roots(policy: Policy, home: str, tmpdir: str) -> None:
                 pass  # left to the child (and the gate) as before
 
 
-def soft_plan(policy: Policy, argv: Sequence[str]) -> Any:
-    """The Landlock plan for a soft-sandboxed tree (None without Landlock): writes only
-    beneath ``filesystem.write``; with ``allowShell: false`` also ``execve`` only of the
-    command itself (what its exec needs: loader, ``#!`` interpreter) and the allowed commands."""
+# What any program needs to read to run at all (libraries, locale, name service, devices,
+# /proc). Outside these and the policy's roots nothing is readable to the tree: the real
+# HOME, other users, other temp dirs. /etc is listed entry by entry, without these:
+_SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/opt", "/proc", "/sys",
+                      "/dev", "/run/systemd/resolve")
+_ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh", "ssl",
+                          "security", "credstore", "credstore.encrypted", "libvirt", "machine-id", "krb5.keytab",
+                          "docker", "containers", "wireguard", "NetworkManager", "ppp", "openvpn"})
+
+
+def _system_read_roots() -> list[str]:
+    roots = list(_SYSTEM_READ_ROOTS)
+    try:
+        roots += [os.path.join("/etc", name) for name in os.listdir("/etc") if name not in _ETC_SECRETS]
+    except OSError:
+        pass
+    roots += ["/etc/ssl/certs", "/etc/ssl/openssl.cnf"]  # certificates, never /etc/ssl/private
+    return roots
+
+
+def soft_plan(policy: Policy, argv: Sequence[str], *, extra_read: Sequence[str] = ()) -> Any:
+    """The Landlock plan for a soft-sandboxed tree (None without Landlock): write only beneath
+    ``filesystem.write`` (never device nodes); read only beneath the read roots, the runtime
+    read roots, the write roots and the system's own files (``_system_read_roots``); no TCP
+    connect (the proxy's port is added by the backend when the network is on); no signals to
+    processes outside the tree; with ``allowShell: false`` ``execve`` only of the command
+    itself (and what its exec needs: loader, ``#!`` interpreter) and the allowed commands.
+
+    The read deny lists *inside* the roots (``.env``, ``*.pem`` in the workspace) are the
+    hooks' alone: Landlock can only allow."""
     from capgate._sys.landlock import exec_dependencies, plan
     from capgate.cmdrules import CommandRules
 
     exec_allow = CommandRules(policy).exec_allowlist()
-    if exec_allow is not None and argv:
-        command = os.path.realpath(argv[0])
+    command = os.path.realpath(argv[0]) if argv else None
+    if exec_allow is not None and command is not None:
         exec_allow = (*exec_allow, command, *exec_dependencies(command))
-    return plan(exec_allow, policy.filesystem.write)
+    fs = policy.filesystem
+    reads = [*fs.read, *fs.runtime_read, *_system_read_roots(), *extra_read]
+    if command is not None:
+        reads += [command, *exec_dependencies(command)]
+    return plan(exec_allow, fs.write, read_roots=reads, connect_ports=(), scope=True)
 
 
 def _check_outside_writes(policy: Policy, path: str, what: str, exempt: Sequence[str]) -> None:

@@ -43,7 +43,8 @@ TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: the spawner imports this 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["EXECUTE", "WRITE", "LandlockUnavailable", "Plan", "Ruleset", "available", "exec_dependencies", "plan"]
+__all__ = ["EXECUTE", "READ", "WRITE", "LandlockUnavailable", "Plan", "Ruleset", "available", "exec_dependencies",
+           "plan"]
 
 _SYS_CREATE_RULESET = 444  # the same number on every architecture (added after the syscall table merge)
 _SYS_ADD_RULE = 445
@@ -58,9 +59,17 @@ _REMOVE_DIR, _REMOVE_FILE, _MAKE_CHAR, _MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 
 _MAKE_REG, _MAKE_SOCK, _MAKE_FIFO, _MAKE_BLOCK, _MAKE_SYM = 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12
 _REFER = 1 << 13  # ABI 2: rename/link across directories
 _TRUNCATE = 1 << 14  # ABI 3
+READ_FILE, READ_DIR = 1 << 2, 1 << 3
+READ = READ_FILE | READ_DIR
 # Every right that creates, changes or removes a file system object (reads and ioctls stay free).
 WRITE = (WRITE_FILE | _REMOVE_DIR | _REMOVE_FILE | _MAKE_CHAR | _MAKE_DIR | _MAKE_REG | _MAKE_SOCK
          | _MAKE_FIFO | _MAKE_BLOCK | _MAKE_SYM | _REFER | _TRUNCATE)
+# What a write root allows: everything in WRITE but device nodes (a block device made in
+# output/ would write the disk itself; the kernel checks only the node's own path).
+_WRITE_ALLOWED = WRITE & ~(_MAKE_CHAR | _MAKE_BLOCK)
+CONNECT_TCP = 1 << 1  # handled_access_net (ABI 4); bind stays free
+_RULE_NET_PORT = 2
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 _FILE_RIGHTS = EXECUTE | WRITE_FILE | (1 << 2) | _TRUNCATE | (1 << 15)  # what a rule on a non-directory may carry
 _ABI_RIGHTS = {1: (1 << 13) - 1, 2: (1 << 14) - 1}  # ABI >= 3: up to TRUNCATE (higher bits unused here)
 
@@ -93,24 +102,34 @@ def available() -> int:
 
 
 class Plan:
-    """What a tree may do: ``handled`` rights are denied except ``rules`` (path, rights).
+    """What a tree may do: ``handled`` file rights are denied except ``rules`` (path, rights);
+    with ``net_handled``, TCP connects only to ``ports``; ``scoped``: no signals (and no
+    abstract Unix sockets) to processes outside the tree's domain.
 
     Immutable and hashable: spawners are pooled per plan."""
 
-    __slots__ = ("handled", "rules")
+    __slots__ = ("handled", "net_handled", "ports", "rules", "scoped")
 
-    def __init__(self, handled: int, rules: tuple[tuple[str, int], ...]) -> None:
+    def __init__(self, handled: int, rules: tuple[tuple[str, int], ...], net_handled: int = 0,
+                 ports: tuple[int, ...] = (), scoped: int = 0) -> None:
         self.handled = handled
         self.rules = rules
+        self.net_handled = net_handled
+        self.ports = ports
+        self.scoped = scoped
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.handled, self.rules, self.net_handled, self.ports, self.scoped)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Plan) and (self.handled, self.rules) == (other.handled, other.rules)
+        return isinstance(other, Plan) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.handled, self.rules))
+        return hash(self._key())
 
     def __repr__(self) -> str:
-        return f"Plan(handled={self.handled:#x}, rules={self.rules!r})"
+        return (f"Plan(handled={self.handled:#x}, rules={len(self.rules)}, net_handled={self.net_handled:#x}, "
+                f"ports={self.ports!r}, scoped={self.scoped:#x})")
 
     @property
     def restricts_exec(self) -> bool:
@@ -120,30 +139,52 @@ class Plan:
     def restricts_write(self) -> bool:
         return bool(self.handled & WRITE_FILE)
 
+    @property
+    def restricts_read(self) -> bool:
+        return bool(self.handled & READ_FILE)
+
+    @property
+    def restricts_connect(self) -> bool:
+        return bool(self.net_handled & CONNECT_TCP)
+
+    def with_connect_ports(self, ports: tuple[int, ...]) -> Plan:
+        """The same plan, allowing TCP connects to ``ports`` (when connects are handled)."""
+        return Plan(self.handled, self.rules, self.net_handled, ports if self.net_handled else (), self.scoped)
+
     def encode(self) -> str:
         """One argv-safe string (for the spawner's command line)."""
-        fields = [str(self.handled)] + [f"{rights}:{path}" for path, rights in self.rules]
+        head = f"{self.handled},{self.net_handled},{self.scoped},{'/'.join(str(p) for p in self.ports)}"
+        fields = [head] + [f"{rights}:{path}" for path, rights in self.rules]
         return os.fsencode("\0".join(fields)).hex()
 
     @classmethod
     def decode(cls, text: str) -> Plan:
-        handled, *fields = os.fsdecode(bytes.fromhex(text)).split("\0")
+        head, *fields = os.fsdecode(bytes.fromhex(text)).split("\0")
+        handled, net_handled, scoped, ports = head.split(",")
         rules = tuple((path, int(rights)) for rights, _, path in (f.partition(":") for f in fields))
-        return cls(int(handled), rules)
+        return cls(int(handled), rules, int(net_handled), tuple(int(p) for p in ports.split("/") if p), int(scoped))
 
 
-def plan(exec_allow: Sequence[str] | None, write_roots: Sequence[str] | None) -> Plan | None:
-    """The plan for executing only ``exec_allow`` and writing only beneath ``write_roots``
-    (None: that kind of access is not restricted). None when nothing is restricted or this
-    kernel has no Landlock. Paths that do not exist are left out: nothing can be executed from
-    them, or created beneath them."""
+def plan(exec_allow: Sequence[str] | None, write_roots: Sequence[str] | None, *,
+         read_roots: Sequence[str] | None = None, connect_ports: Sequence[int] | None = None,
+         scope: bool = False) -> Plan | None:
+    """The plan for a tree that may execute only ``exec_allow``, write only beneath
+    ``write_roots``, read only beneath ``read_roots`` (plus the write roots and executables),
+    connect over TCP only to ``connect_ports``, and (``scope``) signal no process outside it.
+    None for any of them: not restricted. None when nothing is restricted or this kernel has
+    no Landlock. Rights and scopes the kernel's ABI lacks are left out. Paths that do not
+    exist are left out: nothing can be executed, created or read beneath them."""
     abi = available()
-    if abi == 0 or (exec_allow is None and write_roots is None):
+    if abi == 0 or (exec_allow is None and write_roots is None and read_roots is None and connect_ports is None
+                    and not scope):
         return None
     supported = _ABI_RIGHTS.get(abi, (1 << 15) - 1)
-    handled = ((EXECUTE if exec_allow is not None else 0) | (WRITE if write_roots is not None else 0)) & supported
+    handled = ((EXECUTE if exec_allow is not None else 0) | (WRITE if write_roots is not None else 0)
+               | (READ if read_roots is not None else 0)) & supported
+    reads = READ & handled
     wanted: dict[str, int] = {}
-    for paths, rights in ((exec_allow or (), EXECUTE), (write_roots or (), WRITE & supported)):
+    writes = (_WRITE_ALLOWED & supported) | reads
+    for paths, rights in ((exec_allow or (), EXECUTE | reads), (write_roots or (), writes), (read_roots or (), reads)):
         for path in paths:
             wanted[path] = wanted.get(path, 0) | rights
     rules: list[tuple[str, int]] = []
@@ -155,7 +196,10 @@ def plan(exec_allow: Sequence[str] | None, write_roots: Sequence[str] | None) ->
         rights &= handled if is_dir else handled & _FILE_RIGHTS
         if rights:
             rules.append((path, rights))
-    return Plan(handled, tuple(rules))
+    net_handled = CONNECT_TCP if connect_ports is not None and abi >= 4 else 0
+    ports = tuple(sorted(set(connect_ports or ()))) if net_handled else ()
+    scoped = (SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET) if scope and abi >= 6 else 0
+    return Plan(handled, tuple(rules), net_handled, ports, scoped)
 
 
 class Ruleset:
@@ -169,7 +213,12 @@ class Ruleset:
         if not available():
             raise LandlockUnavailable(38, "Landlock is not available on this kernel")
         call = _syscall()
-        attr = struct.pack("=Q", wanted.handled)  # handled_access_fs only: valid from ABI 1
+        if wanted.scoped:  # struct landlock_ruleset_attr grew with the ABI: send the smallest that fits
+            attr = struct.pack("=QQQ", wanted.handled, wanted.net_handled, wanted.scoped)
+        elif wanted.net_handled:
+            attr = struct.pack("=QQ", wanted.handled, wanted.net_handled)
+        else:
+            attr = struct.pack("=Q", wanted.handled)
         buf = ctypes.create_string_buffer(attr, len(attr))
         fd = call(ctypes.c_long(_SYS_CREATE_RULESET), buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
         if fd < 0:
@@ -190,6 +239,12 @@ class Ruleset:
                         raise LandlockUnavailable(err, f"landlock_add_rule {path}: {os.strerror(err)}")
                 finally:
                     os.close(target)
+            for port in wanted.ports:
+                rule = ctypes.create_string_buffer(struct.pack("=QQ", CONNECT_TCP, port), 16)
+                if call(ctypes.c_long(_SYS_ADD_RULE), ctypes.c_int(self.fd), ctypes.c_int(_RULE_NET_PORT),
+                        rule, ctypes.c_uint32(0)) < 0:
+                    err = ctypes.get_errno()
+                    raise LandlockUnavailable(err, f"landlock_add_rule port {port}: {os.strerror(err)}")
         except BaseException:
             os.close(self.fd)
             raise

@@ -178,6 +178,9 @@ class SoftBackend:
             env["NO_PROXY"] = env["no_proxy"] = ""
             env["CAPGATE_PROXY"] = f"{host}:{port}"
             audit.event("proxy.started", address=f"{host}:{port}")
+        confine = request.confine
+        if confine is not None and proxy is not None:  # the kernel layer lets TCP reach the proxy alone
+            confine = confine.with_connect_ports((int(proxy.address[1]),))
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         env["CAPGATE_AUDIT_FD"] = str(write_fd)
         reader = ChildReportReader(read_fd, audit)
@@ -192,7 +195,7 @@ class SoftBackend:
         started = time.monotonic()
         try:
             result = _supervise(list(request.argv), policy=policy, env=env, cwd=policy.workspace,
-                                pass_fds=(write_fd,), confine=request.confine)
+                                pass_fds=(write_fd,), confine=confine)
         finally:
             os.close(write_fd)
             reader.join(timeout=5.0)

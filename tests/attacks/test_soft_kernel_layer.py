@@ -62,7 +62,7 @@ def test_non_python_child_cannot_write_outside_the_write_roots(ws: Path, home: P
     assert proc.returncode == 0, proc.stderr
     assert (ws / "output" / "copy.py").read_text() == "print('hi')\n"
     start = next(line for line in audit_lines(home) if line.get("event") == "run.start")
-    assert start["landlock"] == {"write": True, "exec": True}
+    assert start["landlock"] == {"write": True, "exec": True, "read": True, "connect": True, "signals": True}
 
 
 def test_non_python_child_cannot_execute_unlisted_programs(ws: Path, home: Path, tmp_path: Path) -> None:
@@ -104,3 +104,15 @@ def test_allow_shell_keeps_writes_confined_but_lets_the_shell_run(ws: Path, home
                         shutil.which("sh") or "/bin/sh", "-c", script], home=home, cwd=ws)
     assert not outside.exists(), proc.stderr
     assert (ws / "output" / "from-shell.txt").read_text() == "inside\n"
+
+
+def test_non_python_child_cannot_read_outside_the_read_roots(ws: Path, home: Path) -> None:
+    """The fake HOME's key is outside every read root: cat cannot open it; the workspace reads."""
+    secret = home / ".ssh" / "id_rsa"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("CANARY-KEY-CONTENT\n")
+    cat = shutil.which("cat") or "/bin/cat"
+    proc = capgate_run(["run", "--backend", "soft", "--", cat, str(secret)], home=home, cwd=ws)
+    assert "CANARY-KEY-CONTENT" not in proc.stdout and proc.returncode != 0, proc.stdout
+    proc = capgate_run(["run", "--backend", "soft", "--", cat, "src/app.py"], home=home, cwd=ws)
+    assert proc.returncode == 0 and proc.stdout == "print('hi')\n", proc.stderr
