@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,9 @@ print(json.dumps({"median": statistics.median(samples), "p95": samples[int(0.95 
 '''
 
 
+ROUNDS = 5
+
+
 def main() -> None:
     files = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,12 +57,18 @@ def main() -> None:
             fh.write(WORKLOAD)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPGATE_", "SOFT_SANDBOX", "AGENT_IN"))}
         env["HOME"] = home
-        raw = subprocess.run([sys.executable, script], cwd=ws, env=env, capture_output=True, text=True, check=True)
-        gated = subprocess.run([sys.executable, "-m", "capgate", "run", "--backend", "soft", "--workspace", ws,
-                                "--audit-log", os.path.join(tmp, "audit.jsonl"), "--", sys.executable, script],
-                               cwd=ws, env=env, capture_output=True, text=True, check=True)
-    r = json.loads(raw.stdout)
-    g = json.loads(gated.stdout)
+        raws, gateds = [], []
+        for _ in range(ROUNDS):  # interleaved: this machine's speed drifts between runs
+            raw = subprocess.run([sys.executable, script], cwd=ws, env=env, capture_output=True, text=True,
+                                 check=True)
+            gated = subprocess.run([sys.executable, "-m", "capgate", "run", "--backend", "soft", "--workspace", ws,
+                                    "--audit-log", os.path.join(tmp, "audit.jsonl"), "--", sys.executable, script],
+                                   cwd=ws, env=env, capture_output=True, text=True, check=True)
+            raws.append(json.loads(raw.stdout))
+            gateds.append(json.loads(gated.stdout))
+    r = {k: statistics.median(x[k] for x in raws) for k in ("median", "p95")}
+    g = {k: statistics.median(x[k] for x in gateds) for k in ("median", "p95")}
+    g["n"] = gateds[0]["n"]
     print(json.dumps({
         "bench": "soft_files", "python": platform.python_version(), "kernel": platform.release(),
         "cpu": platform.machine(), "n": g["n"],
