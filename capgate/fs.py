@@ -462,7 +462,8 @@ class AtomicFile:
 
 
 def _temp_name(name: str) -> str:
-    """A sibling temp name that fits NAME_MAX (255 bytes) whatever the target's name is."""
+    """A sibling temp name that fits NAME_MAX (255 bytes) whatever the target's name is. The gate
+    refuses to write, rename or remove such names (``paths._TEMP_NAME``, rule ``fs.tempFile``)."""
     stem = os.fsencode(name)[:200].decode(sys.getfilesystemencoding(), "ignore")
     return f".{stem}.capgate-{secrets.token_hex(6)}.tmp"
 

@@ -174,11 +174,16 @@ _REGEX_SOURCES: dict[str, str] = {}
 
 # The anchored form of a deny entry that matches every path ("**", "*").
 MATCH_ALL = "/"
+# capgate.fs's sibling temp names (``fs._temp_name``): ``.NAME.capgate-<12 hex>.tmp``.
+_TEMP_NAME = re.compile(r"\..*\.capgate-[0-9a-f]{12}\.tmp\Z", re.DOTALL)
 
 
 def _glob_regex(line: str) -> re.Pattern[str]:
-    """The regex for one gitignore line (pathspec's translation, named groups removed)."""
-    flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
+    """The regex for one gitignore line (pathspec's translation, named groups removed).
+
+    ``re.DOTALL``: pathspec spells ``**`` and ``*`` with ``.``, which would not match a newline
+    in a directory or file name (``data/a\nb/secret.txt`` slipped past ``data/**/secret.txt``)."""
+    flags = re.DOTALL | (re.IGNORECASE if _CASE_INSENSITIVE else 0)
     source = _REGEX_SOURCES.get(line)
     if source is None:
         import pathspec
@@ -285,7 +290,7 @@ class PathMatcher:
     """
 
     def __init__(self, patterns: Sequence[tuple[str, ...]]) -> None:
-        flags = re.IGNORECASE if _CASE_INSENSITIVE else 0
+        flags = re.DOTALL | (re.IGNORECASE if _CASE_INSENSITIVE else 0)  # names may contain newlines
         self._exact: dict[str, int] = {}
         self._prefixes: list[tuple[str, int]] = []
         self._suffixes: list[tuple[str, int]] = []
@@ -306,7 +311,7 @@ class PathMatcher:
                 elif kind == "name":
                     self._name_res.append((re.compile(_component_regex(str(value)), flags), index))
                 elif kind == "sequence":
-                    self._sequences.append((re.compile(str(value)), index))
+                    self._sequences.append((re.compile(str(value), re.DOTALL), index))
                 elif kind == "literal":
                     self._literal.setdefault(str(value), index)
                 elif kind == "tail":
@@ -445,6 +450,11 @@ class PathRules:
             return Decision.deny("not under any read root", "filesystem.read", path)
         if op not in (FS_WRITE, FS_DELETE):
             return Decision.deny(f"unknown filesystem operation {op!r}", "gate.op", path)
+        if _TEMP_NAME.match(path.rpartition("/")[2]):
+            # An unfinished atomic write of capgate.fs: its bytes are charged to the quota
+            # and its content published only when the writer closes it. Renaming it out (or
+            # writing, removing it) would make unaccounted, non-atomic files.
+            return Decision.deny("the temp file of an unfinished capgate write", "fs.tempFile", path)
         if path in self._protected:
             return Decision.deny("protected file (policy or audit log)", "filesystem.protected", path)
         if self._deny_write.matches(path):

@@ -480,20 +480,29 @@ def _copy_exact(reader: _Reader, dst: socket.socket, length: int) -> None:
         length -= len(data)
 
 
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[\x20-\x7e\t]*)?\r\n\Z")
+_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\x20-\x7e\t]*\r\n\Z")
+
+
 def _copy_chunked(reader: _Reader, dst: socket.socket) -> None:
+    """Copy a chunked body, re-framed by us: each size line is sent as plain hex (extensions
+    dropped) and trailers are checked then dropped, so no byte of the client's framing reaches
+    the upstream as-is — a bare LF in a chunk line or trailer cannot start a second request."""
     while True:
         line = reader.read_line()
-        size_text = line[:-2].split(b";", 1)[0].strip()
-        if not size_text or not re.match(rb"^[0-9A-Fa-f]{1,15}$", size_text):
-            raise _BadRequest(400, "bad chunk size")
-        size = int(size_text, 16)
-        dst.sendall(line)
+        match = _CHUNK_LINE.match(line)
+        if match is None:
+            raise _BadRequest(400, "bad chunk size line")
+        size = int(match.group(1), 16)
+        dst.sendall(b"%x\r\n" % size)
         if size == 0:
-            while True:  # trailers, then the empty line
+            while True:  # trailers (checked, not forwarded), then the empty line
                 trailer = reader.read_line()
-                dst.sendall(trailer)
                 if trailer == b"\r\n":
+                    dst.sendall(b"\r\n")
                     return
+                if _TRAILER_LINE.match(trailer) is None:
+                    raise _BadRequest(400, "bad trailer line")
         _copy_exact(reader, dst, size)
         crlf = reader.read_line(2)
         if crlf != b"\r\n":
