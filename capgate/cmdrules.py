@@ -598,9 +598,13 @@ def _inner_argv(name: str, rest: list[str]) -> tuple[list[list[str]] | None, str
         i = 0
         while i < len(rest):
             if rest[i] in _FIND_EXEC:
+                # GNU find ends -exec at ";" or at "+" right after "{}" (a "+" elsewhere is an
+                # ordinary argument); no terminator is an error, refused here.
                 j = i + 1
-                while j < len(rest) and rest[j] not in (";", "+"):
+                while j < len(rest) and not (rest[j] == ";" or (rest[j] == "+" and rest[j - 1] == "{}")):
                     j += 1
+                if j >= len(rest):
+                    return None, f"find {rest[i]} without a terminating ';' or '{{}} +'"
                 command = rest[i + 1 : j]
                 if rest[i] in ("-execdir", "-okdir") and command and os.path.basename(command[0]) == "git":
                     return None, (f"find {rest[i]} would run git in other directories, whose repository "

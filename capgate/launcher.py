@@ -333,8 +333,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         say("kernel layer: none (no Landlock on this kernel): the hooks are the only file and process checks")
     else:
         say("kernel layer (Landlock): the whole tree may write only beneath the write roots, read only "
-            "beneath the read roots and the system's own files, connect only to the egress proxy, signal "
-            "nothing outside itself"
+            "beneath the read roots and the system's own files, open TCP connections only to the egress "
+            "proxy's port, signal nothing outside itself"
             + (", and execute only the command and the allowed commands" if confine.restricts_exec else ""))
     say(f"audit log: {audit_path}")
     from capgate.audit import AuditLog

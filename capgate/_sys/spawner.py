@@ -220,6 +220,7 @@ class Spawner:
                  "" if confine is None else confine.encode()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                env={},  # nothing of the caller's environment: a child may read our /proc/<pid>/environ
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,  # no terminal: a Ctrl-C reaches the supervisor, not us
                 close_fds=True,
