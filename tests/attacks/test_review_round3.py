@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from capgate._sys import landlock
-from tests.integration._soft_helpers import capgate_run
+from tests.integration._soft_helpers import capgate_run, write_policy
 
 pytestmark = [
     pytest.mark.timeout(150),
@@ -47,12 +47,6 @@ def home(tmp_path: Path) -> Path:
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_rsa").write_text(CANARY + "\n")
     return home
-
-
-def _policy(ws: Path, body: dict[str, object]) -> Path:
-    path = ws.parent / "policy.json"
-    path.write_text(json.dumps({"version": 1, **body}))
-    return path
 
 
 def _tool(name: str) -> str:
@@ -144,7 +138,7 @@ def test_allowed_git_cannot_reach_a_loopback_server_with_the_network_off(ws: Pat
                                text=True, timeout=30)
             print("git exit", r.returncode)
         """))
-        policy = _policy(ws, {"process": {"allowedCommands": ["git"]}})  # network: defaults (off)
+        policy = write_policy(ws, {"process": {"allowedCommands": ["git"]}})  # network: defaults (off)
         proc = capgate_run(["run", "--backend", "soft", "--allow-user-expansion", "--policy", str(policy), "--",
                             PY, str(agent)], home=home, cwd=ws)
     finally:
@@ -163,7 +157,7 @@ def test_allowed_git_cannot_print_the_home_secret(ws: Path, home: Path) -> None:
                            capture_output=True, text=True, timeout=30)
         print(r.stdout)
     """))
-    policy = _policy(ws, {"process": {"allowedCommands": ["git"]}})
+    policy = write_policy(ws, {"process": {"allowedCommands": ["git"]}})
     proc = capgate_run(["run", "--backend", "soft", "--allow-user-expansion", "--policy", str(policy), "--",
                         PY, str(agent)], home=home, cwd=ws)
     assert CANARY not in proc.stdout, "the denyRead ~/.ssh secret was printed through an allowed command"

@@ -11,7 +11,6 @@ every server is closed.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from capgate._sys import landlock
-from tests.integration._soft_helpers import capgate_run
+from tests.integration._soft_helpers import capgate_run, empty_home, source_workspace, write_policy
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -34,23 +33,12 @@ PERL = shutil.which("perl") or "/usr/bin/perl"
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
-    ws = tmp_path / "ws"
-    (ws / "src").mkdir(parents=True)
-    (ws / "src" / "app.py").write_text("print('hi')\n")
-    return ws
+    return source_workspace(tmp_path)
 
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    return home
-
-
-def _policy(ws: Path, body: dict[str, object]) -> Path:
-    path = ws.parent / "policy.json"
-    path.write_text(json.dumps({"version": 1, **body}))
-    return path
+    return empty_home(tmp_path)
 
 
 class _Recorder:
@@ -144,7 +132,7 @@ def test_native_child_cannot_bypass_the_proxy_on_the_proxys_port(ws: Path, home:
     allowed = socket.socket()
     allowed.bind(("127.0.0.1", 0))
     allowed_port = allowed.getsockname()[1]
-    policy = _policy(ws, {"network": {"enabled": True, "allowedAddresses": [f"127.0.0.1:{allowed_port}"]}})
+    policy = write_policy(ws, {"network": {"enabled": True, "allowedAddresses": [f"127.0.0.1:{allowed_port}"]}})
     output = ws / "output"
     output.mkdir()
     port_file, ready_file = output / "port", output / "ready"

@@ -7,7 +7,6 @@ Each attack runs through the real ``capgate run`` and plants a marker that must 
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from capgate._sys import landlock
-from tests.integration._soft_helpers import audit_lines, capgate_run
+from tests.integration._soft_helpers import audit_lines, capgate_run, empty_home, source_workspace, write_policy
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -27,23 +26,12 @@ PY = sys.executable
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
-    ws = tmp_path / "ws"
-    (ws / "src").mkdir(parents=True)
-    (ws / "src" / "app.py").write_text("print('hi')\n")
-    return ws
+    return source_workspace(tmp_path)
 
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    return home
-
-
-def _policy(ws: Path, body: dict[str, object]) -> Path:
-    path = ws.parent / "policy.json"
-    path.write_text(json.dumps({"version": 1, **body}))
-    return path
+    return empty_home(tmp_path)
 
 
 def test_non_python_child_cannot_write_outside_the_write_roots(ws: Path, home: Path) -> None:
@@ -71,7 +59,7 @@ def test_non_python_child_cannot_execute_unlisted_programs(ws: Path, home: Path,
     proc = capgate_run(["run", "--backend", "soft", "--", shutil.which("env") or "/usr/bin/env", "touch",
                         str(mark)], home=home, cwd=ws)
     assert proc.returncode != 0 and not mark.exists(), proc.stderr
-    policy = _policy(ws, {"process": {"allowedCommands": ["touch"]}})
+    policy = write_policy(ws, {"process": {"allowedCommands": ["touch"]}})
     proc = capgate_run(["run", "--backend", "soft", "--allow-user-expansion", "--policy", str(policy), "--",
                         shutil.which("env") or "/usr/bin/env", "touch", "output/ok"], home=home, cwd=ws)
     assert proc.returncode == 0 and (ws / "output" / "ok").exists(), proc.stderr
@@ -88,7 +76,7 @@ def test_allowed_command_started_by_a_python_agent_is_confined_too(ws: Path, hom
         r = subprocess.run(["cp", "src/app.py", "output/fine.py"])
         print("cp inside", r.returncode)
     """))
-    policy = _policy(ws, {"process": {"allowedCommands": ["cp"]}})
+    policy = write_policy(ws, {"process": {"allowedCommands": ["cp"]}})
     proc = capgate_run(["run", "--backend", "soft", "--allow-user-expansion", "--policy", str(policy), "--",
                         PY, str(agent)], home=home, cwd=ws)
     assert proc.returncode == 0, proc.stderr
@@ -98,7 +86,7 @@ def test_allowed_command_started_by_a_python_agent_is_confined_too(ws: Path, hom
 
 def test_allow_shell_keeps_writes_confined_but_lets_the_shell_run(ws: Path, home: Path) -> None:
     outside = ws.parent / "from-shell.txt"
-    policy = _policy(ws, {"process": {"allowShell": True, "allowedCommands": ["sh"]}})
+    policy = write_policy(ws, {"process": {"allowShell": True, "allowedCommands": ["sh"]}})
     script = f"echo hi > {outside}; echo inside > output/from-shell.txt"
     proc = capgate_run(["run", "--backend", "soft", "--allow-user-expansion", "--policy", str(policy), "--",
                         shutil.which("sh") or "/bin/sh", "-c", script], home=home, cwd=ws)

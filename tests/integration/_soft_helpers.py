@@ -25,3 +25,25 @@ def audit_lines(home: Path) -> list[dict[str, object]]:
     logs = sorted((home / ".local" / "state" / "capgate" / "audit").glob("*.jsonl"))
     assert logs, "no audit log written"
     return [json.loads(line) for line in logs[-1].read_text().splitlines() if line.strip()]
+
+
+def source_workspace(tmp_path: Path) -> Path:
+    """A workspace with one source file (``src/app.py``) and nothing else: no write root yet."""
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "app.py").write_text("print('hi')\n")
+    return ws
+
+
+def empty_home(tmp_path: Path) -> Path:
+    """The fake HOME the launcher sees (its audit log goes under it)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+def write_policy(ws: Path, body: dict[str, object]) -> Path:
+    """A version-1 user policy file next to the workspace (outside it: the child cannot edit it)."""
+    path = ws.parent / "policy.json"
+    path.write_text(json.dumps({"version": 1, **body}))
+    return path

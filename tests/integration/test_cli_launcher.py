@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, audit_lines, capgate_run
+from _soft_helpers import PY, audit_lines, capgate_run, empty_home
 
 
 @pytest.fixture
@@ -21,9 +21,7 @@ def ws(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    return home
+    return empty_home(tmp_path)
 
 
 def test_help_lists_every_subcommand(ws: Path, home: Path) -> None:
