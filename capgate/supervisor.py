@@ -56,7 +56,7 @@ from typing import IO, TYPE_CHECKING
 
 from capgate._sys import spawner as _spawner
 from capgate._sys.cgroup import PidsCgroup, cgroup_home_procs_fd, create_pids_cgroup, stop_warming
-from capgate._sys.landlock import LandlockUnavailable, Plan, Ruleset, plan
+from capgate._sys.landlock import LandlockUnavailable, Plan, Ruleset
 from capgate._sys.rlimits import MB, RlimitTable, apply_rlimits, limit_table, user_process_count
 from capgate.errors import UnsupportedPlatform
 
@@ -184,8 +184,6 @@ def supervise(
     executable: str | None = None,
     remove_after: Sequence[str] = (),
     private_dirs: bool = False,
-    exec_allowlist: Sequence[str] | None = None,
-    write_roots: Sequence[str] | None = None,
     confine: Plan | None = None,
 ) -> RunResult:
     """Run ``argv`` to completion inside ``limits``; see the module docstring.
@@ -196,12 +194,9 @@ def supervise(
     ``executable``: the resolved file to exec (``argv[0]`` stays what the child sees); when
     None, a bare ``argv[0]`` is looked up on the ``PATH`` of ``env``.
     ``timeout``: seconds, capped by ``limits.wall_time_seconds`` (which applies when None).
-    ``exec_allowlist``: when given, the child and every descendant may ``execve`` only
-    these files (and files beneath these directories); ``write_roots``: when given, they may
-    create, change or remove file system objects only beneath these. Enforced by Landlock
-    where the kernel has it (``RunResult.exec_confined``/``write_confined`` say whether it
-    did). ``confine``: the same as a ready ``capgate._sys.landlock.Plan`` (callers that run
-    often build it once).
+    ``confine``: a ``capgate._sys.landlock.Plan`` (``landlock.plan``) the child and every
+    descendant run under — what they may execute, write, read, connect to, signal — enforced
+    by Landlock (``RunResult.exec_confined``/``write_confined`` say whether it was).
     With ``capture=False`` the child inherits this process's stdin/stdout/stderr (unless
     ``input`` is given, which is fed on a pipe). ``pass_fds`` (numbers above 2) reach the
     child at the same numbers. Raises ``OSError`` when the child cannot be started or
@@ -238,7 +233,7 @@ def supervise(
                 containment = "rlimit-nproc"
         table = limit_table(limits, nproc=nproc)
         tree = _Tree(cgroup, spare_uid)
-        tree.confine = confine if confine is not None else plan(exec_allowlist, write_roots)
+        tree.confine = confine
         outcome = _run(args, exe, env, cwd, input, capture, passed, table, cgroup, spare_uid, tree,
                        budget, cap, limits, private_dirs, pending)
     finally:
