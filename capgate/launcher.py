@@ -495,14 +495,13 @@ def soft_plan(policy: Policy, argv: Sequence[str], *, extra_read: Sequence[str] 
     from capgate._sys.landlock import exec_dependencies, plan
     from capgate.cmdrules import CommandRules
 
+    command = (os.path.realpath(argv[0]),) if argv else ()
+    launched = (*command, *(exec_dependencies(command[0]) if command else ()))  # the file and its loader
     exec_allow = CommandRules(policy).exec_allowlist()
-    command = os.path.realpath(argv[0]) if argv else None
-    if exec_allow is not None and command is not None:
-        exec_allow = (*exec_allow, command, *exec_dependencies(command))
+    if exec_allow is not None:
+        exec_allow = (*exec_allow, *launched)
     fs = policy.filesystem
-    reads = [*fs.read, *fs.runtime_read, *_system_read_roots(), *extra_read]
-    if command is not None:
-        reads += [command, *exec_dependencies(command)]
+    reads = [*fs.read, *fs.runtime_read, *_system_read_roots(), *extra_read, *launched]
     return plan(exec_allow, fs.write, read_roots=reads, connect_ports=(), scope=True)
 
 
