@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capgate.cli import main
+from capgate.cli import console_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

@@ -229,6 +229,12 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
     if not options.command and not options.dry_run_policy:
         say("nothing to run: give the command after --, e.g. capgate run -- python agent.py")
         return EXIT_USAGE
+    if options.command and not options.dry_run_policy and sys.platform.startswith("linux"):
+        from capgate._sys import spawner
+
+        # The supervisor's spawner interpreter starts now, in parallel with loading the
+        # policy; the warm-up thread hands it its limits and Landlock plan (``configure``).
+        spawner.prestart()
     run_dir = tempfile.mkdtemp(prefix="capgate-run-")
     try:
         return _run(options, env, out, say, run_dir)

@@ -72,7 +72,9 @@ if TYPE_CHECKING:
 else:
     import _signal as signal  # the C half: same functions and numbers, no enum classes
 
-__all__ = ["SpawnedChild", "Spawner", "SpawnerDied", "SpawnerUnavailable", "acquire", "private_parent", "release"]
+__all__ = [
+    "SpawnedChild", "Spawner", "SpawnerDied", "SpawnerUnavailable", "acquire", "prestart", "private_parent", "release",
+]
 
 _LEN = struct.Struct("!I")
 _FD = struct.Struct("i")
@@ -197,27 +199,34 @@ class Spawner:
     """One spawner process and the socket to it. Not thread-safe: one run at a time."""
 
     def __init__(
-        self, limits: tuple[tuple[int, int, int], ...] | None = None, confine: Plan | None = None
+        self, limits: tuple[tuple[int, int, int], ...] | None = None, confine: Plan | None = None,
+        *, blank: bool = False,
     ) -> None:
+        """Start a spawner for ``limits`` and ``confine`` (see ``acquire``). ``blank``: start
+        it with neither and do not wait for it; ``configure`` gives it both later
+        (``prestart``)."""
         if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open") or not hasattr(os, "posix_spawn"):
             raise SpawnerUnavailable(errno.ENOSYS, "the capgate spawner needs Linux with pidfd_open and posix_spawn")
-        import socket as socket_module  # the caller's process has it loaded already
         import subprocess  # the caller has it loaded already (supervisor fallback)
 
-        ours, theirs = socket_module.socketpair(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+        # ``_socket`` objects (not ``socket.socket``: importing socket.py costs ~4 ms of the
+        # launcher's start-up, and these have every method used here).
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.owner = os.getpid()
         self.dead = False
-        self.limits = limits
-        self.confine = confine
+        self.limits = None if blank else limits
+        self.confine = None if blank else confine
+        self.blank = blank  # not configured yet (``configure``)
         self.confined = False  # the spawner (so every child) is under ``confine`` (Landlock)
         self.buf = bytearray()
         self._cleaning = ""
+        self._greeted = False
+        self.next_dir = self.upcoming = ""
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _BOOT, os.path.dirname(os.path.abspath(__file__)),
-                 str(self.owner), str(theirs.fileno()),
-                 ",".join(f"{r}:{s}:{h}" for r, s, h in limits or ()),
-                 "" if confine is None else confine.encode()],
+                 str(self.owner), str(theirs.fileno()), _encode_limits(self.limits),
+                 "" if self.confine is None else self.confine.encode()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 env={},  # nothing of the caller's environment: a child may read our /proc/<pid>/environ
@@ -231,18 +240,50 @@ class Spawner:
         finally:
             theirs.close()
         self.sock = ours
+        if not blank:
+            self._greet()
+
+    def _greet(self) -> None:
+        """Wait for the spawner's hello, then let it prepare the first private directory."""
         try:
-            hello = _recv(ours, self.buf)
+            hello = _recv(self.sock, self.buf)
         except (EOFError, OSError) as exc:
             self.close()
             raise SpawnerUnavailable(errno.EIO, f"the capgate spawner did not start: {exc}") from exc
         if not isinstance(hello, tuple) or hello[:2] != ("ready", self.owner) or len(hello) != 3:
             self.close()
             raise SpawnerUnavailable(errno.EIO, f"the capgate spawner said {hello!r}")
+        self._greeted = True
         self.confined = bool(hello[2])
+        if self.blank:
+            return  # (prepared once configured: the plan may not let it write there)
         self.next_dir = _new_private_name()
         self.upcoming = self.next_dir  # named in each request: prepared after a self-cleaned run
-        _send(ours, ("prepare", self.next_dir))
+        _send(self.sock, ("prepare", self.next_dir))
+
+    def configure(self, limits: tuple[tuple[int, int, int], ...] | None, confine: Plan | None) -> None:
+        """Give a ``blank`` spawner its rlimit table and Landlock plan (before its first child).
+        Raises ``SpawnerUnavailable`` (and closes it) if it could not take them."""
+        if not self.blank:
+            raise SpawnerUnavailable(errno.EINVAL, "this spawner was configured when it started")
+        if not self._greeted:
+            self._greet()
+        try:
+            _send(self.sock, ("configure", _encode_limits(limits), "" if confine is None else confine.encode()))
+            reply = _recv(self.sock, self.buf)
+        except (EOFError, OSError) as exc:
+            self.close()
+            raise SpawnerUnavailable(errno.EIO, f"the capgate spawner died while configured: {exc}") from exc
+        if not isinstance(reply, tuple) or len(reply) != 3 or reply[0] != "configured" or not reply[1]:
+            self.close()
+            raise SpawnerUnavailable(errno.EIO, f"the capgate spawner could not be configured: {reply!r}")
+        self.blank = False
+        self.limits = limits
+        self.confine = confine
+        self.confined = bool(reply[2])
+        self.next_dir = _new_private_name()
+        self.upcoming = self.next_dir
+        _send(self.sock, ("prepare", self.next_dir))
 
     def take_private_dir(self) -> str:
         """A fresh private directory (``HOME``; ``TMPDIR`` is ``tmp`` inside it) for the next run: the
@@ -316,7 +357,12 @@ class Spawner:
                         self.proc.wait(timeout=5)
                     except Exception:
                         pass
-                _remove_private(self.next_dir)
+                if self.next_dir:  # ("" for a blank spawner: it prepared nothing)
+                    _remove_private(self.next_dir)
+
+
+def _encode_limits(limits: tuple[tuple[int, int, int], ...] | None) -> str:
+    return ",".join(f"{r}:{s}:{h}" for r, s, h in limits or ())
 
 
 def _new_private_name() -> str:
@@ -384,6 +430,7 @@ def _fast_private_parent(path: str) -> bool:
 
 
 _pool: dict[object, list[Spawner]] = {}
+_blank: list[Spawner] = []  # started by ``prestart``, not configured yet
 _MAX_IDLE = 4
 _lock = _thread.allocate_lock()
 
@@ -403,10 +450,40 @@ def acquire(
         idle = _pool.get((limits, confine), [])
         while idle:
             spawner = idle.pop()
-            if not spawner.dead and spawner.owner == os.getpid() and spawner.proc.poll() is None:
+            if _alive(spawner):
                 return spawner
             spawner.close()
+        blank = _blank.pop() if _blank else None
+    if blank is not None:
+        if _alive(blank):
+            try:
+                blank.configure(limits, confine)
+                return blank
+            except SpawnerUnavailable:
+                pass  # (closed by configure) a fresh one below
+        else:
+            blank.close()
     return Spawner(limits, confine)
+
+
+def prestart() -> None:
+    """Start a spawner now, before the caller knows its limits and Landlock plan: the next
+    ``acquire`` configures it instead of starting one (~20 ms of interpreter start-up that
+    then runs in parallel with the caller's own). Best effort: nothing happens if a
+    spawner cannot run here."""
+    with _lock:
+        if _blank:
+            return
+    try:
+        spawner = Spawner(blank=True)
+    except SpawnerUnavailable:
+        return
+    with _lock:
+        _blank.append(spawner)
+
+
+def _alive(spawner: Spawner) -> bool:
+    return not spawner.dead and spawner.owner == os.getpid() and spawner.proc.poll() is None
 
 
 def release(spawner: Spawner) -> None:
@@ -428,7 +505,13 @@ def _forget_after_fork() -> None:
                 spawner.sock.close()
             except OSError:
                 pass
+    for spawner in _blank:
+        try:
+            spawner.sock.close()
+        except OSError:
+            pass
     _pool.clear()
+    _blank.clear()
     _lock = _thread.allocate_lock()
 
 
@@ -486,18 +569,33 @@ class _Server:
         self.cgroup_dir: str | None = None
         self.pid: int | None = None
         self.prepared: str | None = None
-        # A spawner started for one rlimit table carries it itself (hard limits can only be
-        # lowered, even by root without CAP_SYS_RESOURCE), so posix_spawn children inherit it.
         self.own_limits: list[tuple[int, ...]] | None = None
         self.cpu_hard: int | None = None
+        self.confined = False
+        self.configured = False  # limits and plan are set once, before the first child
+        if limits or confine:
+            self.configure(limits, confine)
+
+    def configure(self, limits: str, confine: str) -> bool:
+        """Take the rlimit table ``limits`` and the Landlock plan ``confine`` (``Plan.encode()``)
+        for ourselves; False (nothing changed) once configured or once a child was started.
+
+        A spawner started for one rlimit table carries it itself (hard limits can only be
+        lowered, even by root without CAP_SYS_RESOURCE), so posix_spawn children inherit it.
+        ``prestart`` spawners get both by a ``configure`` message instead of on the command
+        line, so they can start before the launcher knows the policy."""
+        if self.configured:
+            return False
+        self.configured = True
         if limits:
             table = [tuple(int(v) for v in row.split(":")) for row in limits.split(",")]
             for res, soft, hard in table:
-                resource.setrlimit(res, (soft, hard))
-                if res == resource.RLIMIT_CPU:
+                self.resource.setrlimit(res, (soft, hard))
+                if res == self.resource.RLIMIT_CPU:
                     self.cpu_hard = hard
             self.own_limits = table
-        self.confined = bool(confine) and _confine(confine)  # confine: Plan.encode()
+        self.confined = bool(confine) and _confine(confine)
+        return True
 
     # -- main loop ------------------------------------------------------------------------
     def serve(self) -> None:
@@ -523,7 +621,13 @@ class _Server:
                 _close_all(fds)
 
     def housekeeping(self, msg: tuple[object, ...]) -> None:
-        if msg[0] == "prepare":
+        if msg[0] == "configure":
+            try:
+                ok = self.configure(str(msg[1]), str(msg[2]))
+            except (OSError, ValueError):
+                ok = False  # a limit we could not take: the client closes us
+            _send(self.sock, ("configured", ok, self.confined))
+        elif msg[0] == "prepare":
             self.prepare(str(msg[1]))
         elif msg[0] == "cleanup":
             used, upcoming = str(msg[1]), str(msg[2])
@@ -579,6 +683,7 @@ class _Server:
                     _send(self.sock, ("err", exc.errno or errno.EIO, f"private directory: {exc.strerror}",
                                       str(private), False))
                     return
+            self.configured = True  # a ``configure`` after a child would come too late
             mode, pid, error = self.start(req, moved, procs, home)
         finally:
             _close_all([fd for fd, _ in moved])

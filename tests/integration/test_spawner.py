@@ -287,3 +287,61 @@ def test_capture_false_inherits_this_process_stdin_and_stdout(limits, workspace:
     done = subprocess.run([sys.executable, str(script)], input=b"from our stdin\n", capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"from our stdin\n"
+
+
+def test_prestarted_spawner_takes_its_limits_and_plan_before_its_first_child(
+    limits, workspace: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """``prestart`` starts a spawner blank; ``acquire`` hands it the rlimit table and the
+    Landlock plan, and its children run under both (the launcher's start-up path)."""
+    from capgate._sys import landlock
+    from capgate._sys.rlimits import limit_table
+
+    python = os.path.realpath(PY)
+    exec_plan = landlock.plan([python, *landlock.exec_dependencies(python)], None)
+    if exec_plan is None:
+        pytest.skip("no Landlock on this kernel")
+    table = tuple((row[0], row[1], row[2]) for row in limit_table(limits))
+    before = _spawner_pids()
+    spawner_mod.prestart()
+    blank = spawner_mod._blank[-1]
+    assert blank.blank and blank.limits is None
+    spawner = spawner_mod.acquire(table, exec_plan)
+    try:
+        assert spawner is blank and not spawner.blank  # configured, not a second spawner
+        assert spawner.confined and spawner.limits == table and spawner.confine == exec_plan
+        pid = (_spawner_pids() - before).pop()
+        as_limit = [line for line in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                    if line.startswith("Max address space")]
+        assert str(512 * 1024 * 1024) in as_limit[0]  # the spawner carries the run's limits itself
+        with pytest.raises(spawner_mod.SpawnerUnavailable):
+            spawner.configure(None, None)  # once only
+    finally:
+        spawner_mod.release(spawner)
+    code = """
+        import os, resource, subprocess
+        print(resource.getrlimit(resource.RLIMIT_AS)[1])
+        try:
+            subprocess.run(['/bin/echo', 'escaped'])
+        except PermissionError:
+            print('exec refused')
+    """
+    result = supervise([PY, "-c", textwrap.dedent(code)], executable=PY, limits=limits, env=ENV,
+                       cwd=str(workspace), confine=exec_plan)
+    assert result.returncode == 0, result.stderr
+    assert result.exec_confined
+    assert result.stdout.decode().split() == [str(512 * 1024 * 1024), "exec", "refused"]
+
+
+def test_a_used_spawner_refuses_a_late_configure(limits, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    """The server takes limits and a plan only before its first child: a ``configure``
+    message after one is answered False and changes nothing."""
+    spawner = spawner_mod.Spawner(blank=True)
+    try:
+        spawner.configure(None, None)
+        assert not spawner.confined
+        spawner_mod._send(spawner.sock, ("configure", "", ""))
+        assert spawner_mod._recv(spawner.sock, spawner.buf) == ("configured", False, False)
+    finally:
+        spawner.close()
+    assert spawner.proc.poll() is not None  # it exited on EOF
