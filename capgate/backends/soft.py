@@ -37,6 +37,7 @@ __all__ = ["MAX_CHILD_LINE", "MAX_CHILD_LINES", "ChildReportReader", "SoftBacken
 MAX_CHILD_LINE = 8192
 MAX_CHILD_LINES = 1_000_000
 _CHILD_FIELDS = ("op", "target", "decision", "rule", "reason")
+_decode = json.JSONDecoder().decode
 
 
 class ChildReportReader(threading.Thread):
@@ -121,7 +122,7 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     if len(line) > MAX_CHILD_LINE:
         return None
     try:
-        data = json.loads(line)
+        data = _decode(line.decode("utf-8"))  # (json.loads(bytes) would sniff the encoding first)
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(data, dict):
@@ -139,6 +140,23 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     if data["decision"] not in ("allow", "deny"):
         return None
     return data
+
+
+def _widen_pipe(fd: int) -> None:
+    """Give the audit pipe room for bursts (1 MiB, or what ``pipe-max-size`` allows, instead
+    of 64 KiB): a child that opens thousands of files in a row writes its decisions faster
+    than this process turns them into log lines, and would otherwise wait on the pipe."""
+    import fcntl
+
+    size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if size is None:
+        return
+    for want in (1 << 20, 1 << 18):
+        try:
+            fcntl.fcntl(fd, size, want)
+            return
+        except OSError:  # EPERM above pipe-max-size for an unprivileged user, EBUSY: try smaller
+            continue
 
 
 class SoftBackend:
@@ -182,6 +200,7 @@ class SoftBackend:
         if confine is not None and proxy is not None:  # the kernel layer lets TCP reach the proxy alone
             confine = confine.with_connect_ports((int(proxy.address[1]),))
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        _widen_pipe(write_fd)
         env["CAPGATE_AUDIT_FD"] = str(write_fd)
         reader = ChildReportReader(read_fd, audit)
         reader.start()
