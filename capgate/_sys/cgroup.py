@@ -177,7 +177,8 @@ def keep_migrations_warm(seconds: float) -> None:
 
 def stop_warming() -> None:
     """The child is started: no need to keep cgroup migration warm any more."""
-    _warm_stop.set()
+    if not _warm_stop.is_set():  # (called after every spawn: Event.set takes a lock)
+        _warm_stop.set()
 
 
 class PidsCgroup:

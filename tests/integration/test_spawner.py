@@ -345,3 +345,32 @@ def test_a_used_spawner_refuses_a_late_configure(limits, workspace: Path) -> Non
     finally:
         spawner.close()
     assert spawner.proc.poll() is not None  # it exited on EOF
+
+
+def _voluntary_switches(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+@pytest.mark.skipif(cgroup_parent() is None, reason="no pids cgroup on this machine")
+def test_spawner_keeps_cgroup_migration_warm_briefly_after_a_run_then_sleeps(
+    limits, workspace: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """After a run the spawner makes no-op cgroup migrations for a quarter of a second (the
+    next run's join then skips an RCU grace period), and then is idle again: no background
+    activity for as long as nothing runs."""
+    before = _spawner_pids()
+    result = supervise(["true"], executable="/bin/true", limits=limits, env=ENV, cwd=str(workspace))
+    assert result.returncode == 0 and result.containment == "cgroup"
+    pids = _spawner_pids()
+    pid = max(pids - before or pids)
+    start = _voluntary_switches(pid)
+    time.sleep(0.1)
+    assert _voluntary_switches(pid) - start >= 10  # warming: a wake-up every 3 ms
+    time.sleep(0.4)
+    settled = _voluntary_switches(pid)
+    time.sleep(0.5)
+    assert _voluntary_switches(pid) == settled  # asleep until the next request
+    assert "capgate-" not in Path(f"/proc/{pid}/cgroup").read_text()  # still in its own cgroup
