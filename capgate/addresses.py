@@ -212,6 +212,8 @@ def format_hostport(host: str, port: int) -> str:
 
 @dataclass(frozen=True)
 class AddressEntry:
+    """One allowed-address entry: an IP network, optionally with a port."""
+
     network: _Net
     port: int | None
 

@@ -113,6 +113,8 @@ def _ascii_dots(text: str) -> str:
 
 @dataclass(frozen=True)
 class DomainEntry:
+    """One allowed-domain entry: a host or ``*.host`` wildcard, optionally with a port."""
+
     host: str  # normalized base name (without "*.")
     wildcard: bool
     port: int | None

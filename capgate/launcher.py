@@ -80,6 +80,8 @@ class SandboxRefused(Exception):
 
 @dataclass(frozen=True)
 class RunOptions:
+    """What ``capgate run`` was asked to do (the parsed command line)."""
+
     command: tuple[str, ...]
     workspace: str | None = None
     policy: str | None = None

@@ -34,6 +34,8 @@ class LaunchRequest:
 
 @dataclass
 class LaunchResult:
+    """How a launched child ended, for the launcher's summary and the audit log."""
+
     returncode: int
     timed_out: bool = False
     duration: float = 0.0

@@ -31,7 +31,6 @@ class DenyPattern:
     gitignore patterns relative to ``/`` that it stands for (more than one when a symlink
     in its literal prefix resolved elsewhere: both spellings are denied)."""
 
-
     source: str
     anchored: tuple[str, ...]
     key: str  # stable rule pointer, e.g. "filesystem.denyRead[3]"
@@ -43,6 +42,9 @@ class DenyPattern:
 
 @dataclass(frozen=True)
 class FilesystemPolicy:
+    """Where files may be read and written: canonical roots, and the deny patterns that win
+    over them. (Every dataclass here has a docstring: without one, ``dataclasses`` computes
+    ``inspect.signature`` for it at import, on every sandboxed child's start-up.)"""
 
     read: tuple[str, ...]
     write: tuple[str, ...]
@@ -58,6 +60,7 @@ class FilesystemPolicy:
 
 @dataclass(frozen=True)
 class DeniedDomain:
+    """A host (or ``*.suffix``) that is never reached, with the reason shown in denials."""
 
     domain: str
     reason: str | None = None
@@ -65,6 +68,7 @@ class DeniedDomain:
 
 @dataclass(frozen=True)
 class NetworkPolicy:
+    """Outbound connections: off unless enabled; then allowed hosts, addresses and ports."""
 
     enabled: bool = False
     allowed_domains: tuple[str, ...] = ()  # normalized entries, "host", "*.host", "host:port"
@@ -76,6 +80,8 @@ class NetworkPolicy:
 
 @dataclass(frozen=True)
 class ProcessPolicy:
+    """Which commands may run, whether a shell may, the environment that reaches them, and
+    argument patterns refused per command."""
 
     allowed_commands: tuple[str, ...] = ()  # bare names or absolute paths
     allow_shell: bool = False
@@ -91,6 +97,7 @@ class ProcessPolicy:
 
 @dataclass(frozen=True)
 class Limits:
+    """Resource limits of a run (and of every process it starts)."""
 
     wall_time_seconds: int = 900
     cpu_seconds: int = 600
@@ -105,7 +112,6 @@ class Limits:
 @dataclass(frozen=True)
 class Policy:
     """The effective policy. Build it with ``capgate.load_policy``."""
-
 
     workspace: str
     home: str
