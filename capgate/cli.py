@@ -109,15 +109,17 @@ def console_main() -> NoReturn:
     Why not ``raise SystemExit``: tearing the interpreter down (module globals, pydantic's
     classes, the spawner's ``Popen``) takes 10-30 ms *after* the child has finished, on every
     ``capgate run``. By the time ``main`` returns, every file it wrote is closed, so the
-    process does what a normal exit would still do — waits for non-daemon threads, flushes
-    the standard streams, runs the ``atexit`` handlers (spare cgroups are removed there) —
-    and ends with ``os._exit``. An exception from ``main`` (``SystemExit`` from ``--help``
-    included) takes the normal path.
+    process does what a normal exit would still do — flushes the standard streams, runs the
+    ``atexit`` handlers (spare cgroups are removed there) — and ends with ``os._exit``.
+    When a non-daemon thread is still alive (a thread pool's workers: ``capgate check`` of a
+    host name resolves it on one), the normal exit runs instead: only the interpreter knows
+    how to stop those. An exception from ``main`` (``SystemExit`` from ``--help`` included)
+    takes the normal path too.
     """
     code = main()
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    me = threading.current_thread()
+    if any(t is not me and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        raise SystemExit(code)
     try:
         sys.stdout.flush()
         sys.stderr.flush()

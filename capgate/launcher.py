@@ -411,7 +411,7 @@ class _SpawnerWarmup:
         try:
             from capgate._sys.cgroup import keep_migrations_warm
 
-            keep_migrations_warm(2.0)  # the child's cgroup join is then ~30 us, not a grace period
+            keep_migrations_warm(0.5)  # the child's cgroup join is then ~30 us, not a grace period
             self._plan = soft_plan(self._policy, self._argv, extra_read=self._extra_read)
             self._planned.set()
             from capgate import supervisor

@@ -31,8 +31,7 @@ import signal
 import threading
 import time
 
-__all__ = ["PidsCgroup", "cgroup_home_procs_fd", "cgroup_parent", "create_pids_cgroup", "keep_migrations_warm",
-           "stop_warming"]
+__all__ = ["PidsCgroup", "cgroup_home_procs_fd", "cgroup_parent", "create_pids_cgroup", "keep_migrations_warm"]
 
 _counter = itertools.count()
 _probe_lock = threading.Lock()
@@ -143,42 +142,58 @@ def cgroup_home_procs_fd() -> int:
         return _home_fd
 
 
-_warm_stop = threading.Event()
+_warm_lock = threading.Lock()
+_warm_until = 0.0
+_warm_running = False
+_WARM_EVERY = 0.003
 
 
 def keep_migrations_warm(seconds: float) -> None:
-    """Keep cgroup migration fast for up to ``seconds`` (or until ``stop_warming``).
+    """Keep cgroup migration fast for the next ``seconds`` (extends a window already open).
 
     Why: joining a run's cgroup takes the kernel's global ``cgroup_threadgroup_rwsem`` for
     writing, and the first writer after an idle spell waits a whole RCU grace period (7 ms on
-    an idle machine here, 10-25 ms under load): on the launcher's critical path. A writer
-    that comes within a grace period of the previous one does not wait. So a background
-    thread moves this process into the cgroup it is already in (a no-op migration that takes
-    the lock) every 3 ms until the child has been started. Best effort; errors end it.
+    an idle machine here, 5-25 ms under load): on the launcher's critical path, and on the
+    first ``proc.run`` of every burst of commands. A writer that comes within a grace period
+    of the previous one does not wait. So a daemon thread of *this* process moves it into
+    the cgroup it is already in (a no-op migration that takes the lock) every 3 ms until the
+    window closes, then ends; the next call starts it again. The launcher opens a window
+    while it starts; ``supervise`` opens a short one after every run. It is this process,
+    outside every sandbox, that holds the writable ``cgroup.procs`` — never the spawner, whose
+    children could take the descriptor from it. Best effort; errors end it.
     """
-    global _warm_stop
-    try:
-        fd = cgroup_home_procs_fd()
-    except OSError:
-        return
-    stop = _warm_stop = threading.Event()
+    global _warm_until, _warm_running
+    until = time.monotonic() + seconds
+    with _warm_lock:
+        _warm_until = max(_warm_until, until)
+        if _warm_running:
+            return
+        try:
+            fd = cgroup_home_procs_fd()
+        except OSError:
+            return
+        _warm_running = True
 
     def run() -> None:
-        end = time.monotonic() + seconds
-        while not stop.is_set() and time.monotonic() < end:
+        global _warm_running
+        while True:
+            with _warm_lock:
+                if time.monotonic() >= _warm_until:
+                    _warm_running = False
+                    return
             try:
                 os.write(fd, b"0")
             except OSError:
+                with _warm_lock:
+                    _warm_running = False
                 return
-            stop.wait(0.003)
+            time.sleep(_WARM_EVERY)
 
-    threading.Thread(target=run, name="capgate-cgroup-warm", daemon=True).start()
-
-
-def stop_warming() -> None:
-    """The child is started: no need to keep cgroup migration warm any more."""
-    if not _warm_stop.is_set():  # (called after every spawn: Event.set takes a lock)
-        _warm_stop.set()
+    try:
+        threading.Thread(target=run, name="capgate-cgroup-warm", daemon=True).start()
+    except RuntimeError:  # interpreter shutting down
+        with _warm_lock:
+            _warm_running = False
 
 
 class PidsCgroup:

@@ -84,10 +84,6 @@ CGROUP_PROCS = -1
 HOME_PROCS = -2
 CGROUP_CURRENT = -3  # the run cgroup's pids.current (read-only): is the tree gone at exit?
 _PR_SET_CHILD_SUBREAPER = 36
-# After a run, keep cgroup migration warm this long, with a no-op migration this often
-# (``_Server.keep_warm``): agents and test suites run commands in bursts.
-_WARM_FOR = 0.25
-_WARM_EVERY = 0.003
 _EXEC_ERRORS = frozenset(
     {errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG,
      errno.ETXTBSY, errno.EISDIR, errno.EPERM, errno.E2BIG}
@@ -577,8 +573,6 @@ class _Server:
         self.cpu_hard: int | None = None
         self._worn_calls = 0
         self._worn = False
-        self.warm_fd: int | None = None  # our own cgroup's cgroup.procs (``keep_warm``)
-        self.warm_until = 0.0
         self.confined = False
         self.configured = False  # limits and plan are set once, before the first child
         if limits or confine:
@@ -610,11 +604,7 @@ class _Server:
         _send(self.sock, ("ready", os.getppid(), self.confined))
         while True:
             if not self.buf:  # a message read ahead with the previous one is handled first
-                warm = self.warm_fd is not None and _monotonic() < self.warm_until
-                ready, _, _ = select.select([self.sock.fileno(), self.owner_fd], [], [], _WARM_EVERY if warm else None)
-                if not ready:
-                    self.keep_warm()
-                    continue
+                ready, _, _ = select.select([self.sock.fileno(), self.owner_fd], [], [])
             else:
                 ready, _, _ = select.select([self.owner_fd], [], [], 0)
             if self.owner_fd in ready:
@@ -631,15 +621,6 @@ class _Server:
                 self.handle(request, fds)  # type: ignore[arg-type]
             finally:
                 _close_all(fds)
-
-    def keep_warm(self) -> None:
-        """A no-op cgroup migration (into the cgroup we are in), for ``WARM_FOR`` seconds after a
-        run: the next run's join then does not wait for an RCU grace period (see
-        ``capgate._sys.cgroup.keep_migrations_warm``; 5-25 ms measured here after 90 ms idle)."""
-        try:
-            os.write(self.warm_fd, b"0")  # type: ignore[arg-type]
-        except OSError:
-            self.warm_until = 0.0
 
     def housekeeping(self, msg: tuple[object, ...]) -> None:
         if msg[0] == "configure":
@@ -688,11 +669,6 @@ class _Server:
                 current = fd
             else:
                 places.append((fd, int(target)))
-        if home is not None and self.warm_fd is None:
-            try:  # kept for ``keep_warm`` (the request's own copy is closed below)
-                self.warm_fd = _fcntl.fcntl(home, _fcntl.F_DUPFD_CLOEXEC, 3)
-            except OSError:
-                pass
         # Every source fd above every target, so a dup2 never clobbers a later source and
         # never is its own target (dup2 onto itself would keep close-on-exec). Received
         # descriptors usually are above already; only those that are not are moved up.
@@ -743,8 +719,6 @@ class _Server:
             if private == self.prepared:
                 self.prepared = None
         _send(self.sock, ("exit", status, cpu, self.worn_out(), cleaned))
-        if self.warm_fd is not None and home is not None:
-            self.warm_until = _monotonic() + _WARM_FOR
         if cleaned is not None:
             self.prepare(str(upcoming))  # while the supervisor finishes its own side of the run
 
@@ -867,12 +841,13 @@ class _Server:
     def worn_out(self) -> bool:
         """Our own CPU time nears the hard RLIMIT_CPU we carry for our children: retire.
 
-        ``getrusage`` on every 16th call only (twice per run): a run costs us well under a
-        millisecond of CPU, and the margin is half a second."""
+        ``getrusage`` on every 4th call only (twice per run): a run costs us well under a
+        millisecond of CPU — at most ~0.1 s when ``kill_strays`` chases a fork chain for its
+        full 2 s — and the margin is half a second."""
         if self.cpu_hard is None:
             return False
         self._worn_calls += 1
-        if self._worn_calls % 16 == 1:
+        if self._worn_calls % 4 == 1:
             self._worn = _cpu_self() + 0.5 >= self.cpu_hard
         return self._worn
 

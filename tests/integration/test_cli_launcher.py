@@ -194,6 +194,16 @@ def test_check_prints_decision_and_rule(ws: Path, home: Path) -> None:
     assert bad.returncode == 2
 
 
+def test_check_of_a_host_name_exits_once_decided(ws: Path, home: Path, tmp_path: Path) -> None:
+    """Deciding ``net.connect NAME:PORT`` resolves the name on a thread pool: the command
+    must still end as soon as it has printed (the quick exit must not wait on those workers)."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": 1, "network": {"enabled": True, "allowedDomains": ["localhost"]}}))
+    done = capgate_run(["check", "net.connect", "localhost:443", "--policy", str(policy), "--allow-user-expansion",
+                        "--workspace", str(ws)], home=home, cwd=ws, timeout=20)
+    assert done.returncode in (0, 1) and ("allow" in done.stdout or "deny" in done.stdout), done.stdout + done.stderr
+
+
 def test_init_writes_a_template_that_loads_as_the_defaults(ws: Path, home: Path) -> None:
     proc = capgate_run(["init"], home=home, cwd=ws)
     assert proc.returncode == 0, proc.stderr
