@@ -1,7 +1,8 @@
 """The ``capgate`` command line. This module only parses; ``capgate.launcher`` does the work.
 
 Exit codes: the child's own for ``run``; 0/1 (allowed/denied) for ``check``; 2 for usage and
-policy errors; 125 when the sandbox refuses to start (as podman and docker use).
+policy errors; 125 when the sandbox refuses to start or its supervision fails (as podman and
+docker use).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ examples:
   capgate run --workspace ~/proj --policy agent-permissions.json -- python -m mytool
   capgate run --dry-run-policy -- python agent.py      # show the effective policy, run nothing
 
-exit codes: the command's own; 2 usage or policy error; 125 the sandbox refused to start.
+exit codes: the command's own; 2 usage or policy error; 125 the sandbox refused to start
+(or its supervision failed mid-run).
 SOFT_SANDBOX=true in the environment forces the soft backend (a seat belt, not isolation).
 """
 

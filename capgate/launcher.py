@@ -372,6 +372,13 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         audit.event("run.refused", reason=str(exc))
         audit.close()
         raise
+    except OSError as exc:  # the supervising side failed mid-run (e.g. the child killed its spawner)
+        audit.event("run.failed", reason=str(exc))
+        say(f"the run was stopped: the sandbox's supervision failed ({exc}); the child's process tree was "
+            "killed")
+        say(audit.format_summary().removeprefix("capgate: "))
+        audit.close()
+        return EXIT_SANDBOX_REFUSED
     audit.event("run.end", returncode=result.returncode, timed_out=result.timed_out,
                 duration_s=round(result.duration, 3), limits_fired=list(result.limits_fired),
                 child_activated=result.child_activated, denied=audit.denied, allowed=audit.allowed)

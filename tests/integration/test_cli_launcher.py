@@ -204,6 +204,22 @@ def test_check_of_a_host_name_exits_once_decided(ws: Path, home: Path, tmp_path:
     assert done.returncode in (0, 1) and ("allow" in done.stdout or "deny" in done.stdout), done.stdout + done.stderr
 
 
+def test_a_child_that_kills_its_spawner_ends_the_run_with_125(ws: Path, home: Path) -> None:
+    """The spawner shares the child's Landlock domain, so the child can kill it. The run
+    then stops cleanly: a message, exit 125, and the child's tree killed (not a traceback)."""
+    token = "capgate-spawner-killer-3f9a"
+    done = capgate_run(["run", "--workspace", str(ws), "--", "/bin/sh", "-c",
+                        f"kill -9 $PPID; while :; do : {token}; done", token], home=home, cwd=ws, timeout=60)
+    assert done.returncode == 125, done.stderr
+    assert "supervision failed" in done.stderr and "Traceback" not in done.stderr
+    for name in Path("/proc").iterdir():
+        if name.name.isdigit():
+            try:
+                assert token.encode() not in (name / "cmdline").read_bytes()
+            except OSError:
+                continue
+
+
 def test_init_writes_a_template_that_loads_as_the_defaults(ws: Path, home: Path) -> None:
     proc = capgate_run(["init"], home=home, cwd=ws)
     assert proc.returncode == 0, proc.stderr
