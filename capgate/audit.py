@@ -63,6 +63,9 @@ def _start_structlog_import() -> None:
 _dumps = json.JSONEncoder(default=repr).encode
 
 
+_quote = json.encoder.encode_basestring_ascii  # (C) how json.dumps writes a string, ensure_ascii
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -217,6 +220,9 @@ class AuditLog:
                 {"op": op, "target": target, "decision": "allow" if decision.allowed else "deny",
                  "rule": decision.rule, "reason": decision.reason, **extra},
             ))
+        self._write_decisions(entries, stamp)
+
+    def _write_decisions(self, entries: list[tuple[str, dict[str, Any]]], stamp: str) -> None:
         if not entries:
             return
         with self._write_lock:
@@ -232,6 +238,50 @@ class AuditLog:
             text = "".join(
                 _dumps({**fields, "event": "decision", "level": level, "timestamp": stamp}) + "\n"
                 for level, fields in entries
+            )
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # as in _emit: a closed or full log never turns a denial into an allow
+
+    def record_child(self, rows: Sequence[tuple[str, str, bool, str, str, int | None]]) -> None:
+        """``record_many`` for a sandboxed child's forwarded decisions — ``(op, target, allowed,
+        rule, reason, child pid)`` rows, already validated by the reader — with the same lines
+        (``source: child``, ``child_pid``) rendered from a template: a child that opens files in
+        a burst sends one line per open, and this keeps the launcher ahead of it."""
+        with self._lock:
+            for op, target, allowed, _rule, _reason, _pid in rows:
+                if allowed:
+                    self.allowed += 1
+                    continue
+                self.denied += 1
+                key = (op, target)
+                if key in self._denials or len(self._denials) < MAX_DISTINCT:
+                    self._denials[key] += 1
+                else:
+                    self.overflow += 1
+        keep = [row for row in rows if not row[2] or self._log_allowed]
+        if not keep:
+            return
+        stamp = _now()
+        with self._write_lock:
+            if self._logger is None or self._pending:  # (structlog still loading: the general path)
+                self._write_decisions([(
+                    "info" if allowed else "warning",
+                    {"op": op, "target": target, "decision": "allow" if allowed else "deny", "rule": rule,
+                     "reason": reason, "source": "child", "child_pid": pid},
+                ) for op, target, allowed, rule, reason, pid in keep], stamp)
+                return
+            tail = '", "timestamp": "' + stamp + '"}\n'
+            text = "".join(
+                '{"op": ' + _quote(op) + ', "target": ' + _quote(target)
+                + (', "decision": "allow", "rule": ' if allowed else ', "decision": "deny", "rule": ')
+                + _quote(rule) + ', "reason": ' + _quote(reason) + ', "source": "child", "child_pid": '
+                + (str(pid) if type(pid) is int else "null")
+                + (', "event": "decision", "level": "info' if allowed else ', "event": "decision", "level": "warning')
+                + tail
+                for op, target, allowed, rule, reason, pid in keep
             )
             try:
                 self._stream.write(text)

@@ -26,7 +26,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from capgate.backends.base import LaunchRequest, LaunchResult
-from capgate.decision import Decision
 from capgate.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -82,7 +81,7 @@ class ChildReportReader(threading.Thread):
     def handle_many(self, lines: list[bytes]) -> None:
         """One read's worth of lines. Decisions go to the log as one batch (one write, one
         timestamp: the time they arrived), in order with the events between them."""
-        batch: list[tuple[str, str, Decision, dict[str, Any]]] = []
+        batch: list[tuple[str, str, bool, str, str, int | None]] = []
         for line in lines:
             if not line:
                 continue
@@ -92,16 +91,16 @@ class ChildReportReader(threading.Thread):
             self.lines += 1
             data = _parse(line)
             if data is not None and "event" not in data:
-                pid = data["pid"] if isinstance(data.get("pid"), int) else None
-                decision = Decision(data["decision"] == "allow", data["reason"], data["rule"], data["target"])
-                batch.append((data["op"], data["target"], decision, {"source": "child", "child_pid": pid}))
+                pid = data.get("pid")
+                batch.append((data["op"], data["target"], data["decision"] == "allow", data["rule"], data["reason"],
+                              pid if type(pid) is int else None))
                 continue
             if batch:
-                self.audit.record_many(batch)
+                self.audit.record_child(batch)
                 batch = []
             self._other(line, data)
         if batch:
-            self.audit.record_many(batch)
+            self.audit.record_child(batch)
 
     def _other(self, line: bytes, data: dict[str, Any] | None) -> None:
         if data is None:
