@@ -240,7 +240,7 @@ def supervise(
     finally:
         hits = cgroup.max_hits() if cgroup is not None else 0
         if cgroup is not None:
-            cgroup.release()
+            cgroup.release(hits_read=True)
             # Commands come in bursts: the next run's cgroup join then skips an RCU grace
             # period (~5 ms after ~90 ms idle, measured; ``keep_migrations_warm``).
             keep_migrations_warm(_WARM_AFTER_RUN)
@@ -404,7 +404,7 @@ def _run(
         timed_out = _pump_fds(exit_fd, stdin_w, out_r, err_r, data, out, err, start + budget)
         if timed_out:
             tree.kill()
-        status, cpu_used, cleaned = _await_result(child)
+        status, cpu_used, cleaned = _await_result(child, ready=not timed_out and exit_fd is not None)
         done = True
         # The spawner killed the child's process group before reaping it (while its pid could
         # not be reused); a killpg from here, after the reap, could hit a recycled group.
@@ -471,10 +471,13 @@ def _carriable(table: RlimitTable) -> bool:
     return True
 
 
-def _await_result(child: _spawner.SpawnedChild, grace: float = 10.0) -> tuple[int, float, bool | None]:
+def _await_result(
+    child: _spawner.SpawnedChild, grace: float = 10.0, *, ready: bool = False
+) -> tuple[int, float, bool | None]:
     """The exit report from the spawner (``SpawnedChild.result``); a spawner that says nothing
-    within ``grace`` after the tree was killed is broken and is closed."""
-    ready = child.exited or select.select([child.fileno()], [], [], grace)[0]
+    within ``grace`` after the tree was killed is broken and is closed. ``ready``: the
+    socket was just seen readable (the report is there, or the spawner died: EOF)."""
+    ready = ready or child.exited or bool(select.select([child.fileno()], [], [], grace)[0])
     if not ready:
         child.spawner.dead = True
         raise _spawner.SpawnerDied(errno.ETIMEDOUT, "capgate spawner did not report the child's exit")

@@ -269,12 +269,14 @@ class PidsCgroup:
                 fh.write(str(max_processes))
             self.max = max_processes
 
-    def release(self) -> None:
-        """The run is over: keep the cgroup for the next run if it is empty, else remove it."""
+    def release(self, *, hits_read: bool = False) -> None:
+        """The run is over: keep the cgroup for the next run if it is empty, else remove it.
+        ``hits_read``: the caller read ``max_hits`` after the run's tree was dead."""
         if (self.known_empty or self.kill_all(deadline=0.5)) and self._current() == 0:
             # pids.current also counts killed tasks not yet reaped (orphan zombies): reusing
             # such a cgroup would hand the next run fewer processes than it was promised.
-            self.max_hits()
+            if not hits_read:
+                self.max_hits()
             self._hits_before = self._hits_seen
             self.known_empty = True
             with _spare_lock:
