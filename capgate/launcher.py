@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -566,13 +565,19 @@ def _print_dry_run(out: IO[str], policy: Policy, backend: str, audit_path: str, 
     out.flush()
 
 
+# os.uname and sys rather than ``platform``: the same values, without ~2 ms of import on
+# every ``capgate run``'s start-up.
+_IMPLEMENTATIONS = {"cpython": "CPython", "pypy": "PyPy", "graalpy": "GraalVM", "ironpython": "IronPython"}
+
+
 def _os_info() -> dict[str, str]:
-    uname = platform.uname()
-    return {"system": uname.system, "release": uname.release, "machine": uname.machine}
+    uname = os.uname()
+    return {"system": uname.sysname, "release": uname.release, "machine": uname.machine}
 
 
 def _python_info() -> dict[str, str]:
-    return {"version": platform.python_version(), "implementation": platform.python_implementation(),
+    name = sys.implementation.name
+    return {"version": sys.version.split()[0], "implementation": _IMPLEMENTATIONS.get(name, name),
             "executable": sys.executable}
 
 
