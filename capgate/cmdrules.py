@@ -151,6 +151,18 @@ def _executable_stat(path: str) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK) else None
 
 
+_MEMO_MAX = 256
+
+
+def _file_signature(path: str) -> tuple[int, ...] | None:
+    """What ``_executable_stat`` would see of ``path`` (following links), as a comparable
+    tuple; None when it is not an executable regular file any more."""
+    st = _executable_stat(path)
+    if st is None:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class CommandRules:
     """The compiled process rules of one policy (see the module docstring)."""
 
@@ -164,6 +176,9 @@ class CommandRules:
         self._entry_for_file: dict[str, str] = {}
         self._exec_allowlist: tuple[str, ...] | None = None
         self._exec_plan: Plan | bool | None = False  # False: not built yet
+        # (argv, cwd) -> (path dirs, file found, its signature, decision, resolved): decide_argv
+        self._memo: dict[tuple[tuple[str, ...], str | None],
+                         tuple[tuple[str, ...], str, tuple[int, ...], Decision, str]] = {}
         dirs = sanitized_path_dirs(policy)
         for i, entry in enumerate(proc.allowed_commands):
             if entry.startswith("/"):
@@ -300,7 +315,29 @@ class CommandRules:
         for a in args:
             if "\x00" in a:
                 return Decision.deny("an argument holds a NUL byte", "process.argv", args[0]), None
-        return self._decide(args, cwd, 0, path_dirs)
+        if path_dirs is None:
+            return self._decide(args, cwd, 0, path_dirs)
+        # The same command line again (an agent's loop, a test suite): the earlier allowed
+        # decision holds while the PATH directories are the very ones it was made with (the
+        # ``sanitized_path_dirs`` tuple is rebuilt whenever any of them changes) and the file
+        # the name was found at is the same file (inode, mode, owner, times). Denials, and
+        # command lines with a trampoline, are always decided afresh.
+        key = (tuple(args), cwd)
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] is path_dirs and _file_signature(memo[1]) == memo[2]:
+            return memo[3], memo[4]
+        decision, resolved = self._decide(args, cwd, 0, path_dirs)
+        if decision.allowed and resolved is not None:
+            head = args[0]
+            found = head if "/" in head else self._lookup(head, path_dirs)
+            if (found is not None and os.path.realpath(found) == resolved
+                    and not ({os.path.basename(head), os.path.basename(resolved)} & TRAMPOLINES)):
+                signature = _file_signature(found)
+                if signature is not None:
+                    if len(self._memo) >= _MEMO_MAX:
+                        self._memo.clear()
+                    self._memo[key] = (path_dirs, found, signature, decision, resolved)
+        return decision, resolved
 
     def _decide(
         self, args: list[str], cwd: str | None, depth: int, path_dirs: tuple[str, ...] | None = None

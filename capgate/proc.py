@@ -46,6 +46,7 @@ import os
 import signal
 import stat
 import subprocess
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -65,11 +66,21 @@ def _shown_argv(argv: Sequence[str]) -> list[str]:
     return [a[:200] for a in argv[:32]]
 
 
+# The decision to read the workspace root, per gate: a pure function of the policy (string
+# matching on a path canonical since the policy was loaded), asked by every proc.run.
+_workspace_read: weakref.WeakKeyDictionary[Gate, Decision] = weakref.WeakKeyDictionary()
+
+
 def _resolve_cwd(gate: Gate, cwd: object) -> str:
     target: object = gate.policy.workspace if cwd is None else cwd
     canonical: str | None
     if cwd is None:
         canonical = gate.policy.workspace  # canonical since the policy was loaded
+        decision = _workspace_read.get(gate)
+        if decision is None:
+            decision = _workspace_read[gate] = gate.peek_path(ops.FS_READ, canonical)
+        gate.record(ops.FS_READ, gate.show(canonical), decision)  # as decide_path logs it
+        return _checked_cwd(gate, canonical, decision, target)
     else:
         try:
             canonical = gate.canonical_path(target)
@@ -79,6 +90,10 @@ def _resolve_cwd(gate: Gate, cwd: object) -> str:
         decision = gate.check(ops.FS_READ, target)
     else:  # gate.check without canonicalizing twice (its hard-link rule is for regular files)
         decision = gate.decide_path(ops.FS_READ, canonical)
+    return _checked_cwd(gate, canonical, decision, target)
+
+
+def _checked_cwd(gate: Gate, canonical: str | None, decision: Decision, target: object) -> str:
     if not decision.allowed or canonical is None:
         raise PermissionDenied(ops.PROC_EXEC, str(target), f"cwd not readable: {decision.reason}", decision.rule)
     try:

@@ -27,6 +27,7 @@ is) — list only names whose value you trust.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
 import stat
@@ -151,8 +152,10 @@ _NEVER = re.compile("|".join(fnmatch.translate(p) for p in NEVER_PASSED))
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_never_passed(name: str) -> bool:
-    """True for a variable name a child never receives from passthrough or ``extra``."""
+    """True for a variable name a child never receives from passthrough or ``extra``.
+    (Cached: the same few names are asked on every ``proc.run``, and the pattern is long.)"""
     return _NEVER.match(name.upper()) is not None or _NAME.match(name) is None
 
 

@@ -161,3 +161,41 @@ def test_git_where_the_checked_repository_is_not_the_one_used(make_gate, workspa
     decision, _ = rules.decide_argv(argv, str(workspace))
     assert not decision.allowed, decision
     assert rules.decide_argv(["git", "init", "--bare", "output/r.git"], str(workspace))[0].allowed
+
+
+def test_a_remembered_decision_is_made_again_when_the_file_or_the_path_changes(  # type: ignore[no-untyped-def]
+    make_gate, workspace: Path, tmp_path: Path
+) -> None:
+    """decide_argv remembers an allowed command line only while the PATH directories are
+    the ones it was decided with and the file found is the same file: every change that
+    would change the decision is seen on the next call (real files, real chmod/rename)."""
+    from capgate._sys.clean_env import sanitized_path_dirs
+
+    tool = tmp_path / "opt" / "tool"
+    _plant(tool, workspace / "pwned")
+    other = tmp_path / "opt" / "other"
+    _plant(other, workspace / "pwned")
+    gate = make_gate({"process": {"allowedCommands": [str(tool)]}})
+    rules = gate.command_rules
+    dirs = sanitized_path_dirs(gate.policy, cwd=str(workspace))
+    argv, cwd = [str(tool), "--flag"], str(workspace)
+    assert rules.decide_argv(argv, cwd, path_dirs=dirs)[0].allowed
+    assert rules.decide_argv(argv, cwd, path_dirs=dirs)[0].allowed  # remembered
+    assert len(rules._memo) == 1
+    tool.chmod(0o777)  # mode changed: decided again, and refused
+    assert rules.decide_argv(argv, cwd, path_dirs=dirs)[0].rule == "process.writeRoot"
+    tool.chmod(0o755)
+    assert rules.decide_argv(argv, cwd, path_dirs=dirs)[0].allowed
+    tool.unlink()
+    tool.symlink_to(other)  # now a link to a file that is not allowed
+    decision, _ = rules.decide_argv(argv, cwd, path_dirs=dirs)
+    assert not decision.allowed and decision.rule == "process.allowedCommands"
+    tool.unlink()
+    _plant(tool, workspace / "pwned")  # a new file at the allowed path: decided again (allowed)
+    decision, resolved = rules.decide_argv(argv, cwd, path_dirs=dirs)
+    assert decision.allowed and resolved == str(tool)
+    fresh_dirs = tuple(list(dirs))  # equal, but not the tuple the decision was made with
+    assert fresh_dirs == dirs and fresh_dirs is not dirs
+    rules._memo[(tuple(argv), cwd)] = (*rules._memo[(tuple(argv), cwd)][:3],
+                                       rules._memo[(tuple(argv), cwd)][3].__class__.deny("stale", "test"), str(tool))
+    assert rules.decide_argv(argv, cwd, path_dirs=fresh_dirs)[0].allowed  # a new PATH snapshot: decided again
