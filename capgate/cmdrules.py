@@ -152,6 +152,7 @@ def _executable_stat(path: str) -> os.stat_result | None:
 
 
 _MEMO_MAX = 256
+_MEMO_ARGV_MAX = 4096  # characters: the memo holds at most _MEMO_MAX short command lines
 
 
 def _file_signature(path: str) -> tuple[int, ...] | None:
@@ -319,21 +320,24 @@ class CommandRules:
             return self._decide(args, cwd, 0, path_dirs)
         # The same command line again (an agent's loop, a test suite): the earlier allowed
         # decision holds while the PATH directories are the very ones it was made with (the
-        # ``sanitized_path_dirs`` tuple is rebuilt whenever any of them changes) and the file
-        # the name was found at is the same file (inode, mode, owner, times). Denials, and
-        # command lines with a trampoline, are always decided afresh.
+        # ``sanitized_path_dirs`` tuple is rebuilt whenever any of them changes), the name
+        # still leads to the same file, and the resolved path it approved is still that file
+        # (inode, mode, owner, size, times of both; the run executes the resolved path).
+        # Denials, command lines with a trampoline and long ones are decided afresh.
+        args = [str.__str__(a) for a in args]  # plain str: a subclass could fake its hash or text
         key = (tuple(args), cwd)
         memo = self._memo.get(key)
-        if memo is not None and memo[0] is path_dirs and _file_signature(memo[1]) == memo[2]:
+        if (memo is not None and memo[0] is path_dirs and _file_signature(memo[1]) == memo[2]
+                and _file_signature(memo[4]) == memo[2]):
             return memo[3], memo[4]
         decision, resolved = self._decide(args, cwd, 0, path_dirs)
-        if decision.allowed and resolved is not None:
+        if decision.allowed and resolved is not None and sum(map(len, args)) <= _MEMO_ARGV_MAX:
             head = args[0]
             found = head if "/" in head else self._lookup(head, path_dirs)
             if (found is not None and os.path.realpath(found) == resolved
                     and not ({os.path.basename(head), os.path.basename(resolved)} & TRAMPOLINES)):
                 signature = _file_signature(found)
-                if signature is not None:
+                if signature is not None and _file_signature(resolved) == signature:
                     if len(self._memo) >= _MEMO_MAX:
                         self._memo.clear()
                     self._memo[key] = (path_dirs, found, signature, decision, resolved)

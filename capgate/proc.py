@@ -147,7 +147,10 @@ def run(
             "process.allowShell",
         )
     try:
-        args = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else a for a in argv]
+        # Plain str from here on (a str subclass could answer checks with one text and
+        # reach the child with another).
+        args = [str.__str__(a) if isinstance(a, str) else os.fsdecode(a) if isinstance(a, (bytes, os.PathLike))
+                else a for a in argv]
     except TypeError:
         raise gate.deny(ops.PROC_EXEC, "<argv>", "argv items must be str or path-like", "process.argv")
     if not args or not all(isinstance(a, str) for a in args):

@@ -41,13 +41,28 @@ _version = 0
 _NAME = re.compile(r"capgate-(\d+)-\d+\Z")
 
 
+def _still_home() -> bool:
+    """Is this process still where it was when ``cgroup_parent`` was found (every hierarchy:
+    a move anywhere ends the warming, which is only an optimisation)?"""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            return fh.read() == _home_membership
+    except OSError:
+        return False
+
+
+_home_membership: str | None = None
+
+
 def _find_parent() -> tuple[str | None, int]:
     """The directory under which this process may create pids cgroups, and the version."""
+    global _home_membership
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as fh:
             mounts = fh.read().splitlines()
         with open("/proc/self/cgroup", encoding="utf-8") as fh:
-            memberships = fh.read().splitlines()
+            _home_membership = fh.read()
+        memberships = _home_membership.splitlines()
     except OSError:
         return None, 0
     v1_mount = v2_mount = None
@@ -178,7 +193,8 @@ def keep_migrations_warm(seconds: float) -> None:
         global _warm_running
         while True:
             with _warm_lock:
-                if time.monotonic() >= _warm_until:
+                if time.monotonic() >= _warm_until or not _still_home():
+                    # (someone moved this process elsewhere: a write would move it back)
                     _warm_running = False
                     return
             try:
@@ -356,12 +372,16 @@ def _remove_spares() -> None:
 
 
 def _forget_after_fork() -> None:
-    global _home_fd
+    global _home_fd, _warm_lock, _warm_running, _warm_until
     for group in _spare:  # the parent's: never reused nor removed by the child
         group.close_files()
     _spare.clear()
     _spare_owner[0] = os.getpid()
     _home_fd = None
+    # The parent's warming thread does not exist here (and may have held the lock).
+    _warm_lock = threading.Lock()
+    _warm_running = False
+    _warm_until = 0.0
 
 
 atexit.register(_remove_spares)

@@ -152,10 +152,15 @@ _NEVER = re.compile("|".join(fnmatch.translate(p) for p in NEVER_PASSED))
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-@functools.lru_cache(maxsize=4096)
 def is_never_passed(name: str) -> bool:
-    """True for a variable name a child never receives from passthrough or ``extra``.
-    (Cached: the same few names are asked on every ``proc.run``, and the pattern is long.)"""
+    """True for a variable name a child never receives from passthrough or ``extra``."""
+    name = str.__str__(name)  # a str subclass could answer upper() or match() its own way
+    return _never_passed(name) if len(name) <= 64 else _never_passed.__wrapped__(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _never_passed(name: str) -> bool:
+    # Cached for short names: the same few are asked on every ``proc.run``, the pattern is long.
     return _NEVER.match(name.upper()) is not None or _NAME.match(name) is None
 
 
@@ -271,6 +276,7 @@ def build_child_env(
     for name, value in (extra or {}).items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError("environment names and values must be str")
+        name, value = str.__str__(name), str.__str__(value)
         if is_never_passed(name):
             continue
         if "\x00" in value:

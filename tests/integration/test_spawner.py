@@ -391,3 +391,53 @@ def test_spawner_holds_no_writable_cgroup_file_while_a_child_runs(limits, worksp
     assert cgroup_files and all(line.split()[0].endswith("/pids.current") for line in cgroup_files), lines
     assert all(int(line.split()[1], 8) & 0o3 == os.O_RDONLY for line in cgroup_files), lines
 
+
+
+@pytest.mark.skipif(cgroup_parent() is None or os.geteuid() != 0, reason="needs a pids cgroup and root")
+def test_warming_never_moves_the_process_back_after_someone_moved_it(tmp_path: Path) -> None:
+    """An operator (or a service manager) moves the process to another cgroup after capgate
+    probed: the warming after a run must not pull it back into the cgroup it came from."""
+    parent = cgroup_parent()
+    assert parent is not None
+    elsewhere = os.path.join(parent, f"capgate-test-elsewhere-{uuid.uuid4().hex[:8]}")
+    os.mkdir(elsewhere)
+    script = tmp_path / "moved.py"
+    script.write_text(textwrap.dedent(f"""
+        import dataclasses, os, sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        import capgate
+        from capgate._sys.cgroup import cgroup_parent
+        from capgate.supervisor import supervise
+        assert cgroup_parent() is not None
+        with open({os.path.join(elsewhere, "cgroup.procs")!r}, "w") as fh:
+            fh.write(str(os.getpid()))
+        limits = capgate.default_policy({str(tmp_path)!r}).limits
+        supervise(["true"], executable="/bin/true", limits=limits, env={{"PATH": "/usr/bin"}}, cwd="/")
+        time.sleep(0.1)
+        print(open("/proc/self/cgroup").read())
+    """))
+    try:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert os.path.basename(elsewhere) in done.stdout, done.stdout
+    finally:
+        for _ in range(100):
+            try:
+                os.rmdir(elsewhere)
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+@pytest.mark.skipif(cgroup_parent() is None, reason="no pids cgroup on this machine")
+def test_a_forked_child_starts_with_its_own_warming_state(limits, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    from capgate._sys import cgroup as cgroup_mod
+
+    supervise(["true"], executable="/bin/true", limits=limits, env=ENV, cwd=str(workspace))  # a window is open
+    assert cgroup_mod._warm_running
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        ok = not cgroup_mod._warm_running and cgroup_mod._warm_lock.acquire(timeout=1)
+        os._exit(0 if ok else 1)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -199,3 +199,64 @@ def test_a_remembered_decision_is_made_again_when_the_file_or_the_path_changes( 
     rules._memo[(tuple(argv), cwd)] = (*rules._memo[(tuple(argv), cwd)][:3],
                                        rules._memo[(tuple(argv), cwd)][3].__class__.deny("stale", "test"), str(tool))
     assert rules.decide_argv(argv, cwd, path_dirs=fresh_dirs)[0].allowed  # a new PATH snapshot: decided again
+
+
+def test_a_remembered_decision_is_not_used_once_the_approved_path_is_another_file(  # type: ignore[no-untyped-def]
+    make_gate, workspace: Path, tmp_path: Path
+) -> None:
+    """The name still leads to the approved file (its directory was renamed and a link
+    follows it), but the approved path now holds another file: decided again, refused."""
+    from capgate._sys.clean_env import sanitized_path_dirs
+
+    tools = tmp_path / "tools"
+    _plant(tools / "v1" / "tool", workspace / "pwned")
+    (tools / "current").symlink_to("v1")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "tool").symlink_to(tools / "current" / "tool")
+    _plant(tools / "evil", workspace / "pwned")
+    gate = make_gate({"process": {"allowedCommands": [str(tools / "v1" / "tool")], "allowShell": True}})
+    rules, cwd = gate.command_rules, str(workspace)
+    dirs = sanitized_path_dirs(gate.policy, cwd=cwd)
+    argv = [str(tmp_path / "bin" / "tool")]
+    decision, resolved = rules.decide_argv(argv, cwd, path_dirs=dirs)
+    assert decision.allowed and resolved == str(tools / "v1" / "tool") and rules._memo
+    (tools / "v1").rename(tools / "v2")  # same inode and times: the name's chain still matches
+    (tools / "current").unlink()
+    (tools / "current").symlink_to("v2")
+    (tools / "v1").mkdir()
+    (tools / "v1" / "tool").symlink_to(tools / "evil")  # the approved path: another file now
+    decision, resolved = rules.decide_argv(argv, cwd, path_dirs=dirs)
+    assert not decision.allowed and resolved is None, decision
+
+
+def test_look_alike_str_arguments_are_decided_by_their_text(make_gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    """A str subclass that hashes and compares like an allowed argument must not reuse that
+    decision: what is decided (and remembered) is the plain text the child would get."""
+    from capgate._sys.clean_env import sanitized_path_dirs
+
+    gate = make_gate({"process": {"allowedCommands": ["python3"], "deniedArguments": {"python3": ["*import*"]}}})
+    rules, cwd = gate.command_rules, str(workspace)
+    dirs = sanitized_path_dirs(gate.policy, cwd=cwd)
+    assert rules.decide_argv(["python3", "-c", "print(1)"], cwd, path_dirs=dirs)[0].allowed
+
+    class LookAlike(str):
+        def __hash__(self) -> int:
+            return hash("print(1)")
+
+        def __eq__(self, other: object) -> bool:
+            return other == "print(1)" or str.__eq__(self, other)
+
+    decision, _ = rules.decide_argv(["python3", "-c", LookAlike("import os")], cwd, path_dirs=dirs)
+    assert not decision.allowed and decision.rule == "process.deniedArguments.python3[0]"
+
+
+def test_long_command_lines_are_not_remembered(make_gate, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    from capgate._sys.clean_env import sanitized_path_dirs
+
+    gate = make_gate({"process": {"allowedCommands": ["echo"]}})
+    rules, cwd = gate.command_rules, str(workspace)
+    dirs = sanitized_path_dirs(gate.policy, cwd=cwd)
+    assert rules.decide_argv(["echo", "x" * 100_000], cwd, path_dirs=dirs)[0].allowed
+    assert not rules._memo
+    assert rules.decide_argv(["echo", "short"], cwd, path_dirs=dirs)[0].allowed
+    assert len(rules._memo) == 1
