@@ -1080,26 +1080,25 @@ def _load_nosym() -> None:
 
 def _lexical_canonical(text: str) -> str | None:
     """``text`` (relative to the cwd) as a canonical path when no component of it is a
-    symlink — the kernel checks that, on the very lookup ``open`` will repeat; None when
-    one is, when it does not exist, or when this cannot tell (the caller asks /proc)."""
+    symlink; None when one is, when it does not exist, or when this cannot tell (the caller
+    asks /proc). A relative path is made absolute with the cwd *first* and the absolute
+    path is what the kernel checks: the path returned is exactly the one checked (the cwd
+    ``getcwd`` gives is physical, free of symlinks itself)."""
     if _nosym_state == 0:
         _load_nosym()
     opener = _nosym_open
     if opener is None:
         return None
-    relative = not text.startswith("/")
     try:
-        cwd = os.getcwd() if relative else ""
-        fd = opener(os.fsencode(text))
-        if fd < 0:
-            return None
-        os.close(fd)
-        if relative:
-            if os.getcwd() != cwd:
-                return None  # another thread changed directory meanwhile: ask /proc
+        if not text.startswith("/"):
+            cwd = os.getcwd()
             text = (cwd if cwd != "/" else "") + "/" + text
+        fd = opener(os.fsencode(text))
     except (OSError, ValueError):
         return None
+    if fd < 0:
+        return None
+    os.close(fd)
     if "/." in text or "//" in text or (text.endswith("/") and text != "/"):
         # No symlinks on the way, so ".." is the lexical parent; "//x" is "/x" on Linux.
         text = os.path.normpath(text)
