@@ -430,6 +430,16 @@ class _SpawnerWarmup:
             fast = limits.max_processes >= 2 and carriable is not None and carriable(table)
             spawner.release(spawner.acquire(tuple((row[0], row[1], row[2]) for row in table) if fast else None,
                                             self._plan))
+            # The child's pids cgroup too (mkdir in cgroupfs, pids.max, the control files
+            # supervise() uses), left empty in the spare pool where supervise() takes it.
+            from capgate._sys.cgroup import create_pids_cgroup
+
+            group = create_pids_cgroup(limits.max_processes)
+            if group is not None:
+                group.procs_fd()
+                group.current_fd()
+                group.max_hits()
+                group.release()
         except Exception:  # an optimisation only: supervise() starts a spawner itself
             pass
 
