@@ -36,6 +36,13 @@ Private directories go on a tmpfs when a suitable one exists (``private_parent``
 descriptors named in the request reach the child, at the numbers the caller used (``pass_fds``
 keep their numbers).
 
+Start-up: a launcher that must start its child quickly calls ``prestart`` before it knows
+the policy; that spawner starts *blank* (no limits, no Landlock) and ``acquire`` hands it the
+rlimit table and plan with a ``configure`` message, which the server takes once and only
+before its first child. While a child runs, the spawner holds no writable cgroup file: the
+child shares its uid and Landlock domain and could take any descriptor it holds (the run
+cgroup's ``pids.current`` is read-only).
+
 Lifetime: the spawner dies with its owner — it watches a pidfd of the owner process and EOF
 on its socket; on either it kills the current run (its cgroup members and process group)
 and exits. If the spawner dies, the supervisor kills the run's tree itself, raises
