@@ -220,6 +220,29 @@ def test_a_child_that_kills_its_spawner_ends_the_run_with_125(ws: Path, home: Pa
                 continue
 
 
+def test_run_leaves_no_cgroup_spawner_or_run_directory(ws: Path, home: Path) -> None:
+    """The launcher makes the child's cgroup early, on its warm-up thread, and exits without
+    interpreter teardown: its exit handlers must still remove what it made."""
+    import os
+    import tempfile
+
+    from capgate._sys.cgroup import cgroup_parent
+
+    def ours() -> set[str]:
+        parent = cgroup_parent()
+        names = set(os.listdir(parent)) if parent else set()
+        return {n for n in names if n.startswith("capgate-") and not n.startswith(f"capgate-{os.getpid()}-")}
+
+    def run_dirs() -> set[str]:
+        return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("capgate-run-")}
+
+    cgroups_before, dirs_before = ours(), run_dirs()
+    done = capgate_run(["run", "--workspace", str(ws), "--", PY, "-c", "print('ok')"], home=home, cwd=ws)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert ours() <= cgroups_before
+    assert run_dirs() <= dirs_before
+
+
 def test_init_writes_a_template_that_loads_as_the_defaults(ws: Path, home: Path) -> None:
     proc = capgate_run(["init"], home=home, cwd=ws)
     assert proc.returncode == 0, proc.stderr

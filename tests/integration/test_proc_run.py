@@ -36,6 +36,19 @@ def test_run_returns_completed_process_and_audits(gate, audit_stream, workspace:
     assert event["resolved"] == decision["resolved"] and "duration" in event
 
 
+def test_a_repeated_command_is_decided_and_logged_every_time(gate, audit_stream, workspace: Path) -> None:  # type: ignore[no-untyped-def]
+    """The second run of the same command line reuses the remembered decision, but the log
+    still has every decision of every run: the cwd read, the exec, the run."""
+    for _ in range(3):
+        assert proc.run(["echo", "again"]).stdout == b"again\n"
+    lines = audit_lines(audit_stream)
+    cwd_reads = [x for x in lines if x.get("op") == "fs.read" and x.get("target") == str(workspace)]
+    execs = [x for x in lines if x.get("op") == "proc.exec" and x.get("decision") == "allow"]
+    runs = [x for x in lines if x.get("event") == "proc.run"]
+    assert len(cwd_reads) == len(execs) == len(runs) == 3
+    assert len({x["resolved"] for x in execs}) == 1 and len(gate.command_rules._memo) == 1
+
+
 def test_signal_is_reported(gate, audit_stream) -> None:  # type: ignore[no-untyped-def]
     result = proc.run(["python3", "-c", "import os,signal; os.kill(os.getpid(), signal.SIGTERM)"])
     assert result.returncode == -15
