@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 
 if TYPE_CHECKING:
@@ -67,6 +67,14 @@ _dumps = json.JSONEncoder(default=repr).encode
 
 
 _quote = json.encoder.encode_basestring_ascii  # (C) how json.dumps writes a string, ensure_ascii
+
+
+def _entry(op: str, target: str, allowed: bool, rule: str, reason: str,
+           extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(level, fields) of one decision line, as ``record`` logs it."""
+    return ("info" if allowed else "warning",
+            {"op": op, "target": target, "decision": "allow" if allowed else "deny", "rule": rule,
+             "reason": reason, **extra})
 
 
 def _now() -> str:
@@ -180,34 +188,25 @@ class AuditLog:
             with self._lock:
                 self.allowed += 1
             return
-        with self._lock:
-            if decision.allowed:
-                self.allowed += 1
-            else:
-                self.denied += 1
-                key = (op, target)
-                if key in self._denials or len(self._denials) < MAX_DISTINCT:
-                    self._denials[key] += 1
-                else:
-                    self.overflow += 1
-        fields = {
-            "op": op,
-            "target": target,
-            "decision": "allow" if decision.allowed else "deny",
-            "rule": decision.rule,
-            "reason": decision.reason,
-            **extra,
-        }
-        self._emit("info" if decision.allowed else "warning", "decision", fields)
+        self._count(((op, target, decision.allowed),))
+        level, fields = _entry(op, target, decision.allowed, decision.rule, decision.reason, extra)
+        self._emit(level, "decision", fields)
 
     def record_many(self, rows: Sequence[tuple[str, str, Decision, dict[str, Any]]]) -> None:
         """Log and count several decisions at once — ``(op, target, decision, extra)`` rows, as
         ``record`` takes them — with one timestamp and one write for the batch. For bulk
         forwarding (a sandboxed child's report): the lines are the ones structlog's JSON
         renderer writes for ``record``, built here without its per-call overhead."""
+        self._count((op, target, decision.allowed) for op, target, decision, _extra in rows)
+        self._write_decisions([_entry(op, target, decision.allowed, decision.rule, decision.reason, extra)
+                               for op, target, decision, extra in rows
+                               if not decision.allowed or self._log_allowed], _now())
+
+    def _count(self, rows: Iterable[tuple[str, str, bool]]) -> None:
+        """Count ``(op, target, allowed)`` decisions (denials per operation and target)."""
         with self._lock:
-            for op, target, decision, _extra in rows:
-                if decision.allowed:
+            for op, target, allowed in rows:
+                if allowed:
                     self.allowed += 1
                     continue
                 self.denied += 1
@@ -216,17 +215,6 @@ class AuditLog:
                     self._denials[key] += 1
                 else:
                     self.overflow += 1
-        stamp = _now()
-        entries: list[tuple[str, dict[str, Any]]] = []
-        for op, target, decision, extra in rows:
-            if decision.allowed and not self._log_allowed:
-                continue
-            entries.append((
-                "info" if decision.allowed else "warning",
-                {"op": op, "target": target, "decision": "allow" if decision.allowed else "deny",
-                 "rule": decision.rule, "reason": decision.reason, **extra},
-            ))
-        self._write_decisions(entries, stamp)
 
     def _write_decisions(self, entries: list[tuple[str, dict[str, Any]]], stamp: str) -> None:
         if not entries:
@@ -256,28 +244,15 @@ class AuditLog:
         rule, reason, child pid)`` rows, already validated by the reader — with the same lines
         (``source: child``, ``child_pid``) rendered from a template: a child that opens files in
         a burst sends one line per open, and this keeps the launcher ahead of it."""
-        with self._lock:
-            for op, target, allowed, _rule, _reason, _pid in rows:
-                if allowed:
-                    self.allowed += 1
-                    continue
-                self.denied += 1
-                key = (op, target)
-                if key in self._denials or len(self._denials) < MAX_DISTINCT:
-                    self._denials[key] += 1
-                else:
-                    self.overflow += 1
+        self._count((op, target, allowed) for op, target, allowed, _rule, _reason, _pid in rows)
         keep = [row for row in rows if not row[2] or self._log_allowed]
         if not keep:
             return
         stamp = _now()
         with self._write_lock:
             if self._logger is None or self._pending:  # (structlog still loading: the general path)
-                self._write_decisions([(
-                    "info" if allowed else "warning",
-                    {"op": op, "target": target, "decision": "allow" if allowed else "deny", "rule": rule,
-                     "reason": reason, "source": "child", "child_pid": pid},
-                ) for op, target, allowed, rule, reason, pid in keep], stamp)
+                self._write_decisions([_entry(op, target, allowed, rule, reason, {"source": "child", "child_pid": pid})
+                                       for op, target, allowed, rule, reason, pid in keep], stamp)
                 return
             tail = '", "timestamp": "' + stamp + '"}\n'
             text = "".join(
