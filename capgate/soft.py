@@ -1013,23 +1013,28 @@ def _fd_path(fd: int) -> str:
     return target
 
 
+def _opened_path(name: str) -> str | None:
+    """Open ``name`` ``O_PATH`` (follows every link, touches no data) and ask the kernel what
+    it opened; None when it cannot be opened or named (the callers use ``realpath``)."""
+    if not _O_PATH:
+        return None
+    try:
+        fd = os.open(name, _O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        target = os.readlink(f"/proc/{os.getpid()}/fd/{fd}")  # cheaper than /proc/self
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return target if target.startswith("/") and not target.endswith(" (deleted)") else None
+
+
 def _canonical(absolute: str) -> str:
-    """Canonical path: open it ``O_PATH`` (follows every link, touches no data) and ask the
-    kernel what it opened; a path that does not exist yet goes through ``realpath``."""
-    if _O_PATH:
-        try:
-            fd = os.open(absolute, _O_PATH | os.O_CLOEXEC)
-        except OSError:
-            return os.path.realpath(absolute)
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            target = ""
-        finally:
-            os.close(fd)
-        if target.startswith("/") and not target.endswith(" (deleted)"):
-            return target
-    return os.path.realpath(absolute)
+    """Canonical path (``_opened_path``); a path that does not exist yet goes through
+    ``realpath``."""
+    return _opened_path(absolute) or os.path.realpath(absolute)
 
 
 # -- the no-symlink fast path of ``_canonical_here`` -----------------------------------------
@@ -1114,20 +1119,9 @@ def _canonical_here(text: str) -> str:
         fast = _lexical_canonical(text)
         if fast is not None:
             return fast
-    if _O_PATH:
-        try:
-            fd = os.open(text, _O_PATH | os.O_CLOEXEC)
-        except OSError:
-            pass
-        else:
-            try:
-                target = os.readlink(f"/proc/{os.getpid()}/fd/{fd}")  # cheaper than /proc/self
-            except OSError:
-                target = ""
-            finally:
-                os.close(fd)
-            if target.startswith("/") and not target.endswith(" (deleted)"):
-                return target
+    opened = _opened_path(text)
+    if opened is not None:
+        return opened
     if not text.startswith("/"):
         text = os.getcwd().rstrip("/") + "/" + text
     return os.path.realpath(text)
