@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_POLICY_BYTES", "default_policy", "load_policy", "parse_policy_text"]
 
 MAX_POLICY_BYTES = 64 * 1024
+MAX_POLICY_DEPTH = 16
+MAX_INT_DIGITS = 18
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -85,14 +87,23 @@ def parse_policy_text(text: str | bytes) -> PolicyFile:
     except UnicodeDecodeError as exc:
         raise PolicyError(f"policy file is not UTF-8 (byte {exc.start})") from exc
     try:
-        data = json.loads(decoded, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        data = json.loads(
+            decoded,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+        )
     except json.JSONDecodeError as exc:
         raise PolicyError(f"policy file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise PolicyError(f"policy file nests deeper than {MAX_POLICY_DEPTH} levels") from exc
+    except PolicyError:
+        raise
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:  # fail closed, with one error type
+        raise PolicyError(f"policy file is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise PolicyError("policy file must hold a JSON object")
-    for value in _walk(data):
-        if isinstance(value, float) and not math.isfinite(value):  # pragma: no cover - refused above
-            raise PolicyError("non-finite number in policy file")
+    _check_shape(data)
     import pydantic  # only a user file needs the schema; defaults and children never load it
 
     from capgate.policy.schema import PolicyFile
@@ -101,17 +112,40 @@ def parse_policy_text(text: str | bytes) -> PolicyFile:
         return PolicyFile.model_validate(data)
     except pydantic.ValidationError as exc:
         raise _schema_error(exc) from exc
+    except (ValueError, TypeError, RecursionError) as exc:  # pragma: no cover - the checks above come first
+        raise PolicyError(f"invalid policy: {exc}") from exc
 
 
-def _walk(value: Any) -> Any:
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _walk(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _walk(v)
-    else:
-        yield value
+class _HugeInt(str):
+    """An integer literal too long to be a policy value, kept as text so the shape check
+    can name its key (``int()`` raises ``ValueError`` past 4,300 digits; a 64 KiB file holds
+    65,000)."""
+
+
+def _parse_int(text: str) -> int | _HugeInt:
+    return _HugeInt(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
+
+
+def _check_shape(data: dict[str, Any]) -> None:
+    """Depth, number sizes and finiteness, walked without recursion: the deepest policy key
+    is four levels down, and a deeply nested document must be a ``PolicyError`` naming where,
+    never a ``RecursionError`` from a later, recursive step (the schema validator)."""
+    stack: list[tuple[Any, int, tuple[int | str, ...]]] = [(data, 1, ())]
+    while stack:
+        value, depth, loc = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_POLICY_DEPTH:
+                raise PolicyError(f"{_key_path(loc)}: nests deeper than {MAX_POLICY_DEPTH} levels", _key_path(loc))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((child, depth + 1, (*loc, key)) for key, child in items)
+        elif isinstance(value, _HugeInt):
+            raise PolicyError(
+                f"{_key_path(loc)}: number {value[:20]}... is too large ({MAX_INT_DIGITS} digits at most)",
+                _key_path(loc),
+            )
+        elif isinstance(value, float) and not math.isfinite(value):
+            # 1e999 parses as inf without going through parse_constant.
+            raise PolicyError(f"{_key_path(loc)}: non-finite number", _key_path(loc))
 
 
 def _read_capped(path: str) -> bytes:

@@ -116,9 +116,14 @@ def _version_one(value: int) -> int:
     return value
 
 
+POLICY_VERSION = 1
+
+
 class PolicyFile(_Strict):
     # StrictInt first: Literal[1] alone accepts ``true`` and ``1.0`` (they compare equal to 1).
-    version: Annotated[StrictInt, AfterValidator(_version_one)]
+    # Optional like every key (absent means 1), so a plain ``{"network": {...}}`` or an
+    # srt-style file loads; any value other than the integer 1 is refused, naming the key.
+    version: Annotated[StrictInt, AfterValidator(_version_one)] = POLICY_VERSION
     filesystem: FilesystemSection | None = None
     network: NetworkSection | None = None
     process: ProcessSection | None = None

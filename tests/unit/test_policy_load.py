@@ -35,7 +35,10 @@ BAD = {
     "string-not-list": ('{"version": 1, "filesystem": {"read": "."}}', "filesystem.read"),
     "unknown-version": ('{"version": 2}', "version"),
     "string-version": ('{"version": "1"}', "version"),
-    "missing-version": ("{}", "version"),
+    "bool-version": ('{"version": true}', "version"),
+    "float-version": ('{"version": 1.0}', "version"),
+    "zero-version": ('{"version": 0}', "version"),
+    "null-version": ('{"version": null}', "version"),
     "negated-deny": ('{"version": 1, "filesystem": {"denyRead": ["!~/.ssh"]}}', "filesystem.denyRead[0]"),
     "port-out-of-range": ('{"version": 1, "network": {"allowedPorts": [70000]}}', "network.allowedPorts[0]"),
 }
@@ -141,3 +144,48 @@ def test_effective_policy_loader_is_strict(tmp_path: Path, workspace: Path) -> N
     with pytest.raises(capgate.PolicyError):
         capgate.policy_from_dict(data) if hasattr(capgate, "policy_from_dict") else __import__(
             "capgate.policy", fromlist=["policy_from_dict"]).policy_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{}", '{"network": {"enabled": false}}', '{"filesystem": {"denyRead": ["secrets/"]}}', '{"version": 1}'],
+)
+def test_version_is_optional_and_absent_means_one(text: str, tmp_path: Path, workspace: Path) -> None:
+    policy = _load(tmp_path, text, workspace)
+    defaults = capgate.load_policy(None, workspace=workspace)
+    assert policy.network.enabled is False
+    assert policy.filesystem.read == defaults.filesystem.read
+
+
+def test_a_version_less_file_still_only_restricts(tmp_path: Path, workspace: Path) -> None:
+    with pytest.raises(capgate.PolicyError, match="network"):
+        _load(tmp_path, '{"network": {"enabled": true, "allowedDomains": ["example.com"]}}', workspace)
+
+
+HOSTILE_SHAPES = {
+    "huge-int": ('{"limits": {"cpuSeconds": ' + "9" * 5000 + "}}", "limits.cpuSeconds"),
+    "huge-negative-int": ('{"limits": {"cpuSeconds": -' + "9" * 5000 + "}}", "limits.cpuSeconds"),
+    "huge-int-in-list": ('{"network": {"allowedPorts": [443, ' + "1" * 4400 + "]}}", "network.allowedPorts[1]"),
+    "deep-objects": ('{"a": ' * 1000 + "1" + "}" * 1000, None),
+    "deep-lists": ('{"filesystem": {"read": ' + "[" * 1000 + "]" * 1000 + "}}", None),
+    "moderately-deep": ('{"filesystem": {"read": ' + "[" * 40 + "]" * 40 + "}}", "filesystem.read"),
+    "overflowing-float": ('{"limits": {"cpuSeconds": 1e999}}', "limits.cpuSeconds"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_SHAPES))
+def test_hostile_shapes_are_policy_errors(case: str, tmp_path: Path, workspace: Path) -> None:
+    text, key = HOSTILE_SHAPES[case]
+    assert len(text.encode()) <= MAX_POLICY_BYTES
+    with pytest.raises(capgate.PolicyError) as info:
+        _load(tmp_path, text, workspace)
+    if key is not None:
+        assert key in str(info.value)
+
+
+def test_long_but_ordinary_numbers_are_still_judged_by_the_schema(tmp_path: Path, workspace: Path) -> None:
+    # Control: an 18-digit number is parsed and the schema accepts it as a (lowered) limit.
+    policy = _load(tmp_path, '{"limits": {"cpuSeconds": 10}}', workspace)
+    assert policy.limits.cpu_seconds == 10
+    with pytest.raises(capgate.PolicyError, match=r"limits\.cpuSeconds"):
+        _load(tmp_path, '{"limits": {"cpuSeconds": 999999999999999999}}', workspace)
