@@ -31,8 +31,9 @@ import os
 import secrets
 import stat as stat_mod
 import sys
-from collections.abc import Iterator
-from typing import IO, Any
+import threading
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
 
 from capgate.decision import Decision
 from capgate.errors import PermissionDenied, UnsupportedPlatform
@@ -60,6 +61,12 @@ __all__ = [
 _builtin_open = open
 _LINUX = sys.platform.startswith("linux")
 _MAX_TREE_ENTRIES = 100_000
+# Changes to the namespace (mkdir, remove, rename, rmtree, and the final rename of a write) are
+# decided and done one at a time in this process: a directory renamed by one thread between
+# another thread's decision and its mkdir would otherwise carry the new entry under a name that
+# was never checked (``output/d/hooks`` + ``output/d`` -> ``output/.git``). Other processes
+# racing the filesystem are out of scope (the threat is hostile inputs, not a hostile local user).
+_namespace_lock = threading.RLock()
 
 if _LINUX:
     from capgate._sys import openat2 as _openat2
@@ -73,6 +80,21 @@ else:  # pragma: no cover - exercised only off Linux
     MECHANISM = "unsupported"
 
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialized(function: _F) -> _F:
+    """Run a namespace change under ``_namespace_lock``, decision and action together."""
+
+    def serialized(*args: Any, **kwargs: Any) -> Any:
+        with _namespace_lock:
+            return function(*args, **kwargs)
+
+    serialized.__name__ = function.__name__
+    serialized.__qualname__ = function.__qualname__
+    serialized.__doc__ = function.__doc__
+    serialized.__wrapped__ = function  # type: ignore[attr-defined]
+    return serialized  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------
@@ -309,24 +331,56 @@ def _max_file_bytes(gate: Gate) -> int:
 
 
 class _CappedFileIO(io.FileIO):
-    """A raw file that refuses to grow past the per-file cap (checked on every write)."""
+    """The raw temp file under an ``AtomicFile``: refuses to grow past the per-file cap
+    (checked on every write), and remembers any failure.
+
+    Every byte the layers above (buffer, text encoder) write ends up here, whoever calls and
+    whenever the buffer is flushed — so this is the one place that sees every failed write
+    (the cap, the quota's ``ENOSPC`` cousin, disk full, ``EIO``). A file that failed once
+    holds data nobody can vouch for: ``failed`` makes its ``AtomicFile`` discard it instead of
+    renaming it over the target. ``discarding`` turns writes into no-ops so that closing the
+    layers above cannot raise (or write) again while the temp file is thrown away.
+    """
 
     def __init__(self, fd: int, mode: str, cap: int, on_exceed: Any) -> None:
         super().__init__(fd, mode, closefd=True)
         self._cap = cap
         self._on_exceed = on_exceed
+        self.failed: BaseException | None = None
+        self.discarding = False
 
     def write(self, b: Any) -> int:
-        if self.tell() + len(memoryview(b)) > self._cap:
-            raise self._on_exceed()
-        n = super().write(b)
+        size = len(memoryview(b))
+        if self.discarding:
+            return size
+        if self.failed is not None:
+            raise _already_failed(self.failed)
+        try:
+            if self.tell() + size > self._cap:
+                raise self._on_exceed()
+            n = super().write(b)
+        except BaseException as exc:
+            self.failed = exc
+            raise
         return n if n is not None else 0
 
     def truncate(self, size: int | None = None) -> int:
-        # truncate() can grow a file too (a sparse extension): same cap as write().
-        if (self.tell() if size is None else size) > self._cap:
-            raise self._on_exceed()
-        return super().truncate(size)
+        if self.discarding:
+            return self.tell() if size is None else size
+        if self.failed is not None:
+            raise _already_failed(self.failed)
+        try:
+            # truncate() can grow a file too (a sparse extension): same cap as write().
+            if (self.tell() if size is None else size) > self._cap:
+                raise self._on_exceed()
+            return super().truncate(size)
+        except BaseException as exc:
+            self.failed = exc
+            raise
+
+
+def _already_failed(first: BaseException) -> OSError:
+    return OSError(errno.EIO, f"an earlier write to this file failed ({first}); its new content will be discarded")
 
 
 class AtomicFile:
@@ -369,6 +423,7 @@ class AtomicFile:
         except BaseException:
             self._abort_raw(raw)
             raise
+        self._raw = raw
         self._exclusive = "x" in mode
         # Bytes this write adds: all of it when replacing, only the growth when appending.
         self._charge_from = len(initial) if ("a" in mode or "r" in mode) else 0
@@ -410,19 +465,31 @@ class AtomicFile:
         return self._done
 
     def discard(self) -> None:
-        """Throw the new content away; the target stays as it was."""
+        """Throw the new content away; the target stays as it was. Never raises for the
+        buffered data: it is dropped, not flushed."""
         if self._done:
             return
         self._done = True
+        self._raw.discarding = True
         try:
             self._file.close()
+        except OSError:
+            pass
         finally:
+            self._raw.close()
             self._unlink_tmp()
             self._target.close()
 
     def close(self) -> None:
-        """Flush, fsync and rename over the target (checked against size cap and quota)."""
+        """Flush, fsync and rename over the target (checked against size cap and quota).
+
+        If any write failed — here while flushing, or earlier (the caller saw the error and
+        closes in a ``finally``) — the temp file is discarded and the target keeps its old
+        bytes: a refused write never commits a partial or empty file."""
         if self._done:
+            return
+        if self._raw.failed is not None:
+            self.discard()
             return
         target, gate = self._target, self._target.gate
         try:
@@ -433,22 +500,23 @@ class AtomicFile:
                 raise gate.deny(FS_WRITE, gate.show(target.path),
                                 f"file larger than maxFileSizeMb={gate.policy.limits.max_file_size_mb}",
                                 "limits.maxFileSizeMb")
-            _recheck_directory(target)
-            size = max(0, total - self._charge_from)
-            gate.charge_output(size, gate.show(target.path))
-            try:
-                os.fsync(fd)
-                self._file.close()
-                if self._exclusive:
-                    os.link(self._tmp, target.name, src_dir_fd=target.dirfd, dst_dir_fd=target.dirfd,
-                            follow_symlinks=False)
-                    os.unlink(self._tmp, dir_fd=target.dirfd)
-                else:
-                    os.replace(self._tmp, target.name, src_dir_fd=target.dirfd, dst_dir_fd=target.dirfd)
-                os.fsync(target.dirfd)
-            except BaseException:
-                gate.refund_output(size)
-                raise
+            os.fsync(fd)
+            with _namespace_lock:
+                _recheck_directory(target)
+                size = max(0, total - self._charge_from)
+                gate.charge_output(size, gate.show(target.path))
+                try:
+                    self._file.close()
+                    if self._exclusive:
+                        os.link(self._tmp, target.name, src_dir_fd=target.dirfd, dst_dir_fd=target.dirfd,
+                                follow_symlinks=False)
+                        os.unlink(self._tmp, dir_fd=target.dirfd)
+                    else:
+                        os.replace(self._tmp, target.name, src_dir_fd=target.dirfd, dst_dir_fd=target.dirfd)
+                    os.fsync(target.dirfd)
+                except BaseException:
+                    gate.refund_output(size)
+                    raise
         except BaseException:
             self._done = False
             self.discard()
@@ -565,6 +633,7 @@ def open(
     return _open_for_write(path, mode, text)  # type: ignore[return-value]
 
 
+@_serialized
 def mkdir(path: str | os.PathLike[str], *, parents: bool = False, exist_ok: bool = False, mode: int = 0o777) -> None:
     """Create a directory; with ``parents`` each missing ancestor is checked on its own."""
     gate = _gate()
@@ -585,6 +654,7 @@ def mkdir(path: str | os.PathLike[str], *, parents: bool = False, exist_ok: bool
                     raise FileExistsError(errno.EEXIST, "File exists", directory)
 
 
+@_serialized
 def remove(path: str | os.PathLike[str]) -> None:
     """Remove a file or symlink (the link itself, never what it points at)."""
     gate = _gate()
@@ -633,6 +703,7 @@ def _check_subtree(gate: Gate, target: _Target, checks: list[tuple[str, str]]) -
         os.close(fd)
 
 
+@_serialized
 def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Rename ``src`` to ``dst``: deleting at one end and writing at the other are both
     checked, for the directory and everything in it."""
@@ -644,6 +715,7 @@ def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
         os.rename(source.name, dest.name, src_dir_fd=source.dirfd, dst_dir_fd=dest.dirfd)
 
 
+@_serialized
 def rmtree(path: str | os.PathLike[str]) -> None:
     """Delete a directory tree. Needs ``filesystem.recursiveDelete`` to cover it, and every
     entry must be deletable: otherwise nothing is deleted."""

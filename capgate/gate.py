@@ -2,8 +2,10 @@
 
 A gate holds a frozen ``Policy``, the compiled rule tables, the audit log and the per-run
 counters (output quota). ``with gate:`` makes it the current gate for ``capgate.fs``,
-``capgate.net`` and ``capgate.proc`` in this context (a ``contextvars`` variable, so threads
-and asyncio tasks started inside inherit it and nesting restores the outer gate).
+``capgate.net`` and ``capgate.proc`` in this context (a ``contextvars`` variable: asyncio
+tasks started inside inherit it, nesting restores the outer gate, and ``threading.Thread`` and
+``ThreadPoolExecutor`` work started inside run under it — see ``_gate_threads``). While any
+gate is active, a thread that reaches none is refused instead of using the ambient gate.
 
 ``check(op, target)`` never raises for a denial: any exception while deciding *is* a denial
 (rule ``gate.error``). The acting modules resolve the target themselves (open the file, look
@@ -15,9 +17,10 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
-from capgate import ops
+from capgate import _gate_threads, ops
 from capgate.decision import Decision
 from capgate.errors import PermissionDenied
 from capgate.paths import PathRules, canonicalize, coerce_path, display
@@ -31,6 +34,9 @@ __all__ = ["Gate", "current_gate"]
 _current: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("capgate_gate", default=None)
 _ambient: Gate | None = None
 _ambient_lock = threading.Lock()
+# Gates activated by ``with`` in any thread, with their nesting counts: while one is, a thread
+# that reaches none is refused rather than handed the ambient gate (another policy).
+_active: weakref.WeakKeyDictionary[Gate, int] = weakref.WeakKeyDictionary()
 
 
 class Gate:
@@ -56,18 +62,28 @@ class Gate:
         self._paths = PathRules(policy.filesystem, policy.home)
         self._network_rules: Any = None
         self._command_rules: Any = None
-        self._tokens: list[contextvars.Token[Gate | None]] = []
+        self._local = threading.local()  # this thread's ``with`` tokens
         self._lock = threading.Lock()
         self.bytes_written = 0
         self._workspace_fd: int | None = None
 
     # -- activation ---------------------------------------------------------------------
     def __enter__(self) -> Gate:
-        self._tokens.append(_current.set(self))
+        _gate_threads.install(_current)
+        tokens = self._local.__dict__.setdefault("tokens", [])
+        tokens.append(_current.set(self))
+        with _ambient_lock:
+            _active[self] = _active.get(self, 0) + 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _current.reset(self._tokens.pop())
+        _current.reset(self._local.tokens.pop())
+        with _ambient_lock:
+            left = _active.get(self, 1) - 1
+            if left:
+                _active[self] = left
+            else:
+                _active.pop(self, None)
 
     # -- rule tables (built on first use) -----------------------------------------------
     @property
@@ -99,7 +115,12 @@ class Gate:
         shown = _safe_repr(target)
         try:
             if op in ops.FS_OPS:
-                canonical = self.canonical_path(target)
+                try:
+                    canonical = self.canonical_path(target)
+                except (TypeError, ValueError) as exc:  # the same rule fs raises for it
+                    decision = Decision.deny(f"malformed path: {exc}", "fs.path", shown)
+                    self.audit.record(op, shown, decision)
+                    return decision
                 shown = self.show(canonical)
                 decision = self._paths.decide(op, canonical)
                 if decision.allowed and op == ops.FS_READ:
@@ -212,6 +233,8 @@ def current_gate() -> Gate:
         return gate
     global _ambient
     with _ambient_lock:
+        if _active:
+            raise _no_gate_in_this_thread(list(_active))
         if _ambient is None:
             from capgate.policy.dump import load_effective_policy
             from capgate.policy.load import load_policy
@@ -220,6 +243,20 @@ def current_gate() -> Gate:
             policy = load_effective_policy(path) if path else load_policy(None, workspace=os.getcwd())
             _ambient = Gate(policy)
         return _ambient
+
+
+def _no_gate_in_this_thread(active: list[Gate]) -> PermissionDenied:
+    """A thread that inherited no gate while one is active elsewhere: refused, and logged in
+    the active gates' logs (the ambient gate would decide by a policy nobody activated)."""
+    thread = threading.current_thread().name
+    reason = (
+        "no capgate gate is active in this thread while one is active in another; start the thread "
+        "inside 'with gate:' (threading.Thread and ThreadPoolExecutor inherit it) or enter the gate in it"
+    )
+    decision = Decision.deny(reason, "gate.thread", thread)
+    for gate in active:
+        gate.audit.record("gate", f"thread {thread}", decision)
+    return PermissionDenied("gate", f"thread {thread}", reason, "gate.thread")
 
 
 def _hard_link_rule(decision: Decision, canonical: str) -> Decision:

@@ -54,6 +54,11 @@ def coerce_path(target: object) -> str:
         raise ValueError("empty path")
     if "\x00" in target:
         raise ValueError("path contains a NUL byte")
+    if not target.isascii():
+        # What the kernel will be given: a lone surrogate outside surrogateescape's range
+        # ('\ud800') cannot be encoded, and must be refused here as malformed, not escape
+        # later as UnicodeEncodeError from whichever call first encodes it.
+        os.fsencode(target)
     return target
 
 
