@@ -182,6 +182,17 @@ class AuditLog:
                 pass  # an unwritable log must not stop the gate; fall back to stderr
         return cls(None, level="warning")
 
+    @property
+    def logs_allowed(self) -> bool:
+        """Whether allowed decisions are written (level ``info`` or lower), or only counted."""
+        return self._log_allowed
+
+    def count_allowed(self) -> None:
+        """Count one allowed decision that is not written (``logs_allowed`` is False): what
+        ``record`` does for it, for callers that skip building its target and fields."""
+        with self._lock:
+            self.allowed += 1
+
     def record(self, op: str, target: str, decision: Decision, **extra: Any) -> None:
         """Log one decision and count it."""
         if decision.allowed and not self._log_allowed:

@@ -123,6 +123,8 @@ def _lexical(path: str) -> str | None:
     (``..`` means "parent of what the previous component *resolves* to")."""
     if "/../" in path or path.endswith("/..") or path.startswith("//"):
         return None
+    if "//" not in path and "/." not in path and not path.endswith("/"):
+        return path  # already normal: normpath (pure Python on 3.11) would return it unchanged
     return os.path.normpath(path)
 
 
@@ -160,6 +162,12 @@ def _resolve_and_open(gate: Gate, op: str, target: object, flags: int) -> tuple[
 
     The decision is logged once, after the descriptor has been verified.
     """
+    fd, path, _st = _resolve_open_stat(gate, op, target, flags)
+    return fd, path
+
+
+def _resolve_open_stat(gate: Gate, op: str, target: object, flags: int) -> tuple[int, str, os.stat_result]:
+    """``_resolve_and_open``, also returning the verified descriptor's ``fstat``."""
     absolute = _absolute(gate, target)
     lexical = _lexical(absolute)
     if lexical is not None:
@@ -172,7 +180,8 @@ def _resolve_and_open(gate: Gate, op: str, target: object, flags: int) -> tuple[
                     gate.record(op, gate.show(lexical), decision)
                     raise _os_error(exc, lexical)
             else:
-                return _verified(gate, op, fd, lexical, decision), lexical
+                fd, st = _verified_stat(gate, op, fd, lexical, decision)
+                return fd, lexical, st
     canonical = os.path.realpath(absolute)
     decision = gate.peek_path(op, canonical)
     if not decision.allowed:
@@ -185,7 +194,8 @@ def _resolve_and_open(gate: Gate, op: str, target: object, flags: int) -> tuple[
             raise gate.deny(op, gate.show(canonical), "path changed while being opened (symlink race)", "fs.race")
         gate.record(op, gate.show(canonical), decision)
         raise _os_error(exc, canonical)
-    return _verified(gate, op, fd, canonical, decision), canonical
+    fd, st = _verified_stat(gate, op, fd, canonical, decision)
+    return fd, canonical, st
 
 
 def _os_error(exc: OSError, path: str) -> OSError:
@@ -194,6 +204,11 @@ def _os_error(exc: OSError, path: str) -> OSError:
 
 def _verified(gate: Gate, op: str, fd: int, path: str, decision: Decision) -> int:
     """Check the opened descriptor itself, then log the decision."""
+    return _verified_stat(gate, op, fd, path, decision)[0]
+
+
+def _verified_stat(gate: Gate, op: str, fd: int, path: str, decision: Decision) -> tuple[int, os.stat_result]:
+    """``_verified``, also returning the descriptor's ``fstat`` (readers need it next)."""
     try:
         st = os.fstat(fd)
         if st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode):
@@ -211,16 +226,18 @@ def _verified(gate: Gate, op: str, fd: int, path: str, decision: Decision) -> in
     except BaseException:
         os.close(fd)
         raise
-    gate.record(op, gate.show(path), decision, mechanism=MECHANISM)
-    return fd
+    if decision.allowed and not gate.audit.logs_allowed:
+        gate.audit.count_allowed()  # nothing to write: skip building the line's fields
+    else:
+        gate.record(op, gate.show(path), decision, mechanism=MECHANISM)
+    return fd, st
 
 
 def _open_regular_for_read(target: object) -> tuple[int, os.stat_result]:
     """Open a regular file for reading. ``O_NONBLOCK`` (so a FIFO cannot hang the open) has
     no effect on regular files, the only kind returned."""
     gate = _gate()
-    fd, path = _resolve_and_open(gate, FS_READ, target, _READ_FLAGS)
-    st = os.fstat(fd)
+    fd, path, st = _resolve_open_stat(gate, FS_READ, target, _READ_FLAGS)
     if not stat_mod.S_ISREG(st.st_mode):
         os.close(fd)
         if stat_mod.S_ISDIR(st.st_mode):
@@ -236,14 +253,17 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """Read a whole file the policy lets you read."""
     fd, st = _open_regular_for_read(path)
     try:
-        chunks = []
-        size = st.st_size
+        # The expected size (+1) in one read, without a 64 KiB buffer for a small file; then
+        # read on until b"" as FileIO.readall does (the file may have grown meanwhile).
+        first = os.read(fd, st.st_size + 1)
+        if not first:
+            return first
+        chunks = [first]
         while True:
-            chunk = os.read(fd, max(size + 1, 65536))
+            chunk = os.read(fd, 65536)
             if not chunk:
                 break
             chunks.append(chunk)
-            size = 65536
         return b"".join(chunks)
     finally:
         os.close(fd)

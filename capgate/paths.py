@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from capgate.decision import Decision
 from capgate.errors import PolicyError
@@ -46,10 +46,11 @@ def coerce_path(target: object) -> str:
 
     Raises ``TypeError``/``ValueError``; callers turn that into a denial.
     """
-    if isinstance(target, os.PathLike):
-        target = os.fspath(target)
-    if not isinstance(target, str):
-        raise TypeError(f"path must be a str or os.PathLike[str], not {type(target).__name__}")
+    if type(target) is not str:  # the common case first: an isinstance of an ABC costs more
+        if isinstance(target, os.PathLike):
+            target = os.fspath(target)
+        if not isinstance(target, str):
+            raise TypeError(f"path must be a str or os.PathLike[str], not {type(target).__name__}")
     if not target:
         raise ValueError("empty path")
     if "\x00" in target:
@@ -209,43 +210,68 @@ def seed_regexes(pairs: Iterable[tuple[str, str]]) -> None:
         _REGEX_SOURCES.setdefault(line, source)
 
 
-def _classify(line: str) -> tuple[str, object]:
-    """What kind of deny line this is, and the part the matcher keeps.
+def _is_literal(component: str) -> bool:
+    return not (_GLOB_CHARS & set(component) or "\\" in component)
 
-    ``("exact", name)``, ``("prefix", p)``, ``("suffix", s)``, ``("name", "/glob")``,
-    ``("literal", "/abs/path")``, ``("tail", ("/abs/lit", "/glob/tail"))`` or
-    ``("loose", line)``. Only ``name``, ``tail`` and ``loose`` need a compiled regex.
+
+def _classify(line: str) -> tuple[str, Any]:
+    """Sort one anchored deny line by shape; only ``name``, ``tail`` and ``loose`` need a regex.
+
+    * ``("all", None)``: ``**``/``*`` — everything;
+    * ``("exact", name)``, ``("prefix", p)``, ``("suffix", s)``: a component equal to, starting
+      with, ending with — a name pattern (``.bashrc``, ``.env*``, ``*.pem``), also spelled
+      ``**/name`` or ``**/name/**`` (the directory and what is beneath it);
+    * ``("name", "/glob")``: any other one-component glob, at any depth;
+    * ``("sequence", ((a, b), (c,)))``: literal components in order at any depth, ``**`` between
+      groups (``**/.git/hooks``, ``**/.git/modules/**/hooks``);
+    * ``("literal", "/abs/path")``: one absolute path and what is beneath it;
+    * ``("tail", ("/abs/lit", "/glob/tail"))``: an absolute literal prefix and a glob below it;
+    * ``("loose", line)``: what is left, matched by pathspec's regex on the whole path.
+
+    A trailing ``/`` (directory only) changes nothing here: a directory pattern also matches the
+    directory itself, since a name alone cannot tell a directory from a file.
     """
     body = line.rstrip("/")
     if line == MATCH_ALL:
-        return "literal", ""  # "" + "/" is a prefix of every absolute path
-    if body.startswith("**/") and not _CASE_INSENSITIVE:
+        return "all", None
+    if _CASE_INSENSITIVE:  # pragma: no cover - macOS: pathspec's regexes with IGNORECASE
+        return ("name", "/" + body) if "/" not in body else ("loose", line)
+    if body.startswith("**/"):
         parts = body.split("/")[1:]
-        if parts and "**" not in (parts[0], parts[-1]) and all(
-            p == "**" or not (_GLOB_CHARS & set(p) or "\\" in p) for p in parts
-        ):
-            # "**/.git/hooks", "**/.git/modules/**/config": literal components at any depth —
-            # a substring search, no glob translation needed.
-            regex = "".join("(?:/[^/]+)*" if p == "**" else "/" + re.escape(p) for p in parts)
-            return "sequence", regex + "(?=/|$)"
+        if parts[-1] == "**":
+            parts = parts[:-1]  # "**/x/**": x's contents; with the directory rule, x itself too
+        if len(parts) == 1 and parts[0] != "**" and "**" not in parts[0]:
+            return _classify(parts[0])  # "**/name" is "name"
+        if parts and "**" not in (parts[0], parts[-1]) and all(p == "**" or _is_literal(p) for p in parts):
+            groups: list[tuple[str, ...]] = []
+            current: list[str] = []
+            for part in parts:
+                if part == "**":
+                    groups.append(tuple(current))
+                    current = []
+                else:
+                    current.append(part)
+            groups.append(tuple(current))
+            return "sequence", tuple(g for g in groups if g)
+        return "loose", line
     if "/" not in body:
-        if _CASE_INSENSITIVE:
-            return "name", "/" + body
-        if not (_GLOB_CHARS & set(body)) and "\\" not in body:
+        if "**" in body:
+            return "loose", line
+        if _is_literal(body):
             return "exact", body
         if _simple_star(body, leading=False):
             return "prefix", body[:-1]
         if _simple_star(body, leading=True):
             return "suffix", body[1:]
         return "name", "/" + body
-    if body.startswith("/") and not _CASE_INSENSITIVE:
+    if body.startswith("/"):
         parts = body.split("/")[1:]
         lit: list[str] = []
         for part in parts:
-            if _GLOB_CHARS & set(part) or "\\" in part:
+            if not _is_literal(part):
                 break
             lit.append(part)
-        key = "/" + "/".join(lit)
+        key = "/" + "/".join(lit) if lit else ""
         tail = parts[len(lit) :]
         if not tail:
             return "literal", key
@@ -262,7 +288,7 @@ def glob_regexes(anchored: Sequence[str]) -> tuple[tuple[str, str], ...]:
         if kind == "name":
             needed.append(str(value))
         elif kind == "tail":
-            needed.append(value[1])  # type: ignore[index]
+            needed.append(value[1])
         elif kind == "loose":
             needed.append(line)
     out = []
@@ -278,120 +304,210 @@ def _component_regex(glob_line: str) -> str:
     return source[1:].split("(?:(?:/)|$)")[0].split("(?:/)")[0]
 
 
+def _bucketed(items: list[tuple[str, int]]) -> tuple[tuple[int, dict[str, int]], ...]:
+    """Strings grouped by length, each mapped to its first pattern index: a component is then
+    tested with one slice and one hash lookup per distinct length, not once per pattern."""
+    buckets: dict[int, dict[str, int]] = {}
+    for text, index in items:
+        buckets.setdefault(len(text), {}).setdefault(text, index)
+    return tuple(sorted(buckets.items()))
+
+
+# A directory's verdict: denied (True), or not denied and the glob-tail anchors at or above it
+# (offset of the anchor's end in the path, its (index, regex) pairs) that a child must still try.
+_DirVerdict = tuple[bool, tuple[tuple[int, tuple[tuple[int, "re.Pattern[str]"], ...]], ...]]
+_DIR_CACHE_MAX = 16384
+_DECISION_CACHE_MAX = 16384
+
+
 class PathMatcher:
-    """A set of anchored deny patterns, classified once so that a decision costs a few
-    C-level string operations however many patterns there are:
+    """A set of anchored deny patterns, sorted by shape once so that a decision costs about
+    the same however many patterns there are (the way git's ignore code and ripgrep's globset
+    do it):
 
-    * a name pattern (no slash: ``.env*``, ``*.pem``, ``.bashrc``) matches when any component
-      of the path matches; since every component follows a ``/`` in an absolute path, exact
-      names, ``prefix*`` and ``*suffix`` (and the rarer globs) are one regex *search*;
-    * an absolute pattern (``/home/u/.ssh``, ``/ws/gen/*/x.key``) is keyed by its literal
-      directory prefix: one ``startswith`` with a tuple, and only a hit runs the glob tail;
-    * the few patterns left (``**/.git/hooks/``) form one regex over the whole path.
+    * names (``.bashrc``, ``**/node_modules/**``) are one hash lookup per component; ``prefix*``
+      and ``*suffix`` one slice and lookup per distinct length; only other globs (``a?c``) are a
+      regex, one alternation over the component;
+    * absolute literals (``~/.ssh``) are a hash lookup per ancestor; ``**/a/b`` sequences are
+      indexed by their last component; absolute globs (``/ws/gen/*/x.key``) by their literal
+      prefix, and only those below it run their regex; the few shapes left form one regex.
 
-    A directory pattern (``secrets/``) also matches the directory itself: we cannot always
-    tell a directory from a file by its name, and denying both is the safe reading.
-    ``first_match`` (run on denials only) walks the same tables to name the first pattern.
+    A path is denied when it or any ancestor matches, as a file or as a directory — so the
+    verdict of a directory is computed once and cached (the policy is frozen): a file costs its
+    own name's checks plus one lookup of its directory.
+
+    ``first_match`` (run on denials only) names the first matching pattern in policy order.
     """
 
     def __init__(self, patterns: Sequence[tuple[str, ...]]) -> None:
         flags = re.DOTALL | (re.IGNORECASE if _CASE_INSENSITIVE else 0)  # names may contain newlines
+        self._all: int | None = None
         self._exact: dict[str, int] = {}
-        self._prefixes: list[tuple[str, int]] = []
-        self._suffixes: list[tuple[str, int]] = []
+        prefixes: list[tuple[str, int]] = []
+        suffixes: list[tuple[str, int]] = []
         self._name_res: list[tuple[re.Pattern[str], int]] = []
-        self._sequences: list[tuple[re.Pattern[str], int]] = []
+        self._sequences: dict[str, list[tuple[tuple[tuple[str, ...], ...], int]]] = {}
         self._literal: dict[str, int] = {}
         self._tails: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
         self._loose: list[tuple[re.Pattern[str], int]] = []
         for index, anchored in enumerate(patterns):
             for line in anchored:
                 kind, value = _classify(line)
-                if kind == "exact":
-                    self._exact.setdefault(str(value), index)
+                if kind == "all":
+                    self._all = index if self._all is None else self._all
+                elif kind == "exact":
+                    self._exact.setdefault(value, index)
                 elif kind == "prefix":
-                    self._prefixes.append((str(value), index))
+                    prefixes.append((value, index))
                 elif kind == "suffix":
-                    self._suffixes.append((str(value), index))
+                    suffixes.append((value, index))
                 elif kind == "name":
-                    self._name_res.append((re.compile(_component_regex(str(value)), flags), index))
+                    self._name_res.append((re.compile(_component_regex(value), flags), index))
                 elif kind == "sequence":
-                    self._sequences.append((re.compile(str(value), re.DOTALL), index))
+                    self._sequences.setdefault(value[-1][-1], []).append((value, index))
                 elif kind == "literal":
-                    self._literal.setdefault(str(value), index)
+                    self._literal.setdefault(value, index)
                 elif kind == "tail":
-                    key, tail = cast("tuple[str, str]", value)
+                    key, tail = value
                     self._tails.setdefault(key, []).append((index, _glob_regex(tail)))
                 else:
                     self._loose.append((_glob_regex(line), index))
-        names = []
-        if self._exact:
-            alts = "|".join(re.escape(n) for n in sorted(self._exact, key=len, reverse=True))
-            names.append(f"/(?:{alts})(?=/|$)")
-        if self._prefixes:
-            alts = "|".join(re.escape(p) for p in sorted({p for p, _ in self._prefixes}, key=len, reverse=True))
-            names.append(f"/(?:{alts})")
-        if self._suffixes:
-            alts = "|".join(re.escape(x) for x in sorted({x for x, _ in self._suffixes}, key=len, reverse=True))
-            names.append(f"(?:{alts})(?=/|$)")
-        if self._name_res:
-            names.append(f"/(?:{'|'.join(r.pattern for r, _ in self._name_res)})(?=/|$)")
-        names += [r.pattern for r, _ in self._sequences]
-        self._names = re.compile("|".join(names), flags) if names else None
-        self._literal_prefixes = tuple(k + "/" for k in self._literal)
-        self._tail_prefixes = tuple(k + "/" for k in self._tails)
+        self._prefixes = _bucketed(prefixes)
+        self._suffixes = _bucketed(suffixes)
+        self._names = (
+            re.compile("|".join(f"(?:{r.pattern})" for r, _ in self._name_res), flags) if self._name_res else None
+        )
         joined = "|".join(f"(?:{r.pattern})" for r, _ in self._loose)
         self._loose_all = re.compile(joined, flags) if self._loose else None
+        root_tails = tuple(self._tails.get("", ()))
+        self._dirs: dict[str, _DirVerdict] = {}
+        self._root: _DirVerdict = (False, ((0, root_tails),) if root_tails else ())
 
+    # -- the answer -------------------------------------------------------------------
     def matches(self, path: str) -> bool:
-        """Whether any pattern matches the absolute, canonical ``path``."""
+        """Whether any pattern matches the absolute, canonical ``path`` or an ancestor."""
         if path == "/":
             return False
-        if self._names is not None and self._names.search(path):
+        if self._all is not None:
             return True
-        slashed = path + "/"
-        if self._literal_prefixes and slashed.startswith(self._literal_prefixes):
+        directory, _, name = path.rpartition("/")
+        verdict = self._dirs.get(directory) if directory else self._root
+        if verdict is None:
+            verdict = self._directory(directory)
+        if verdict[0]:
             return True
-        if self._tail_prefixes and slashed.startswith(self._tail_prefixes) and self._tail_hits(path):
+        return self._self_match(path, name, verdict[1])
+
+    def _directory(self, directory: str) -> _DirVerdict:
+        """The verdict of ``directory``, from its nearest cached ancestor down."""
+        pending = []
+        verdict: _DirVerdict | None = None
+        current = directory
+        while current:
+            verdict = self._dirs.get(current)
+            if verdict is not None:
+                break
+            pending.append(current)
+            current = current.rpartition("/")[0]
+        if verdict is None:
+            verdict = self._root
+        if len(self._dirs) + len(pending) > _DIR_CACHE_MAX:
+            self._dirs.clear()
+        for path in reversed(pending):
+            if verdict[0]:
+                self._dirs[path] = verdict
+                continue
+            denied = self._self_match(path, path.rpartition("/")[2], verdict[1])
+            anchors = verdict[1]
+            own = self._tails.get(path)
+            if own and not denied:
+                anchors = (*anchors, (len(path), tuple(own)))
+            verdict = (denied, anchors)
+            self._dirs[path] = verdict
+        return verdict
+
+    def _self_match(self, path: str, name: str, anchors: tuple[tuple[int, tuple[Any, ...]], ...]) -> bool:
+        """Whether ``path`` itself (not an ancestor) matches, as a file or as a directory."""
+        if name in self._exact:
             return True
+        for length, bucket in self._prefixes:
+            if name[:length] in bucket:
+                return True
+        for length, bucket in self._suffixes:
+            if name[-length:] in bucket:
+                return True
+        if self._names is not None and self._names.fullmatch(name):
+            return True
+        if path in self._literal:
+            return True
+        if name in self._sequences and self._sequence_hit(path, name) is not None:
+            return True
+        for offset, regexes in anchors:
+            rest = path[offset + 1 :]
+            for _, regex in regexes:
+                if regex.match(rest) or regex.match(rest + "/"):
+                    return True
         if self._loose_all is not None:
-            rel = slashed[1:]
-            if self._loose_all.match(rel) or self._loose_all.match(rel[:-1]):
+            rel = path[1:]
+            if self._loose_all.match(rel) or self._loose_all.match(rel + "/"):
                 return True
         return False
 
-    def _tail_hits(self, path: str) -> list[int]:
-        hits = []
-        ancestor = ""
-        for component in path[1:].split("/"):
-            ancestor = ancestor + "/" + component
-            for index, regex in self._tails.get(ancestor, ()):
-                rest = path[len(ancestor) + 1 :]
-                if rest and (regex.match(rest) or regex.match(rest + "/")):
-                    hits.append(index)
-        return hits
+    def _sequence_hit(self, path: str, name: str) -> int | None:
+        """First index of a ``**/a/b`` sequence that ends at ``path``."""
+        components = path[1:].split("/")
+        hits = [index for groups, index in self._sequences.get(name, ()) if _sequence_ends_here(components, groups)]
+        return min(hits) if hits else None
 
+    # -- naming the rule (denials only) -------------------------------------------------
     def first_match(self, path: str) -> int | None:
         """Index of the first pattern (in policy order) matching ``path``, or None."""
         if not self.matches(path):
             return None
-        hits: list[int] = [self._literal[""]] if "" in self._literal else []
+        hits: list[int] = [self._all] if self._all is not None else []
         components = path[1:].split("/")
-        ancestor = ""
-        for component in components:
-            ancestor = ancestor + "/" + component
-            if component in self._exact:
-                hits.append(self._exact[component])
-            hits += [i for p, i in self._prefixes if component.startswith(p)]
-            hits += [i for x, i in self._suffixes if component.endswith(x)]
-            hits += [i for r, i in self._name_res if r.fullmatch(component)]
-            if ancestor in self._literal:
-                hits.append(self._literal[ancestor])
-        hits += [i for r, i in self._sequences if r.search(path)]
-        hits += self._tail_hits(path)
-        rel = path[1:]
-        hits += [i for r, i in self._loose if r.match(rel) or r.match(rel + "/")]
+        for depth in range(1, len(components) + 1):
+            here = "/" + "/".join(components[:depth])
+            name = components[depth - 1]
+            if name in self._exact:
+                hits.append(self._exact[name])
+            for length, bucket in self._prefixes:
+                if name[:length] in bucket:
+                    hits.append(bucket[name[:length]])
+            for length, bucket in self._suffixes:
+                if name[-length:] in bucket:
+                    hits.append(bucket[name[-length:]])
+            hits += [i for r, i in self._name_res if r.fullmatch(name)]
+            if here in self._literal:
+                hits.append(self._literal[here])
+            found = self._sequence_hit(here, name) if name in self._sequences else None
+            if found is not None:
+                hits.append(found)
+            for anchor, regexes in self._tails.items():
+                if anchor == "" or (is_within(here, anchor) and here != anchor):
+                    rest = here[len(anchor) + 1 :]
+                    hits += [i for i, r in regexes if r.match(rest) or r.match(rest + "/")]
+            rel = here[1:]
+            hits += [i for r, i in self._loose if r.match(rel) or r.match(rel + "/")]
         return min(hits) if hits else -1
+
+
+def _sequence_ends_here(components: list[str], groups: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether ``groups`` (literal runs, ``**`` between them) occur in order in
+    ``components`` with the last run ending at the last component."""
+    last = groups[-1]
+    end = len(components) - len(last)
+    if end < 0 or tuple(components[end:]) != last:
+        return False
+    position = 0
+    for group in groups[:-1]:
+        size = len(group)
+        while position + size <= end and tuple(components[position : position + size]) != group:
+            position += 1
+        if position + size > end:
+            return False
+        position += size
+    return True
 
 
 def _simple_star(body: str, *, leading: bool) -> bool:
@@ -439,8 +555,24 @@ class PathRules:
         self._deny_write = PathMatcher([p.anchored for p in fs_policy.deny_write])
         self._readable = tuple(fs_policy.read) + tuple(fs_policy.write)
         self._protected = frozenset(fs_policy.protected)
+        # The policy is frozen and a decision depends on (op, canonical path) alone: remember
+        # answers, per operation, up to a bound (cleared, not evicted one by one, past it).
+        self._decided: dict[str, dict[str, Decision]] = {FS_READ: {}, FS_WRITE: {}, FS_DELETE: {}}
 
     def decide(self, op: str, path: str) -> Decision:
+        """Allow or deny ``op`` on the canonical ``path`` (a pure function of the two)."""
+        cache = self._decided.get(op)
+        if cache is None:
+            return self._decide(op, path)
+        decision = cache.get(path)
+        if decision is None:
+            decision = self._decide(op, path)
+            if len(cache) >= _DECISION_CACHE_MAX:
+                cache.clear()
+            cache[path] = decision
+        return decision
+
+    def _decide(self, op: str, path: str) -> Decision:
         fs = self._fs
         if self._deny_read.matches(path):
             entry = _entry(fs.deny_read, self._deny_read.first_match(path))
