@@ -147,7 +147,8 @@ def _resolve_and_open(gate: Gate, op: str, target: object, flags: int) -> tuple[
                 fd = _open_exact(gate, lexical, flags)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
-                    gate.record(op, gate.show(lexical), decision)
+                    if not isinstance(exc, PermissionDenied):
+                        gate.record(op, gate.show(lexical), decision)
                     raise _os_error(exc, lexical)
             else:
                 return _verified(gate, op, fd, lexical, decision), lexical
@@ -161,12 +162,17 @@ def _resolve_and_open(gate: Gate, op: str, target: object, flags: int) -> tuple[
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EXDEV):
             raise gate.deny(op, gate.show(canonical), "path changed while being opened (symlink race)", "fs.race")
-        gate.record(op, gate.show(canonical), decision)
+        if not isinstance(exc, PermissionDenied):
+            gate.record(op, gate.show(canonical), decision)
         raise _os_error(exc, canonical)
     return _verified(gate, op, fd, canonical, decision), canonical
 
 
 def _os_error(exc: OSError, path: str) -> OSError:
+    if isinstance(exc, PermissionDenied):
+        # A refusal from a layer below (the soft sandbox's hooks, inside ``capgate run``):
+        # already logged there, and it already names the operation, target and rule.
+        return exc
     return type(exc)(exc.errno, exc.strerror, path) if exc.errno else exc
 
 

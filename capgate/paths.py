@@ -435,7 +435,15 @@ class PathRules:
         self._readable = tuple(fs_policy.read) + tuple(fs_policy.write)
         self._protected = frozenset(fs_policy.protected)
 
-    def decide(self, op: str, path: str) -> Decision:
+    def decide(self, op: str, path: str, *, temp_rule: bool = True) -> Decision:
+        """Allow or deny ``op`` on the canonical ``path``.
+
+        ``temp_rule=False`` skips rule ``fs.tempFile`` (the names of ``capgate.fs``'s unfinished
+        writes). That rule keeps ``fs``'s output quota honest: the quota is charged when the
+        temp file is committed, so renaming one out through ``fs`` would escape it. The soft
+        hooks pass False: a plain ``open()`` write is not charged to any quota, so the name
+        protects nothing there, and ``capgate.fs`` inside the sandbox creates, renames and
+        removes its own temp files through those very hooks."""
         fs = self._fs
         if self._deny_read.matches(path):
             entry = _entry(fs.deny_read, self._deny_read.first_match(path))
@@ -450,7 +458,7 @@ class PathRules:
             return Decision.deny("not under any read root", "filesystem.read", path)
         if op not in (FS_WRITE, FS_DELETE):
             return Decision.deny(f"unknown filesystem operation {op!r}", "gate.op", path)
-        if _TEMP_NAME.match(path.rpartition("/")[2]):
+        if temp_rule and _TEMP_NAME.match(path.rpartition("/")[2]):
             # An unfinished atomic write of capgate.fs: its bytes are charged to the quota
             # and its content published only when the writer closes it. Renaming it out (or
             # writing, removing it) would make unaccounted, non-atomic files.
