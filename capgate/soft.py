@@ -7,11 +7,21 @@ denial, before the action happens. The launcher arranges for this to run before 
 
 What is routed, and how:
 
-* ``open`` (builtin ``open``, ``io.open_code``, ``os.open``): read or write from the *flags*
+* ``open`` (builtin ``open``, ``io.open``/``io.FileIO``, ``io.open_code``, ``os.open``, and so
+  ``pathlib``, ``shutil.copy*``...): read or write from the *flags*
   (``O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND``) and the mode string. Relative paths resolve
-  against the process cwd; ``os.open(name, dir_fd=fd)`` only reports ``name``, so a relative
-  ``os.open`` must be allowed against the cwd *and* against every directory descriptor the
-  process holds (read from ``/proc/self/fd``) — fail closed, since we cannot tell which was meant.
+  against the process cwd; ``os.open(name, dir_fd=fd)`` only reports ``name``, so ``os.open``
+  is replaced by a wrapper that tells the hook the ``dir_fd`` of the call in flight. Should the
+  real function be reached another way, a relative ``os.open`` must be allowed against the cwd
+  *and* every directory descriptor the process holds (fail closed). ``O_PATH`` opens are not
+  judged: such a descriptor reads and changes nothing (what ``os.stat`` does without an event).
+* Hard links: a regular file with more than one name gets the gate's answer (``fs``,
+  ``gate.check``: rule ``filesystem.hardLinks``) for a read, a write in place (any write open,
+  ``O_TRUNC`` included: the hooks cannot replace the name as ``fs`` does), ``os.truncate``,
+  ``chmod/chown/utime``, xattrs, ``sqlite3.connect`` and the source of ``os.link``. The link
+  count comes from an ``fstat`` of the descriptor the lookup opens anyway (``O_PATH`` or
+  ``openat2``); ``os.open``'s wrapper checks the descriptor it returns too. Removing or renaming
+  a hard link acts on the name only and is judged as any name.
 * ``os.listdir/scandir`` (read); ``os.mkdir``, ``os.chmod/chown/utime/truncate``,
   ``os.setxattr/removexattr`` (write; on a descriptor, the file it refers to);
   ``os.remove/rmdir``, ``shutil.rmtree`` (delete); ``os.rename`` (delete source, write
@@ -28,7 +38,10 @@ What is routed, and how:
   the gate about each real destination. ``socket.getaddrinfo`` and the other name lookups are
   denied (a DNS query is an exfiltration channel) except for the proxy's own host. Unix-socket
   connects need a listed socket (``network.allowedUnixSockets``). Binding inet sockets
-  (listening) is denied; binding a unix socket is a write of its path. Raw, packet and netlink
+  (listening) is denied, except a bind of a loopback IP literal to port 0 — a capability probe
+  (urllib3's ``HAS_IPV6``) — done on a socket first made deaf (a locked drop-all socket
+  filter: it can ``listen`` but never accept or receive; there is no ``listen`` event to
+  judge). Binding a unix socket is a write of its path. Raw, packet and netlink
   sockets are denied.
 * Processes: ``subprocess.Popen``, ``os.exec*``, ``os.posix_spawn[p]`` are ``proc.exec`` of the
   *resolved* executable (found on the PATH the child will really use); any shell needs
@@ -67,6 +80,9 @@ What is routed, and how:
   and so bounded by the open that was judged: ``os.ftruncate``, ``os.posix_fallocate``,
   ``os.sendfile``, ``os.copy_file_range``, ``os.splice``; ``os.memfd_create``/``eventfd``
   create no path. ``os.lchmod`` and ``os.chflags`` do not exist on Linux.
+* ``fs.tempFile`` (the names of ``capgate.fs``'s unfinished writes) is not applied here: it
+  guards ``fs``'s output quota, which plain writes do not have, and ``capgate.fs`` in the
+  child makes and commits its temp files through these hooks.
 * Also denied: ``sqlite3`` extension loading, ``fcntl.ioctl(TIOCSTI/TIOCLINUX)`` (typing into
   the user's terminal), signals to processes outside this session, raising rlimits, ``syslog``,
   and ``gc.get_objects/get_referrers/get_referents`` (fishing out the hook's own references).
@@ -78,7 +94,10 @@ What this does NOT do — it is a seat belt, not isolation (``SOFT_SANDBOX=true`
 * No event exists when a ctypes function pointer is built from a raw address and called
   (``CFUNCTYPE(...)(address)``): code that computes libc addresses can call anything.
 * Check and use are not one object: a path is judged, then the interpreter opens it by name, so
-  a concurrent symlink swap (by another thread or process) can race the check.
+  a concurrent symlink swap (by another thread or process) can race the check. For hard links
+  the window is narrower: ``os.open`` (and ``capgate.fs``, built on it here) re-checks the
+  descriptor it opened; builtin ``open`` is judged on the object the lookup found, and a hard
+  link renamed over that name in the microseconds before the real open is not seen.
 * Python code in the process can reach the hook's objects through frames and closures and
   undo them (the wrapped ``os``/``signal`` functions keep the real ones in a closure, and the
   no-symlink path lookup keeps a ctypes libc ``syscall``); a determined program written
