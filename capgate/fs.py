@@ -37,7 +37,7 @@ from typing import IO, Any, TypeVar
 
 from capgate.decision import Decision
 from capgate.errors import PermissionDenied, UnsupportedPlatform
-from capgate.gate import Gate, current_gate
+from capgate.gate import Gate, current_gate, hard_link_denial
 from capgate.ops import FS_DELETE, FS_READ, FS_WRITE
 from capgate.paths import coerce_path, expand_home, is_within
 
@@ -177,7 +177,8 @@ def _resolve_open_stat(gate: Gate, op: str, target: object, flags: int) -> tuple
                 fd = _open_exact(gate, lexical, flags)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
-                    gate.record(op, gate.show(lexical), decision)
+                    if not isinstance(exc, PermissionDenied):
+                        gate.record(op, gate.show(lexical), decision)
                     raise _os_error(exc, lexical)
             else:
                 fd, st = _verified_stat(gate, op, fd, lexical, decision)
@@ -192,13 +193,18 @@ def _resolve_open_stat(gate: Gate, op: str, target: object, flags: int) -> tuple
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EXDEV):
             raise gate.deny(op, gate.show(canonical), "path changed while being opened (symlink race)", "fs.race")
-        gate.record(op, gate.show(canonical), decision)
+        if not isinstance(exc, PermissionDenied):
+            gate.record(op, gate.show(canonical), decision)
         raise _os_error(exc, canonical)
     fd, st = _verified_stat(gate, op, fd, canonical, decision)
     return fd, canonical, st
 
 
 def _os_error(exc: OSError, path: str) -> OSError:
+    if isinstance(exc, PermissionDenied):
+        # A refusal from a layer below (the soft sandbox's hooks, inside ``capgate run``):
+        # already logged there, and it already names the operation, target and rule.
+        return exc
     return type(exc)(exc.errno, exc.strerror, path) if exc.errno else exc
 
 
@@ -215,12 +221,8 @@ def _verified_stat(gate: Gate, op: str, fd: int, path: str, decision: Decision) 
             # Another name of this inode may be a secret outside every allowed root (a hard
             # link planted in the workspace); we cannot see that name, so we refuse to read it
             # or change its metadata (chmod/utime act on the inode, i.e. on every name).
-            raise gate.deny(
-                op,
-                gate.show(path),
-                f"hard-linked file (st_nlink={st.st_nlink}): its other names cannot be checked",
-                "filesystem.hardLinks",
-            )
+            denial = hard_link_denial(path, st.st_nlink)
+            raise gate.deny(op, gate.show(path), denial.reason, denial.rule)
         if op == FS_READ and st.st_nlink == 0 and not stat_mod.S_ISDIR(st.st_mode):
             raise gate.deny(op, gate.show(path), "file was deleted while being opened", "fs.race")
     except BaseException:

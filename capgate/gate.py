@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from capgate.audit import AuditLog
     from capgate.policy.model import Policy
 
-__all__ = ["Gate", "current_gate"]
+__all__ = ["Gate", "current_gate", "hard_link_denial"]
 
 _current: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("capgate_gate", default=None)
 _ambient: Gate | None = None
@@ -145,11 +145,12 @@ class Gate:
         self.audit.record(op, self.show(canonical), decision, **extra)
         return decision
 
-    def peek_path(self, op: str, canonical: str) -> Decision:
+    def peek_path(self, op: str, canonical: str, *, temp_rule: bool = True) -> Decision:
         """Decide ``op`` on a canonical path *without* logging: ``fs`` peeks, opens, verifies
-        the descriptor, then logs the one final decision with ``record``."""
+        the descriptor, then logs the one final decision with ``record``. ``temp_rule=False``
+        (the soft hooks): see ``PathRules.decide``."""
         try:
-            return self._paths.decide(op, canonical)
+            return self._paths.decide(op, canonical, temp_rule=temp_rule)
         except Exception as exc:
             return Decision.deny(f"error while deciding: {exc}", "gate.error", canonical)
 
@@ -269,9 +270,13 @@ def _hard_link_rule(decision: Decision, canonical: str) -> Decision:
     except OSError:
         return decision
     if stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1:
-        return Decision.deny(
-            f"hard-linked file (st_nlink={st.st_nlink}): its other names cannot be checked",
-            "filesystem.hardLinks",
-            canonical,
-        )
+        return hard_link_denial(canonical, st.st_nlink)
     return decision
+
+
+def hard_link_denial(canonical: str, nlink: int) -> Decision:
+    """The one answer for a regular file with more than one name (``fs``, ``check`` and the
+    soft hooks all give it): its other names, perhaps a secret outside every root, cannot be
+    seen, so it is neither read nor changed in place."""
+    return Decision.deny(f"hard-linked file (st_nlink={nlink}): its other names cannot be checked",
+                         "filesystem.hardLinks", canonical)

@@ -557,22 +557,33 @@ class PathRules:
         self._protected = frozenset(fs_policy.protected)
         # The policy is frozen and a decision depends on (op, canonical path) alone: remember
         # answers, per operation, up to a bound (cleared, not evicted one by one, past it).
-        self._decided: dict[str, dict[str, Decision]] = {FS_READ: {}, FS_WRITE: {}, FS_DELETE: {}}
+        self._decided: dict[str, dict[str, Decision]] = {
+            key: {} for op in (FS_READ, FS_WRITE, FS_DELETE) for key in (op, op + "/no-temp-rule")
+        }
 
-    def decide(self, op: str, path: str) -> Decision:
-        """Allow or deny ``op`` on the canonical ``path`` (a pure function of the two)."""
-        cache = self._decided.get(op)
+    def decide(self, op: str, path: str, *, temp_rule: bool = True) -> Decision:
+        """Allow or deny ``op`` on the canonical ``path`` — a pure function of the two (and
+        ``temp_rule``), so answers are remembered per operation, up to a bound (cleared, not
+        evicted one by one, past it).
+
+        ``temp_rule=False`` skips rule ``fs.tempFile`` (the names of ``capgate.fs``'s unfinished
+        writes). That rule keeps ``fs``'s output quota honest: the quota is charged when the
+        temp file is committed, so renaming one out through ``fs`` would escape it. The soft
+        hooks pass False: a plain ``open()`` write is not charged to any quota, so the name
+        protects nothing there, and ``capgate.fs`` inside the sandbox creates, renames and
+        removes its own temp files through those very hooks."""
+        cache = self._decided.get(op if temp_rule else op + "/no-temp-rule")
         if cache is None:
-            return self._decide(op, path)
+            return self._decide(op, path, temp_rule)
         decision = cache.get(path)
         if decision is None:
-            decision = self._decide(op, path)
+            decision = self._decide(op, path, temp_rule)
             if len(cache) >= _DECISION_CACHE_MAX:
                 cache.clear()
             cache[path] = decision
         return decision
 
-    def _decide(self, op: str, path: str) -> Decision:
+    def _decide(self, op: str, path: str, temp_rule: bool) -> Decision:
         fs = self._fs
         if self._deny_read.matches(path):
             entry = _entry(fs.deny_read, self._deny_read.first_match(path))
@@ -587,7 +598,7 @@ class PathRules:
             return Decision.deny("not under any read root", "filesystem.read", path)
         if op not in (FS_WRITE, FS_DELETE):
             return Decision.deny(f"unknown filesystem operation {op!r}", "gate.op", path)
-        if _TEMP_NAME.match(path.rpartition("/")[2]):
+        if temp_rule and _TEMP_NAME.match(path.rpartition("/")[2]):
             # An unfinished atomic write of capgate.fs: its bytes are charged to the quota
             # and its content published only when the writer closes it. Renaming it out (or
             # writing, removing it) would make unaccounted, non-atomic files.

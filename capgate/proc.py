@@ -57,7 +57,7 @@ from capgate.decision import Decision
 from capgate.errors import PermissionDenied
 from capgate.gate import Gate, current_gate
 from capgate.gitconfig import GIT_CONFIG_RULE, dangerous_git_config, git_in_argv, only_git_config
-from capgate.supervisor import supervise
+from capgate.supervisor import in_soft_sandbox, supervise
 
 __all__ = ["run"]
 
@@ -189,7 +189,9 @@ def run(
         input=bytes(input) if input is not None else None,
         timeout=timeout,
         private_dirs=True,
-        confine=gate.command_rules.exec_plan(),
+        # Inside ``capgate run`` the launcher's Landlock ruleset already holds the whole tree
+        # (and building a plan needs what the hooks refuse: ctypes, reading the binaries).
+        confine=None if in_soft_sandbox() else gate.command_rules.exec_plan(),
     )
     rc = result.returncode
     gate.audit.event(

@@ -7,11 +7,21 @@ denial, before the action happens. The launcher arranges for this to run before 
 
 What is routed, and how:
 
-* ``open`` (builtin ``open``, ``io.open_code``, ``os.open``): read or write from the *flags*
+* ``open`` (builtin ``open``, ``io.open``/``io.FileIO``, ``io.open_code``, ``os.open``, and so
+  ``pathlib``, ``shutil.copy*``...): read or write from the *flags*
   (``O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND``) and the mode string. Relative paths resolve
-  against the process cwd; ``os.open(name, dir_fd=fd)`` only reports ``name``, so a relative
-  ``os.open`` must be allowed against the cwd *and* against every directory descriptor the
-  process holds (read from ``/proc/self/fd``) — fail closed, since we cannot tell which was meant.
+  against the process cwd; ``os.open(name, dir_fd=fd)`` only reports ``name``, so ``os.open``
+  is replaced by a wrapper that tells the hook the ``dir_fd`` of the call in flight. Should the
+  real function be reached another way, a relative ``os.open`` must be allowed against the cwd
+  *and* every directory descriptor the process holds (fail closed). ``O_PATH`` opens are not
+  judged: such a descriptor reads and changes nothing (what ``os.stat`` does without an event).
+* Hard links: a regular file with more than one name gets the gate's answer (``fs``,
+  ``gate.check``: rule ``filesystem.hardLinks``) for a read, a write in place (any write open,
+  ``O_TRUNC`` included: the hooks cannot replace the name as ``fs`` does), ``os.truncate``,
+  ``chmod/chown/utime``, xattrs, ``sqlite3.connect`` and the source of ``os.link``. The link
+  count comes from an ``fstat`` of the descriptor the lookup opens anyway (``O_PATH`` or
+  ``openat2``); ``os.open``'s wrapper checks the descriptor it returns too. Removing or renaming
+  a hard link acts on the name only and is judged as any name.
 * ``os.listdir/scandir`` (read); ``os.mkdir``, ``os.chmod/chown/utime/truncate``,
   ``os.setxattr/removexattr`` (write; on a descriptor, the file it refers to);
   ``os.remove/rmdir``, ``shutil.rmtree`` (delete); ``os.rename`` (delete source, write
@@ -28,7 +38,10 @@ What is routed, and how:
   the gate about each real destination. ``socket.getaddrinfo`` and the other name lookups are
   denied (a DNS query is an exfiltration channel) except for the proxy's own host. Unix-socket
   connects need a listed socket (``network.allowedUnixSockets``). Binding inet sockets
-  (listening) is denied; binding a unix socket is a write of its path. Raw, packet and netlink
+  (listening) is denied, except a bind of a loopback IP literal to port 0 — a capability probe
+  (urllib3's ``HAS_IPV6``) — done on a socket first made deaf (a locked drop-all socket
+  filter: it can ``listen`` but never accept or receive; there is no ``listen`` event to
+  judge). Binding a unix socket is a write of its path. Raw, packet and netlink
   sockets are denied.
 * Processes: ``subprocess.Popen``, ``os.exec*``, ``os.posix_spawn[p]`` are ``proc.exec`` of the
   *resolved* executable (found on the PATH the child will really use); any shell needs
@@ -67,6 +80,9 @@ What is routed, and how:
   and so bounded by the open that was judged: ``os.ftruncate``, ``os.posix_fallocate``,
   ``os.sendfile``, ``os.copy_file_range``, ``os.splice``; ``os.memfd_create``/``eventfd``
   create no path. ``os.lchmod`` and ``os.chflags`` do not exist on Linux.
+* ``fs.tempFile`` (the names of ``capgate.fs``'s unfinished writes) is not applied here: it
+  guards ``fs``'s output quota, which plain writes do not have, and ``capgate.fs`` in the
+  child makes and commits its temp files through these hooks.
 * Also denied: ``sqlite3`` extension loading, ``fcntl.ioctl(TIOCSTI/TIOCLINUX)`` (typing into
   the user's terminal), signals to processes outside this session, raising rlimits, ``syslog``,
   and ``gc.get_objects/get_referrers/get_referents`` (fishing out the hook's own references).
@@ -78,7 +94,10 @@ What this does NOT do — it is a seat belt, not isolation (``SOFT_SANDBOX=true`
 * No event exists when a ctypes function pointer is built from a raw address and called
   (``CFUNCTYPE(...)(address)``): code that computes libc addresses can call anything.
 * Check and use are not one object: a path is judged, then the interpreter opens it by name, so
-  a concurrent symlink swap (by another thread or process) can race the check.
+  a concurrent symlink swap (by another thread or process) can race the check. For hard links
+  the window is narrower: ``os.open`` (and ``capgate.fs``, built on it here) re-checks the
+  descriptor it opened; builtin ``open`` is judged on the object the lookup found, and a hard
+  link renamed over that name in the microseconds before the real open is not seen.
 * Python code in the process can reach the hook's objects through frames and closures and
   undo them (the wrapped ``os``/``signal`` functions keep the real ones in a closure, and the
   no-symlink path lookup keeps a ctypes libc ``syscall``); a determined program written
@@ -90,6 +109,7 @@ What this does NOT do — it is a seat belt, not isolation (``SOFT_SANDBOX=true`
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -99,6 +119,7 @@ from typing import TYPE_CHECKING, Any
 from capgate import ops
 from capgate.decision import Decision
 from capgate.errors import PermissionDenied
+from capgate.gate import hard_link_denial
 
 if TYPE_CHECKING:
     from capgate.gate import Gate
@@ -111,6 +132,11 @@ SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _AT_FDCWD = -100
 _O_PATH = getattr(os, "O_PATH", 0)
+_S_IFMT = 0o170000
+_S_IFREG = 0o100000
+# The real os.open, kept before ``install`` replaces it with ``SoftHooks.os_open_guard``: the
+# hooks' own lookups call it while deciding.
+_os_open = os.open
 _AF_UNIX = 1
 _AF_INET = 2
 _AF_INET6 = 10
@@ -165,6 +191,8 @@ class SoftHooks:
         self._busy: set[int] = set()  # thread idents currently deciding (re-entrancy)
         # thread -> (argv, resolved program, runs Python) of the Popen just approved
         self._approved: dict[int, tuple[list[bytes], bytes, bool]] = {}
+        # thread -> (path, dir_fd) of the os.open in flight (os_open_guard), for the event
+        self._open_hints: dict[int, tuple[Any, int | None]] = {}
         # What a Python program started from here must carry to boot these hooks itself
         # (None: not started by the launcher, nothing to carry). See _python_env_problems.
         self._python_env: dict[str, str] | None = None
@@ -284,14 +312,20 @@ class SoftHooks:
 
         return handler
 
-    def _decide(self, op: str, canonical: str) -> None:
+    def _decide(self, op: str, canonical: str, links: int = 1) -> None:
+        """Decide and log ``op`` on ``canonical`` as the gate does: the path rules, then, for
+        a regular file with ``links`` > 1 names, the gate's hard-link rule. ``links`` is
+        passed only for what acts on the file's content or inode in place (reads, in-place
+        writes, metadata changes); a remove or rename acts on the name and passes 1."""
         key = (op, canonical)
         log = self._memo.get(key)
-        if log is not None:
+        if log is not None and links == 1:
             log()
             return
         gate = self.gate
-        decision = gate.peek_path(op, canonical)
+        decision = gate.peek_path(op, canonical, temp_rule=False)
+        if decision.allowed and links > 1:
+            decision = hard_link_denial(canonical, links)
         shown = gate.show(canonical)
         if not decision.allowed:
             gate.record(op, shown, decision, via="soft")
@@ -320,11 +354,13 @@ class SoftHooks:
         if isinstance(path, int):  # an open descriptor: judge the file it refers to
             if op == ops.FS_READ:
                 return  # reading through a descriptor the gate let us open
-            self._decide(op, _fd_path(path))
+            self._decide(op, _fd_path(path), _links(path))
             return
         absolute = self._absolute(path, dir_fd)
-        canonical = _canonical(absolute) if follow else _canonical_nofollow(absolute)
-        self._decide(op, canonical)
+        if follow:
+            self._decide(op, *_resolved(absolute))
+        else:
+            self._decide(op, _canonical_nofollow(absolute))
 
     # -- filesystem events ------------------------------------------------------------
     def _on_open(self, args: tuple[Any, ...]) -> None:
@@ -332,26 +368,49 @@ class SoftHooks:
         path, mode, flags = args
         if isinstance(path, int) or path is None:
             return
-        write = bool((flags or 0) & _WRITE_FLAGS) or (
+        flags = flags or 0
+        if flags & _O_PATH:
+            # An O_PATH descriptor reads and changes nothing (no read, write, getdents,
+            # fchmod...): it is what os.stat does, which raises no event at all. Opening
+            # anything through it (dir_fd, /proc/self/fd/N) is an open judged here again.
+            return
+        write = bool(flags & _WRITE_FLAGS) or (
             isinstance(mode, str) and ("w" in mode or "a" in mode or "x" in mode or "+" in mode)
         )
         op = _FS_WRITE if write else _FS_READ
         text = path if type(path) is str and path and "\x00" not in path else _text_path(path)
         if mode is None and not text.startswith("/"):
-            # os.open: a dir_fd may have been given, and the event does not say. Every
-            # directory we hold is a possible base; all of them must allow it.
-            self._check(op, text)
-            for base in _directory_fds():
-                self._decide(op, _canonical(base.rstrip("/") + "/" + text))
+            self._on_relative_os_open(op, path, text)
             return
         # The common case (builtin open, io.open_code, absolute os.open): resolve the name
         # as the open will, relative to the real cwd, without building an absolute path.
-        canonical = _canonical_here(text)
-        log = self._memo.get((op, canonical))
-        if log is not None:
-            log()
+        canonical, links = _lookup_here(text)
+        if links == 1:
+            log = self._memo.get((op, canonical))
+            if log is not None:
+                log()
+                return
+        self._decide(op, canonical, links)
+
+    def _on_relative_os_open(self, op: str, path: Any, text: str) -> None:
+        """``os.open`` of a relative name. The event does not say which ``dir_fd`` was given;
+        ``os_open_guard`` (what ``os.open`` is in this process) does, for the call in flight
+        on this thread. Without it (the real function reached some other way) every
+        directory this process holds is a possible base, and all of them must allow it."""
+        hint = self._open_hints.get(self._get_ident())
+        if hint is not None and hint[0] is path:
+            dir_fd = hint[1]
+            if dir_fd is None or dir_fd == _AT_FDCWD:
+                self._decide(op, *_lookup_here(text))
+                return
+            found = _opened(text, dir_fd)
+            if found is None:  # does not exist yet (O_CREAT): the directory's path + the name
+                found = _resolved(_fd_path(dir_fd).rstrip("/") + "/" + text)
+            self._decide(op, *found)
             return
-        self._decide(op, canonical)
+        self._check(op, text)
+        for base in _directory_fds():
+            self._decide(op, *_resolved(base.rstrip("/") + "/" + text))
 
     def _on_listdir(self, args: tuple[Any, ...]) -> None:
         path = args[0] if args else "."
@@ -503,7 +562,17 @@ class SoftHooks:
                                  "network.allowedUnixSockets")
             self._check(ops.FS_WRITE, address, follow=False)
             return
-        raise self._fail(ops.NET_CONNECT, "bind " + _shown((address,)),
+        target = "bind " + _shown((address,))
+        if _loopback_port_zero(address):
+            # A capability probe (urllib3's HAS_IPV6: bind ("::1", 0), then close). The bind
+            # happens, on a socket made deaf first: it can never serve.
+            _deafen(sock)
+            self.gate.record(ops.NET_CONNECT, target, Decision.allow(
+                "a loopback bind to port 0 (a capability probe); the socket is deaf: a locked filter "
+                "drops every packet, so it can accept no connection and receive nothing",
+                "soft.bindProbe", target), via="soft")
+            return
+        raise self._fail(ops.NET_CONNECT, target,
                          "listening on network sockets is not allowed in the soft sandbox", "soft.listen")
 
     def _on_lookup(self, args: tuple[Any, ...]) -> None:
@@ -708,6 +777,60 @@ class SoftHooks:
             return real(args[0], (ticket[1],), *rest)
 
         return fork_exec
+
+    def os_open_guard(self, real: Callable[..., int]) -> Callable[..., int]:
+        """Wrap ``os.open`` (= ``posix.open``): its audit event gives the name but not the
+        ``dir_fd``, so the wrapper tells the hook, for this thread's call in flight, which
+        directory a relative name is in (``_on_relative_os_open``). The name and ``dir_fd``
+        are converted once, here, and exactly those values are passed on: an ``__fspath__``
+        or ``__index__`` that answers differently the second time changes nothing.
+
+        After the open, the descriptor itself gets the gate's hard-link rule (``fs`` does the
+        same on the descriptor it opened): a hard link swapped in between the hook's look at
+        the name and the open is refused before the caller gets a byte. (A write that
+        truncated has truncated by then; see the module docstring.)"""
+        hints = self._open_hints
+        get_ident = self._get_ident
+        busy = self._busy
+
+        def open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: Any = None) -> int:
+            ident = get_ident()
+            if ident in busy:
+                return real(path, flags, mode, dir_fd=dir_fd)
+            name = os.fspath(path)
+            name = str.__str__(name) if isinstance(name, str) else bytes(name)
+            base = None if dir_fd is None else int(operator.index(dir_fd))
+            hints[ident] = (name, base)
+            try:
+                fd = real(name, flags, mode, dir_fd=base)
+            finally:
+                hints.pop(ident, None)
+            if flags & _O_PATH:
+                return fd
+            try:
+                links = _links(fd)
+            except OSError:
+                links = 1
+            if links > 1:
+                self._refuse_opened_hard_link(fd, name, flags, links)
+            return fd
+
+        open.__name__ = open.__qualname__ = "open"
+        open.__doc__ = real.__doc__
+        open.__module__ = getattr(real, "__module__", "posix")
+        return open
+
+    def _refuse_opened_hard_link(self, fd: int, name: Any, flags: int, links: int) -> None:
+        """Close ``fd`` (a regular file with ``links`` names) and raise the gate's denial."""
+        try:
+            shown = self.gate.show(_fd_path(fd))
+        except ValueError:
+            shown = _shown((name,))
+        finally:
+            os.close(fd)
+        op = _FS_WRITE if flags & _WRITE_FLAGS else _FS_READ
+        decision = hard_link_denial(shown, links)
+        raise self._deny(op, shown, decision.reason, decision.rule)
 
     # -- functions that raise no audit event ------------------------------------------
     def guard(self, event: str, check: Callable[[tuple[Any, ...], dict[str, Any]], None],
@@ -1003,6 +1126,47 @@ def _shown(args: tuple[Any, ...]) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def _loopback_port_zero(address: Any) -> bool:
+    """Whether a bind address is a loopback IP literal with port 0, as exact ``str``/``int``
+    (an object that could answer one value here and another to the real bind is not)."""
+    if type(address) is not tuple or len(address) < 2 or type(address[0]) is not str or type(address[1]) is not int:
+        return False
+    if address[1] != 0:
+        return False
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address[0]).is_loopback
+    except ValueError:
+        return False
+
+
+_SO_ATTACH_FILTER = 26
+_SO_LOCK_FILTER = 44
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K
+
+
+def _deafen(sock: Any) -> None:
+    """Make an inet socket deaf for good, before it is bound: attach a classic socket filter
+    that accepts nothing (``ret #0``) and lock it (``SO_LOCK_FILTER``: the filter can then be
+    neither removed nor replaced, by anyone). Every packet for the socket is dropped before
+    the protocol sees it — TCP SYNs too — so once bound it can ``listen`` but never accept a
+    connection, and never receive a datagram. The calls go to the C socket type (a subclass
+    cannot point them at another descriptor); any failure is an error, so the bind is denied."""
+    import _socket
+    import array
+    import struct
+
+    base = _socket.socket
+    if base.getsockopt(sock, _socket.SOL_SOCKET, _socket.SO_DOMAIN) not in (_AF_INET, _AF_INET6):
+        raise ValueError("not an inet socket")
+    code = array.array("B", struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0))  # struct sock_filter
+    address, _count = code.buffer_info()
+    program = struct.pack("@HP", 1, address)  # struct sock_fprog (code kept alive above)
+    base.setsockopt(sock, _socket.SOL_SOCKET, _SO_ATTACH_FILTER, program)
+    base.setsockopt(sock, _socket.SOL_SOCKET, _SO_LOCK_FILTER, 1)
+
+
 def _fd_path(fd: int) -> str:
     try:
         target = os.readlink(f"/proc/self/fd/{fd}")
@@ -1013,22 +1177,49 @@ def _fd_path(fd: int) -> str:
     return target
 
 
-def _opened_path(name: str) -> str | None:
+def _links(fd: int) -> int:
+    """How many names the file open as ``fd`` has when it is a regular file (else 1): the
+    gate refuses to read or change in place a regular file with more than one
+    (``filesystem.hardLinks``). One ``fstat`` of a descriptor the lookup holds anyway."""
+    st = os.fstat(fd)
+    return st.st_nlink if st.st_mode & _S_IFMT == _S_IFREG else 1
+
+
+def _stat_links(path: str) -> int:
+    """``_links`` by name, for the slow paths that hold no descriptor; 1 when it does not exist."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return 1
+    return st.st_nlink if st.st_mode & _S_IFMT == _S_IFREG else 1
+
+
+def _opened(name: str, dir_fd: int | None = None) -> tuple[str, int] | None:
     """Open ``name`` ``O_PATH`` (follows every link, touches no data) and ask the kernel what
-    it opened; None when it cannot be opened or named (the callers use ``realpath``)."""
+    it opened and how many names it has; None when it cannot be opened or named (the callers
+    use ``realpath``). ``dir_fd``: resolve a relative ``name`` as ``os.open(..., dir_fd=)`` will."""
     if not _O_PATH:
         return None
     try:
-        fd = os.open(name, _O_PATH | os.O_CLOEXEC)
+        fd = _os_open(name, _O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
     try:
         target = os.readlink(f"/proc/{os.getpid()}/fd/{fd}")  # cheaper than /proc/self
+        links = _links(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return target if target.startswith("/") and not target.endswith(" (deleted)") else None
+    if not target.startswith("/") or target.endswith(" (deleted)"):
+        return None
+    return target, links
+
+
+def _opened_path(name: str) -> str | None:
+    """The canonical path ``_opened`` finds, or None."""
+    found = _opened(name)
+    return None if found is None else found[0]
 
 
 def _canonical(absolute: str) -> str:
@@ -1037,7 +1228,16 @@ def _canonical(absolute: str) -> str:
     return _opened_path(absolute) or os.path.realpath(absolute)
 
 
-# -- the no-symlink fast path of ``_canonical_here`` -----------------------------------------
+def _resolved(absolute: str) -> tuple[str, int]:
+    """``_canonical`` and the link count of what it names (``_links``)."""
+    found = _opened(absolute)
+    if found is not None:
+        return found
+    canonical = os.path.realpath(absolute)
+    return canonical, _stat_links(canonical)
+
+
+# -- the no-symlink fast path of ``_lookup_here`` -----------------------------------------
 # ``openat2(O_PATH, RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS)`` through ctypes: when the kernel
 # confirms that no component of a path is a symlink, the path as written (made absolute
 # against the cwd, normalised) *is* its canonical path, and the readlink of /proc/<pid>/fd/N
@@ -1083,10 +1283,10 @@ def _load_nosym() -> None:
     _nosym_state = 1
 
 
-def _lexical_canonical(text: str) -> str | None:
-    """``text`` (relative to the cwd) as a canonical path when no component of it is a
-    symlink; None when one is, when it does not exist, or when this cannot tell (the caller
-    asks /proc). A relative path is made absolute with the cwd *first* and the absolute
+def _lexical_canonical(text: str) -> tuple[str, int] | None:
+    """``text`` (relative to the cwd) as a canonical path, with its link count (``_links``),
+    when no component of it is a symlink; None when one is, when it does not exist, or when
+    this cannot tell (the caller asks /proc). A relative path is made absolute with the cwd *first* and the absolute
     path is what the kernel checks: the path returned is exactly the one checked (the cwd
     ``getcwd`` gives is physical, free of symlinks itself)."""
     if _nosym_state == 0:
@@ -1103,28 +1303,33 @@ def _lexical_canonical(text: str) -> str | None:
         return None
     if fd < 0:
         return None
-    os.close(fd)
+    try:
+        st = os.fstat(fd)  # (``_links``, inlined: this is the path of nearly every open)
+    finally:
+        os.close(fd)
+    links = st.st_nlink if st.st_mode & _S_IFMT == _S_IFREG else 1
     if "/." in text or "//" in text or (text.endswith("/") and text != "/"):
         # No symlinks on the way, so ".." is the lexical parent; "//x" is "/x" on Linux.
         text = os.path.normpath(text)
         if text.startswith("//"):
             text = "/" + text.lstrip("/")
-    return text
+    return text, links
 
 
-def _canonical_here(text: str) -> str:
-    """``_canonical`` of ``text`` as given (relative to the process cwd, as ``open`` will
+def _lookup_here(text: str) -> tuple[str, int]:
+    """``_resolved`` of ``text`` as given (relative to the process cwd, as ``open`` will
     resolve it); ``getcwd`` only for a path that does not exist yet."""
     if _nosym_state >= 0:
         fast = _lexical_canonical(text)
         if fast is not None:
             return fast
-    opened = _opened_path(text)
+    opened = _opened(text)
     if opened is not None:
         return opened
     if not text.startswith("/"):
         text = os.getcwd().rstrip("/") + "/" + text
-    return os.path.realpath(text)
+    canonical = os.path.realpath(text)
+    return canonical, _stat_links(canonical)
 
 
 def _canonical_nofollow(absolute: str) -> str:
@@ -1185,6 +1390,11 @@ def install(gate: Gate, *, proxy: tuple[str, int] | None = None,
             real = getattr(module, name, None)
             if real is not None:
                 setattr(module, name, hooks.guard(f"{module_name}.{name}", check, real))
+    os_open = hooks.os_open_guard(_os_open)
+    for module_name in ("os", "posix"):
+        module = sys.modules.get(module_name)
+        if module is not None and getattr(module, "open", None) is _os_open:
+            setattr(module, "open", os_open)  # noqa: B010 (a module type has no "open" for mypy)
     guarded = types.ModuleType("_posixsubprocess", "capgate guard around _posixsubprocess")
     guarded.fork_exec = hooks.fork_exec_guard(_posixsubprocess.fork_exec)  # type: ignore[attr-defined]
     guarded.__spec__ = getattr(_posixsubprocess, "__spec__", None)

@@ -63,7 +63,7 @@ from capgate.errors import UnsupportedPlatform
 if TYPE_CHECKING:
     from capgate.policy.model import Limits
 
-__all__ = ["RunResult", "remove_tree", "supervise"]
+__all__ = ["RunResult", "in_soft_sandbox", "remove_tree", "supervise"]
 
 _PR_SET_PDEATHSIG = 1
 _CHUNK = 65536
@@ -216,6 +216,9 @@ def supervise(
     wall = float(limits.wall_time_seconds)
     budget = wall if timeout is None else max(0.0, min(float(timeout), wall))
     cap = limits.max_captured_output_mb * MB if max_output_bytes is None else max(0, int(max_output_bytes))
+    if in_soft_sandbox():
+        return _supervise_in_soft_sandbox(args, exe, env, cwd, input, capture, passed, budget, cap,
+                                          remove_after, private_dirs)
 
     cgroup = None
     pending: list[tuple[_spawner.Spawner, str]] = []
@@ -276,6 +279,89 @@ def supervise(
         exec_confined=tree.confined and tree.confine is not None and tree.confine.restricts_exec,
         write_confined=tree.confined and tree.confine is not None and tree.confine.restricts_write,
     )
+
+
+def in_soft_sandbox() -> bool:
+    """Whether this process runs under the soft sandbox's hooks (``capgate run``): then
+    ``supervise`` takes ``_supervise_in_soft_sandbox`` and a ``confine`` plan is not used."""
+    soft = sys.modules.get("capgate.soft")
+    return soft is not None and getattr(soft, "installed", lambda: None)() is not None
+
+
+def _supervise_in_soft_sandbox(
+    args: list[str], exe: str, env: Mapping[str, str], cwd: str, data: bytes | None, capture: bool,
+    passed: tuple[int, ...], budget: float, cap: int, remove_after: Sequence[str], private_dirs: bool,
+) -> RunResult:
+    """``supervise`` inside a soft-sandboxed process (``capgate run``): a plain ``Popen``.
+
+    The run's containment is already there, set by the launcher for the whole tree this
+    process belongs to: rlimits, the pids cgroup, wall time, Landlock. What is left to do
+    here goes through the sandbox's hooks like any program's ``subprocess`` call — the
+    ``subprocess.Popen`` event judges the resolved command again, the ``fork_exec`` guard
+    runs only what it approved — so ``capgate.proc`` gets nothing a plain ``subprocess.run``
+    would not. Not done here, because the hooks refuse it to every caller (cgroups, ctypes
+    ``prctl``, a Landlock ruleset of its own, the spawner): the wall time kills the child's
+    process group (a new group, same session: signals stay inside the sandbox), not a
+    cgroup; ``containment`` says ``"soft-sandbox"``."""
+    private = _make_private() if private_dirs else None
+    start = time.monotonic()
+    out = _Capped(cap)
+    err = _Capped(cap)
+    proc: subprocess.Popen[bytes] | None = None
+    timed_out = False
+    status = 0
+    group: dict[str, int] = {"process_group": 0} if sys.version_info >= (3, 11) else {}
+    try:
+        proc = subprocess.Popen(
+            args, executable=exe, cwd=cwd, env=_with_private(env, private), close_fds=True, pass_fds=passed,
+            stdin=subprocess.PIPE if data is not None else (subprocess.DEVNULL if capture else None),
+            stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None,
+            **group,  # type: ignore[call-overload]
+        )
+        timed_out = _pump(proc, data, out, err, start + budget)
+        if timed_out or group:
+            # Before the reap: the exited child is a zombie that still holds its pid and
+            # group id, so what it left behind in the group is reached, and nothing else.
+            _kill_group(proc.pid, bool(group))
+        status, _cpu = _reap(proc)
+        _drain(proc, out, err, time.monotonic() + 2.0)
+    finally:
+        if proc is not None:
+            if proc.returncode is None:
+                _kill_group(proc.pid, bool(group))
+                with contextlib.suppress(Exception):
+                    _reap(proc)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        if private is not None:
+            remove_tree(private)
+        for path in remove_after:
+            remove_tree(path)
+    returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    fired = {-signal.SIGXCPU: "cpuSeconds", -signal.SIGXFSZ: "maxFileSizeMb"}.get(returncode)
+    return RunResult(
+        returncode=returncode,
+        stdout=out.value() if capture else None,
+        stderr=err.value() if capture else None,
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+        duration=time.monotonic() - start,
+        timed_out=timed_out,
+        limits_fired=(*(["wallTimeSeconds"] if timed_out else []), *([fired] if fired else [])),
+        containment="soft-sandbox",
+    )
+
+
+def _kill_group(pid: int, grouped: bool) -> None:
+    """SIGKILL the child's process group (or the child alone when it has no group of its own,
+    on Python 3.10). Called only before the child is reaped: its pid cannot be reused yet."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if grouped:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
 
 
 def remove_tree(path: str) -> None:

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import platform
+import sys
 
 __all__ = [
     "AVAILABLE",
@@ -38,8 +39,17 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+def _soft_hooks_installed() -> bool:
+    """Whether this process runs under the soft sandbox's hooks. They refuse ctypes access to
+    libc (a raw ``syscall`` opens files with no audit event, so it would get around them), so
+    ``capgate.fs`` in such a process uses the ``O_NOFOLLOW`` walk, whose ``os.open`` calls the
+    hooks judge; asking for ``syscall`` would only log a denial."""
+    soft = sys.modules.get("capgate.soft")
+    return soft is not None and getattr(soft, "installed", lambda: None)() is not None
+
+
 _syscall = None
-if _SYS_OPENAT2 is not None and platform.system() == "Linux":
+if _SYS_OPENAT2 is not None and platform.system() == "Linux" and not _soft_hooks_installed():
     try:
         _libc = ctypes.CDLL(None, use_errno=True)
         _syscall = _libc.syscall
