@@ -32,6 +32,7 @@ import secrets
 import stat as stat_mod
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import IO, Any, TypeVar
 
@@ -470,6 +471,30 @@ class AtomicFile:
             raise AttributeError(name)
         return getattr(self._file, name)
 
+    # The calls a writer makes, defined here rather than reached through __getattr__: a bound
+    # method of the inner file would let this object be collected (and discarded) while the
+    # call runs — ``fs.open(p, "w").write(data)`` then failed with "I/O operation on closed file".
+    def write(self, data: Any) -> int:
+        return int(self._file.write(data))
+
+    def writelines(self, lines: Any) -> None:
+        self._file.writelines(lines)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def read(self, size: int = -1) -> Any:
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._file.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._file.tell())
+
+    def truncate(self, size: int | None = None) -> int:
+        return int(self._file.truncate(size))
+
     def __iter__(self) -> Iterator[Any]:
         return iter(self._file)
 
@@ -548,6 +573,14 @@ class AtomicFile:
 
     def __del__(self) -> None:
         if not getattr(self, "_done", True):
+            # As Python warns of an unclosed file: here the content is also thrown away, since
+            # only close() commits (``fs.open(p, "w").write(data)`` writes nothing).
+            warnings.warn(
+                f"capgate.fs: {self.name} was opened for writing and never closed; its new content "
+                "was discarded (use 'with fs.open(...)', fs.write_text or close())",
+                ResourceWarning,
+                stacklevel=2,
+            )
             self.discard()
 
 

@@ -135,3 +135,25 @@ def test_disk_full_never_costs_the_old_content(workspace: Path) -> None:
         # ENOSPC must be what stopped it, seen by the caller (or the cap for nothing here).
         assert problems == [], f"{case}: {problems}"
     assert len(report["results"]) == len(CASE_IDS)
+
+
+@pytest.mark.parametrize("mode", ["w", "wb", "x"])
+def test_an_unclosed_writer_is_discarded_with_a_warning(mode: str, gate: capgate.Gate, workspace: Path) -> None:
+    """``fs.open(p, "w").write(data)``: the write works on the live object, nothing lands
+    because nothing closed it, and Python's ResourceWarning says so."""
+    target = workspace / "output" / "unclosed.txt"
+    if mode != "x":
+        target.write_bytes(wf.OLD)
+    data = b"new" if "b" in mode else "new"
+    with pytest.warns(ResourceWarning, match="never closed"):
+        assert fs.open("output/unclosed.txt", mode).write(data) == 3  # type: ignore[arg-type]
+        import gc
+
+        gc.collect()
+    assert (not target.exists()) if mode == "x" else target.read_bytes() == wf.OLD
+    assert sorted(os.listdir(target.parent)) == ([] if mode == "x" else ["unclosed.txt"])
+    # Control: closed, it commits.
+    fh = fs.open("output/unclosed.txt", "w")
+    fh.write("closed")
+    fh.close()
+    assert target.read_text() == "closed"
