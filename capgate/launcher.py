@@ -47,6 +47,7 @@ from capgate.errors import BackendUnavailable, PolicyError
 from capgate.soft import is_python_command
 
 if TYPE_CHECKING:
+    from capgate.audit import AuditLog
     from capgate.policy.model import Policy
 
 __all__ = [
@@ -214,7 +215,13 @@ def _resolve_command(argv: Sequence[str], environ: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------------------------------
 def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
         stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
-    """``capgate run``: see the module docstring. Returns the exit code."""
+    """``capgate run``: see the module docstring. Returns the exit code.
+
+    Every way out of here is a return with one message: no process the launcher started
+    (the spawner) is left to write after it, and ``SIGTERM``/``SIGINT``/``SIGHUP`` (what
+    ``timeout``, ``docker stop``, CI cancellation, Ctrl-C and a closed terminal send) stop
+    the run like the end of the child does — tree killed, ``run.end`` last in the audit log,
+    summary printed, run directory removed — and return 128+N (``_StopOnSignals``)."""
     env = dict(os.environ if environ is None else environ)
     out = stdout or sys.stdout
     err = stderr or sys.stderr
@@ -230,23 +237,198 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
     if not options.command and not options.dry_run_policy:
         say("nothing to run: give the command after --, e.g. capgate run -- python agent.py")
         return EXIT_USAGE
-    if options.command and not options.dry_run_policy and sys.platform.startswith("linux"):
-        from capgate._sys import spawner
+    prestarted = bool(options.command) and not options.dry_run_policy and sys.platform.startswith("linux")
+    with _StopOnSignals() as stop:
+        run_dir: _RunDir | None = None
+        try:
+            if prestarted:
+                from capgate._sys import spawner
 
-        # The supervisor's spawner interpreter starts now, in parallel with loading the
-        # policy; the warm-up thread hands it its limits and Landlock plan (``configure``).
-        spawner.prestart()
-    run_dir = tempfile.mkdtemp(prefix="capgate-run-")
-    try:
-        return _run(options, env, out, say, run_dir)
-    except PolicyError as exc:
-        say(f"policy error: {exc}" + (f" (key: {exc.key})" if exc.key else ""))
-        return EXIT_USAGE
-    except (SandboxRefused, BackendUnavailable) as exc:
-        say(f"sandbox refused to start: {exc}")
-        return EXIT_SANDBOX_REFUSED
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+                # The supervisor's spawner interpreter starts now, in parallel with loading the
+                # policy; the warm-up thread hands it its limits and Landlock plan (``configure``).
+                spawner.prestart()
+            run_dir = _RunDir.create()
+            return _run(options, env, out, say, run_dir.path, stop)
+        except PolicyError as exc:
+            say(f"policy error: {exc}" + (f" (key: {exc.key})" if exc.key else ""))
+            return EXIT_USAGE
+        except (SandboxRefused, BackendUnavailable) as exc:
+            say(f"sandbox refused to start: {exc}")
+            return EXIT_SANDBOX_REFUSED
+        except RunInterrupted as exc:  # before the audit log existed: nothing ran
+            say(f"stopped by {exc.name} before the child started")
+            return exc.exit_code
+        finally:
+            stop.disarm()
+            if prestarted:
+                from capgate._sys import spawner
+
+                spawner.discard_prestarted()  # (a no-op once a run configured it)
+            if run_dir is not None:
+                run_dir.remove()
+
+
+class RunInterrupted(BaseException):
+    """A stopping signal reached the launcher (``_StopOnSignals``). A ``BaseException``, as
+    ``KeyboardInterrupt`` is: no ``except Exception`` on the way may swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _StopOnSignals:
+    """While armed, ``SIGTERM``, ``SIGINT`` and ``SIGHUP`` raise ``RunInterrupted`` in the main
+    thread (wherever it waits: the supervisor's poll, the policy load), so the ``finally``
+    blocks on the way kill the tree and the launcher ends the run the normal way. The first
+    signal disarms: one more while cleaning up is ignored (the clean-up is bounded), and so is
+    one after ``disarm`` (the run is over; only its files are being removed). Off the main
+    thread (the embedded ``launcher.run``) nothing is installed."""
+
+    _SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+
+    def __init__(self) -> None:
+        self.armed = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self.armed = True
+        for name in self._SIGNALS:
+            num = getattr(signal, name)
+            self._previous[num] = signal.signal(num, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.armed:
+            self.armed = False
+            raise RunInterrupted(signum)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __exit__(self, *_exc: object) -> None:
+        import signal
+
+        self.armed = False
+        for num, previous in self._previous.items():
+            signal.signal(num, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+
+class _RunDir:
+    """The launcher's run directory (boot files, policy copy, sandbox HOME and TMPDIR):
+    ``capgate-run-<pid>-<random>`` in the temp directory, ``flock``-ed by the launcher for
+    the whole run.
+
+    A launcher killed by ``SIGKILL`` cannot remove it; the next ``capgate run`` does
+    (``sweep``): a directory whose lock is free *and* whose owner pid is gone is a dead run's.
+    The lock alone would race with a launcher between ``mkdtemp`` and ``flock``; the pid
+    alone could be recycled (then the directory waits for a later sweep) or belong to another
+    pid namespace sharing the temp directory (then its lock is held)."""
+
+    PREFIX = "capgate-run-"
+
+    def __init__(self, path: str, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def create(cls) -> _RunDir:
+        import fcntl
+
+        parent = tempfile.gettempdir()
+        cls.sweep(parent)
+        path = tempfile.mkdtemp(prefix=f"{cls.PREFIX}{os.getpid()}-", dir=parent)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fresh: nobody else can hold it
+        return cls(path, fd)
+
+    def remove(self) -> None:
+        _remove_tree(self.path)
+        os.close(self._lock_fd)
+
+    @classmethod
+    def sweep(cls, parent: str) -> None:
+        """Remove the run directories of launchers that died without cleaning up."""
+        import fcntl
+
+        me = os.geteuid()
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            return
+        for entry in entries:
+            owner = _run_dir_owner(entry.name, cls.PREFIX)
+            if owner is None or owner == os.getpid():
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != me or not entry.is_dir(follow_symlinks=False):
+                    continue
+                os.kill(owner, 0)
+                continue  # the owner lives: its run
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue  # (EPERM: another user's process lives with that pid)
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # held: a live launcher (in another pid namespace) owns it
+            try:
+                _remove_tree(entry.path)
+            finally:
+                os.close(fd)
+
+
+def _run_dir_owner(name: str, prefix: str) -> int | None:
+    """The launcher pid in a run directory's name (``capgate-run-<pid>-<random>``), else None.
+    (The spawner's private directories, ``capgate-run-<pid>-<16 hex>``, match too: a dead
+    owner's ones are as removable.)"""
+    if not name.startswith(prefix):
+        return None
+    pid, sep, rest = name[len(prefix):].partition("-")
+    if not sep or not rest or not pid.isdigit() or len(pid) > 10:
+        return None
+    return int(pid)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove ``path`` and everything in it, as its owner: directories the run made
+    unwritable (the ``0500`` boot directory, a child's ``chmod 000``) are opened up first.
+    ``shutil.rmtree`` works on descriptors, so a planted symlink is removed, never followed."""
+    def reopen(_func: Any, failed: str, _exc: Any) -> None:
+        parent = os.path.dirname(failed)
+        try:
+            os.chmod(parent, 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+                shutil.rmtree(failed, ignore_errors=True)
+            else:
+                os.unlink(failed)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=reopen)
 
 
 def _choose_backend(requested: str, env: Mapping[str, str]) -> tuple[str, str]:
@@ -267,7 +449,8 @@ def _choose_backend(requested: str, env: Mapping[str, str]) -> tuple[str, str]:
     return "soft", f"auto: no container backend ({why})"
 
 
-def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_dir: str) -> int:
+def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_dir: str,
+         stop: _StopOnSignals) -> int:
     from capgate.policy.model import Policy  # noqa: F401  (type only, imported for dataclasses.replace)
 
     backend_name, why_backend = _choose_backend(options.backend, env)
@@ -363,10 +546,20 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
                             confine=confine)
+    backend = get_backend("soft")
     try:
         if warmup is not None:
             warmup.join(timeout=5.0)
-        result = get_backend("soft").launch(request, audit)
+        result = backend.launch(request, audit)
+        stop.disarm()  # the child's tree is gone: what is left is writing its end down
+    except RunInterrupted as exc:  # the tree was killed on the way out of launch()
+        audit.event("run.end", returncode=exc.exit_code, signal=exc.name, timed_out=False,
+                    duration_s=None, limits_fired=[], child_activated=None, denied=audit.denied,
+                    allowed=audit.allowed)
+        say(f"stopped by {exc.name}: the child's process tree was killed")
+        say(_summary(audit, argv, python_child, _native_execs(backend)))
+        audit.close()
+        return exc.exit_code
     except BackendUnavailable as exc:
         audit.event("run.refused", reason=str(exc))
         audit.close()
@@ -375,7 +568,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         audit.event("run.failed", reason=str(exc))
         say(f"the run was stopped: the sandbox's supervision failed ({exc}); the child's process tree was "
             "killed")
-        say(audit.format_summary().removeprefix("capgate: "))
+        say(_summary(audit, argv, python_child, _native_execs(backend)))
         audit.close()
         return EXIT_SANDBOX_REFUSED
     audit.event("run.end", returncode=result.returncode, timed_out=result.timed_out,
@@ -389,9 +582,37 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     for fired in result.limits_fired:
         if fired != "wall_time":
             say(f"limit reached: {fired}")
-    say(audit.format_summary().removeprefix("capgate: "))
+    say(_summary(audit, argv, python_child, result.native_execs))
     audit.close()
     return result.returncode
+
+
+def _native_execs(backend: Any) -> int | None:
+    count = getattr(backend, "native_execs", None)
+    return count() if callable(count) else None
+
+
+def _summary(audit: AuditLog, argv: Sequence[str], python_child: bool, native_execs: int | None) -> str:
+    """The denial summary, honest about what the launcher could not see (design.md,
+    launcher step 6): refusals by the kernel layer (Landlock) to a process that is not Python
+    never reach the audit log. So "no denials" is said only when every process of the tree
+    was Python code under the hooks (or the count of others is unknown: then it says that)."""
+    table = audit.format_summary().removeprefix("capgate: ")
+    if python_child and native_execs == 0:
+        return table
+    if not python_child:
+        blind = (f"{os.path.basename(argv[0]) if argv else 'the command'} is not Python: refusals by the kernel "
+                 "layer to it and to the native programs it starts are not observable")
+    elif native_execs is None:
+        blind = ("refusals by the kernel layer to native (non-Python) processes of the tree, if it started any, "
+                 "are not observable")
+    else:
+        blind = (f"refusals by the kernel layer to native processes ({native_execs} exec"
+                 f"{'s' if native_execs != 1 else ''} of non-Python programs) are not observable")
+    if audit.denied == 0:
+        seen = "seen from Python code" if python_child else "seen"
+        return f"no denials {seen} ({audit.allowed} allowed); {blind}"
+    return f"{table}\n  ({blind})"
 
 
 class _SpawnerWarmup:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from capgate.backends.base import LaunchRequest, LaunchResult
 from capgate.errors import BackendUnavailable
+from capgate.soft import is_python_command
 
 if TYPE_CHECKING:
     from capgate.audit import AuditLog
@@ -50,6 +51,9 @@ class ChildReportReader(threading.Thread):
         self.lines = 0
         self.dropped = 0
         self.malformed = 0
+        # Allowed execs of programs that are not Python (their own actions are unhooked: what
+        # the kernel layer refuses them is not observable, and the summary must say so).
+        self.native_execs = 0
 
     def run(self) -> None:
         pending = b""
@@ -92,6 +96,8 @@ class ChildReportReader(threading.Thread):
             data = _parse(line)
             if data is not None and "event" not in data:
                 pid = data.get("pid")
+                if data["op"] == "proc.exec" and data["decision"] == "allow" and not is_python_command(data["target"]):
+                    self.native_execs += 1
                 batch.append((data["op"], data["target"], data["decision"] == "allow", data["rule"], data["reason"],
                               pid if type(pid) is int else None))
                 continue
@@ -161,6 +167,15 @@ def _widen_pipe(fd: int) -> None:
 class SoftBackend:
     name = "soft"
 
+    def __init__(self) -> None:
+        self._reader: ChildReportReader | None = None
+
+    def native_execs(self) -> int | None:
+        """How many non-Python programs the (Python part of the) child tree was seen to start
+        in the current or last run (None before a run): also valid when ``launch`` was
+        interrupted, for the launcher's summary."""
+        return None if self._reader is None else self._reader.native_execs
+
     def available(self) -> tuple[bool, str]:
         if not hasattr(os, "pipe2") or not os.path.isdir("/proc/self/fd"):
             return False, "the soft backend needs Linux (/proc/self/fd, pipe2)"
@@ -201,7 +216,7 @@ class SoftBackend:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         _widen_pipe(write_fd)
         env["CAPGATE_AUDIT_FD"] = str(write_fd)
-        reader = ChildReportReader(read_fd, audit)
+        reader = self._reader = ChildReportReader(read_fd, audit)
         reader.start()
         try:
             import capgate.supervisor  # noqa: F401  (before the audit writer's import thread starts)
@@ -230,6 +245,7 @@ class SoftBackend:
             duration=float(getattr(result, "duration", time.monotonic() - started)),
             limits_fired=tuple(getattr(result, "limits_fired", ()) or ()),
             child_activated=reader.activated,
+            native_execs=reader.native_execs,
         )
 
 
