@@ -7,8 +7,10 @@
    starts from the effective one in ``CAPGATE_POLICY`` and a user file can only restrict it.
 2. Load, validate and merge the policy (``--policy FILE``, else ``<workspace>/agent-permissions.json``
    if present, else the defaults), restrict-only unless ``--allow-user-expansion``.
-3. Pick the backend: ``SOFT_SANDBOX=true`` forces soft; ``auto`` = container if it can run,
-   else soft; ``container`` that cannot run refuses (exit 125).
+3. Pick the backend: ``SOFT_SANDBOX`` = ``1``/``yes``/``true`` (any case) forces soft, and
+   with an explicit ``--backend`` other than soft is a usage error (exit 2), as is a value
+   that is none of those nor ``0``/``no``/``false``/empty; ``auto`` = container if it can
+   run, else soft; ``container`` that cannot run refuses (exit 125).
 4. Add what the soft sandbox itself needs and say so: runtime *read* roots (the interpreter,
    its stdlib and site-packages, certificates, ``/etc/hosts``…; ``--dev`` adds toolchains),
    and the run's private ``TMPDIR``, sandbox ``HOME`` and ``/dev/null`` as write roots. The
@@ -53,7 +55,9 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_SANDBOX_REFUSED",
     "EXIT_USAGE",
+    "RunInterrupted",
     "RunOptions",
+    "UsageError",
     "check_command",
     "default_audit_path",
     "init_command",
@@ -61,6 +65,7 @@ __all__ = [
     "policy_command",
     "run",
     "runtime_read_roots",
+    "soft_sandbox_forced",
 ]
 
 EXIT_USAGE = 2
@@ -236,6 +241,11 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
         return EXIT_SANDBOX_REFUSED
     if not options.command and not options.dry_run_policy:
         say("nothing to run: give the command after --, e.g. capgate run -- python agent.py")
+        return EXIT_USAGE
+    try:
+        soft_sandbox_forced(env, options.backend)  # (a usage error before anything starts)
+    except UsageError as exc:
+        say(f"usage error: {exc}")
         return EXIT_USAGE
     prestarted = bool(options.command) and not options.dry_run_policy and sys.platform.startswith("linux")
     with _StopOnSignals() as stop:
@@ -431,11 +441,37 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=reopen)
 
 
+class UsageError(Exception):
+    """The command line and the environment ask for things that cannot both hold (exit 2)."""
+
+
+_SOFT_SANDBOX_ON = frozenset({"1", "yes", "true"})
+_SOFT_SANDBOX_OFF = frozenset({"", "0", "no", "false"})
+
+
+def soft_sandbox_forced(env: Mapping[str, str], requested: str) -> bool:
+    """Read ``SOFT_SANDBOX``: ``1``/``yes``/``true`` (any case) force the soft backend; unset,
+    empty, ``0``/``no``/``false`` leave the choice to ``--backend``. Any other value, and a
+    forced soft backend with an explicit ``--backend`` other than soft, is a ``UsageError``
+    naming both (design.md, launcher step 3: never a silent override, never a silent guess)."""
+    raw = env.get("SOFT_SANDBOX")
+    value = (raw or "").strip().lower()
+    if value in _SOFT_SANDBOX_OFF:
+        return False
+    if value not in _SOFT_SANDBOX_ON:
+        raise UsageError(f"SOFT_SANDBOX={raw!r} is not understood: 1, yes or true (any case) force the soft "
+                         "backend; 0, no, false, empty or unset leave the choice to --backend")
+    if requested not in ("auto", "soft"):
+        raise UsageError(f"SOFT_SANDBOX={raw} forces the soft backend, but --backend {requested} asks for "
+                         f"another: unset SOFT_SANDBOX or drop --backend {requested}")
+    return True
+
+
 def _choose_backend(requested: str, env: Mapping[str, str]) -> tuple[str, str]:
     from capgate.backends import get_backend
 
-    if env.get("SOFT_SANDBOX", "").lower() == "true":
-        return "soft", "SOFT_SANDBOX=true in the environment forces the soft backend"
+    if soft_sandbox_forced(env, requested):
+        return "soft", f"SOFT_SANDBOX={env.get('SOFT_SANDBOX')} in the environment forces the soft backend"
     if requested == "soft":
         return "soft", "requested with --backend soft"
     if requested == "container":
