@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_SANDBOX_REFUSED",
     "EXIT_USAGE",
+    "SYSTEM_FILES",
     "RunInterrupted",
     "RunOptions",
     "UsageError",
@@ -66,6 +67,7 @@ __all__ = [
     "run",
     "runtime_read_roots",
     "soft_sandbox_forced",
+    "system_files",
 ]
 
 EXIT_USAGE = 2
@@ -73,10 +75,51 @@ EXIT_SANDBOX_REFUSED = 125
 
 _DEV_ROOTS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/lib", "/usr/lib64", "/lib", "/lib64",
               "/usr/libexec", "/usr/local", "/usr/include", "/usr/share", "/opt")
-_SYSTEM_READ = ("/etc/ssl", "/etc/ca-certificates", "/usr/share/ca-certificates", "/etc/pki",
-                "/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf",
-                "/etc/localtime", "/usr/share/zoneinfo", "/etc/mime.types", "/etc/os-release",
-                "/usr/lib/os-release", "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+# Reviewed system files every toolchain reads, holding no secret: read by both layers (the
+# hooks' runtime read roots and Landlock), for every child. A file is only added when it is
+# world-readable (an administrator who made one private, e.g. a pip.conf with an index token,
+# keeps it private); a missing one is still listed, so that probing for it (``distro`` tries
+# every distribution's release file) fails with ENOENT, as under Landlock, not as a denial.
+# Never here: /etc/shadow, gshadow, sudoers, ssh/, ssl/private, pki/*/private, machine-id.
+SYSTEM_FILES: tuple[str, ...] = (
+    # what the system is (platform, distro, pip's user agent)
+    "/etc/os-release", "/usr/lib/os-release", "/etc/lsb-release", "/etc/debian_version", "/etc/system-release",
+    "/etc/alpine-release", "/etc/SuSE-release", "/etc/altlinux-release", "/etc/arch-release",
+    "/etc/base-release", "/etc/centos-release", "/etc/fedora-release", "/etc/gentoo-release",
+    "/etc/mageia-release", "/etc/mandrake-release", "/etc/mandriva-release", "/etc/mandrivalinux-release",
+    "/etc/manjaro-release", "/etc/oracle-release", "/etc/redhat-release", "/etc/rocky-release",
+    "/etc/sl-release", "/etc/slackware-version",
+    # host, name service, time, locale-independent tables
+    "/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf",
+    "/etc/services", "/etc/protocols", "/etc/localtime", "/etc/timezone", "/usr/share/zoneinfo",
+    "/etc/mime.types", "/etc/apache2/mime.types", "/etc/httpd/mime.types", "/etc/ld.so.cache", "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    # pip's system-wide configuration (and what it names: constraints files live beside it)
+    "/etc/pip.conf", "/etc/xdg/pip",
+    # certificates (public) and the OpenSSL configuration, never the private key directories
+    "/etc/ssl/certs", "/etc/ssl/openssl.cnf", "/etc/ca-certificates", "/etc/ca-certificates.conf",
+    "/usr/share/ca-certificates", "/etc/pki/tls/certs", "/etc/pki/tls/cert.pem", "/etc/pki/tls/openssl.cnf",
+    "/etc/pki/ca-trust",
+)
+_DEVICES_READ = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+
+
+def system_files() -> tuple[str, ...]:
+    """``SYSTEM_FILES`` as canonical paths, without the existing ones other users cannot read."""
+    out: list[str] = []
+    for path in SYSTEM_FILES:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            out.append(path)  # (a probe for it gets ENOENT, from both layers)
+            continue
+        except OSError:
+            continue
+        if st.st_mode & 0o004:
+            real = os.path.realpath(path)
+            if real not in out:
+                out.append(real)
+    return tuple(out)
 
 
 class SandboxRefused(Exception):
@@ -172,11 +215,12 @@ def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = ()) -> tuple
         candidates.extend(p for p in (os.environ.get(cafile_env), cafile, os.environ.get(capath_env), capath) if p)
     except (ImportError, ValueError):
         pass
-    candidates.extend(_SYSTEM_READ)
+    candidates.extend(_DEVICES_READ)
     if dev:
         candidates.extend(_DEV_ROOTS)
     candidates.extend(extra)
-    roots = _existing(candidates)
+    roots = list(_existing(candidates))
+    roots += [f for f in system_files() if f not in roots]  # last: most reads match earlier roots
     # Drop roots nested in another root: shorter list, same meaning.
     return tuple(r for r in roots if not any(r != o and (r.startswith(o.rstrip("/") + "/")) for o in roots))
 
@@ -749,17 +793,21 @@ def _make_write_roots(policy: Policy, home: str, tmpdir: str) -> None:
 _SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/opt", "/proc", "/sys",
                       "/dev", "/run/systemd/resolve")
 _ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh", "ssl",
-                          "security", "credstore", "credstore.encrypted", "libvirt", "machine-id", "krb5.keytab",
-                          "docker", "containers", "wireguard", "NetworkManager", "ppp", "openvpn"})
+                          "pki", "security", "credstore", "credstore.encrypted", "libvirt", "machine-id",
+                          "krb5.keytab", "docker", "containers", "wireguard", "NetworkManager", "ppp", "openvpn"})
 
 
 def _system_read_roots() -> list[str]:
+    """Landlock's read roots for the system: the directories above and /etc entry by entry
+    without ``_ETC_SECRETS``, plus the reviewed ``SYSTEM_FILES`` (the public parts of the
+    secret directories, such as the certificates in /etc/ssl and /etc/pki). Every file the
+    hooks allow as a system file is readable here too (``SYSTEM_FILES`` feeds both)."""
     roots = list(_SYSTEM_READ_ROOTS)
     try:
         roots += [os.path.join("/etc", name) for name in os.listdir("/etc") if name not in _ETC_SECRETS]
     except OSError:
         pass
-    roots += ["/etc/ssl/certs", "/etc/ssl/openssl.cnf"]  # certificates, never /etc/ssl/private
+    roots += [f for f in system_files() if os.path.exists(f)]
     return roots
 
 
