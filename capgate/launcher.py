@@ -225,6 +225,47 @@ def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = ()) -> tuple
     return tuple(r for r in roots if not any(r != o and (r.startswith(o.rstrip("/") + "/")) for o in roots))
 
 
+MIN_CHILD_PYTHON = (3, 10)
+
+
+def _interpreter_roots(exe: str) -> list[str]:
+    """What a Python child that is not this interpreter needs to read to start: its own
+    installation (where its stdlib and ``libpython`` are: the real binary's prefix, when
+    that holds ``lib/python3.N/os.py``) and, for a virtual environment, the environment
+    (``pyvenv.cfg`` beside its ``bin``). capgate itself reaches it through the boot directory
+    (``_prepare_run_dir``), never through this interpreter's site-packages.
+
+    Nothing of the interpreter is run to find this out: its ``pyvenv.cfg``, ``.pth`` files
+    and stdlib may lie in the workspace, where the agent can write, and the launcher runs
+    outside the sandbox. Raises ``SandboxRefused`` for a Python older than
+    ``MIN_CHILD_PYTHON`` (known by its file name): the hooks need 3.10's audit events."""
+    real = os.path.realpath(exe)
+    for name in (os.path.basename(real), os.path.basename(exe)):
+        version = name[len("python"):] if name.startswith("python") else ""
+        parts = version.split(".")
+        if len(parts) >= 2 and all(p.isdecimal() for p in parts[:2]):
+            if (int(parts[0]), int(parts[1])) < MIN_CHILD_PYTHON:
+                raise SandboxRefused(
+                    f"{exe} is Python {parts[0]}.{parts[1]}; the soft sandbox's hooks need CPython "
+                    f"{MIN_CHILD_PYTHON[0]}.{MIN_CHILD_PYTHON[1]} or newer: run the agent with a newer "
+                    f"interpreter (e.g. {sys.executable})")
+            break
+    roots: list[str] = []
+    prefix = os.path.dirname(os.path.dirname(real))
+    if prefix != "/" and _holds_stdlib(prefix):
+        roots.append(prefix)
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(exe)))
+    if venv != "/" and os.path.isfile(os.path.join(venv, "pyvenv.cfg")):
+        roots.append(venv)
+    return roots
+
+
+def _holds_stdlib(prefix: str) -> bool:
+    import glob
+
+    return bool(glob.glob(os.path.join(glob.escape(prefix), "lib*", "python3.*", "os.py")))
+
+
 def default_audit_path(environ: Mapping[str, str], home: str) -> str:
     state = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -553,6 +594,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         args = [exe, *options.command[1:]]
         python_child = is_python_command(exe)
         if python_child:
+            script_roots.extend(_interpreter_roots(exe))  # (raises SandboxRefused below 3.10)
             index = _python_script(options.command)
             if index is not None:
                 # The user named the script relative to where they typed the command; the
@@ -662,7 +704,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     for fired in result.limits_fired:
         if fired != "wall_time":
             say(f"limit reached: {fired}")
-    say(_summary(audit, argv, python_child, result.native_execs))
+    say(_summary(audit, argv, python_child, result.native_execs, result.child_activated))
     audit.close()
     return result.returncode
 
@@ -672,15 +714,18 @@ def _native_execs(backend: Any) -> int | None:
     return count() if callable(count) else None
 
 
-def _summary(audit: AuditLog, argv: Sequence[str], python_child: bool, native_execs: int | None) -> str:
+def _summary(audit: AuditLog, argv: Sequence[str], python_child: bool, native_execs: int | None,
+             activated: bool | None = None) -> str:
     """The denial summary, honest about what the launcher could not see (design.md,
     launcher step 6): refusals by the kernel layer (Landlock) to a process that is not Python
     never reach the audit log. So "no denials" is said only when every process of the tree
     was Python code under the hooks (or the count of others is unknown: then it says that)."""
     table = audit.format_summary().removeprefix("capgate: ")
-    if python_child and native_execs == 0:
+    if python_child and native_execs == 0 and activated is not False:
         return table
-    if not python_child:
+    if python_child and activated is False:
+        blind = "the Python child never activated its hooks, so nothing it did was observable"
+    elif not python_child:
         blind = (f"{os.path.basename(argv[0]) if argv else 'the command'} is not Python: refusals by the kernel "
                  "layer to it and to the native programs it starts are not observable")
     elif native_execs is None:
@@ -855,6 +900,10 @@ def _prepare_run_dir(run_dir: str, policy: Policy, policy_file: str, boot_dir: s
     with open(os.path.join(boot_dir, "sitecustomize.py"), "x", encoding="utf-8") as fh:
         fh.write(SITECUSTOMIZE)
     os.chmod(os.path.join(boot_dir, "sitecustomize.py"), 0o400)
+    # capgate itself, for a child interpreter that is not the one capgate is installed in
+    # (the system python3, another version): this package alone, never its site-packages
+    # neighbours (the hooks import only the standard library).
+    os.symlink(os.path.dirname(os.path.realpath(__file__)), os.path.join(boot_dir, "capgate"))
     os.chmod(boot_dir, 0o500)
     os.makedirs(home, mode=0o700, exist_ok=True)
     os.makedirs(tmpdir, mode=0o700, exist_ok=True)

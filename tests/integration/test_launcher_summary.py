@@ -69,3 +69,18 @@ def test_denials_are_listed_with_the_note_about_native_processes(ws: Path, home:
     assert any("fs.read" in line and "/etc/shadow" in line for line in lines), done.stderr
     assert lines[-1] == ("  (refusals by the kernel layer to native processes (1 exec of non-Python programs) "
                          "are not observable)")
+
+
+def test_a_python_child_that_never_activated_is_not_no_denials() -> None:
+    """The child's hooks never said they were active (it died in start-up): the launcher saw
+    nothing of it and must not call that "no denials"."""
+    import io
+
+    from capgate.audit import AuditLog
+    from capgate.launcher import _summary
+
+    audit = AuditLog(io.StringIO())
+    assert _summary(audit, ["/usr/bin/python3"], True, 0, True).startswith("no denials (")  # the control
+    line = _summary(audit, ["/usr/bin/python3"], True, 0, False)
+    assert line.startswith("no denials seen from Python code (")
+    assert "never activated its hooks" in line

@@ -76,7 +76,7 @@ def test_python_reads_system_files_and_not_secrets(ws: Path, home: Path) -> None
     code = (
         "import json, sys\n"
         "out = {}\n"
-        f"for p in {wanted + ['/etc/mageia-release'] + list(SECRETS)!r}:\n"
+        f"for p in {[*wanted, '/etc/mageia-release', *SECRETS]!r}:\n"
         "    try:\n"
         "        open(p, 'rb').read(1); out[p] = 'read'\n"
         "    except PermissionError:\n"
