@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from capgate.errors import BackendUnavailable, PolicyError
+from capgate.errors import BackendUnavailable, PermissionDenied, PolicyError
 from capgate.soft import is_python_command
 
 if TYPE_CHECKING:
@@ -682,6 +682,14 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         say(_summary(audit, argv, python_child, _native_execs(backend)))
         audit.close()
         return exc.exit_code
+    except PermissionDenied as exc:  # the command itself was refused (a hostile .git/config)
+        audit.event("run.end", returncode=EXIT_SANDBOX_REFUSED, refused=str(exc), timed_out=False,
+                    duration_s=0.0, limits_fired=[], child_activated=False, denied=audit.denied,
+                    allowed=audit.allowed)
+        say(f"sandbox refused to start: {exc}")
+        say(_summary(audit, argv, True, 0, None))  # (nothing ran: the table is all there is)
+        audit.close()
+        return EXIT_SANDBOX_REFUSED
     except BackendUnavailable as exc:
         audit.event("run.refused", reason=str(exc))
         audit.close()

@@ -201,6 +201,7 @@ class SoftBackend:
         env["PYTHONPATH"] = os.path.join(request.run_dir, "boot")
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ writes into read-only sources
         env["PYTHONNOUSERSITE"] = "1"
+        _check_launched_git(request.argv, policy.workspace, env, audit)
         if policy.network.enabled:
             proxy = _start_proxy(policy, audit)
             host, port = proxy.address[0], int(proxy.address[1])
@@ -247,6 +248,37 @@ class SoftBackend:
             child_activated=reader.activated,
             native_execs=reader.native_execs,
         )
+
+
+def _check_launched_git(argv: tuple[str, ...], cwd: str, env: dict[str, str], audit: AuditLog) -> None:
+    """The same git-configuration check as ``proc.run`` (``capgate.gitconfig``) for a
+    launched command that runs git: a hostile ``.git/config`` is refused here, visibly, with
+    the reason in the audit log — not left to the kernel layer, which stops the program git
+    would run without a word the launcher can see. Raises ``PermissionDenied``."""
+    from capgate import ops
+    from capgate.decision import Decision
+    from capgate.errors import PermissionDenied
+    from capgate.gitconfig import GIT_CONFIG_RULE, git_config_refusal
+
+    def find_git(word: str) -> str | None:
+        if argv and word == argv[0]:
+            return argv[0]  # (resolved by the launcher)
+        if "/" in word:
+            return word if os.access(word, os.X_OK) else None
+        import shutil
+
+        return shutil.which(word, path=env.get("PATH", os.defpath))
+
+    try:
+        why = git_config_refusal(argv, cwd, env, find_git)
+    except Exception as exc:  # fail closed: an error while deciding is a denial
+        why = f"error while checking the git configuration: {exc!r}"
+    if why is None:
+        return
+    target = argv[0] if argv else "git"
+    audit.record(ops.PROC_EXEC, target, Decision.deny(why, GIT_CONFIG_RULE, target), argv=list(argv[:32]),
+                 cwd=cwd, source="launcher")
+    raise PermissionDenied(ops.PROC_EXEC, target, why, GIT_CONFIG_RULE)
 
 
 def _start_proxy(policy: Any, audit: AuditLog) -> Any:
