@@ -41,13 +41,20 @@ __all__ = ["SITECUSTOMIZE", "ChildAudit", "boot"]
 SITECUSTOMIZE = '''\
 # Written by the capgate launcher (capgate/_soft_boot.py): activates the soft sandbox before
 # any user code. If activation fails the process stops here instead of running unguarded.
+# Plain syntax on purpose: ``site`` only *warns* about a sitecustomize that does not compile
+# and runs the program anyway, so even Python 2 must reach the refusal below.
 try:
+    import sys as _sys
+    if getattr(getattr(_sys, "implementation", None), "name", "") != "cpython" or _sys.version_info < (3, 10):
+        raise RuntimeError("the hooks need CPython 3.10 or newer; this is %s %s (%s): run the agent with a newer "
+                           "Python" % (getattr(getattr(_sys, "implementation", None), "name", "python"),
+                                       _sys.version.split()[0], _sys.executable))
     import capgate._soft_boot
     capgate._soft_boot.boot()
 except BaseException as _exc:  # noqa: BLE001
     import os as _os, sys as _sys
     _sys.stderr.write("capgate: the soft sandbox could not activate in this Python "
-                      f"({type(_exc).__name__}: {_exc}); refusing to run unguarded\\n")
+                      "(%s: %s); refusing to run unguarded\\n" % (type(_exc).__name__, _exc))
     _sys.stderr.flush()
     _os._exit(125)
 '''

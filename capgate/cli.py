@@ -25,7 +25,8 @@ examples:
 
 exit codes: the command's own; 2 usage or policy error; 125 the sandbox refused to start
 (or its supervision failed mid-run).
-SOFT_SANDBOX=true in the environment forces the soft backend (a seat belt, not isolation).
+SOFT_SANDBOX=1|yes|true in the environment forces the soft backend (a seat belt, not isolation);
+with --backend container that is a usage error (2). 0|no|false or unset: --backend decides.
 """
 
 

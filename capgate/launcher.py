@@ -7,8 +7,10 @@
    starts from the effective one in ``CAPGATE_POLICY`` and a user file can only restrict it.
 2. Load, validate and merge the policy (``--policy FILE``, else ``<workspace>/agent-permissions.json``
    if present, else the defaults), restrict-only unless ``--allow-user-expansion``.
-3. Pick the backend: ``SOFT_SANDBOX=true`` forces soft; ``auto`` = container if it can run,
-   else soft; ``container`` that cannot run refuses (exit 125).
+3. Pick the backend: ``SOFT_SANDBOX`` = ``1``/``yes``/``true`` (any case) forces soft, and
+   with an explicit ``--backend`` other than soft is a usage error (exit 2), as is a value
+   that is none of those nor ``0``/``no``/``false``/empty; ``auto`` = container if it can
+   run, else soft; ``container`` that cannot run refuses (exit 125).
 4. Add what the soft sandbox itself needs and say so: runtime *read* roots (the interpreter,
    its stdlib and site-packages, certificates, ``/etc/hosts``…; ``--dev`` adds toolchains),
    and the run's private ``TMPDIR``, sandbox ``HOME`` and ``/dev/null`` as write roots. The
@@ -43,16 +45,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from capgate.errors import BackendUnavailable, PolicyError
+from capgate.errors import BackendUnavailable, PermissionDenied, PolicyError
 from capgate.soft import is_python_command
 
 if TYPE_CHECKING:
+    from capgate.audit import AuditLog
     from capgate.policy.model import Policy
 
 __all__ = [
     "EXIT_SANDBOX_REFUSED",
     "EXIT_USAGE",
+    "SYSTEM_FILES",
+    "RunInterrupted",
     "RunOptions",
+    "UsageError",
     "check_command",
     "default_audit_path",
     "init_command",
@@ -60,6 +66,8 @@ __all__ = [
     "policy_command",
     "run",
     "runtime_read_roots",
+    "soft_sandbox_forced",
+    "system_files",
 ]
 
 EXIT_USAGE = 2
@@ -67,10 +75,51 @@ EXIT_SANDBOX_REFUSED = 125
 
 _DEV_ROOTS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/lib", "/usr/lib64", "/lib", "/lib64",
               "/usr/libexec", "/usr/local", "/usr/include", "/usr/share", "/opt")
-_SYSTEM_READ = ("/etc/ssl", "/etc/ca-certificates", "/usr/share/ca-certificates", "/etc/pki",
-                "/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf",
-                "/etc/localtime", "/usr/share/zoneinfo", "/etc/mime.types", "/etc/os-release",
-                "/usr/lib/os-release", "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+# Reviewed system files every toolchain reads, holding no secret: read by both layers (the
+# hooks' runtime read roots and Landlock), for every child. A file is only added when it is
+# world-readable (an administrator who made one private, e.g. a pip.conf with an index token,
+# keeps it private); a missing one is still listed, so that probing for it (``distro`` tries
+# every distribution's release file) fails with ENOENT, as under Landlock, not as a denial.
+# Never here: /etc/shadow, gshadow, sudoers, ssh/, ssl/private, pki/*/private, machine-id.
+SYSTEM_FILES: tuple[str, ...] = (
+    # what the system is (platform, distro, pip's user agent)
+    "/etc/os-release", "/usr/lib/os-release", "/etc/lsb-release", "/etc/debian_version", "/etc/system-release",
+    "/etc/alpine-release", "/etc/SuSE-release", "/etc/altlinux-release", "/etc/arch-release",
+    "/etc/base-release", "/etc/centos-release", "/etc/fedora-release", "/etc/gentoo-release",
+    "/etc/mageia-release", "/etc/mandrake-release", "/etc/mandriva-release", "/etc/mandrivalinux-release",
+    "/etc/manjaro-release", "/etc/oracle-release", "/etc/redhat-release", "/etc/rocky-release",
+    "/etc/sl-release", "/etc/slackware-version",
+    # host, name service, time, locale-independent tables
+    "/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf",
+    "/etc/services", "/etc/protocols", "/etc/localtime", "/etc/timezone", "/usr/share/zoneinfo",
+    "/etc/mime.types", "/etc/apache2/mime.types", "/etc/httpd/mime.types", "/etc/ld.so.cache", "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    # pip's system-wide configuration (and what it names: constraints files live beside it)
+    "/etc/pip.conf", "/etc/xdg/pip",
+    # certificates (public) and the OpenSSL configuration, never the private key directories
+    "/etc/ssl/certs", "/etc/ssl/openssl.cnf", "/etc/ca-certificates", "/etc/ca-certificates.conf",
+    "/usr/share/ca-certificates", "/etc/pki/tls/certs", "/etc/pki/tls/cert.pem", "/etc/pki/tls/openssl.cnf",
+    "/etc/pki/ca-trust",
+)
+_DEVICES_READ = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+
+
+def system_files() -> tuple[str, ...]:
+    """``SYSTEM_FILES`` as canonical paths, without the existing ones other users cannot read."""
+    out: list[str] = []
+    for path in SYSTEM_FILES:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            out.append(path)  # (a probe for it gets ENOENT, from both layers)
+            continue
+        except OSError:
+            continue
+        if st.st_mode & 0o004:
+            real = os.path.realpath(path)
+            if real not in out:
+                out.append(real)
+    return tuple(out)
 
 
 class SandboxRefused(Exception):
@@ -166,13 +215,55 @@ def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = ()) -> tuple
         candidates.extend(p for p in (os.environ.get(cafile_env), cafile, os.environ.get(capath_env), capath) if p)
     except (ImportError, ValueError):
         pass
-    candidates.extend(_SYSTEM_READ)
+    candidates.extend(_DEVICES_READ)
     if dev:
         candidates.extend(_DEV_ROOTS)
     candidates.extend(extra)
-    roots = _existing(candidates)
+    roots = list(_existing(candidates))
+    roots += [f for f in system_files() if f not in roots]  # last: most reads match earlier roots
     # Drop roots nested in another root: shorter list, same meaning.
     return tuple(r for r in roots if not any(r != o and (r.startswith(o.rstrip("/") + "/")) for o in roots))
+
+
+MIN_CHILD_PYTHON = (3, 10)
+
+
+def _interpreter_roots(exe: str) -> list[str]:
+    """What a Python child that is not this interpreter needs to read to start: its own
+    installation (where its stdlib and ``libpython`` are: the real binary's prefix, when
+    that holds ``lib/python3.N/os.py``) and, for a virtual environment, the environment
+    (``pyvenv.cfg`` beside its ``bin``). capgate itself reaches it through the boot directory
+    (``_prepare_run_dir``), never through this interpreter's site-packages.
+
+    Nothing of the interpreter is run to find this out: its ``pyvenv.cfg``, ``.pth`` files
+    and stdlib may lie in the workspace, where the agent can write, and the launcher runs
+    outside the sandbox. Raises ``SandboxRefused`` for a Python older than
+    ``MIN_CHILD_PYTHON`` (known by its file name): the hooks need 3.10's audit events."""
+    real = os.path.realpath(exe)
+    for name in (os.path.basename(real), os.path.basename(exe)):
+        version = name[len("python"):] if name.startswith("python") else ""
+        parts = version.split(".")
+        if len(parts) >= 2 and all(p.isdecimal() for p in parts[:2]):
+            if (int(parts[0]), int(parts[1])) < MIN_CHILD_PYTHON:
+                raise SandboxRefused(
+                    f"{exe} is Python {parts[0]}.{parts[1]}; the soft sandbox's hooks need CPython "
+                    f"{MIN_CHILD_PYTHON[0]}.{MIN_CHILD_PYTHON[1]} or newer: run the agent with a newer "
+                    f"interpreter (e.g. {sys.executable})")
+            break
+    roots: list[str] = []
+    prefix = os.path.dirname(os.path.dirname(real))
+    if prefix != "/" and _holds_stdlib(prefix):
+        roots.append(prefix)
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(exe)))
+    if venv != "/" and os.path.isfile(os.path.join(venv, "pyvenv.cfg")):
+        roots.append(venv)
+    return roots
+
+
+def _holds_stdlib(prefix: str) -> bool:
+    import glob
+
+    return bool(glob.glob(os.path.join(glob.escape(prefix), "lib*", "python3.*", "os.py")))
 
 
 def default_audit_path(environ: Mapping[str, str], home: str) -> str:
@@ -214,7 +305,13 @@ def _resolve_command(argv: Sequence[str], environ: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------------------------------
 def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
         stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
-    """``capgate run``: see the module docstring. Returns the exit code."""
+    """``capgate run``: see the module docstring. Returns the exit code.
+
+    Every way out of here is a return with one message: no process the launcher started
+    (the spawner) is left to write after it, and ``SIGTERM``/``SIGINT``/``SIGHUP`` (what
+    ``timeout``, ``docker stop``, CI cancellation, Ctrl-C and a closed terminal send) stop
+    the run like the end of the child does — tree killed, ``run.end`` last in the audit log,
+    summary printed, run directory removed — and return 128+N (``_StopOnSignals``)."""
     env = dict(os.environ if environ is None else environ)
     out = stdout or sys.stdout
     err = stderr or sys.stderr
@@ -230,30 +327,236 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
     if not options.command and not options.dry_run_policy:
         say("nothing to run: give the command after --, e.g. capgate run -- python agent.py")
         return EXIT_USAGE
-    if options.command and not options.dry_run_policy and sys.platform.startswith("linux"):
-        from capgate._sys import spawner
-
-        # The supervisor's spawner interpreter starts now, in parallel with loading the
-        # policy; the warm-up thread hands it its limits and Landlock plan (``configure``).
-        spawner.prestart()
-    run_dir = tempfile.mkdtemp(prefix="capgate-run-")
     try:
-        return _run(options, env, out, say, run_dir)
-    except PolicyError as exc:
-        say(f"policy error: {exc}" + (f" (key: {exc.key})" if exc.key else ""))
+        soft_sandbox_forced(env, options.backend)  # (a usage error before anything starts)
+    except UsageError as exc:
+        say(f"usage error: {exc}")
         return EXIT_USAGE
-    except (SandboxRefused, BackendUnavailable) as exc:
-        say(f"sandbox refused to start: {exc}")
-        return EXIT_SANDBOX_REFUSED
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    prestarted = bool(options.command) and not options.dry_run_policy and sys.platform.startswith("linux")
+    with _StopOnSignals() as stop:
+        run_dir: _RunDir | None = None
+        try:
+            if prestarted:
+                from capgate._sys import spawner
+
+                # The supervisor's spawner interpreter starts now, in parallel with loading the
+                # policy; the warm-up thread hands it its limits and Landlock plan (``configure``).
+                spawner.prestart()
+            run_dir = _RunDir.create()
+            return _run(options, env, out, say, run_dir.path, stop)
+        except PolicyError as exc:
+            say(f"policy error: {exc}" + (f" (key: {exc.key})" if exc.key else ""))
+            return EXIT_USAGE
+        except (SandboxRefused, BackendUnavailable) as exc:
+            say(f"sandbox refused to start: {exc}")
+            return EXIT_SANDBOX_REFUSED
+        except RunInterrupted as exc:  # before the audit log existed: nothing ran
+            say(f"stopped by {exc.name} before the child started")
+            return exc.exit_code
+        finally:
+            stop.disarm()
+            if prestarted:
+                from capgate._sys import spawner
+
+                spawner.discard_prestarted()  # (a no-op once a run configured it)
+            if run_dir is not None:
+                run_dir.remove()
+
+
+class RunInterrupted(BaseException):
+    """A stopping signal reached the launcher (``_StopOnSignals``). A ``BaseException``, as
+    ``KeyboardInterrupt`` is: no ``except Exception`` on the way may swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _StopOnSignals:
+    """While armed, ``SIGTERM``, ``SIGINT`` and ``SIGHUP`` raise ``RunInterrupted`` in the main
+    thread (wherever it waits: the supervisor's poll, the policy load), so the ``finally``
+    blocks on the way kill the tree and the launcher ends the run the normal way. The first
+    signal disarms: one more while cleaning up is ignored (the clean-up is bounded), and so is
+    one after ``disarm`` (the run is over; only its files are being removed). Off the main
+    thread (the embedded ``launcher.run``) nothing is installed."""
+
+    _SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+
+    def __init__(self) -> None:
+        self.armed = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self.armed = True
+        for name in self._SIGNALS:
+            num = getattr(signal, name)
+            self._previous[num] = signal.signal(num, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.armed:
+            self.armed = False
+            raise RunInterrupted(signum)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __exit__(self, *_exc: object) -> None:
+        import signal
+
+        self.armed = False
+        for num, previous in self._previous.items():
+            signal.signal(num, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+
+class _RunDir:
+    """The launcher's run directory (boot files, policy copy, sandbox HOME and TMPDIR):
+    ``capgate-run-<pid>-<random>`` in the temp directory, ``flock``-ed by the launcher for
+    the whole run.
+
+    A launcher killed by ``SIGKILL`` cannot remove it; the next ``capgate run`` does
+    (``sweep``): a directory whose lock is free *and* whose owner pid is gone is a dead run's.
+    The lock alone would race with a launcher between ``mkdtemp`` and ``flock``; the pid
+    alone could be recycled (then the directory waits for a later sweep) or belong to another
+    pid namespace sharing the temp directory (then its lock is held)."""
+
+    PREFIX = "capgate-run-"
+
+    def __init__(self, path: str, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def create(cls) -> _RunDir:
+        import fcntl
+
+        parent = tempfile.gettempdir()
+        cls.sweep(parent)
+        path = tempfile.mkdtemp(prefix=f"{cls.PREFIX}{os.getpid()}-", dir=parent)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fresh: nobody else can hold it
+        return cls(path, fd)
+
+    def remove(self) -> None:
+        _remove_tree(self.path)
+        os.close(self._lock_fd)
+
+    @classmethod
+    def sweep(cls, parent: str) -> None:
+        """Remove the run directories of launchers that died without cleaning up."""
+        import fcntl
+
+        me = os.geteuid()
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            return
+        for entry in entries:
+            owner = _run_dir_owner(entry.name, cls.PREFIX)
+            if owner is None or owner == os.getpid():
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != me or not entry.is_dir(follow_symlinks=False):
+                    continue
+                os.kill(owner, 0)
+                continue  # the owner lives: its run
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue  # (EPERM: another user's process lives with that pid)
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # held: a live launcher (in another pid namespace) owns it
+            try:
+                _remove_tree(entry.path)
+            finally:
+                os.close(fd)
+
+
+def _run_dir_owner(name: str, prefix: str) -> int | None:
+    """The launcher pid in a run directory's name (``capgate-run-<pid>-<random>``), else None.
+    (The spawner's private directories, ``capgate-run-<pid>-<16 hex>``, match too: a dead
+    owner's ones are as removable.)"""
+    if not name.startswith(prefix):
+        return None
+    pid, sep, rest = name[len(prefix):].partition("-")
+    if not sep or not rest or not pid.isdigit() or len(pid) > 10:
+        return None
+    return int(pid)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove ``path`` and everything in it, as its owner: directories the run made
+    unwritable (the ``0500`` boot directory, a child's ``chmod 000``) are opened up first.
+    ``shutil.rmtree`` works on descriptors, so a planted symlink is removed, never followed."""
+    def reopen(_func: Any, failed: str, _exc: Any) -> None:
+        parent = os.path.dirname(failed)
+        try:
+            os.chmod(parent, 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+                shutil.rmtree(failed, ignore_errors=True)
+            else:
+                os.unlink(failed)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=reopen)
+
+
+class UsageError(Exception):
+    """The command line and the environment ask for things that cannot both hold (exit 2)."""
+
+
+_SOFT_SANDBOX_ON = frozenset({"1", "yes", "true"})
+_SOFT_SANDBOX_OFF = frozenset({"", "0", "no", "false"})
+
+
+def soft_sandbox_forced(env: Mapping[str, str], requested: str) -> bool:
+    """Read ``SOFT_SANDBOX``: ``1``/``yes``/``true`` (any case) force the soft backend; unset,
+    empty, ``0``/``no``/``false`` leave the choice to ``--backend``. Any other value, and a
+    forced soft backend with an explicit ``--backend`` other than soft, is a ``UsageError``
+    naming both (design.md, launcher step 3: never a silent override, never a silent guess)."""
+    raw = env.get("SOFT_SANDBOX")
+    value = (raw or "").strip().lower()
+    if value in _SOFT_SANDBOX_OFF:
+        return False
+    if value not in _SOFT_SANDBOX_ON:
+        raise UsageError(f"SOFT_SANDBOX={raw!r} is not understood: 1, yes or true (any case) force the soft "
+                         "backend; 0, no, false, empty or unset leave the choice to --backend")
+    if requested not in ("auto", "soft"):
+        raise UsageError(f"SOFT_SANDBOX={raw} forces the soft backend, but --backend {requested} asks for "
+                         f"another: unset SOFT_SANDBOX or drop --backend {requested}")
+    return True
 
 
 def _choose_backend(requested: str, env: Mapping[str, str]) -> tuple[str, str]:
     from capgate.backends import get_backend
 
-    if env.get("SOFT_SANDBOX", "").lower() == "true":
-        return "soft", "SOFT_SANDBOX=true in the environment forces the soft backend"
+    if soft_sandbox_forced(env, requested):
+        return "soft", f"SOFT_SANDBOX={env.get('SOFT_SANDBOX')} in the environment forces the soft backend"
     if requested == "soft":
         return "soft", "requested with --backend soft"
     if requested == "container":
@@ -267,7 +570,8 @@ def _choose_backend(requested: str, env: Mapping[str, str]) -> tuple[str, str]:
     return "soft", f"auto: no container backend ({why})"
 
 
-def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_dir: str) -> int:
+def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_dir: str,
+         stop: _StopOnSignals) -> int:
     from capgate.policy.model import Policy  # noqa: F401  (type only, imported for dataclasses.replace)
 
     backend_name, why_backend = _choose_backend(options.backend, env)
@@ -290,6 +594,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         args = [exe, *options.command[1:]]
         python_child = is_python_command(exe)
         if python_child:
+            script_roots.extend(_interpreter_roots(exe))  # (raises SandboxRefused below 3.10)
             index = _python_script(options.command)
             if index is not None:
                 # The user named the script relative to where they typed the command; the
@@ -363,10 +668,28 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
                             confine=confine)
+    backend = get_backend("soft")
     try:
         if warmup is not None:
             warmup.join(timeout=5.0)
-        result = get_backend("soft").launch(request, audit)
+        result = backend.launch(request, audit)
+        stop.disarm()  # the child's tree is gone: what is left is writing its end down
+    except RunInterrupted as exc:  # the tree was killed on the way out of launch()
+        audit.event("run.end", returncode=exc.exit_code, signal=exc.name, timed_out=False,
+                    duration_s=None, limits_fired=[], child_activated=None, denied=audit.denied,
+                    allowed=audit.allowed)
+        say(f"stopped by {exc.name}: the child's process tree was killed")
+        say(_summary(audit, argv, python_child, _native_execs(backend)))
+        audit.close()
+        return exc.exit_code
+    except PermissionDenied as exc:  # the command itself was refused (a hostile .git/config)
+        audit.event("run.end", returncode=EXIT_SANDBOX_REFUSED, refused=str(exc), timed_out=False,
+                    duration_s=0.0, limits_fired=[], child_activated=False, denied=audit.denied,
+                    allowed=audit.allowed)
+        say(f"sandbox refused to start: {exc}")
+        say(_summary(audit, argv, True, 0, None))  # (nothing ran: the table is all there is)
+        audit.close()
+        return EXIT_SANDBOX_REFUSED
     except BackendUnavailable as exc:
         audit.event("run.refused", reason=str(exc))
         audit.close()
@@ -375,7 +698,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         audit.event("run.failed", reason=str(exc))
         say(f"the run was stopped: the sandbox's supervision failed ({exc}); the child's process tree was "
             "killed")
-        say(audit.format_summary().removeprefix("capgate: "))
+        say(_summary(audit, argv, python_child, _native_execs(backend)))
         audit.close()
         return EXIT_SANDBOX_REFUSED
     audit.event("run.end", returncode=result.returncode, timed_out=result.timed_out,
@@ -389,9 +712,40 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     for fired in result.limits_fired:
         if fired != "wall_time":
             say(f"limit reached: {fired}")
-    say(audit.format_summary().removeprefix("capgate: "))
+    say(_summary(audit, argv, python_child, result.native_execs, result.child_activated))
     audit.close()
     return result.returncode
+
+
+def _native_execs(backend: Any) -> int | None:
+    count = getattr(backend, "native_execs", None)
+    return count() if callable(count) else None
+
+
+def _summary(audit: AuditLog, argv: Sequence[str], python_child: bool, native_execs: int | None,
+             activated: bool | None = None) -> str:
+    """The denial summary, honest about what the launcher could not see (design.md,
+    launcher step 6): refusals by the kernel layer (Landlock) to a process that is not Python
+    never reach the audit log. So "no denials" is said only when every process of the tree
+    was Python code under the hooks (or the count of others is unknown: then it says that)."""
+    table = audit.format_summary().removeprefix("capgate: ")
+    if python_child and native_execs == 0 and activated is not False:
+        return table
+    if python_child and activated is False:
+        blind = "the Python child never activated its hooks, so nothing it did was observable"
+    elif not python_child:
+        blind = (f"{os.path.basename(argv[0]) if argv else 'the command'} is not Python: refusals by the kernel "
+                 "layer to it and to the native programs it starts are not observable")
+    elif native_execs is None:
+        blind = ("refusals by the kernel layer to native (non-Python) processes of the tree, if it started any, "
+                 "are not observable")
+    else:
+        blind = (f"refusals by the kernel layer to native processes ({native_execs} exec"
+                 f"{'s' if native_execs != 1 else ''} of non-Python programs) are not observable")
+    if audit.denied == 0:
+        seen = "seen from Python code" if python_child else "seen"
+        return f"no denials {seen} ({audit.allowed} allowed); {blind}"
+    return f"{table}\n  ({blind})"
 
 
 class _SpawnerWarmup:
@@ -492,17 +846,21 @@ def _make_write_roots(policy: Policy, home: str, tmpdir: str) -> None:
 _SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/opt", "/proc", "/sys",
                       "/dev", "/run/systemd/resolve")
 _ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh", "ssl",
-                          "security", "credstore", "credstore.encrypted", "libvirt", "machine-id", "krb5.keytab",
-                          "docker", "containers", "wireguard", "NetworkManager", "ppp", "openvpn"})
+                          "pki", "security", "credstore", "credstore.encrypted", "libvirt", "machine-id",
+                          "krb5.keytab", "docker", "containers", "wireguard", "NetworkManager", "ppp", "openvpn"})
 
 
 def _system_read_roots() -> list[str]:
+    """Landlock's read roots for the system: the directories above and /etc entry by entry
+    without ``_ETC_SECRETS``, plus the reviewed ``SYSTEM_FILES`` (the public parts of the
+    secret directories, such as the certificates in /etc/ssl and /etc/pki). Every file the
+    hooks allow as a system file is readable here too (``SYSTEM_FILES`` feeds both)."""
     roots = list(_SYSTEM_READ_ROOTS)
     try:
         roots += [os.path.join("/etc", name) for name in os.listdir("/etc") if name not in _ETC_SECRETS]
     except OSError:
         pass
-    roots += ["/etc/ssl/certs", "/etc/ssl/openssl.cnf"]  # certificates, never /etc/ssl/private
+    roots += [f for f in system_files() if os.path.exists(f)]
     return roots
 
 
@@ -550,6 +908,10 @@ def _prepare_run_dir(run_dir: str, policy: Policy, policy_file: str, boot_dir: s
     with open(os.path.join(boot_dir, "sitecustomize.py"), "x", encoding="utf-8") as fh:
         fh.write(SITECUSTOMIZE)
     os.chmod(os.path.join(boot_dir, "sitecustomize.py"), 0o400)
+    # capgate itself, for a child interpreter that is not the one capgate is installed in
+    # (the system python3, another version): this package alone, never its site-packages
+    # neighbours (the hooks import only the standard library).
+    os.symlink(os.path.dirname(os.path.realpath(__file__)), os.path.join(boot_dir, "capgate"))
     os.chmod(boot_dir, 0o500)
     os.makedirs(home, mode=0o700, exist_ok=True)
     os.makedirs(tmpdir, mode=0o700, exist_ok=True)

@@ -56,7 +56,7 @@ from capgate.cmdrules import GIT_ENV
 from capgate.decision import Decision
 from capgate.errors import PermissionDenied
 from capgate.gate import Gate, current_gate
-from capgate.gitconfig import GIT_CONFIG_RULE, dangerous_git_config, git_in_argv, only_git_config
+from capgate.gitconfig import GIT_CONFIG_RULE, git_config_refusal, git_in_argv
 from capgate.supervisor import in_soft_sandbox, supervise
 
 __all__ = ["run"]
@@ -114,19 +114,9 @@ def _git_config_decision(
     The git that lists the configuration is an allowed git the command line names, found the
     way the run finds it (never a file the agent planted); no allowed git means none can run.
     """
-    if only_git_config(args):
-        return allowed  # lists or edits the configuration (never runs it): lets a user repair it
-    for word in args:
-        if os.path.basename(word) != "git":
-            continue
-        git = gate.command_rules.allowed_executable(word, workdir, path_dirs)
-        if git is None:
-            continue
-        why = dangerous_git_config(git, workdir, child_env)
-        if why is not None:
-            return Decision.deny(why, GIT_CONFIG_RULE, allowed.target)
-        return allowed
-    return allowed
+    why = git_config_refusal(args, workdir, child_env,
+                             lambda word: gate.command_rules.allowed_executable(word, workdir, path_dirs))
+    return allowed if why is None else Decision.deny(why, GIT_CONFIG_RULE, allowed.target)
 
 
 def run(

@@ -616,9 +616,10 @@ class SoftHooks:
             raise _Denied(FileNotFoundError(errno.ENOENT, f"{text}: not found on PATH", text))
         return _canonical(self._absolute(found))
 
-    def _exec_decision(self, exe: str, argv: Sequence[Any]) -> bool:
-        """Judge running ``exe`` with ``argv``; return whether it starts a Python interpreter
-        (whose command line has then been checked by ``_python_command``)."""
+    def _exec_decision(self, exe: str, argv: Sequence[Any], cwd: Any = None, env: Any = None) -> bool:
+        """Judge running ``exe`` with ``argv`` (in ``cwd``, with ``env``: None for this
+        process's); return whether it starts a Python interpreter (whose command line has
+        then been checked by ``_python_command``)."""
         name = os.path.basename(exe)
         if name in SHELLS or os.path.basename(_text_path(argv[0]) if argv else "") in SHELLS:
             if not self.policy.process.allow_shell:
@@ -629,13 +630,47 @@ class SoftHooks:
         if decide_argv is not None:
             # The command rules judge the resolved program with its arguments (trampolines
             # such as env/xargs, deniedArguments); argv[0] is replaced by what will really run.
-            decision, _resolved = decide_argv([exe, *(_text_path(a) for a in argv[1:])], os.getcwd())
+            line = [exe, *(_text_path(a) for a in argv[1:])]
+            decision, _resolved = decide_argv(line, os.getcwd())
+            if decision.allowed:
+                decision = self._git_config_decision(line, cwd, env, decision)
             self.gate.record(ops.PROC_EXEC, exe, decision, via="soft")
         else:
             decision = self.gate.check(ops.PROC_EXEC, exe)
         if not decision.allowed:
             raise _Denied(PermissionDenied(ops.PROC_EXEC, exe, decision.reason, decision.rule))
         return self._python_command(exe, argv)
+
+    def _git_config_decision(self, line: list[str], cwd: Any, env: Any, allowed: Decision) -> Decision:
+        """``proc.run``'s git-configuration check (``capgate.gitconfig``) for a git this
+        process starts, so a hostile ``.git/config`` is a denial in the audit log rather than
+        a program the kernel layer stops without a word. The listing git runs from here, on a
+        ticket for exactly its own command line (the ``fork_exec`` guard)."""
+        from capgate.gitconfig import GIT_CONFIG_RULE, git_config_refusal, git_in_argv
+
+        if not git_in_argv(line):
+            return allowed
+        import subprocess
+
+        workdir = os.getcwd() if cwd is None else _canonical(self._absolute(cwd))
+        child_env = dict(os.environ) if env is None else {
+            os.fsdecode(_raw_bytes(k)): os.fsdecode(_raw_bytes(v)) for k, v in env.items()}
+        rules = self.gate.command_rules
+        approved = self._approved
+        ident = self._get_ident()
+
+        def find_git(word: str) -> str | None:
+            return line[0] if word == line[0] else rules.allowed_executable(word, workdir)
+
+        def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+            approved[ident] = ([os.fsencode(a) for a in cmd], os.fsencode(cmd[0]), False)
+            try:
+                return subprocess.run(cmd, **kwargs)
+            finally:
+                approved.pop(ident, None)
+
+        why = git_config_refusal(line, workdir, child_env, find_git, run=run)
+        return allowed if why is None else Decision.deny(why, GIT_CONFIG_RULE, allowed.target)
 
     def _python_command(self, exe: str, argv: Sequence[Any]) -> bool:
         """Whether ``exe`` runs Python (itself, or through its ``#!`` line); refuse the options
@@ -699,7 +734,7 @@ class SoftHooks:
         if executable is None:
             executable = argv[0] if argv else ""
         exe = self._resolve_exe(executable, self._path_env(env))
-        python = self._exec_decision(exe, argv)
+        python = self._exec_decision(exe, argv, args[2], env)
         # The environment is checked (and completed) in fork_exec, on the list that runs.
         self._approved[self._get_ident()] = ([os.fsencode(_text_path(a)) for a in argv], os.fsencode(exe), python)
 
@@ -713,14 +748,16 @@ class SoftHooks:
     def _on_exec(self, args: tuple[Any, ...]) -> None:
         path, argv = args[0], list(args[1] or ())
         exe = _canonical(self._absolute(path))
-        if self._exec_decision(exe, argv):
-            self._check_exec_env(exe, args[2] if len(args) > 2 else None)
+        env = args[2] if len(args) > 2 else None
+        if self._exec_decision(exe, argv, None, env if isinstance(env, dict) else None):
+            self._check_exec_env(exe, env)
 
     def _on_spawn(self, args: tuple[Any, ...]) -> None:
         path, argv = args[0], list(args[1] or ())
         exe = self._resolve_exe(path, os.environ.get("PATH", os.defpath))
-        if self._exec_decision(exe, argv):
-            self._check_exec_env(exe, args[2] if len(args) > 2 else None)
+        env = args[2] if len(args) > 2 else None
+        if self._exec_decision(exe, argv, None, env if isinstance(env, dict) else None):
+            self._check_exec_env(exe, env)
 
     def _on_putenv(self, args: tuple[Any, ...]) -> None:
         name = os.fsdecode(args[0])

@@ -481,7 +481,16 @@ def _run(
             "cgroup_dir": cgroup.path if cgroup is not None else None,
         }
         start = time.monotonic()
-        child = spawner.spawn(request, fds)
+        try:
+            child = spawner.spawn(request, fds)
+        except OSError:
+            raise  # (an exec error: the spawner answered, the protocol is in step)
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, the launcher's RunInterrupted) between the request
+            # and its answer: the answer is still unread, so this spawner can never be reused
+            # (closing it kills whatever it started).
+            spawner.dead = True
+            raise
         tree.pgid = child.pid
         for fd in theirs:
             os.close(fd)

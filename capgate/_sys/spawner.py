@@ -80,7 +80,8 @@ else:
     import _signal as signal  # the C half: same functions and numbers, no enum classes
 
 __all__ = [
-    "SpawnedChild", "Spawner", "SpawnerDied", "SpawnerUnavailable", "acquire", "prestart", "private_parent", "release",
+    "SpawnedChild", "Spawner", "SpawnerDied", "SpawnerUnavailable", "acquire", "discard_prestarted", "prestart",
+    "private_parent", "release",
 ]
 
 _LEN = struct.Struct("!I")
@@ -487,6 +488,17 @@ def prestart() -> None:
         return
     with _lock:
         _blank.append(spawner)
+
+
+def discard_prestarted() -> None:
+    """Stop the ``prestart`` spawner that no ``acquire`` took (the caller will start no child
+    after all: a policy error, a refused start) and wait for it to be gone, so that a
+    launcher that exits right after leaves no process of its own behind."""
+    with _lock:
+        blanks = list(_blank)
+        _blank.clear()
+    for spawner in blanks:
+        spawner.close()
 
 
 def _alive(spawner: Spawner) -> bool:
@@ -1012,14 +1024,41 @@ def _remove_private(path: str) -> bool:
 
 
 def _main(args: list[str]) -> None:
-    server = _Server(int(args[0]), int(args[1]), args[2] if len(args) > 2 else "", args[3] if len(args) > 3 else "")
+    """Serve the owner until it goes away; then exit without a word.
+
+    The spawner shares its owner's stderr (the user's terminal), and it outlives the owner
+    by a moment: a launcher that stops at once (a policy error before the child) may exit
+    before this process has even started. Whatever then goes wrong here — the owner's pid
+    gone before ``pidfd_open``, ``EPIPE`` on the greeting, a reset socket mid-run — is the
+    owner leaving, never news: it must not print a traceback after the owner's last line.
+    An error while the owner is still there and listening is a bug, and is shown."""
+    owner = int(args[0])
+    try:
+        server = _Server(owner, int(args[1]), args[2] if len(args) > 2 else "", args[3] if len(args) > 3 else "")
+    except ProcessLookupError:  # the owner exited before we could watch it: nothing to serve
+        raise SystemExit(0) from None
     try:
         server.serve()
+    except (EOFError, OSError):
+        if not _owner_left(server):
+            raise
+        raise SystemExit(0) from None
     finally:
         if server.pid is not None:
             server.kill_run(server.pid)
         if server.prepared is not None:
             _remove_private(server.prepared)
+
+
+def _owner_left(server: _Server) -> bool:
+    """The owner exited or closed its end of the socket (so nobody reads what we would say)."""
+    try:
+        if select.select([server.owner_fd], [], [], 0)[0]:
+            return True
+        return bool(select.select([server.sock.fileno()], [], [], 0)[0]) and not server.sock.recv(
+            1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return True
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class LaunchResult:
     duration: float = 0.0
     limits_fired: Sequence[str] = ()
     child_activated: bool = False  # a Python child reported that its hooks were active
+    native_execs: int = 0  # non-Python programs the hooked part of the tree started (unhooked)
 
 
 class Backend(Protocol):

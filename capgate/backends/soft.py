@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from capgate.backends.base import LaunchRequest, LaunchResult
 from capgate.errors import BackendUnavailable
+from capgate.soft import is_python_command
 
 if TYPE_CHECKING:
     from capgate.audit import AuditLog
@@ -50,6 +51,9 @@ class ChildReportReader(threading.Thread):
         self.lines = 0
         self.dropped = 0
         self.malformed = 0
+        # Allowed execs of programs that are not Python (their own actions are unhooked: what
+        # the kernel layer refuses them is not observable, and the summary must say so).
+        self.native_execs = 0
 
     def run(self) -> None:
         pending = b""
@@ -92,6 +96,8 @@ class ChildReportReader(threading.Thread):
             data = _parse(line)
             if data is not None and "event" not in data:
                 pid = data.get("pid")
+                if data["op"] == "proc.exec" and data["decision"] == "allow" and not is_python_command(data["target"]):
+                    self.native_execs += 1
                 batch.append((data["op"], data["target"], data["decision"] == "allow", data["rule"], data["reason"],
                               pid if type(pid) is int else None))
                 continue
@@ -161,6 +167,15 @@ def _widen_pipe(fd: int) -> None:
 class SoftBackend:
     name = "soft"
 
+    def __init__(self) -> None:
+        self._reader: ChildReportReader | None = None
+
+    def native_execs(self) -> int | None:
+        """How many non-Python programs the (Python part of the) child tree was seen to start
+        in the current or last run (None before a run): also valid when ``launch`` was
+        interrupted, for the launcher's summary."""
+        return None if self._reader is None else self._reader.native_execs
+
     def available(self) -> tuple[bool, str]:
         if not hasattr(os, "pipe2") or not os.path.isdir("/proc/self/fd"):
             return False, "the soft backend needs Linux (/proc/self/fd, pipe2)"
@@ -186,6 +201,7 @@ class SoftBackend:
         env["PYTHONPATH"] = os.path.join(request.run_dir, "boot")
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ writes into read-only sources
         env["PYTHONNOUSERSITE"] = "1"
+        _check_launched_git(request.argv, policy.workspace, env, audit)
         if policy.network.enabled:
             proxy = _start_proxy(policy, audit)
             host, port = proxy.address[0], int(proxy.address[1])
@@ -201,7 +217,7 @@ class SoftBackend:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         _widen_pipe(write_fd)
         env["CAPGATE_AUDIT_FD"] = str(write_fd)
-        reader = ChildReportReader(read_fd, audit)
+        reader = self._reader = ChildReportReader(read_fd, audit)
         reader.start()
         try:
             import capgate.supervisor  # noqa: F401  (before the audit writer's import thread starts)
@@ -230,7 +246,39 @@ class SoftBackend:
             duration=float(getattr(result, "duration", time.monotonic() - started)),
             limits_fired=tuple(getattr(result, "limits_fired", ()) or ()),
             child_activated=reader.activated,
+            native_execs=reader.native_execs,
         )
+
+
+def _check_launched_git(argv: tuple[str, ...], cwd: str, env: dict[str, str], audit: AuditLog) -> None:
+    """The same git-configuration check as ``proc.run`` (``capgate.gitconfig``) for a
+    launched command that runs git: a hostile ``.git/config`` is refused here, visibly, with
+    the reason in the audit log — not left to the kernel layer, which stops the program git
+    would run without a word the launcher can see. Raises ``PermissionDenied``."""
+    from capgate import ops
+    from capgate.decision import Decision
+    from capgate.errors import PermissionDenied
+    from capgate.gitconfig import GIT_CONFIG_RULE, git_config_refusal
+
+    def find_git(word: str) -> str | None:
+        if argv and word == argv[0]:
+            return argv[0]  # (resolved by the launcher)
+        if "/" in word:
+            return word if os.access(word, os.X_OK) else None
+        import shutil
+
+        return shutil.which(word, path=env.get("PATH", os.defpath))
+
+    try:
+        why = git_config_refusal(argv, cwd, env, find_git)
+    except Exception as exc:  # fail closed: an error while deciding is a denial
+        why = f"error while checking the git configuration: {exc!r}"
+    if why is None:
+        return
+    target = argv[0] if argv else "git"
+    audit.record(ops.PROC_EXEC, target, Decision.deny(why, GIT_CONFIG_RULE, target), argv=list(argv[:32]),
+                 cwd=cwd, source="launcher")
+    raise PermissionDenied(ops.PROC_EXEC, target, why, GIT_CONFIG_RULE)
 
 
 def _start_proxy(policy: Any, audit: AuditLog) -> Any:

@@ -101,11 +101,43 @@ def test_container_backend_refuses_with_125(ws: Path, home: Path) -> None:
     assert not marker.exists()
 
 
-def test_soft_sandbox_env_forces_soft_even_over_container(ws: Path, home: Path) -> None:
-    proc = capgate_run(["run", "--workspace", str(ws), "--backend", "container", "--dry-run-policy", "--", PY, "-c",
-                        "pass"], home=home, cwd=ws, env_extra={"SOFT_SANDBOX": "true"})
+@pytest.mark.parametrize("value", ["true", "1", "yes", "TRUE", "Yes"])
+def test_soft_sandbox_env_forces_soft(ws: Path, home: Path, value: str) -> None:
+    proc = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--", PY, "-c", "pass"],
+                       home=home, cwd=ws, env_extra={"SOFT_SANDBOX": value})
     assert proc.returncode == 0, proc.stderr
-    assert "backend: soft (SOFT_SANDBOX=true" in proc.stderr.splitlines()[0]
+    assert f"backend: soft (SOFT_SANDBOX={value} in the environment forces" in proc.stderr.splitlines()[0]
+
+
+@pytest.mark.parametrize("value", ["true", "1", "YES"])
+def test_soft_sandbox_env_with_an_explicit_other_backend_is_a_usage_error(ws: Path, home: Path, value: str) -> None:
+    """Never a silent override (design.md, launcher step 3): the message names both."""
+    marker = ws / "output" / "ran"
+    for extra in ([], ["--dry-run-policy"]):
+        proc = capgate_run(["run", "--workspace", str(ws), "--backend", "container", *extra, "--", PY, "-c",
+                            f"open({str(marker)!r}, 'w')"], home=home, cwd=ws, env_extra={"SOFT_SANDBOX": value})
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == (f"capgate: usage error: SOFT_SANDBOX={value} forces the soft backend, but --backend "
+                               "container asks for another: unset SOFT_SANDBOX or drop --backend container\n")
+        assert proc.stdout == "" and not marker.exists()
+    same = capgate_run(["run", "--workspace", str(ws), "--backend", "soft", "--", PY, "-c",
+                        f"open({str(marker)!r}, 'w')"], home=home, cwd=ws, env_extra={"SOFT_SANDBOX": value})
+    assert same.returncode == 0 and marker.exists(), same.stderr  # the control: no contradiction
+
+
+@pytest.mark.parametrize("value", ["maybe", "on", "2", "truee"])
+def test_soft_sandbox_env_with_an_unknown_value_is_a_usage_error(ws: Path, home: Path, value: str) -> None:
+    proc = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--", PY, "-c", "pass"],
+                       home=home, cwd=ws, env_extra={"SOFT_SANDBOX": value})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"capgate: usage error: SOFT_SANDBOX={value!r} is not understood: 1, yes or true")
+
+
+@pytest.mark.parametrize("value", ["", "0", "no", "False"])
+def test_soft_sandbox_env_off_leaves_the_choice_to_the_flag(ws: Path, home: Path, value: str) -> None:
+    proc = capgate_run(["run", "--workspace", str(ws), "--backend", "container", "--", PY, "-c", "pass"],
+                       home=home, cwd=ws, env_extra={"SOFT_SANDBOX": value})
+    assert proc.returncode == 125 and "not built yet" in proc.stderr  # --backend container decided
 
 
 def test_recursion_guard_refuses_and_never_widens(ws: Path, home: Path) -> None:
