@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -149,11 +150,21 @@ def _check_shape(data: dict[str, Any]) -> None:
 
 
 def _read_capped(path: str) -> bytes:
+    """At most 64 KiB + 1 of a regular file. Opened without blocking and checked with fstat
+    first: a FIFO (or a device) named as the policy would otherwise hang the launcher."""
     try:
-        with open(path, "rb") as fh:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PolicyError(f"policy file {path} is not a regular file")
+        with open(fd, "rb", closefd=False) as fh:
             data = fh.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
     if len(data) > MAX_POLICY_BYTES:
         raise PolicyError(f"policy file {path} is larger than {MAX_POLICY_BYTES} bytes (64 KiB)")
     return data

@@ -182,11 +182,11 @@ def test_a_signal_to_the_launcher_ends_the_run_cleanly(ws: Path, home: Path, sig
 
 
 def test_a_signal_before_the_child_starts_is_one_line_too(ws: Path, home: Path, tmp_path: Path) -> None:
-    """A signal while the launcher still loads the policy (held here on a FIFO the policy
-    path names: the load blocks in ``open``) stops it with one line and 128+N."""
-    fifo = tmp_path / "policy.fifo"
+    """A signal while the launcher is still setting up (held here on a FIFO named as the audit
+    log: opening it for writing blocks until a reader comes) stops it with one line and 128+N."""
+    fifo = tmp_path / "audit.fifo"
     os.mkfifo(fifo)
-    proc = _start(["run", "--workspace", str(ws), "--policy", str(fifo), "--", "/bin/true"], home, ws)
+    proc = _start(["run", "--workspace", str(ws), "--audit-log", str(fifo), "--", "/bin/true"], home, ws)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # until the launcher is blocked opening the FIFO
         try:
@@ -196,10 +196,14 @@ def test_a_signal_before_the_child_starts_is_one_line_too(ws: Path, home: Path, 
             pass
         time.sleep(0.02)
     else:
-        raise AssertionError("the launcher never opened the policy FIFO")
+        raise AssertionError("the launcher never opened the audit-log FIFO")
     proc.send_signal(signal.SIGTERM)
     rc, out, err = _finish(proc)
-    assert (rc, out, err) == (143, "", "capgate: stopped by SIGTERM before the child started\n")
+    assert (rc, out) == (143, ""), err
+    # The banner comes first (the audit log is opened after it); the stop line is the last.
+    tail = f"capgate: audit log: {fifo}\ncapgate: stopped by SIGTERM before the child started\n"
+    assert err.endswith(tail), err
+    assert "Traceback" not in err
     assert not _run_dirs(proc.pid)
 
 

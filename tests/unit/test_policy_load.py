@@ -189,3 +189,24 @@ def test_long_but_ordinary_numbers_are_still_judged_by_the_schema(tmp_path: Path
     assert policy.limits.cpu_seconds == 10
     with pytest.raises(capgate.PolicyError, match=r"limits\.cpuSeconds"):
         _load(tmp_path, '{"limits": {"cpuSeconds": 999999999999999999}}', workspace)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_a_policy_that_is_not_a_regular_file_is_refused_without_hanging(
+    kind: str, tmp_path: Path, workspace: Path
+) -> None:
+    import os
+
+    path = tmp_path / "agent-permissions.json"
+    if kind == "fifo":
+        os.mkfifo(path)  # no writer: a plain open() would block forever
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    with pytest.raises(capgate.PolicyError, match=r"regular file|cannot read"):
+        capgate.load_policy(path, workspace=workspace)
+    # Control: a regular file right beside it loads.
+    ok = tmp_path / "ok.json"
+    ok.write_text("{}")
+    assert capgate.load_policy(ok, workspace=workspace).workspace == str(workspace)
