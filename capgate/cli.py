@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Load and merge the policy, pick a backend, run CMD under the gate, "
                                      "print a denial summary and write an audit log.")
     _policy_args(run)
-    run.add_argument("--backend", choices=("auto", "container", "soft"), default="auto",
+    run.add_argument("--backend", choices=("auto", "container", "namespace", "soft"), default="auto",
                      help="sandbox backend (default auto: container when available, else soft)")
     run.add_argument("--dry-run-policy", action="store_true",
                      help="print the effective policy, the backend and the expansion status; run nothing")

@@ -559,6 +559,11 @@ def _choose_backend(requested: str, env: Mapping[str, str]) -> tuple[str, str]:
         return "soft", f"SOFT_SANDBOX={env.get('SOFT_SANDBOX')} in the environment forces the soft backend"
     if requested == "soft":
         return "soft", "requested with --backend soft"
+    if requested == "namespace":
+        ok, why = get_backend("namespace").available()
+        if not ok:
+            raise BackendUnavailable(f"--backend namespace: {why}")
+        return "namespace", "requested with --backend namespace"
     if requested == "container":
         ok, why = get_backend("container").available()
         if not ok:
@@ -575,8 +580,9 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     from capgate.policy.model import Policy  # noqa: F401  (type only, imported for dataclasses.replace)
 
     backend_name, why_backend = _choose_backend(options.backend, env)
-    if backend_name != "soft":  # pragma: no cover - no container backend yet
+    if backend_name not in ("soft", "namespace"):  # pragma: no cover - no container backend yet
         raise BackendUnavailable("the container backend is not built yet")
+    namespace = backend_name == "namespace"
 
     home_real = os.path.realpath(env.get("HOME") or os.path.expanduser("~"))
     audit_path = os.path.abspath(options.audit_log) if options.audit_log else default_audit_path(env, home_real)
@@ -619,18 +625,29 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         # The kernel layer under the hooks (soft_plan) is worked out on the warm-up thread,
         # which then starts the supervisor's spawner under it while we finish here.
         _make_write_roots(policy, sandbox_home, tmpdir)
-        warmup = _SpawnerWarmup(policy, argv, extra_read=(run_dir,))  # (policy.json, boot/: the child reads them)
+        # (policy.json, boot/: the child reads them.) In the namespace backend, the spawner
+        # itself stays unconfined: bubblewrap must mount, and ns_exec applies the plan inside.
+        warmup = _SpawnerWarmup(policy, argv, extra_read=(run_dir,), confine_spawner=not namespace)
 
     # -- first lines ------------------------------------------------------------------
     source = policy.source or "built-in defaults"
-    say(f"backend: soft ({why_backend})")
-    say("SOFT_SANDBOX=true: a seat belt, not isolation. It reduces accidental damage; "
-        "it does not contain a determined attacker (use the container backend for that)")
+    say(f"backend: {backend_name} ({why_backend})")
+    if namespace:
+        say("namespace sandbox: new user, mount, pid, network, ipc and uts namespaces; the child's view holds "
+            "only the read roots (read-only), the write roots, a private /tmp and HOME, and the system's own "
+            "files; what the policy denies inside them is covered up, host sockets and processes are not there")
+    else:
+        say("SOFT_SANDBOX=true: a seat belt, not isolation. It reduces accidental damage; "
+            "it does not contain a determined attacker (use the container backend for that)")
     say(f"policy: {source} — {_expansion(policy)}")
     if options.command:
         if python_child:
             say(f"child: Python ({argv[0]}): file, network and process actions go through the gate "
                 "(audit hooks), plus process-level controls")
+        elif namespace:
+            say(f"child: not Python ({argv[0]}): its actions are not checked one by one by the gate; it sees "
+                "only the namespace view and runs under the kernel layer, resource limits, wall-time kill "
+                "and a clean environment (Python programs it starts are checked by the gate)")
         else:
             say(f"child: not Python ({argv[0]}): process-level controls only (resource limits, wall-time "
                 "kill, clean environment, private TMPDIR, sandbox HOME, and the kernel layer below when "
@@ -657,7 +674,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     # calls audit.start_import): earlier, it would compete with this thread for the GIL.
     audit = AuditLog(audit_path, deferred=True, start_import=False)
     _prepare_run_dir(run_dir, policy, policy_file, boot_dir, sandbox_home, tmpdir)
-    audit.event("run.start", backend="soft", soft_sandbox=True, backend_reason=why_backend,
+    audit.event("run.start", backend=backend_name, soft_sandbox=not namespace, backend_reason=why_backend,
                 expansion=policy.origin, policy_source=source, command=list(argv), python_child=python_child,
                 landlock={"write": bool(confine and confine.restricts_write),
                           "exec": bool(confine and confine.restricts_exec),
@@ -668,7 +685,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
                             confine=confine)
-    backend = get_backend("soft")
+    backend = get_backend(backend_name)
     try:
         if warmup is not None:
             warmup.join(timeout=5.0)
@@ -756,9 +773,11 @@ class _SpawnerWarmup:
     best effort (a pool-key mismatch only means ``supervise`` starts its own); the plan is
     not: ``plan()`` computes it here if the thread could not."""
 
-    def __init__(self, policy: Policy, argv: Sequence[str], extra_read: Sequence[str] = ()) -> None:
+    def __init__(self, policy: Policy, argv: Sequence[str], extra_read: Sequence[str] = (),
+                 *, confine_spawner: bool = True) -> None:
         import threading
 
+        self._confine_spawner = confine_spawner
         self._policy = policy
         self._argv = tuple(argv)
         self._extra_read = tuple(extra_read)
@@ -783,7 +802,7 @@ class _SpawnerWarmup:
             carriable = getattr(supervisor, "_carriable", None)
             fast = limits.max_processes >= 2 and carriable is not None and carriable(table)
             spawner.release(spawner.acquire(tuple((row[0], row[1], row[2]) for row in table) if fast else None,
-                                            self._plan))
+                                            self._plan if self._confine_spawner else None))
             # The child's pids cgroup too (mkdir in cgroupfs, pids.max, the control files
             # supervise() uses), left empty in the spare pool where supervise() takes it.
             from capgate._sys.cgroup import create_pids_cgroup

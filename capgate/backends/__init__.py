@@ -1,4 +1,5 @@
-"""Sandbox backends: ``soft`` (audit hooks + process controls) and ``container``."""
+"""Sandbox backends: ``soft`` (audit hooks + process controls), ``namespace`` (the same inside a
+view of its own) and ``container``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ __all__ = ["Backend", "LaunchRequest", "LaunchResult", "get_backend"]
 
 
 def get_backend(name: str) -> Backend:
-    """The backend called ``name`` (``soft`` or ``container``)."""
+    """The backend called ``name`` (``soft``, ``namespace`` or ``container``)."""
     if name == "soft":
         from capgate.backends.soft import SoftBackend
 
         return SoftBackend()
+    if name == "namespace":
+        from capgate.backends.namespace import NamespaceBackend
+
+        return NamespaceBackend()
     if name == "container":
         from capgate.backends.container import ContainerBackend
 

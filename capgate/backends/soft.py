@@ -203,8 +203,7 @@ class SoftBackend:
         env["PYTHONNOUSERSITE"] = "1"
         _check_launched_git(request.argv, policy.workspace, env, audit)
         if policy.network.enabled:
-            proxy = _start_proxy(policy, audit)
-            host, port = proxy.address[0], int(proxy.address[1])
+            proxy, host, port = self._start_egress(request, audit)
             url = f"http://{host}:{port}"
             for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
                 env[name] = url
@@ -213,7 +212,7 @@ class SoftBackend:
             audit.event("proxy.started", address=f"{host}:{port}")
         confine = request.confine
         if confine is not None and proxy is not None:  # the kernel layer lets TCP reach the proxy alone
-            confine = confine.with_connect_ports((int(proxy.address[1]),))
+            confine = confine.with_connect_ports((port,))
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         _widen_pipe(write_fd)
         env["CAPGATE_AUDIT_FD"] = str(write_fd)
@@ -228,13 +227,15 @@ class SoftBackend:
             start_import()  # structlog loads while the child starts
         started = time.monotonic()
         try:
-            result = _supervise(list(request.argv), policy=policy, env=env, cwd=policy.workspace,
+            argv, confine = self._command(request, list(request.argv), confine, proxy, audit)
+            result = _supervise(argv, policy=policy, env=env, cwd=policy.workspace,
                                 pass_fds=(write_fd,), confine=confine)
         finally:
             os.close(write_fd)
             reader.join(timeout=5.0)
             if proxy is not None:
                 proxy.stop()
+        self._after(request, audit)
         if reader.dropped or reader.malformed:
             audit.warning("child.report", lines=reader.lines, dropped=reader.dropped, malformed=reader.malformed)
         returncode = int(result.returncode)
@@ -248,6 +249,21 @@ class SoftBackend:
             child_activated=reader.activated,
             native_execs=reader.native_execs,
         )
+
+
+    # -- what the namespace backend changes (capgate.backends.namespace) ----------------
+    def _start_egress(self, request: LaunchRequest, audit: AuditLog) -> tuple[Any, str, int]:
+        """Start the egress proxy; return it and the ``host``, ``port`` the child is told."""
+        proxy = _start_proxy(request.policy, audit)
+        return proxy, str(proxy.address[0]), int(proxy.address[1])
+
+    def _command(self, request: LaunchRequest, argv: list[str], confine: Any, proxy: Any,
+                 audit: AuditLog) -> tuple[list[str], Any]:
+        """The command the supervisor starts, and the Landlock plan it puts the tree under."""
+        return argv, confine
+
+    def _after(self, request: LaunchRequest, audit: AuditLog) -> None:
+        """After a run that completed (the tree is gone): a last look, for the audit log."""
 
 
 def _check_launched_git(argv: tuple[str, ...], cwd: str, env: dict[str, str], audit: AuditLog) -> None:
@@ -281,7 +297,7 @@ def _check_launched_git(argv: tuple[str, ...], cwd: str, env: dict[str, str], au
     raise PermissionDenied(ops.PROC_EXEC, target, why, GIT_CONFIG_RULE)
 
 
-def _start_proxy(policy: Any, audit: AuditLog) -> Any:
+def _start_proxy(policy: Any, audit: AuditLog, *, unix_path: str | None = None) -> Any:
     try:
         from capgate.proxy import EgressProxy  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
@@ -289,7 +305,8 @@ def _start_proxy(policy: Any, audit: AuditLog) -> Any:
                                  "not available; refusing to start rather than allow direct connections") from exc
     from capgate.gate import Gate
 
-    proxy = EgressProxy(Gate(policy, audit=audit))
+    gate = Gate(policy, audit=audit)
+    proxy = EgressProxy(gate) if unix_path is None else EgressProxy(gate, unix_path=unix_path)
     proxy.start()
     return proxy
 

@@ -130,7 +130,7 @@ def test_a_usage_error_ends_with_its_message(ws: Path, home: Path) -> None:
     assert rc == 2 and out == ""
     assert err.splitlines()[0].startswith("usage: capgate run")
     assert err.endswith("capgate: error: argument --backend: invalid choice: 'nope' "
-                        "(choose from 'auto', 'container', 'soft')\n")
+                        "(choose from 'auto', 'container', 'namespace', 'soft')\n")
     assert "Traceback" not in err
 
 

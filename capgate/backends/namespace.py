@@ -1,0 +1,179 @@
+"""Namespace backend: the soft backend's gate and kernel layer, inside a view of its own.
+
+The whole child tree runs in new user, mount, pid, network, ipc and uts namespaces made by
+bubblewrap (``bwrap``, Debian's ``bubblewrap``; no setuid helper: it is used unprivileged,
+through user namespaces). The view (``namespace_view``) holds only what the policy lets the
+agent see; inside it everything the soft backend does still holds — the hooks for Python
+children, Landlock for the whole tree (applied inside by ``capgate._sys.ns_exec``, since a
+Landlock domain may not mount), rlimits, the pids cgroup, the wall-time kill and the tree
+kill — so a native child meets the same refusals as a Python one: a deny-listed file inside
+the workspace is an empty file, a host Unix socket or the launcher's ``/proc`` entries do not
+exist, files outside the write roots are on read-only mounts (also for ``chmod``), and a
+mandatory write-deny path inside a write root is a read-only mount.
+
+Why bubblewrap rather than the kernel calls directly: the mount sequence (a fresh root, binds
+in order, a pid-1 reaper, ``--die-with-parent``) is exactly what it was built and reviewed for,
+and the two best-known agent sandboxes on Linux use it; capgate adds the decisions.
+
+Where user namespaces are refused (Docker's default seccomp profile, AppArmor's
+``restrict_unprivileged_userns``, ``max_user_namespaces=0``) or bwrap is missing,
+``available()`` says why: ``auto`` then falls back to soft, ``--backend namespace`` refuses.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+from capgate.backends.base import LaunchRequest
+from capgate.backends.namespace_view import Scan, View, bwrap_argv, created_denials, scan
+from capgate.backends.soft import SoftBackend, _start_proxy
+
+if TYPE_CHECKING:
+    from capgate.audit import AuditLog
+
+__all__ = ["BWRAP_PATHS", "INNER_PROXY_PORT", "NamespaceBackend", "find_bwrap"]
+
+# Only a root-owned bwrap that nobody else can replace: it runs with the run's files.
+BWRAP_PATHS = ("/usr/bin/bwrap", "/bin/bwrap", "/usr/local/bin/bwrap")
+# The loopback port the egress forwarder listens on inside the view's own network namespace.
+INNER_PROXY_PORT = 3128
+_probe_cache: tuple[bool, str] | None = None
+
+
+def find_bwrap() -> str | None:
+    for path in BWRAP_PATHS:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022 and st.st_mode & 0o111:
+            return path
+    return None
+
+
+def _probe(bwrap: str) -> tuple[bool, str]:
+    """Whether bwrap can make the namespaces here (a real try: seccomp filters and AppArmor
+    refuse at unshare time, which no sysctl shows)."""
+    try:
+        done = subprocess.run(
+            [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+             "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"],
+            capture_output=True, timeout=10, stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"bubblewrap could not run: {exc}"
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        return False, "user namespaces are refused here (" + (reason[-1] if reason else f"exit {done.returncode}") + ")"
+    return True, ""
+
+
+class NamespaceBackend(SoftBackend):
+    name = "namespace"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bwrap: str | None = None
+        self._scan: Scan | None = None
+
+    def available(self) -> tuple[bool, str]:
+        global _probe_cache
+        ok, why = super().available()
+        if not ok:
+            return ok, why
+        bwrap = find_bwrap()
+        if bwrap is None:
+            return False, "bubblewrap (bwrap) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+        if _probe_cache is None:
+            _probe_cache = _probe(bwrap)
+        self._bwrap = bwrap
+        return _probe_cache
+
+    # -- the differences from soft --------------------------------------------------------
+    def _start_egress(self, request: LaunchRequest, audit: AuditLog) -> tuple[Any, str, int]:
+        """The proxy listens on a Unix socket in the run directory; inside, the forwarder
+        offers it on loopback (there is no other network in the view)."""
+        path = os.path.join(request.run_dir, "proxy.sock")
+        proxy = _start_proxy(request.policy, audit, unix_path=path)
+        return proxy, "127.0.0.1", INNER_PROXY_PORT
+
+    def _command(self, request: LaunchRequest, argv: list[str], confine: Any, proxy: Any,
+                 audit: AuditLog) -> tuple[list[str], Any]:
+        from capgate.gate import Gate
+
+        if self._bwrap is None:
+            ok, why = self.available()
+            if not ok:
+                from capgate.errors import BackendUnavailable
+
+                raise BackendUnavailable(why)
+        assert self._bwrap is not None
+        policy = request.policy
+        fs = policy.filesystem
+        rules = Gate(policy, audit=audit)._paths
+        sockets = tuple(getattr(policy.network, "allowed_unix_sockets", ()) or ())
+        found = self._scan = scan(rules, (*fs.read,), (*fs.write,), sockets)
+        empty_file, empty_dir = _empties(request.run_dir)
+        view = View(
+            system=tuple(_system_roots()),
+            read=(*fs.read, *fs.runtime_read, request.run_dir),  # (boot/, policy.json, the proxy socket)
+            write=tuple(w for w in fs.write if w != "/dev/null"),
+            sockets=sockets,
+            scan=found,
+            empty_file=empty_file,
+            empty_dir=empty_dir,
+            workspace=policy.workspace,
+            uid=os.getuid(),
+            gid=os.getgid(),
+        )
+        shim = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_sys", "ns_exec.py")
+        inner = [sys.executable, "-I", "-S", shim, "-" if confine is None else confine.encode()]
+        if proxy is not None:
+            inner += ["--forward", str(INNER_PROXY_PORT), str(proxy.address)]
+        audit.event("namespace.view", hidden=len(found.hidden_files) + len(found.hidden_dirs),
+                    readonly=len(found.readonly), scanned=found.entries,
+                    reasons=_count_reasons(found))
+        return bwrap_argv(self._bwrap, view, [*inner, "--", *argv]), None
+
+    def _after(self, request: LaunchRequest, audit: AuditLog) -> None:
+        """Names the gate would not have let the agent write that appeared in the write roots
+        during the run (a native child's ``output/.bashrc``): reported as denials."""
+        from capgate import ops
+        from capgate.decision import Decision
+        from capgate.gate import Gate
+
+        if self._scan is None:
+            return
+        rules = Gate(request.policy, audit=audit)._paths
+        writable = [w for w in request.policy.filesystem.write if w not in (request.home, request.tmpdir, "/dev/null")]
+        for path, rule, reason in created_denials(rules, writable, self._scan):
+            audit.record(ops.FS_WRITE, path, Decision.deny(f"created during the run by a program the hooks do not "
+                                                          f"see: {reason}", rule, path), source="launcher")
+
+
+def _count_reasons(found: Scan) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for rule in found.reasons.values():
+        counts[rule] = counts.get(rule, 0) + 1
+    return counts
+
+
+def _empties(run_dir: str) -> tuple[str, str]:
+    """An empty read-only file and directory in the run directory, to cover things with."""
+    empty_file = os.path.join(run_dir, "empty-file")
+    empty_dir = os.path.join(run_dir, "empty-dir")
+    if not os.path.exists(empty_file):
+        fd = os.open(empty_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        os.close(fd)
+    os.makedirs(empty_dir, mode=0o555, exist_ok=True)
+    return empty_file, empty_dir
+
+
+def _system_roots() -> list[str]:
+    from capgate.launcher import _system_read_roots
+
+    return [r for r in _system_read_roots() if os.path.exists(r)]

@@ -1,0 +1,202 @@
+"""The namespace backend's kernel view of a policy the gate has already decided.
+
+No new decisions are made here: every path is judged by the gate's own ``PathRules`` (the
+one decision point), and this module only turns the answers into a mount plan for a fresh
+root, then into bubblewrap's command line (``bwrap_argv``, pure: unit-tested on its own).
+
+The view holds only:
+
+* the system's own files, read-only (``/usr``, ``/lib*``, ``/etc`` without its secrets, the
+  reviewed system files), a minimal ``/dev``, a ``/proc`` of the run's own pid namespace and
+  a private ``/tmp``;
+* the read roots and runtime read roots, read-only; the write roots, read-write; all at the
+  same absolute paths as on the host, so paths in the workspace work unchanged;
+* nothing else: the real ``HOME``, other users' files, the launcher's ``/proc`` entries and
+  every host Unix socket do not exist in it.
+
+Inside the read and write roots, what the policy refuses is covered up, found by one walk at
+start (``scan``): a path the gate would not let the agent read (``.env``, ``*.pem``), a
+regular file with more than one name (a hard link planted to a secret: its other names cannot
+be checked) and a host socket not listed in ``allowedUnixSockets`` are each hidden behind an
+empty **read-only** file or directory (never a writable tmpfs, so nothing can be planted in
+its place); a path inside a write root that the gate would not let the agent write
+(``output/.bashrc``, ``output/.git/hooks``, the mandatory list) is bound read-only on itself.
+A name of that kind *created* during the run cannot be covered in advance: ``created_denials``
+finds it at exit so that the launcher reports it as a denial.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from capgate.ops import FS_READ, FS_WRITE
+from capgate.paths import PathRules, is_within
+
+__all__ = ["MAX_SCAN_ENTRIES", "Scan", "View", "bwrap_argv", "created_denials", "scan"]
+
+# A walk that would take longer than the run is refused rather than half done (the view
+# would then show what it had not looked at).
+MAX_SCAN_ENTRIES = 2_000_000
+# Roots the view makes itself (``--dev``, ``--proc``), never bound from the host.
+_KERNEL_MADE = ("/dev", "/proc")
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What the walk of the read and write roots found to cover up."""
+
+    hidden_files: tuple[str, ...] = ()
+    hidden_dirs: tuple[str, ...] = ()
+    readonly: tuple[str, ...] = ()
+    reasons: dict[str, str] = field(default_factory=dict)  # path -> the rule that hid it
+    entries: int = 0
+
+
+@dataclass(frozen=True)
+class View:
+    """The mount plan of one run (every path absolute and canonical)."""
+
+    system: tuple[str, ...]  # read-only, bound when present
+    read: tuple[str, ...]  # read-only
+    write: tuple[str, ...]  # read-write
+    sockets: tuple[str, ...]  # allowed host Unix sockets, bound in
+    scan: Scan
+    empty_file: str  # an empty read-only file and directory of the run, to cover with
+    empty_dir: str
+    workspace: str
+    uid: int
+    gid: int
+
+
+def _roots(paths: Iterable[str]) -> list[str]:
+    """Distinct roots, nested ones dropped (the outer one covers them), host-made ones out."""
+    out: list[str] = []
+    for path in sorted(set(paths), key=lambda p: (p.count("/"), p)):
+        if any(is_within(path, k) for k in _KERNEL_MADE):
+            continue
+        if not any(is_within(path, other) for other in out):
+            out.append(path)
+    return out
+
+
+def scan(rules: PathRules, read_roots: Sequence[str], write_roots: Sequence[str],
+         allowed_sockets: Sequence[str] = (), *, limit: int = MAX_SCAN_ENTRIES) -> Scan:
+    """Walk the read and write roots (never following a symlink) and sort out what to cover.
+
+    Raises ``OSError(E2BIG)`` past ``limit`` entries: the view is then not built at all."""
+    hidden_files: list[str] = []
+    hidden_dirs: list[str] = []
+    readonly: list[str] = []
+    reasons: dict[str, str] = {}
+    sockets = frozenset(allowed_sockets)
+    writable = tuple(write_roots)
+    count = 0
+    stack = [r for r in _roots([*read_roots, *write_roots]) if os.path.isdir(r)]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue  # unreadable to us: the child cannot read it either
+        for entry in entries:
+            count += 1
+            if count > limit:
+                raise OSError(7, f"more than {limit} entries under the read and write roots: too many to check")
+            path = entry.path
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            decision = rules.decide(FS_READ, path)
+            if not decision.allowed:
+                (hidden_dirs if is_dir else hidden_files).append(path)
+                reasons[path] = decision.rule
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                hidden_files.append(path)
+                reasons[path] = "filesystem.hardLinks"
+                continue
+            if stat.S_ISSOCK(st.st_mode) and path not in sockets:
+                hidden_files.append(path)
+                reasons[path] = "network.allowedUnixSockets"
+                continue
+            if any(is_within(path, root) for root in writable):
+                if not rules.decide(FS_WRITE, path).allowed:
+                    readonly.append(path)
+                    reasons[path] = rules.decide(FS_WRITE, path).rule
+                    continue
+            if is_dir:
+                stack.append(path)
+    return Scan(tuple(hidden_files), tuple(hidden_dirs), tuple(readonly), reasons, count)
+
+
+def created_denials(rules: PathRules, write_roots: Sequence[str], before: Scan) -> list[tuple[str, str, str]]:
+    """Names in the write roots the gate would not have let the agent write, made during the
+    run (a native child's ``output/.bashrc``): ``(path, rule, reason)`` each, for the log."""
+    known = set(before.readonly)
+    found: list[tuple[str, str, str]] = []
+    stack = [r for r in _roots(write_roots) if os.path.isdir(r)]
+    budget = MAX_SCAN_ENTRIES
+    while stack and budget > 0:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            budget -= 1
+            path = entry.path
+            decision = rules.decide(FS_WRITE, path)
+            if not decision.allowed:
+                if path not in known and decision.rule != "fs.tempFile":
+                    found.append((path, decision.rule, decision.reason))
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(path)
+            except OSError:
+                continue
+    return found
+
+
+def bwrap_argv(bwrap: str, view: View, command: Sequence[str], *, disable_userns: bool = True) -> list[str]:
+    """bubblewrap's command line for ``view``, ending in ``command``.
+
+    Mount order matters (a later mount covers an earlier one): kernel-made ``/dev``,
+    ``/proc`` and a private ``/tmp`` first, then the system, then the roots from the
+    outermost in (a write root inside a read root stays writable), then the sockets, and
+    last the covers, so that nothing bound later can uncover what the gate refused."""
+    argv = [
+        bwrap,
+        "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--uid", str(view.uid), "--gid", str(view.gid),
+        "--hostname", "capgate",
+        "--die-with-parent", "--new-session",
+        "--cap-drop", "ALL",
+    ]
+    if disable_userns:
+        argv.append("--disable-userns")  # no nested user namespace, so no way to regain capabilities
+    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in _roots(view.system):
+        argv += ["--ro-bind-try", path, path]
+    writable = tuple(view.write)
+    for path in sorted(set(view.read) | set(writable), key=lambda p: (p.count("/"), p)):
+        if any(is_within(path, k) for k in _KERNEL_MADE):
+            continue
+        rw = any(is_within(path, w) for w in writable)  # a read root inside a write root stays writable
+        argv += ["--bind-try" if rw else "--ro-bind-try", path, path]  # (a missing one: ENOENT inside)
+    for path in view.sockets:
+        argv += ["--bind-try", path, path]
+    for path in view.scan.hidden_dirs:
+        argv += ["--ro-bind", view.empty_dir, path]
+    for path in view.scan.hidden_files:
+        argv += ["--ro-bind", view.empty_file, path]
+    for path in view.scan.readonly:
+        argv += ["--ro-bind", path, path]
+    argv += ["--chdir", view.workspace, "--", *command]
+    return argv
