@@ -72,6 +72,45 @@ def _probe(bwrap: str) -> tuple[bool, str]:
     return True, ""
 
 
+def _probe_key(bwrap: str) -> str:
+    """What the probe's answer depends on: this boot, this kernel, this bwrap, this user."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()
+    except OSError:
+        return ""
+    st = os.stat(bwrap)
+    return f"{boot} {os.uname().release} {bwrap} {st.st_mtime_ns} {st.st_size} {os.getuid()}"
+
+
+def _cached_probe(bwrap: str) -> tuple[bool, str]:
+    """``_probe``, remembered for this boot in the user's state directory (~10 ms a run
+    otherwise). A stale "yes" (user namespaces switched off since) only means bubblewrap
+    refuses at start: the run then stops with its message (exit 125), never runs weaker."""
+    key = _probe_key(bwrap)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    path = os.path.join(state, "capgate", "namespace-probe")
+    if key:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                stored_key, _, answer = fh.read().partition("\n")
+            if stored_key == key and answer:
+                return (True, "") if answer == "ok" else (False, answer)
+        except OSError:
+            pass
+    result = _probe(bwrap)
+    if key:
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(key + "\n" + ("ok" if result[0] else result[1]))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return result
+
+
 class NamespaceBackend(SoftBackend):
     name = "namespace"
 
@@ -89,7 +128,7 @@ class NamespaceBackend(SoftBackend):
         if bwrap is None:
             return False, "bubblewrap (bwrap) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
         if _probe_cache is None:
-            _probe_cache = _probe(bwrap)
+            _probe_cache = _cached_probe(bwrap)
         self._bwrap = bwrap
         return _probe_cache
 
@@ -118,8 +157,12 @@ class NamespaceBackend(SoftBackend):
         sockets = tuple(getattr(policy.network, "allowed_unix_sockets", ()) or ())
         found = self._scan = scan(rules, (*fs.read,), (*fs.write,), sockets)
         empty_file, empty_dir = _empties(request.run_dir)
+        system, hidden_files, hidden_dirs, shown = _system_view()
         view = View(
-            system=tuple(_system_roots()),
+            system=system,
+            system_hidden_files=hidden_files,
+            system_hidden_dirs=hidden_dirs,
+            system_shown=shown,
             read=(*fs.read, *fs.runtime_read, request.run_dir),  # (boot/, policy.json, the proxy socket)
             write=tuple(w for w in fs.write if w != "/dev/null"),
             sockets=sockets,
@@ -173,7 +216,37 @@ def _empties(run_dir: str) -> tuple[str, str]:
     return empty_file, empty_dir
 
 
-def _system_roots() -> list[str]:
-    from capgate.launcher import _system_read_roots
+def _system_view() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The system part of the view: the same files Landlock lets the tree read
+    (``launcher._system_read_roots``), built as whole directories with the secrets covered —
+    ``/etc`` bound once, ``/etc/shadow``, ``/etc/ssh``, ``/etc/ssl/private``... covered. A
+    secret directory holding one of the reviewed public system files (``/etc/ssl/certs``) is
+    covered entry by entry around it instead of whole."""
+    from capgate.launcher import _ETC_SECRETS, _SYSTEM_READ_ROOTS, system_files
 
-    return [r for r in _system_read_roots() if os.path.exists(r)]
+    roots = [r for r in (*_SYSTEM_READ_ROOTS, "/etc") if os.path.exists(r)]
+    public = [f for f in system_files() if os.path.exists(f)]
+    hidden_files: list[str] = []
+    hidden_dirs: list[str] = []
+
+    def cover(path: str) -> None:
+        if path in public:
+            return
+        inside = [f for f in public if f.startswith(path + "/")]
+        is_dir = os.path.isdir(path) and not os.path.islink(path)
+        if not inside or not is_dir:
+            (hidden_dirs if is_dir else hidden_files).append(path)
+            return
+        try:
+            names = sorted(os.listdir(path))
+        except OSError:
+            hidden_dirs.append(path)
+            return
+        for name in names:
+            cover(os.path.join(path, name))
+
+    for name in sorted(_ETC_SECRETS):
+        path = os.path.join("/etc", name)
+        if os.path.lexists(path):
+            cover(path)
+    return tuple(roots), tuple(hidden_files), tuple(hidden_dirs), ()

@@ -69,6 +69,12 @@ class View:
     workspace: str
     uid: int
     gid: int
+    # Secrets inside the system roots (``/etc/shadow``, ``/etc/ssh``...), covered like the scan's
+    # finds, and the public files inside those that are bound again after the covers
+    # (``/etc/ssl/certs``): far fewer mounts than /etc entry by entry (each costs ~0.1 ms).
+    system_hidden_files: tuple[str, ...] = ()
+    system_hidden_dirs: tuple[str, ...] = ()
+    system_shown: tuple[str, ...] = ()
 
 
 def _roots(paths: Iterable[str]) -> list[str]:
@@ -183,6 +189,12 @@ def bwrap_argv(bwrap: str, view: View, command: Sequence[str], *, disable_userns
         argv.append("--disable-userns")  # no nested user namespace, so no way to regain capabilities
     argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for path in _roots(view.system):
+        argv += ["--ro-bind-try", path, path]
+    for path in view.system_hidden_dirs:
+        argv += ["--ro-bind", view.empty_dir, path]
+    for path in view.system_hidden_files:
+        argv += ["--ro-bind", view.empty_file, path]
+    for path in view.system_shown:
         argv += ["--ro-bind-try", path, path]
     writable = tuple(view.write)
     for path in sorted(set(view.read) | set(writable), key=lambda p: (p.count("/"), p)):
