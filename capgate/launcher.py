@@ -572,7 +572,10 @@ def _choose_backend(requested: str, env: Mapping[str, str]) -> tuple[str, str]:
     ok, why = get_backend("container").available()
     if ok:
         return "container", "auto: a container runtime is available"
-    return "soft", f"auto: no container backend ({why})"
+    ns_ok, ns_why = get_backend("namespace").available()
+    if ns_ok:
+        return "namespace", f"auto: no container backend ({why}); user namespaces work here"
+    return "soft", f"auto: no container backend ({why}); no namespace backend ({ns_why})"
 
 
 def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_dir: str,

@@ -583,19 +583,20 @@ class PathRules:
             cache[path] = decision
         return decision
 
-    def _decide(self, op: str, path: str, temp_rule: bool) -> Decision:
+    def deny_lists(self, op: str, path: str) -> Decision | None:
+        """The denial the deny lists give ``op`` on ``path`` (``denyRead``, the temp names,
+        the protected files, ``denyWrite`` and the mandatory list), or None: ``decide`` without
+        the roots, for a walk that stays beneath the roots by construction (the namespace
+        view's scan). The same tables as ``decide``, which starts with this very check."""
+        return self._denial(op, path, True)
+
+    def _denial(self, op: str, path: str, temp_rule: bool) -> Decision | None:
         fs = self._fs
         if self._deny_read.matches(path):
             entry = _entry(fs.deny_read, self._deny_read.first_match(path))
             return Decision.deny(f"denyRead {entry.source!r}", entry.key, path)
         if op == FS_READ:
-            root = _roots_match(path, self._readable)
-            if root is not None:
-                return Decision.allow(f"under read root {display(root, self._home)}", "filesystem.read", path)
-            root = _roots_match(path, fs.runtime_read)
-            if root is not None:
-                return Decision.allow(f"runtime root {display(root, self._home)}", "runtime.read", path)
-            return Decision.deny("not under any read root", "filesystem.read", path)
+            return None
         if op not in (FS_WRITE, FS_DELETE):
             return Decision.deny(f"unknown filesystem operation {op!r}", "gate.op", path)
         if temp_rule and _TEMP_NAME.match(path.rpartition("/")[2]):
@@ -609,6 +610,21 @@ class PathRules:
             entry = _entry(fs.deny_write, self._deny_write.first_match(path))
             label = "mandatory denyWrite" if entry.mandatory else "denyWrite"
             return Decision.deny(f"{label} {entry.source!r}", entry.key, path)
+        return None
+
+    def _decide(self, op: str, path: str, temp_rule: bool) -> Decision:
+        denial = self._denial(op, path, temp_rule)
+        if denial is not None:
+            return denial
+        fs = self._fs
+        if op == FS_READ:
+            root = _roots_match(path, self._readable)
+            if root is not None:
+                return Decision.allow(f"under read root {display(root, self._home)}", "filesystem.read", path)
+            root = _roots_match(path, fs.runtime_read)
+            if root is not None:
+                return Decision.allow(f"runtime root {display(root, self._home)}", "runtime.read", path)
+            return Decision.deny("not under any read root", "filesystem.read", path)
         root = _roots_match(path, fs.write)
         if root is None:
             return Decision.deny("not under any write root", "filesystem.write", path)

@@ -157,12 +157,12 @@ class NamespaceBackend(SoftBackend):
         sockets = tuple(getattr(policy.network, "allowed_unix_sockets", ()) or ())
         found = self._scan = scan(rules, (*fs.read,), (*fs.write,), sockets)
         empty_file, empty_dir = _empties(request.run_dir)
-        system, hidden_files, hidden_dirs, shown = _system_view()
+        system, links, hidden_files, hidden_dirs = _system_view()
         view = View(
             system=system,
+            system_links=links,
             system_hidden_files=hidden_files,
             system_hidden_dirs=hidden_dirs,
-            system_shown=shown,
             read=(*fs.read, *fs.runtime_read, request.run_dir),  # (boot/, policy.json, the proxy socket)
             write=tuple(w for w in fs.write if w != "/dev/null"),
             sockets=sockets,
@@ -216,7 +216,7 @@ def _empties(run_dir: str) -> tuple[str, str]:
     return empty_file, empty_dir
 
 
-def _system_view() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def _system_view() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...], tuple[str, ...]]:
     """The system part of the view: the same files Landlock lets the tree read
     (``launcher._system_read_roots``), built as whole directories with the secrets covered —
     ``/etc`` bound once, ``/etc/shadow``, ``/etc/ssh``, ``/etc/ssl/private``... covered. A
@@ -224,7 +224,8 @@ def _system_view() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], t
     covered entry by entry around it instead of whole."""
     from capgate.launcher import _ETC_SECRETS, _SYSTEM_READ_ROOTS, system_files
 
-    roots = [r for r in (*_SYSTEM_READ_ROOTS, "/etc") if os.path.exists(r)]
+    roots = [r for r in (*_SYSTEM_READ_ROOTS, "/etc") if os.path.exists(r) and not os.path.islink(r)]
+    links = tuple((os.readlink(r), r) for r in _SYSTEM_READ_ROOTS if os.path.islink(r))
     public = [f for f in system_files() if os.path.exists(f)]
     hidden_files: list[str] = []
     hidden_dirs: list[str] = []
@@ -249,4 +250,4 @@ def _system_view() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], t
         path = os.path.join("/etc", name)
         if os.path.lexists(path):
             cover(path)
-    return tuple(roots), tuple(hidden_files), tuple(hidden_dirs), ()
+    return tuple(roots), links, tuple(hidden_files), tuple(hidden_dirs)

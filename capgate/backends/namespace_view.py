@@ -69,12 +69,13 @@ class View:
     workspace: str
     uid: int
     gid: int
-    # Secrets inside the system roots (``/etc/shadow``, ``/etc/ssh``...), covered like the scan's
-    # finds, and the public files inside those that are bound again after the covers
-    # (``/etc/ssl/certs``): far fewer mounts than /etc entry by entry (each costs ~0.1 ms).
+    # Secrets inside the system roots (``/etc/shadow``, ``/etc/ssh``, ``/etc/ssl/private``...),
+    # covered like the scan's finds: far fewer mounts than /etc entry by entry (~0.1 ms each).
+    # System roots that are symlinks on the host (``/bin -> usr/bin``): made the same symlink in
+    # the view, so that a path canonicalizes to the same name inside as outside.
+    system_links: tuple[tuple[str, str], ...] = ()  # (target as the link holds it, link path)
     system_hidden_files: tuple[str, ...] = ()
     system_hidden_dirs: tuple[str, ...] = ()
-    system_shown: tuple[str, ...] = ()
 
 
 def _roots(paths: Iterable[str]) -> list[str]:
@@ -100,9 +101,13 @@ def scan(rules: PathRules, read_roots: Sequence[str], write_roots: Sequence[str]
     sockets = frozenset(allowed_sockets)
     writable = tuple(write_roots)
     count = 0
-    stack = [r for r in _roots([*read_roots, *write_roots]) if os.path.isdir(r)]
+    # (directory, beneath a write root?): the walk stays beneath the roots, so only the deny
+    # lists can refuse what it meets (``PathRules.deny_lists``, the first step of ``decide``).
+    stack = [(r, any(is_within(r, w) for w in writable)) for r in _roots([*read_roots, *write_roots])
+             if os.path.isdir(r)]
+    deny_lists = rules.deny_lists
     while stack:
-        directory = stack.pop()
+        directory, in_write = stack.pop()
         try:
             entries = list(os.scandir(directory))
         except OSError:
@@ -112,31 +117,34 @@ def scan(rules: PathRules, read_roots: Sequence[str], write_roots: Sequence[str]
             if count > limit:
                 raise OSError(7, f"more than {limit} entries under the read and write roots: too many to check")
             path = entry.path
+            denial = deny_lists(FS_READ, path)
             try:
-                st = entry.stat(follow_symlinks=False)
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if denial is not None:
+                    (hidden_dirs if is_dir else hidden_files).append(path)
+                    reasons[path] = denial.rule
+                    continue
+                if not is_dir and not entry.is_symlink():
+                    st = entry.stat(follow_symlinks=False)  # (the link count needs a stat)
+                    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                        hidden_files.append(path)
+                        reasons[path] = "filesystem.hardLinks"
+                        continue
+                    if stat.S_ISSOCK(st.st_mode) and path not in sockets:
+                        hidden_files.append(path)
+                        reasons[path] = "network.allowedUnixSockets"
+                        continue
             except OSError:
                 continue
-            is_dir = stat.S_ISDIR(st.st_mode)
-            decision = rules.decide(FS_READ, path)
-            if not decision.allowed:
-                (hidden_dirs if is_dir else hidden_files).append(path)
-                reasons[path] = decision.rule
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                hidden_files.append(path)
-                reasons[path] = "filesystem.hardLinks"
-                continue
-            if stat.S_ISSOCK(st.st_mode) and path not in sockets:
-                hidden_files.append(path)
-                reasons[path] = "network.allowedUnixSockets"
-                continue
-            if any(is_within(path, root) for root in writable):
-                if not rules.decide(FS_WRITE, path).allowed:
+            here_write = in_write or (is_dir and any(is_within(path, w) for w in writable))
+            if here_write:
+                denial = deny_lists(FS_WRITE, path)
+                if denial is not None:
                     readonly.append(path)
-                    reasons[path] = rules.decide(FS_WRITE, path).rule
+                    reasons[path] = denial.rule
                     continue
             if is_dir:
-                stack.append(path)
+                stack.append((path, here_write))
     return Scan(tuple(hidden_files), tuple(hidden_dirs), tuple(readonly), reasons, count)
 
 
@@ -190,12 +198,12 @@ def bwrap_argv(bwrap: str, view: View, command: Sequence[str], *, disable_userns
     argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for path in _roots(view.system):
         argv += ["--ro-bind-try", path, path]
+    for target, link in view.system_links:
+        argv += ["--symlink", target, link]
     for path in view.system_hidden_dirs:
         argv += ["--ro-bind", view.empty_dir, path]
     for path in view.system_hidden_files:
         argv += ["--ro-bind", view.empty_file, path]
-    for path in view.system_shown:
-        argv += ["--ro-bind-try", path, path]
     writable = tuple(view.write)
     for path in sorted(set(view.read) | set(writable), key=lambda p: (p.count("/"), p)):
         if any(is_within(path, k) for k in _KERNEL_MADE):

@@ -107,7 +107,8 @@ def test_a_real_server_attempt_still_fails(tmp_path: Path) -> None:
     script = ws / "server.py"
     script.write_text(textwrap.dedent(SERVER))
     env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
-    child = subprocess.Popen([PY, "-m", "capgate", "run", "--workspace", str(ws), "--", PY, str(script)],
+    child = subprocess.Popen([PY, "-m", "capgate", "run", "--backend", "soft", "--workspace", str(ws), "--", PY,
+                              str(script)],
                              cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None

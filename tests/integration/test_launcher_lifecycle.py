@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, audit_lines, empty_home
+from _soft_helpers import PY, audit_lines, empty_home, soft_by_default
 
 
 @pytest.fixture
@@ -40,7 +40,8 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def _start(args: list[str], home: Path, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([PY, "-m", "capgate", *args], cwd=cwd, env=_env(home), stdin=subprocess.DEVNULL,
+    return subprocess.Popen([PY, "-m", "capgate", *soft_by_default(args)], cwd=cwd, env=_env(home),
+                            stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -117,7 +118,8 @@ def test_a_run_that_cannot_start_prints_one_line_and_nothing_after(
     env = _env(home)
     if case == "recursion":
         env["AGENT_IN_SANDBOX"] = "1"
-    proc = subprocess.Popen([PY, "-m", "capgate", "run", *args], cwd=ws, env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([PY, "-m", "capgate", *soft_by_default(["run", *args])], cwd=ws, env=env,
+                            stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rc, out, err = _finish(proc)
     assert (rc, out, err) == (code, "", message.format(tmp=tmp_path) + "\n")
