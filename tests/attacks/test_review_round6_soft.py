@@ -1,0 +1,379 @@
+"""Review round 6 (adversarial, soft sandbox): holes found in today's soft-sandbox code, each a
+real ``capgate run`` child. Every hole is ``xfail(strict=True)`` so the suite stays green until
+it is fixed (then the test XPASSes, fails, and the marker is removed); each has a benign
+control beside it that passes today.
+
+1. An ``os.PathLike`` whose ``__fspath__`` answers differently the second time: the C code
+   converts the path once and raises the audit event with the *original object*; the hooks
+   call ``os.fspath`` again (``_text_path``) and judge the second answer. ``os.open`` is wrapped
+   against exactly this (its docstring says so), but ``io.FileIO`` is not: read ``.env``,
+   write ``output/.bashrc`` and ``output/.git/config``; the audit log says "allow" for a path
+   never touched. (``os.mkdir``/``os.rename`` hold: their events carry the converted path.)
+2. The bind probe's deaf socket: the hook deafens the descriptor *number* it is given, then
+   returns; another thread ``dup2``s a fresh socket onto that number before the real
+   ``bind``, which binds the undeafened socket: a server that accepts TCP connections.
+3. A Python child installed with ``--prefix=$HOME`` (``~/bin/python3.N`` +
+   ``~/lib/python3.N/os.py``): ``_interpreter_roots`` adds the whole prefix, i.e. HOME, to the
+   Landlock read roots; a native program the policy allows (``cat``) reads ``~/.ssh/id_rsa``.
+4. A launched ``git status`` (and a child's git) in a hostile repository runs the
+   repository's own ``.git/hooks/post-index-change``: the git-config check lists only
+   configuration, and neither a launched nor a child's git gets ``GIT_ENV``'s
+   ``core.hooksPath=/dev/null`` (``proc.run``'s git does).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+from _soft_helpers import PY, audit_lines, capgate_run, empty_home, write_policy
+
+SECRET = "DOTENV-SECRET-round6-91f3"
+KEY = "SSH-KEY-round6-4b7e"
+
+# -- 1. a path-like object that answers twice -----------------------------------------------
+TWO_FACED = """
+import io, os
+class TwoFaced:
+    \"\"\"The first __fspath__ (the C conversion that really opens) names the target; every
+    later one (the hook's) names a harmless file.\"\"\"
+    def __init__(self, real, shown):
+        self.calls, self.real, self.shown = 0, real, shown
+    def __fspath__(self):
+        self.calls += 1
+        return self.real if self.calls == 1 else self.shown
+
+def attempt(label, action):
+    try:
+        result = action()
+    except PermissionError as exc:
+        print(label, "blocked", getattr(exc, "rule", type(exc).__name__), flush=True)
+    except Exception as exc:
+        print(label, "error", type(exc).__name__, exc, flush=True)
+    else:
+        print(label, "DONE", repr(result)[:60], flush=True)
+
+# controls: the same targets by plain name are refused by the hooks
+attempt("control-read", lambda: open(".env").read())
+attempt("control-write", lambda: open("output/.bashrc", "w").write("x"))
+attempt("control-mkdir", lambda: os.mkdir("output/.git/hooks"))
+attempt("control-plain", lambda: io.FileIO(TwoFaced("plain.txt", "plain.txt")).read())
+# the attacks
+attempt("fileio-read", lambda: io.FileIO(TwoFaced(".env", "plain.txt")).read())
+attempt("fileio-write", lambda: io.FileIO(TwoFaced("output/.bashrc", "output/ok1"), "w").write(b"evil"))
+attempt("fileio-gitconfig", lambda: io.FileIO(TwoFaced("output/.git/config", "output/ok3"), "w").write(b"[core]\\n"))
+# (held: the os.* path events get the converted path, not the object)
+attempt("mkdir", lambda: os.mkdir(TwoFaced("output/.git/hooks", "output/ok2")))
+open("output/staged", "w").write("#!/bin/sh\\n")
+attempt("rename", lambda: os.rename("output/staged", TwoFaced("output/.git/hooks", "output/ok4")))
+"""
+
+
+def _two_faced_world(tmp_path: Path) -> tuple[Path, Path]:
+    home = empty_home(tmp_path)
+    ws = tmp_path / "ws"
+    (ws / "output" / ".git").mkdir(parents=True)
+    (ws / ".env").write_text(SECRET + "\n")
+    (ws / "plain.txt").write_text("plain\n")
+    return home, ws
+
+
+def _results(stdout: str) -> dict[str, str]:
+    out = {}
+    for line in stdout.splitlines():
+        label, _, rest = line.partition(" ")
+        out[label] = rest
+    return out
+
+
+def test_two_faced_pathlike_controls_are_refused(tmp_path: Path) -> None:
+    """The control: by plain name, every target of the attack below is refused."""
+    home, ws = _two_faced_world(tmp_path)
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent(TWO_FACED))
+    proc = capgate_run(["run", "--workspace", str(ws), "--", PY, str(script)], home=home, cwd=ws)
+    got = _results(proc.stdout)
+    assert got["control-read"].startswith("blocked"), proc.stdout + proc.stderr
+    assert got["control-write"].startswith("blocked"), proc.stdout + proc.stderr
+    assert got["control-mkdir"].startswith("blocked"), proc.stdout + proc.stderr
+    assert got["control-plain"].startswith("DONE"), proc.stdout + proc.stderr
+    # os.mkdir / os.rename with the same two-faced object hold (judged on the converted path)
+    assert got["mkdir"].startswith("blocked"), proc.stdout + proc.stderr
+    assert got["rename"].startswith("blocked"), proc.stdout + proc.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="hole: for io.FileIO(pathlike) the hooks call __fspath__ a second "
+                   "time and judge that answer; only os.open's wrapper converts once")
+def test_two_faced_pathlike_cannot_read_dotenv_or_write_hooks(tmp_path: Path) -> None:
+    home, ws = _two_faced_world(tmp_path)
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent(TWO_FACED))
+    proc = capgate_run(["run", "--workspace", str(ws), "--", PY, str(script)], home=home, cwd=ws)
+    got = _results(proc.stdout)
+    assert "fileio-read" in got, proc.stdout + proc.stderr
+    leaks = {label: got[label] for label in ("fileio-read", "fileio-write", "fileio-gitconfig")
+             if got.get(label, "").startswith("DONE")}
+    assert SECRET not in proc.stdout, proc.stdout
+    assert not (ws / "output" / ".bashrc").exists()
+    assert not (ws / "output" / ".git" / "config").exists()
+    assert not leaks, leaks
+    # and the audit log never says "allow" for a decoy the process did not touch
+    decoys = [e for e in audit_lines(home) if str(e.get("target", "")).endswith(("/ok1", "/ok3"))]
+    assert not decoys, decoys
+
+
+# -- 2. the deaf bind probe, raced with dup2 -------------------------------------------------
+BIND_RACE = """
+import os, socket, sys, threading
+SO_LOCK_FILTER = 44
+sys.setswitchinterval(1e-6)
+
+def one_try():
+    s = socket.socket()
+    fd = s.fileno()
+    stop = threading.Event()
+    swapped = []
+    def swapper():
+        # Wait until the hook has locked its filter on descriptor fd, then put a fresh
+        # (hearing) socket on that number before the real bind() runs.
+        while not stop.is_set():
+            probe = socket.socket(fileno=os.dup(fd))
+            try:
+                locked = probe.getsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER)
+            except OSError:
+                locked = 0
+            probe.close()
+            if locked:
+                fresh = socket.socket()
+                os.dup2(fresh.fileno(), fd)
+                fresh.close()
+                swapped.append(True)
+                return
+    t = threading.Thread(target=swapper)
+    t.start()
+    try:
+        s.bind(("127.0.0.1", 0))
+    except OSError:
+        stop.set(); t.join(); s.close()
+        return None
+    stop.set(); t.join()
+    if swapped and not s.getsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER):
+        return s
+    s.close()
+    return None
+
+for _ in range(300):
+    server = one_try()
+    if server is not None:
+        break
+if server is None:
+    print("race-lost", flush=True)
+    sys.exit(0)
+server.listen(1)
+server.settimeout(8)
+print("port", server.getsockname()[1], flush=True)
+try:
+    conn, _peer = server.accept()
+    print("ACCEPTED", conn.recv(64), flush=True)
+except OSError as exc:
+    print("no-connection", type(exc).__name__, flush=True)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="hole: the bind probe deafens a descriptor number; a dup2 from another "
+                   "thread before the real bind() binds a hearing socket that accepts connections")
+def test_bind_probe_cannot_be_raced_into_a_server(tmp_path: Path) -> None:
+    home = empty_home(tmp_path)
+    ws = tmp_path / "ws"
+    (ws / "output").mkdir(parents=True)
+    script = tmp_path / "server.py"
+    script.write_text(textwrap.dedent(BIND_RACE))
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    child = subprocess.Popen([PY, "-m", "capgate", "run", "--workspace", str(ws), "--", PY, str(script)],
+                             cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    connected = False
+    try:
+        assert child.stdout is not None
+        first = child.stdout.readline().split()
+        if first and first[0] == "port":
+            client = socket.socket()
+            client.settimeout(2)
+            try:
+                client.connect(("127.0.0.1", int(first[1])))
+                client.sendall(b"from-outside")
+                connected = True
+                time.sleep(0.5)
+            except OSError:
+                pass
+            finally:
+                client.close()
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert not connected, "a client in another process connected to the sandboxed child"
+    assert "ACCEPTED" not in out, out + err
+
+
+def test_bind_probe_control_plain_server_is_deaf(tmp_path: Path) -> None:
+    """The control: without the race, the same server (bind port 0, listen, accept) is deaf."""
+    home = empty_home(tmp_path)
+    ws = tmp_path / "ws"
+    (ws / "output").mkdir(parents=True)
+    script = tmp_path / "server.py"
+    script.write_text(textwrap.dedent("""
+        import socket
+        s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1); s.settimeout(3)
+        print("port", s.getsockname()[1], flush=True)
+        try:
+            s.accept(); print("ACCEPTED", flush=True)
+        except OSError as exc:
+            print("no-connection", type(exc).__name__, flush=True)
+    """))
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    child = subprocess.Popen([PY, "-m", "capgate", "run", "--workspace", str(ws), "--", PY, str(script)],
+                             cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    connected = False
+    try:
+        assert child.stdout is not None
+        first = child.stdout.readline().split()
+        assert first and first[0] == "port", first
+        client = socket.socket()
+        client.settimeout(1.5)
+        try:
+            client.connect(("127.0.0.1", int(first[1])))
+            connected = True
+        except OSError:
+            pass
+        finally:
+            client.close()
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert not connected
+    assert "no-connection" in out, out + err
+
+
+# -- 3. an interpreter installed with --prefix=$HOME ------------------------------------------
+SYSTEM_PY = "/usr/bin/python3.11"
+CAT = shutil.which("cat") or "/bin/cat"
+READ_KEY = """
+import subprocess, sys
+key = sys.argv[1]
+done = subprocess.run([{cat!r}, key], capture_output=True, text=True)
+print("cat", done.returncode, done.stdout.strip() or "-", done.stderr.strip()[-60:] or "-", flush=True)
+"""
+
+
+def _home_with_key(tmp_path: Path) -> Path:
+    home = empty_home(tmp_path)
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_rsa").write_text(KEY + "\n")
+    return home
+
+
+def _run_key_reader(tmp_path: Path, home: Path, python: str) -> subprocess.CompletedProcess[str]:
+    ws = tmp_path / "ws"
+    (ws / "output").mkdir(parents=True, exist_ok=True)
+    script = tmp_path / "reader.py"
+    script.write_text(textwrap.dedent(READ_KEY.format(cat=os.path.realpath(CAT))))
+    # (/usr/lib/python3.11 readable: the --prefix=$HOME install below links its stdlib there)
+    policy = write_policy(ws, {"filesystem": {"read": [".", "/usr/lib/python3.11"]},
+                               "process": {"allowedCommands": [os.path.realpath(CAT)]}})
+    return capgate_run(["run", "--workspace", str(ws), "--policy", str(policy), "--allow-user-expansion", "--",
+                        python, str(script), str(home / ".ssh" / "id_rsa")], home=home, cwd=ws)
+
+
+needs_system_python = pytest.mark.skipif(not (os.path.exists(SYSTEM_PY) and os.path.isdir("/usr/lib/python3.11")),
+                                         reason="needs the system's /usr/bin/python3.11")
+
+
+@needs_system_python
+def test_home_stays_unreadable_to_a_native_child_control(tmp_path: Path) -> None:
+    """The control: with an interpreter outside HOME, the kernel layer stops ``cat ~/.ssh/id_rsa``."""
+    home = _home_with_key(tmp_path)
+    proc = _run_key_reader(tmp_path, home, SYSTEM_PY)
+    assert "cat 1" in proc.stdout, proc.stdout + proc.stderr
+    assert KEY not in proc.stdout
+
+
+@needs_system_python
+@pytest.mark.xfail(strict=True, reason="hole: _interpreter_roots adds a Python's whole prefix; installed with "
+                   "--prefix=$HOME that is HOME, so the kernel layer lets a native child read ~/.ssh")
+def test_interpreter_prefix_in_home_does_not_open_home(tmp_path: Path) -> None:
+    home = _home_with_key(tmp_path)
+    # A Python installed with ./configure --prefix=$HOME: ~/bin/python3.11 and ~/lib/python3.11
+    (home / "bin").mkdir()
+    (home / "lib").mkdir()
+    shutil.copy2(SYSTEM_PY, home / "bin" / "python3.11")
+    (home / "lib" / "python3.11").symlink_to("/usr/lib/python3.11")
+    proc = _run_key_reader(tmp_path, home, str(home / "bin" / "python3.11"))
+    assert "cat " in proc.stdout, proc.stdout + proc.stderr
+    assert KEY not in proc.stdout, proc.stdout
+
+
+# -- 4. a hostile repository's own hook, run by git status -------------------------------------
+def _hostile_repo(tmp_path: Path, *, hook: bool) -> tuple[Path, Path]:
+    ws = tmp_path / "ws"
+    (ws / "output").mkdir(parents=True)
+    git = ["git", "-C", str(ws), "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    # post-index-change gets "0 0" (or "1 0"): Python runs the file named by its first argument
+    # in the repository's top level. The hook is a symlink to an allowed program (the kernel
+    # layer lets only allowed programs run).
+    payload = "open('output/hook-ran', 'w').write('the repository hook ran')\n"
+    for name in ("0", "1"):
+        (ws / name).write_text(payload)
+    (ws / "f").write_text("a\n")
+    subprocess.run([*git, "add", "0", "1", "f"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    if hook:
+        (ws / ".git" / "hooks" / "post-index-change").symlink_to(os.path.realpath(PY))
+    time.sleep(1.1)
+    os.utime(ws / "f")  # a stale index entry: status refreshes and writes the index
+    return ws, ws / "output" / "hook-ran"
+
+
+def _git_status(tmp_path: Path, ws: Path, via_child: bool) -> subprocess.CompletedProcess[str]:
+    home = empty_home(tmp_path)
+    # A plausible coding-agent policy: the workspace is writable, git and Python may run.
+    policy = write_policy(ws, {"filesystem": {"write": ["."]},
+                               "process": {"allowedCommands": ["git", os.path.realpath(PY)]}})
+    if via_child:
+        script = tmp_path / "agent.py"
+        script.write_text("import subprocess\nsubprocess.run(['git', 'status', '--short'])\n")
+        cmd = [PY, str(script)]
+    else:
+        cmd = ["git", "status", "--short"]
+    return capgate_run(["run", "--workspace", str(ws), "--policy", str(policy), "--allow-user-expansion", "--",
+                        *cmd], home=home, cwd=ws)
+
+
+@pytest.mark.parametrize("via_child", [False, True], ids=["launched-git", "child-git"])
+def test_git_status_in_a_repository_without_hooks_runs_control(tmp_path: Path, via_child: bool) -> None:
+    ws, marker = _hostile_repo(tmp_path, hook=False)
+    proc = _git_status(tmp_path, ws, via_child)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("via_child", [False, True], ids=["launched-git", "child-git"])
+@pytest.mark.xfail(strict=True, reason="hole: a launched or child git runs the repository's .git/hooks "
+                   "(post-index-change on git status); the git check lists only configuration and these "
+                   "gits lack GIT_ENV's core.hooksPath=/dev/null")
+def test_git_status_does_not_run_the_repositorys_hook(tmp_path: Path, via_child: bool) -> None:
+    ws, marker = _hostile_repo(tmp_path, hook=True)
+    proc = _git_status(tmp_path, ws, via_child)
+    assert not marker.exists(), proc.stderr
