@@ -19,6 +19,9 @@ control beside it that passes today.
    repository's own ``.git/hooks/post-index-change``: the git-config check lists only
    configuration, and neither a launched nor a child's git gets ``GIT_ENV``'s
    ``core.hooksPath=/dev/null`` (``proc.run``'s git does).
+5. ``os.open(name, dir_fd=N)``: the wrapper's hint is the number N; another thread ``dup2``s a
+   different directory onto N between the hook's lookup and the real ``openat`` (the check/use
+   race the soft docstring admits, made cheap: it wins within a few dozen tries).
 """
 
 from __future__ import annotations
@@ -377,3 +380,57 @@ def test_git_status_does_not_run_the_repositorys_hook(tmp_path: Path, via_child:
     ws, marker = _hostile_repo(tmp_path, hook=True)
     proc = _git_status(tmp_path, ws, via_child)
     assert not marker.exists(), proc.stderr
+
+
+# -- 5. os.open's dir_fd hint, raced with dup2 (the documented check/use race, now cheap) -------
+DIR_FD_RACE = """
+import os, sys, threading
+sys.setswitchinterval(1e-6)
+good = os.open("output", os.O_RDONLY)
+bad = os.open("output/.git", os.O_RDONLY)
+try:
+    os.close(os.open("config", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=bad))
+    print("control CREATED", flush=True)
+except PermissionError as exc:
+    print("control blocked", exc.rule, flush=True)
+slot = os.dup(good)
+stop = []
+def flip():
+    while not stop:
+        os.dup2(bad, slot)
+        os.dup2(good, slot)
+t = threading.Thread(target=flip)
+t.start()
+for _ in range(3000):
+    try:
+        os.close(os.open("config", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=slot))
+    except PermissionError:
+        pass
+    if os.path.exists("output/.git/config"):
+        break
+stop.append(1)
+t.join()
+print("race", "WON" if os.path.exists("output/.git/config") else "lost", flush=True)
+"""
+
+
+def _dir_fd_race(tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    home = empty_home(tmp_path)
+    ws = tmp_path / "ws"
+    (ws / "output" / ".git").mkdir(parents=True)
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent(DIR_FD_RACE))
+    return ws, capgate_run(["run", "--workspace", str(ws), "--", PY, str(script)], home=home, cwd=ws)
+
+
+def test_dir_fd_open_of_a_denied_name_is_refused_control(tmp_path: Path) -> None:
+    _ws, proc = _dir_fd_race(tmp_path)
+    assert "control blocked mandatory.denyWrite" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="race: os.open's dir_fd hint is a descriptor number; a dup2 from another "
+                   "thread between the hook's lookup and the real openat creates output/.git/config")
+def test_dir_fd_cannot_be_swapped_under_the_check(tmp_path: Path) -> None:
+    ws, proc = _dir_fd_race(tmp_path)
+    assert "race " in proc.stdout, proc.stdout + proc.stderr
+    assert not (ws / "output" / ".git" / "config").exists(), proc.stdout
