@@ -31,6 +31,13 @@ What is routed, and how:
   target. ``sqlite3.connect`` is a write of the database file.
 * Paths are canonicalized first (symlinks, ``..``, ``/proc/self/fd/N``): an ``O_PATH`` open
   and a ``readlink`` of its ``/proc/self/fd`` entry, else ``os.path.realpath``.
+* An event argument is read as the C code that raised the event read it, never converted a
+  second time (``_event_text``): ``str``/``bytes`` by content (a subclass's ``__str__`` or
+  ``__fspath__`` is not called), the standard library's own ``pathlib`` objects through their
+  cached string; any other path object (an ``__fspath__`` may answer the C conversion one
+  path and the hook another: ``io.FileIO(obj)``), ``bytearray`` or ``memoryview`` is refused
+  (rule ``soft.path``: pass ``str(path)``). This holds for paths, unix socket addresses,
+  ``sqlite3.connect`` and command lines; a ``Popen`` runs exactly the argv that was judged.
 * ``socket.connect/sendto/sendmsg`` (``sendmsg`` with an address, e.g. a UDP datagram or a
   TCP ``MSG_FASTOPEN`` connect; without one the socket is already connected, and that
   connect was judged): with network off, every inet connect is denied; with network on,
@@ -290,6 +297,8 @@ class SoftHooks:
                 handler(args)
             except _Denied as denied:
                 raise denied.exc from None
+            except _UnsafePath as exc:
+                raise deny(_op_of(event), _shown(args), str(exc), "soft.path") from None
             except Exception as exc:  # fail closed: an error while deciding is a denial
                 raise deny(_op_of(event), _shown(args), f"error while deciding {event}: {exc!r}",
                            "soft.error") from None
@@ -466,12 +475,7 @@ class SoftHooks:
         self._check(ops.FS_WRITE, args[0])
 
     def _on_sqlite(self, args: tuple[Any, ...]) -> None:
-        database = args[0]
-        if isinstance(database, (bytes, bytearray)):
-            database = os.fsdecode(bytes(database))
-        if not isinstance(database, (str, os.PathLike)):
-            raise self._fail(ops.FS_WRITE, _shown(args), "unrecognised sqlite database argument", "soft.sqlite")
-        text = os.fspath(database)
+        text = _event_text(args[0])
         if text in ("", ":memory:") or text.startswith("file::memory:"):
             return
         if text.startswith("file:"):
@@ -507,9 +511,12 @@ class SoftHooks:
         if family == _AF_UNIX or isinstance(address, (str, bytes)):
             self._unix(address)
             return
-        if not isinstance(address, tuple) or len(address) < 2:
+        if not isinstance(address, tuple) or len(address) < 2 or not isinstance(address[0], str) \
+                or not isinstance(address[1], int):
             raise self._fail(ops.NET_CONNECT, _shown((address,)), "unrecognised socket address", "soft.socket")
-        host, port = str(address[0]), address[1]
+        # The content the C code used (a str or int subclass's own __str__/__eq__ could tell
+        # this check one address and the connect another).
+        host, port = str.__str__(address[0]), int.__index__(address[1])
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if not self.policy.network.enabled:
             raise self._network_off(target)
@@ -529,10 +536,7 @@ class SoftHooks:
             self._on_connect(args)
 
     def _unix(self, address: Any) -> None:
-        if isinstance(address, (bytes, bytearray)):
-            address = os.fsdecode(bytes(address))
-        if not isinstance(address, str):
-            raise self._fail(ops.NET_CONNECT, _shown((address,)), "unrecognised unix socket address", "soft.socket")
+        address = _event_text(address)
         if address.startswith("\x00") or not address:
             shown = "unix:@" + address[1:]
             raise self._fail(ops.NET_CONNECT, shown, "abstract unix sockets are not allowed",
@@ -555,9 +559,8 @@ class SoftHooks:
     def _on_bind(self, args: tuple[Any, ...]) -> None:
         sock, address = args[0], args[1]
         if getattr(sock, "family", None) == _AF_UNIX or isinstance(address, (str, bytes)):
-            if isinstance(address, (bytes, bytearray)):
-                address = os.fsdecode(bytes(address))
-            if not isinstance(address, str) or not address or address.startswith("\x00"):
+            address = _event_text(address)
+            if not address or address.startswith("\x00"):
                 raise self._fail(ops.NET_CONNECT, "unix:@", "abstract unix sockets are not allowed",
                                  "network.allowedUnixSockets")
             self._check(ops.FS_WRITE, address, follow=False)
@@ -621,7 +624,7 @@ class SoftHooks:
         process's); return whether it starts a Python interpreter (whose command line has
         then been checked by ``_python_command``)."""
         name = os.path.basename(exe)
-        if name in SHELLS or os.path.basename(_text_path(argv[0]) if argv else "") in SHELLS:
+        if name in SHELLS or os.path.basename(_event_text(argv[0]) if argv else "") in SHELLS:
             if not self.policy.process.allow_shell:
                 raise self._fail(ops.PROC_EXEC, f"{exe} (shell)", "shells are not allowed (allowShell is false)",
                                  "process.allowShell")
@@ -630,7 +633,7 @@ class SoftHooks:
         if decide_argv is not None:
             # The command rules judge the resolved program with its arguments (trampolines
             # such as env/xargs, deniedArguments); argv[0] is replaced by what will really run.
-            line = [exe, *(_text_path(a) for a in argv[1:])]
+            line = [exe, *(_event_text(a) for a in argv[1:])]
             decision, _resolved = decide_argv(line, os.getcwd())
             if decision.allowed:
                 decision = self._git_config_decision(line, cwd, env, decision)
@@ -678,7 +681,7 @@ class SoftHooks:
         try:
             line: list[str] | None
             if is_python_command(exe):
-                line = [exe, *(_text_path(a) for a in argv[1:])]
+                line = [exe, *(_event_text(a) for a in argv[1:])]
             else:
                 line = _shebang_python(exe)
                 if line is None:
@@ -736,7 +739,7 @@ class SoftHooks:
         exe = self._resolve_exe(executable, self._path_env(env))
         python = self._exec_decision(exe, argv, args[2], env)
         # The environment is checked (and completed) in fork_exec, on the list that runs.
-        self._approved[self._get_ident()] = ([os.fsencode(_text_path(a)) for a in argv], os.fsencode(exe), python)
+        self._approved[self._get_ident()] = ([os.fsencode(_event_text(a)) for a in argv], os.fsencode(exe), python)
 
     def _on_system(self, args: tuple[Any, ...]) -> None:
         command = _shown(args)
@@ -796,9 +799,12 @@ class SoftHooks:
 
         def fork_exec(*args: Any) -> int:
             ticket = approved.pop(get_ident(), None)
-            argv = [os.fsencode(a) if isinstance(a, str) else bytes(a) for a in (args[0] or ())]
-            if ticket is None or ticket[0] != argv:
-                shown = " ".join(os.fsdecode(a) for a in argv)[:200] or "?"
+            try:
+                argv = [os.fsencode(_event_text(a)) for a in (args[0] or ())]
+            except (TypeError, ValueError):
+                argv = None  # (the Popen event refused this argv already: no ticket matches)
+            if ticket is None or argv is None or ticket[0] != argv:
+                shown = " ".join(os.fsdecode(a) for a in argv or ())[:200] or "?"
                 raise gate.deny(ops.PROC_EXEC, shown, "direct use of _posixsubprocess is not allowed",
                                 "soft.posixsubprocess", via="soft")
             rest = args[2:]
@@ -811,7 +817,9 @@ class SoftHooks:
                     raise gate.deny(ops.PROC_EXEC, os.fsdecode(ticket[1]), f"error while checking the environment: "
                                     f"{exc!r}", "soft.error", via="soft") from None
                 rest = (*rest[:3], env_list, *rest[4:])
-            return real(args[0], (ticket[1],), *rest)
+            # Exactly the argv that was judged (converted once, above): the original objects
+            # would be converted again by the real fork_exec, and could answer differently.
+            return real(argv, (ticket[1],), *rest)
 
         return fork_exec
 
@@ -886,6 +894,8 @@ class SoftHooks:
                     check(args, kwargs)
                 except _Denied as denied:
                     raise denied.exc from None
+                except _UnsafePath as exc:
+                    raise deny(_op_of(event), _shown(args), str(exc), "soft.path") from None
                 except Exception as exc:  # fail closed
                     raise deny(_op_of(event), _shown(args), f"error while deciding {event}: {exc!r}",
                                "soft.error") from None
@@ -1139,18 +1149,61 @@ def _op_of(event: str) -> str:
     return ops.FS_WRITE if event.startswith(("os.", "sqlite3.")) else "soft.event"
 
 
+class _UnsafePath(TypeError):
+    """Internal: an event argument the hooks cannot read as the C code that raised the event
+    read it (a path object whose ``__fspath__`` may answer differently the second time, a
+    mutable buffer another thread may rewrite). The hook turns it into a ``soft.path`` denial."""
+
+
+def _stdlib_path_types() -> tuple[type, ...]:
+    """The concrete ``pathlib`` classes of the standard library, when ``pathlib`` is loaded
+    (when it is not, no event argument can be one of them: nothing is imported to ask)."""
+    pathlib = sys.modules.get("pathlib")
+    if pathlib is None:
+        return ()
+    return (pathlib.PurePosixPath, pathlib.PosixPath)
+
+
+def _event_text(value: Any) -> str:
+    """The text an audit event's path (or argv) argument stands for, read exactly as the C
+    code that raised the event read it — the one conversion both sides agree on.
+
+    The C code converts its argument *once* and raises the event with the original object;
+    converting that object again here (``os.fspath``, ``str()``, ``bytes()``) would judge a
+    second answer that need not be the first (``io.FileIO(obj)`` opens what ``__fspath__``
+    said first). So: ``str``/``bytes`` are read by their content (a subclass's ``__str__``,
+    ``__bytes__`` or ``__fspath__`` is never called: C uses the content too); an object of the
+    standard library's own ``pathlib`` classes (exact type: a subclass could override
+    ``__fspath__``/``__str__``) through ``PurePath.__str__``, the string it caches; anything
+    else — a user ``os.PathLike``, a ``bytearray`` or ``memoryview`` another thread could
+    rewrite — is refused (``_UnsafePath``, rule ``soft.path``): pass ``str(path)`` instead."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is bytes:
+        return os.fsdecode(value)
+    if isinstance(value, str):
+        return str.__str__(value)  # an exact copy of the content
+    if isinstance(value, bytes):
+        return os.fsdecode(bytes.__getitem__(value, slice(None)))  # (the content, no __bytes__)
+    if kind in _stdlib_path_types():
+        import pathlib
+
+        text = pathlib.PurePath.__str__(value)
+        return text if type(text) is str else str.__str__(text)
+    raise _UnsafePath(f"a path given as {kind.__name__}, not str or bytes: its value may change between the "
+                      "conversion that acts and the one the sandbox would judge (an __fspath__ may answer "
+                      "twice); pass str(path)")
+
+
 def _text_path(path: Any) -> str:
-    if isinstance(path, (bytes, bytearray)):
-        path = os.fsdecode(bytes(path))
-    elif not isinstance(path, str):
-        path = os.fspath(path)
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-    if "\x00" in path:
+    """``_event_text`` of a path argument, which must be non-empty and free of NUL bytes."""
+    text = _event_text(path)
+    if "\x00" in text:
         raise ValueError("path contains a NUL byte")
-    if not path:
+    if not text:
         raise ValueError("empty path")
-    return str(path)
+    return text
 
 
 def _shown(args: tuple[Any, ...]) -> str:

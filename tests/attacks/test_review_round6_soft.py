@@ -45,7 +45,7 @@ KEY = "SSH-KEY-round6-4b7e"
 
 # -- 1. a path-like object that answers twice -----------------------------------------------
 TWO_FACED = """
-import io, os
+import io, os, pathlib, shutil, sqlite3
 class TwoFaced:
     \"\"\"The first __fspath__ (the C conversion that really opens) names the target; every
     later one (the hook's) names a harmless file.\"\"\"
@@ -69,11 +69,26 @@ def attempt(label, action):
 attempt("control-read", lambda: open(".env").read())
 attempt("control-write", lambda: open("output/.bashrc", "w").write("x"))
 attempt("control-mkdir", lambda: os.mkdir("output/.git/hooks"))
-attempt("control-plain", lambda: io.FileIO(TwoFaced("plain.txt", "plain.txt")).read())
+attempt("control-plain", lambda: io.FileIO("plain.txt").read())
+attempt("control-pathlib", lambda: io.FileIO(pathlib.Path("plain.txt")).read())
+attempt("control-pathlib-write", lambda: io.FileIO(pathlib.Path("output/fine"), "w").write(b"ok"))
+attempt("control-sqlite-pathlib", lambda: sqlite3.connect(pathlib.Path("output/db.sqlite")).close())
+attempt("control-rmtree-pathlib", lambda: (os.makedirs("output/tree/sub"), shutil.rmtree(pathlib.Path("output/tree"))))
 # the attacks
 attempt("fileio-read", lambda: io.FileIO(TwoFaced(".env", "plain.txt")).read())
 attempt("fileio-write", lambda: io.FileIO(TwoFaced("output/.bashrc", "output/ok1"), "w").write(b"evil"))
 attempt("fileio-gitconfig", lambda: io.FileIO(TwoFaced("output/.git/config", "output/ok3"), "w").write(b"[core]\\n"))
+# the same class: a str subclass whose __str__/__fspath__ name a decoy (C uses the content),
+# and a two-faced word in a command line (judged once, converted again to run)
+class Decoy(str):
+    def __str__(self):
+        return "output/ok5"
+    __fspath__ = __str__
+    def encode(self, *args, **kwargs):
+        return b"output/ok5"
+attempt("strsub-write", lambda: open(Decoy("output/.bashrc"), "w").write("evil"))
+attempt("strsub-mkdir", lambda: os.mkdir(Decoy("output/.git/hooks")))
+attempt("argv", lambda: __import__("subprocess").run(["/bin/echo", TwoFaced("a", "b")]))
 # (held: the os.* path events get the converted path, not the object)
 attempt("mkdir", lambda: os.mkdir(TwoFaced("output/.git/hooks", "output/ok2")))
 open("output/staged", "w").write("#!/bin/sh\\n")
@@ -108,14 +123,15 @@ def test_two_faced_pathlike_controls_are_refused(tmp_path: Path) -> None:
     assert got["control-read"].startswith("blocked"), proc.stdout + proc.stderr
     assert got["control-write"].startswith("blocked"), proc.stdout + proc.stderr
     assert got["control-mkdir"].startswith("blocked"), proc.stdout + proc.stderr
-    assert got["control-plain"].startswith("DONE"), proc.stdout + proc.stderr
+    # the honest spellings work: a str, and the standard library's own pathlib objects
+    for label in ("control-plain", "control-pathlib", "control-pathlib-write", "control-sqlite-pathlib",
+                  "control-rmtree-pathlib"):
+        assert got[label].startswith("DONE"), proc.stdout + proc.stderr
     # os.mkdir / os.rename with the same two-faced object hold (judged on the converted path)
     assert got["mkdir"].startswith("blocked"), proc.stdout + proc.stderr
     assert got["rename"].startswith("blocked"), proc.stdout + proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="hole: for io.FileIO(pathlike) the hooks call __fspath__ a second "
-                   "time and judge that answer; only os.open's wrapper converts once")
 def test_two_faced_pathlike_cannot_read_dotenv_or_write_hooks(tmp_path: Path) -> None:
     home, ws = _two_faced_world(tmp_path)
     script = tmp_path / "agent.py"
@@ -129,8 +145,13 @@ def test_two_faced_pathlike_cannot_read_dotenv_or_write_hooks(tmp_path: Path) ->
     assert not (ws / "output" / ".bashrc").exists()
     assert not (ws / "output" / ".git" / "config").exists()
     assert not leaks, leaks
+    for label in ("fileio-read", "fileio-write", "fileio-gitconfig", "argv"):
+        assert got[label] == "blocked soft.path", proc.stdout + proc.stderr
+    for label in ("strsub-write", "strsub-mkdir"):  # judged on the content, which is denied
+        assert got[label].startswith("blocked mandatory.denyWrite"), proc.stdout + proc.stderr
+    assert not (ws / "output" / ".git" / "hooks").exists()
     # and the audit log never says "allow" for a decoy the process did not touch
-    decoys = [e for e in audit_lines(home) if str(e.get("target", "")).endswith(("/ok1", "/ok3"))]
+    decoys = [e for e in audit_lines(home) if str(e.get("target", "")).endswith(("/ok1", "/ok3", "/ok5"))]
     assert not decoys, decoys
 
 
