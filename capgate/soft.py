@@ -1179,7 +1179,7 @@ def _event_text(value: Any) -> str:
     rewrite — is refused (``_UnsafePath``, rule ``soft.path``): pass ``str(path)`` instead."""
     kind = type(value)
     if kind is str:
-        return value
+        return str.__str__(value)  # (itself: the same object, typed)
     if kind is bytes:
         return os.fsdecode(value)
     if isinstance(value, str):
