@@ -45,10 +45,11 @@ What is routed, and how:
   the gate about each real destination. ``socket.getaddrinfo`` and the other name lookups are
   denied (a DNS query is an exfiltration channel) except for the proxy's own host. Unix-socket
   connects need a listed socket (``network.allowedUnixSockets``). Binding inet sockets
-  (listening) is denied, except a bind of a loopback IP literal to port 0 — a capability probe
-  (urllib3's ``HAS_IPV6``) — done on a socket first made deaf (a locked drop-all socket
-  filter: it can ``listen`` but never accept or receive; there is no ``listen`` event to
-  judge). Binding a unix socket is a write of its path. Raw, packet and netlink
+  (listening) is denied. A bind of a loopback IP literal to port 0 — a capability probe
+  (urllib3's ``HAS_IPV6``) — is not logged as a denial (rule ``soft.bindProbe``) but fails
+  with ``EADDRNOTAVAIL`` as on a host without that address: nothing is ever bound, so there
+  is no socket to ``listen`` on (which raises no event to judge). Binding a unix socket is a
+  write of its path. Raw, packet and netlink
   sockets are denied.
 * Processes: ``subprocess.Popen``, ``os.exec*``, ``os.posix_spawn[p]`` are ``proc.exec`` of the
   *resolved* executable (found on the PATH the child will really use); any shell needs
@@ -567,14 +568,17 @@ class SoftHooks:
             return
         target = "bind " + _shown((address,))
         if _loopback_port_zero(address):
-            # A capability probe (urllib3's HAS_IPV6: bind ("::1", 0), then close). The bind
-            # happens, on a socket made deaf first: it can never serve.
-            _deafen(sock)
+            # A capability probe (urllib3's HAS_IPV6: bind ("::1", 0), then close): answered as
+            # a host without that address would answer it, and nothing is bound — no socket
+            # of this process ever gets a local address to serve on. Logged as the probe it
+            # is (allowed, rule soft.bindProbe), so the summary does not count a denial.
+            import errno
+
             self.gate.record(ops.NET_CONNECT, target, Decision.allow(
-                "a loopback bind to port 0 (a capability probe); the socket is deaf: a locked filter "
-                "drops every packet, so it can accept no connection and receive nothing",
-                "soft.bindProbe", target), via="soft")
-            return
+                "a loopback bind to port 0 (a capability probe): answered 'address not available' "
+                "(EADDRNOTAVAIL); nothing was bound, so no server", "soft.bindProbe", target), via="soft")
+            raise _Denied(OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (soft sandbox: "
+                                  "capability probe answered, nothing bound)"))
         raise self._fail(ops.NET_CONNECT, target,
                          "listening on network sockets is not allowed in the soft sandbox", "soft.listen")
 
@@ -1229,32 +1233,6 @@ def _loopback_port_zero(address: Any) -> bool:
         return ipaddress.ip_address(address[0]).is_loopback
     except ValueError:
         return False
-
-
-_SO_ATTACH_FILTER = 26
-_SO_LOCK_FILTER = 44
-_BPF_RET_K = 0x06  # BPF_RET | BPF_K
-
-
-def _deafen(sock: Any) -> None:
-    """Make an inet socket deaf for good, before it is bound: attach a classic socket filter
-    that accepts nothing (``ret #0``) and lock it (``SO_LOCK_FILTER``: the filter can then be
-    neither removed nor replaced, by anyone). Every packet for the socket is dropped before
-    the protocol sees it — TCP SYNs too — so once bound it can ``listen`` but never accept a
-    connection, and never receive a datagram. The calls go to the C socket type (a subclass
-    cannot point them at another descriptor); any failure is an error, so the bind is denied."""
-    import _socket
-    import array
-    import struct
-
-    base = _socket.socket
-    if base.getsockopt(sock, _socket.SOL_SOCKET, _socket.SO_DOMAIN) not in (_AF_INET, _AF_INET6):
-        raise ValueError("not an inet socket")
-    code = array.array("B", struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0))  # struct sock_filter
-    address, _count = code.buffer_info()
-    program = struct.pack("@HP", 1, address)  # struct sock_fprog (code kept alive above)
-    base.setsockopt(sock, _socket.SOL_SOCKET, _SO_ATTACH_FILTER, program)
-    base.setsockopt(sock, _socket.SOL_SOCKET, _SO_LOCK_FILTER, 1)
 
 
 def _fd_path(fd: int) -> str:
