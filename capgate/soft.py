@@ -20,7 +20,12 @@ What is routed, and how:
   ``O_TRUNC`` included: the hooks cannot replace the name as ``fs`` does), ``os.truncate``,
   ``chmod/chown/utime``, xattrs, ``sqlite3.connect`` and the source of ``os.link``. The link
   count comes from an ``fstat`` of the descriptor the lookup opens anyway (``O_PATH`` or
-  ``openat2``); ``os.open``'s wrapper checks the descriptor it returns too. Removing or renaming
+  ``openat2``); ``os.open``'s wrapper checks the descriptor it returns too.
+* ``os.open`` is judged twice: by name in the hook, then on the descriptor it returned (the
+  path ``/proc/self/fd`` names, and its link count), so a ``dir_fd`` number ``dup2``-ed to
+  another directory, a ``chdir`` or a swapped symlink between the two is refused; a refused
+  descriptor is closed, a file that open created is removed, and ``O_TRUNC`` is applied only
+  after the second check (see ``os_open_guard``). Removing or renaming
   a hard link acts on the name only and is judged as any name.
 * ``os.listdir/scandir`` (read); ``os.mkdir``, ``os.chmod/chown/utime/truncate``,
   ``os.setxattr/removexattr`` (write; on a descriptor, the file it refers to);
@@ -103,9 +108,10 @@ What this does NOT do — it is a seat belt, not isolation (``SOFT_SANDBOX=true`
   (``CFUNCTYPE(...)(address)``): code that computes libc addresses can call anything.
 * Check and use are not one object: a path is judged, then the interpreter opens it by name, so
   a concurrent symlink swap (by another thread or process) can race the check. For hard links
-  the window is narrower: ``os.open`` (and ``capgate.fs``, built on it here) re-checks the
-  descriptor it opened; builtin ``open`` is judged on the object the lookup found, and a hard
-  link renamed over that name in the microseconds before the real open is not seen.
+  the window is narrower, and ``os.open`` (and ``capgate.fs``, built on it here) re-checks the
+  descriptor it opened (path and links) before returning it; builtin ``open`` is judged on the
+  object the lookup found, and a link renamed over that name (or a ``chdir`` by another
+  thread) in the microseconds before the real open is not seen.
 * Python code in the process can reach the hook's objects through frames and closures and
   undo them (the wrapped ``os``/``signal`` functions keep the real ones in a closure, and the
   no-symlink path lookup keeps a ctypes libc ``syscall``); a determined program written
@@ -140,6 +146,7 @@ SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _AT_FDCWD = -100
 _O_PATH = getattr(os, "O_PATH", 0)
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0) or -1  # (-1: no flag set has it)
 _S_IFMT = 0o170000
 _S_IFREG = 0o100000
 # The real os.open, kept before ``install`` replaces it with ``SoftHooks.os_open_guard``: the
@@ -201,6 +208,8 @@ class SoftHooks:
         self._approved: dict[int, tuple[list[bytes], bytes, bool]] = {}
         # thread -> (path, dir_fd) of the os.open in flight (os_open_guard), for the event
         self._open_hints: dict[int, tuple[Any, int | None]] = {}
+        # thread -> the canonical path the hook judged for that os.open (``_recheck_opened``)
+        self._open_judged: dict[int, str] = {}
         # What a Python program started from here must carry to boot these hooks itself
         # (None: not started by the launcher, nothing to carry). See _python_env_problems.
         self._python_env: dict[str, str] | None = None
@@ -395,6 +404,8 @@ class SoftHooks:
         # The common case (builtin open, io.open_code, absolute os.open): resolve the name
         # as the open will, relative to the real cwd, without building an absolute path.
         canonical, links = _lookup_here(text)
+        if mode is None:  # os.open: its wrapper checks the descriptor against this path
+            self._open_judged[self._get_ident()] = canonical
         if links == 1:
             log = self._memo.get((op, canonical))
             if log is not None:
@@ -410,12 +421,14 @@ class SoftHooks:
         hint = self._open_hints.get(self._get_ident())
         if hint is not None and hint[0] is path:
             dir_fd = hint[1]
+            found: tuple[str, int] | None
             if dir_fd is None or dir_fd == _AT_FDCWD:
-                self._decide(op, *_lookup_here(text))
-                return
-            found = _opened(text, dir_fd)
-            if found is None:  # does not exist yet (O_CREAT): the directory's path + the name
-                found = _resolved(_fd_path(dir_fd).rstrip("/") + "/" + text)
+                found = _lookup_here(text)
+            else:
+                found = _opened(text, dir_fd)
+                if found is None:  # does not exist yet (O_CREAT): the directory's path + the name
+                    found = _resolved(_fd_path(dir_fd).rstrip("/") + "/" + text)
+            self._open_judged[self._get_ident()] = found[0]
             self._decide(op, *found)
             return
         self._check(op, text)
@@ -830,15 +843,20 @@ class SoftHooks:
     def os_open_guard(self, real: Callable[..., int]) -> Callable[..., int]:
         """Wrap ``os.open`` (= ``posix.open``): its audit event gives the name but not the
         ``dir_fd``, so the wrapper tells the hook, for this thread's call in flight, which
-        directory a relative name is in (``_on_relative_os_open``). The name and ``dir_fd``
-        are converted once, here, and exactly those values are passed on: an ``__fspath__``
-        or ``__index__`` that answers differently the second time changes nothing.
+        directory a relative name is in (``_on_relative_os_open``). The name, flags, mode and
+        ``dir_fd`` are converted once, here, and exactly those values are passed on: an
+        ``__fspath__`` or ``__index__`` that answers differently the second time changes nothing.
 
-        After the open, the descriptor itself gets the gate's hard-link rule (``fs`` does the
-        same on the descriptor it opened): a hard link swapped in between the hook's look at
-        the name and the open is refused before the caller gets a byte. (A write that
-        truncated has truncated by then; see the module docstring.)"""
+        The hook judges a *name*; between its look and the real ``openat`` another thread can
+        ``dup2`` another directory onto the ``dir_fd`` number, ``chdir``, or swap a symlink or
+        a hard link in. So the descriptor the open returns is judged again on the file it
+        really is (``_recheck_opened``), and nothing irreversible happens before that: a
+        truncating open truncates only once the recheck allows it (``ftruncate``), and a file
+        the open created is removed again when it is refused (a creating open without
+        ``O_EXCL`` is done as "open, else create exclusively", so the wrapper knows whether
+        it created the file — an existing file is never removed)."""
         hints = self._open_hints
+        judged = self._open_judged
         get_ident = self._get_ident
         busy = self._busy
 
@@ -848,20 +866,30 @@ class SoftHooks:
                 return real(path, flags, mode, dir_fd=dir_fd)
             name = os.fspath(path)
             name = str.__str__(name) if isinstance(name, str) else bytes(name)
-            base = None if dir_fd is None else int(operator.index(dir_fd))
+            flags = int.__index__(operator.index(flags))
+            mode = int.__index__(operator.index(mode))
+            base = None if dir_fd is None else int.__index__(operator.index(dir_fd))
+            if flags & _O_PATH:  # (reads and changes nothing: see _on_open)
+                return real(name, flags, mode, dir_fd=base)
+            truncate = bool(flags & os.O_TRUNC) and flags & os.O_ACCMODE != os.O_RDONLY
+            first = flags & ~os.O_TRUNC if truncate else flags
             hints[ident] = (name, base)
+            judged.pop(ident, None)
             try:
-                fd = real(name, flags, mode, dir_fd=base)
+                if flags & os.O_CREAT and not flags & os.O_EXCL:
+                    fd, created = _open_or_create(real, name, first, mode, base)
+                else:
+                    fd, created = real(name, first, mode, dir_fd=base), bool(flags & os.O_CREAT)
             finally:
                 hints.pop(ident, None)
-            if flags & _O_PATH:
-                return fd
-            try:
-                links = _links(fd)
-            except OSError:
-                links = 1
-            if links > 1:
-                self._refuse_opened_hard_link(fd, name, flags, links)
+            self._recheck_opened(fd, name, flags, created, judged.pop(ident, None))
+            if truncate:
+                try:
+                    if os.fstat(fd).st_mode & _S_IFMT == _S_IFREG:
+                        os.ftruncate(fd, 0)
+                except BaseException:
+                    os.close(fd)
+                    raise
             return fd
 
         open.__name__ = open.__qualname__ = "open"
@@ -869,17 +897,39 @@ class SoftHooks:
         open.__module__ = getattr(real, "__module__", "posix")
         return open
 
-    def _refuse_opened_hard_link(self, fd: int, name: Any, flags: int, links: int) -> None:
-        """Close ``fd`` (a regular file with ``links`` names) and raise the gate's denial."""
-        try:
-            shown = self.gate.show(_fd_path(fd))
-        except ValueError:
-            shown = _shown((name,))
-        finally:
-            os.close(fd)
+    def _recheck_opened(self, fd: int, name: Any, flags: int, created: bool, judged: str | None) -> None:
+        """Judge ``fd`` (just returned by ``os.open``) on the path it really has
+        (``/proc/self/fd``) and its link count, unless that is the path the hook judged and
+        the file has one name. On a denial (or an error while deciding: fail closed) close
+        it, remove the file if this open ``created`` it, and raise the denial."""
         op = _FS_WRITE if flags & _WRITE_FLAGS else _FS_READ
-        decision = hard_link_denial(shown, links)
-        raise self._deny(op, shown, decision.reason, decision.rule)
+        ident = self._get_ident()
+        busy = self._busy
+        busy.add(ident)
+        try:
+            try:
+                links = _links(fd)
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.endswith(" (deleted)") and flags & _O_TMPFILE == _O_TMPFILE:
+                    target = target[: -len(" (deleted)")].rsplit("/", 1)[0] or "/"  # (its directory)
+                elif not target.startswith("/"):
+                    return  # not a path (a pipe or socket reopened through /proc/self/fd): judged by name
+                elif target.endswith(" (deleted)"):
+                    raise ValueError("the file was removed while it was being opened")
+                if target == judged and links == 1:
+                    return
+                self._decide(op, target, links)
+            except _Denied as denied:
+                refusal: BaseException = denied.exc
+            except Exception as exc:
+                refusal = self._deny(op, _shown((name,)), f"error while checking the opened file: {exc!r}",
+                                     "soft.error")
+            else:
+                return
+            _undo_open(fd, created)
+            raise refusal
+        finally:
+            busy.discard(ident)
 
     # -- functions that raise no audit event ------------------------------------------
     def guard(self, event: str, check: Callable[[tuple[Any, ...], dict[str, Any]], None],
@@ -1233,6 +1283,39 @@ def _loopback_port_zero(address: Any) -> bool:
         return ipaddress.ip_address(address[0]).is_loopback
     except ValueError:
         return False
+
+
+def _open_or_create(real: Callable[..., int], name: Any, flags: int, mode: int,
+                    dir_fd: int | None) -> tuple[int, bool]:
+    """``open(name, flags)`` with ``O_CREAT`` and without ``O_EXCL``, done so that the caller
+    knows whether it created the file: open the existing file, else create it exclusively
+    (a file that appears in between is opened on the next round). Returns (fd, created)."""
+    while True:
+        try:
+            return real(name, flags & ~os.O_CREAT, mode, dir_fd=dir_fd), False
+        except FileNotFoundError:
+            pass
+        try:
+            return real(name, flags | os.O_EXCL, mode, dir_fd=dir_fd), True
+        except FileExistsError:
+            continue
+
+
+def _undo_open(fd: int, created: bool) -> None:
+    """Close a refused descriptor; when its open created the file, remove that file again —
+    by the name it has now, and only while that name is still this very file."""
+    try:
+        if created:
+            mine = os.fstat(fd)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.startswith("/") and not path.endswith(" (deleted)"):
+                there = os.stat(path, follow_symlinks=False)
+                if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _fd_path(fd: int) -> str:

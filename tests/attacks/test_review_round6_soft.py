@@ -429,9 +429,60 @@ def test_dir_fd_open_of_a_denied_name_is_refused_control(tmp_path: Path) -> None
     assert "control blocked mandatory.denyWrite" in proc.stdout, proc.stdout + proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="race: os.open's dir_fd hint is a descriptor number; a dup2 from another "
-                   "thread between the hook's lookup and the real openat creates output/.git/config")
 def test_dir_fd_cannot_be_swapped_under_the_check(tmp_path: Path) -> None:
     ws, proc = _dir_fd_race(tmp_path)
     assert "race " in proc.stdout, proc.stdout + proc.stderr
     assert not (ws / "output" / ".git" / "config").exists(), proc.stdout
+
+
+TRUNC_RACE = """
+import os, sys, tempfile, threading
+sys.setswitchinterval(1e-6)
+# controls: the honest uses of os.open that the recheck must leave alone
+fd = os.open("output/new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644); os.write(fd, b"new"); os.close(fd)
+open("output/old", "w").write("old content")
+fd = os.open("output/old", os.O_WRONLY | os.O_TRUNC); os.close(fd)
+with tempfile.TemporaryFile(dir="output") as fh:  # O_TMPFILE where the kernel has it
+    fh.write(b"x"); fh.seek(0); tmp_ok = fh.read() == b"x"
+print("controls", open("output/new").read(), os.path.getsize("output/old"), tmp_ok, flush=True)
+good = os.open("output", os.O_RDONLY)
+bad = os.open("output/.git", os.O_RDONLY)
+slot = os.dup(good)
+stop = []
+def flip():
+    while not stop:
+        os.dup2(bad, slot)
+        os.dup2(good, slot)
+t = threading.Thread(target=flip)
+t.start()
+refused = 0
+for _ in range(3000):
+    try:
+        os.close(os.open("config", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=slot))
+    except PermissionError:
+        refused += 1
+stop.append(1)
+t.join()
+print("refused", refused, flush=True)
+"""
+
+
+def test_dir_fd_race_never_truncates_or_removes_an_existing_file(tmp_path: Path) -> None:
+    """The recheck after the open acts before anything irreversible: a refused O_TRUNC open of
+    an existing protected file leaves its bytes, and the refused open (which did not create
+    the file) does not remove it. The controls: creating, truncating and O_TMPFILE opens in an
+    allowed place work."""
+    home = empty_home(tmp_path)
+    ws = tmp_path / "ws"
+    (ws / "output" / ".git").mkdir(parents=True)
+    config = ws / "output" / ".git" / "config"
+    config.write_text("[core]\n\tbare = false\n")
+    (ws / "output" / "config").write_text("allowed\n")
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent(TRUNC_RACE))
+    proc = capgate_run(["run", "--workspace", str(ws), "--", PY, str(script)], home=home, cwd=ws)
+    assert "controls new 0 True" in proc.stdout, proc.stdout + proc.stderr
+    assert "refused " in proc.stdout, proc.stdout + proc.stderr
+    assert config.read_text() == "[core]\n\tbare = false\n"
+    refused = int(proc.stdout.split("refused ", 1)[1].split()[0])
+    assert refused > 0, proc.stdout  # the race was run: some opens landed in .git and were refused
