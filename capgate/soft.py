@@ -62,6 +62,12 @@ What is routed, and how:
   wrapper that only runs what a ``subprocess.Popen`` event just approved, on the resolved path
   that was checked; importing or reloading the real module again is denied. ``os.fork`` is
   allowed (the forked process keeps these hooks).
+* git: a command line naming git (also behind a trampoline) runs with capgate's git
+  overrides (``cmdrules.GIT_ENV``: ``core.hooksPath=/dev/null``, no fsmonitor, pager, editor
+  or credential helper), as ``proc.run``'s git does: a ``Popen`` gets them put in place of
+  whatever its environment says; ``os.exec*``/``posix_spawn`` (environment already
+  converted) must carry them (the launcher gives them to the whole tree), else refused
+  (``soft.git``). The repository's configuration is checked first (``capgate.gitconfig``).
 * Python grandchildren: when the program that will run is a Python interpreter (by name,
   this interpreter under another name, or a script whose ``#!`` line runs one), ``-I``/``-E``/
   ``-S`` are refused (the launcher's own check, ``python_script_index``), and its environment
@@ -164,7 +170,7 @@ _MODULES_DENIED_AFTER_BOOT = frozenset({"_posixsubprocess", "posix", "_signal"})
 _FS_READ = ops.FS_READ
 _FS_WRITE = ops.FS_WRITE
 _MEMO_MAX = 16384  # remembered allowed decisions; the table is emptied when full
-_ENV_PREFIXES = ("PYTHON", "CAPGATE_")
+_ENV_PREFIXES = ("PYTHON", "CAPGATE_", "GIT_")  # (GIT_: _check_exec_git_env)
 # PYTHON* variables that cannot make an interpreter skip or replace its start-up (site,
 # sitecustomize, the stdlib it loads, where it writes bytecode): a Python program started in
 # the sandbox may set these freely. Every other PYTHON* variable, and CAPGATE_*, must be
@@ -205,7 +211,8 @@ class SoftHooks:
         self.proxy = proxy
         self._busy: set[int] = set()  # thread idents currently deciding (re-entrancy)
         # thread -> (argv, resolved program, runs Python) of the Popen just approved
-        self._approved: dict[int, tuple[list[bytes], bytes, bool]] = {}
+        # thread -> (argv, resolved program, runs Python, names git) of the Popen just approved
+        self._approved: dict[int, tuple[list[bytes], bytes, bool, bool]] = {}
         # thread -> (path, dir_fd) of the os.open in flight (os_open_guard), for the event
         self._open_hints: dict[int, tuple[Any, int | None]] = {}
         # thread -> the canonical path the hook judged for that os.open (``_recheck_opened``)
@@ -675,6 +682,7 @@ class SoftHooks:
         workdir = os.getcwd() if cwd is None else _canonical(self._absolute(cwd))
         child_env = dict(os.environ) if env is None else {
             os.fsdecode(_raw_bytes(k)): os.fsdecode(_raw_bytes(v)) for k, v in env.items()}
+        child_env.update(_git_env())  # what that git will run with (see _with_git_env)
         rules = self.gate.command_rules
         approved = self._approved
         ident = self._get_ident()
@@ -683,7 +691,7 @@ class SoftHooks:
             return line[0] if word == line[0] else rules.allowed_executable(word, workdir)
 
         def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-            approved[ident] = ([os.fsencode(a) for a in cmd], os.fsencode(cmd[0]), False)
+            approved[ident] = ([os.fsencode(a) for a in cmd], os.fsencode(cmd[0]), False, True)
             try:
                 return subprocess.run(cmd, **kwargs)
             finally:
@@ -749,14 +757,34 @@ class SoftHooks:
                              "a plain dict as its environment", "soft.python")
         self._python_env_problems(exe, _env_dict(env.items()), fill=False)
 
+    def _check_exec_git_env(self, exe: str, argv: Sequence[Any], env: Any) -> None:
+        """os.exec*/posix_spawn of a command line naming git: the environment is already
+        converted, so capgate's git overrides (``GIT_ENV``: no repository hooks, no fsmonitor,
+        no pager...) cannot be put in; it must carry them (the launcher gives them to the
+        whole tree, so the inherited environment does), else the start is refused."""
+        if not _names_git(exe, [os.fsencode(_event_text(a)) for a in argv]):
+            return
+        if env is None:
+            have: Mapping[str, str] = self._c_env
+        elif type(env) is dict:
+            have = _env_dict(env.items())
+        else:
+            have = {}
+        wrong = sorted(k for k, v in _git_env().items() if have.get(k) != v)
+        if wrong:
+            raise self._fail(ops.PROC_EXEC, exe, "git started in the soft sandbox must run with capgate's git "
+                             f"overrides (GIT_ENV: {', '.join(wrong[:4])} missing or changed); keep the "
+                             "inherited environment, or use subprocess, which puts them in", "soft.git")
+
     def _on_popen(self, args: tuple[Any, ...]) -> None:
         executable, argv, _cwd, env = args[0], list(args[1] or ()), args[2], args[3]
         if executable is None:
             executable = argv[0] if argv else ""
         exe = self._resolve_exe(executable, self._path_env(env))
         python = self._exec_decision(exe, argv, args[2], env)
+        words = [os.fsencode(_event_text(a)) for a in argv]
         # The environment is checked (and completed) in fork_exec, on the list that runs.
-        self._approved[self._get_ident()] = ([os.fsencode(_event_text(a)) for a in argv], os.fsencode(exe), python)
+        self._approved[self._get_ident()] = (words, os.fsencode(exe), python, _names_git(exe, words))
 
     def _on_system(self, args: tuple[Any, ...]) -> None:
         command = _shown(args)
@@ -771,6 +799,7 @@ class SoftHooks:
         env = args[2] if len(args) > 2 else None
         if self._exec_decision(exe, argv, None, env if isinstance(env, dict) else None):
             self._check_exec_env(exe, env)
+        self._check_exec_git_env(exe, argv, env)
 
     def _on_spawn(self, args: tuple[Any, ...]) -> None:
         path, argv = args[0], list(args[1] or ())
@@ -778,6 +807,7 @@ class SoftHooks:
         env = args[2] if len(args) > 2 else None
         if self._exec_decision(exe, argv, None, env if isinstance(env, dict) else None):
             self._check_exec_env(exe, env)
+        self._check_exec_git_env(exe, argv, env)
 
     def _on_putenv(self, args: tuple[Any, ...]) -> None:
         name = os.fsdecode(args[0])
@@ -825,6 +855,8 @@ class SoftHooks:
                 raise gate.deny(ops.PROC_EXEC, shown, "direct use of _posixsubprocess is not allowed",
                                 "soft.posixsubprocess", via="soft")
             rest = args[2:]
+            if ticket[3] and len(rest) > 3:  # git: capgate's overrides, as proc.run gives them
+                rest = (*rest[:3], _with_git_env(rest[3]), *rest[4:])
             if ticket[2] and len(rest) > 3:  # (close_fds, pass_fds, cwd, env_list, ...)
                 try:
                     env_list = self._fork_exec_env(os.fsdecode(ticket[1]), rest[3])
@@ -1174,6 +1206,30 @@ def _env_dict(pairs: Any) -> dict[str, str]:
             raise ValueError(f"{name} is given twice in the environment")
         out[name] = os.fsdecode(_raw_bytes(value))
     return out
+
+
+def _git_env() -> dict[str, str]:
+    """capgate's git overrides (``capgate.cmdrules.GIT_ENV``), imported on first use."""
+    from capgate.cmdrules import GIT_ENV
+
+    return GIT_ENV
+
+
+def _names_git(exe: str, argv: Sequence[bytes]) -> bool:
+    """Whether a command line runs git, also behind a trampoline (``env git``, ``timeout 5
+    git``): ``proc.run``'s rule for giving a command ``GIT_ENV`` (``gitconfig.git_in_argv``)."""
+    return os.path.basename(exe) == "git" or any(os.path.basename(a) == b"git" for a in argv)
+
+
+def _with_git_env(env_list: Any) -> list[bytes]:
+    """The environment list ``fork_exec`` hands a git (None: the inherited environment), with
+    capgate's ``GIT_ENV`` values in place of any the program set or left out — the same
+    overrides ``proc.run``'s git gets (``child_env.update(GIT_ENV)``)."""
+    entries = [k + b"=" + v for k, v in os.environb.items()] if env_list is None else \
+        [_raw_bytes(e) for e in env_list]
+    ours = {os.fsencode(k): os.fsencode(v) for k, v in _git_env().items()}
+    kept = [e for e in entries if e.partition(b"=")[0] not in ours]
+    return kept + [k + b"=" + v for k, v in ours.items()]
 
 
 def _pidfd_target(fd: Any) -> int:

@@ -374,9 +374,6 @@ def test_git_status_in_a_repository_without_hooks_runs_control(tmp_path: Path, v
 
 
 @pytest.mark.parametrize("via_child", [False, True], ids=["launched-git", "child-git"])
-@pytest.mark.xfail(strict=True, reason="hole: a launched or child git runs the repository's .git/hooks "
-                   "(post-index-change on git status); the git check lists only configuration and these "
-                   "gits lack GIT_ENV's core.hooksPath=/dev/null")
 def test_git_status_does_not_run_the_repositorys_hook(tmp_path: Path, via_child: bool) -> None:
     ws, marker = _hostile_repo(tmp_path, hook=True)
     proc = _git_status(tmp_path, ws, via_child)
@@ -486,3 +483,41 @@ def test_dir_fd_race_never_truncates_or_removes_an_existing_file(tmp_path: Path)
     assert config.read_text() == "[core]\n\tbare = false\n"
     refused = int(proc.stdout.split("refused ", 1)[1].split()[0])
     assert refused > 0, proc.stdout  # the race was run: some opens landed in .git and were refused
+
+
+GIT_CHILD_ENVS = """
+import os, subprocess, sys
+path = os.environ["PATH"]
+# a Popen with an environment of its own: the hooks put capgate's git overrides back
+subprocess.run(["git", "status", "--short"], env={"PATH": path, "HOME": os.environ["HOME"]})
+# ... also over values the program set itself
+subprocess.run(["git", "status", "--short"], env={**os.environ, "GIT_CONFIG_COUNT": "0"})
+git = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True).stdout.strip() or "/usr/bin/git"
+# posix_spawn/exec cannot be given them: an environment without them is refused
+try:
+    pid = os.posix_spawn(git, ["git", "status", "--short"], {"PATH": path})
+    os.waitpid(pid, 0)
+    print("spawn-stripped RAN", flush=True)
+except PermissionError as exc:
+    print("spawn-stripped blocked", exc.rule, flush=True)
+pid = os.posix_spawn(git, ["git", "status", "--short"], dict(os.environ))
+print("spawn-inherited", os.waitpid(pid, 0)[1], flush=True)
+"""
+
+
+def test_git_a_child_starts_with_its_own_environment_gets_the_overrides(tmp_path: Path) -> None:
+    """Popen with ``env=`` (no GIT_* at all, or GIT_CONFIG_COUNT=0) still runs git with capgate's
+    overrides, so the repository's hook never runs; ``os.posix_spawn`` with an environment
+    lacking them is refused (``soft.git``), and with the inherited one runs (the control)."""
+    ws, marker = _hostile_repo(tmp_path, hook=True)
+    home = empty_home(tmp_path)
+    policy = write_policy(ws, {"filesystem": {"write": ["."]},
+                               "process": {"allowShell": True,
+                                           "allowedCommands": ["git", "sh", os.path.realpath(PY)]}})
+    script = tmp_path / "agent.py"
+    script.write_text(GIT_CHILD_ENVS)
+    proc = capgate_run(["run", "--workspace", str(ws), "--policy", str(policy), "--allow-user-expansion", "--",
+                        PY, str(script)], home=home, cwd=ws)
+    assert "spawn-stripped blocked soft.git" in proc.stdout, proc.stdout + proc.stderr
+    assert "spawn-inherited 0" in proc.stdout, proc.stdout + proc.stderr
+    assert not marker.exists(), proc.stdout + proc.stderr
