@@ -314,8 +314,6 @@ def test_home_stays_unreadable_to_a_native_child_control(tmp_path: Path) -> None
 
 
 @needs_system_python
-@pytest.mark.xfail(strict=True, reason="hole: _interpreter_roots adds a Python's whole prefix; installed with "
-                   "--prefix=$HOME that is HOME, so the kernel layer lets a native child read ~/.ssh")
 def test_interpreter_prefix_in_home_does_not_open_home(tmp_path: Path) -> None:
     home = _home_with_key(tmp_path)
     # A Python installed with ./configure --prefix=$HOME: ~/bin/python3.11 and ~/lib/python3.11
@@ -521,3 +519,28 @@ def test_git_a_child_starts_with_its_own_environment_gets_the_overrides(tmp_path
     assert "spawn-stripped blocked soft.git" in proc.stdout, proc.stdout + proc.stderr
     assert "spawn-inherited 0" in proc.stdout, proc.stdout + proc.stderr
     assert not marker.exists(), proc.stdout + proc.stderr
+
+
+@needs_system_python
+def test_interpreter_root_holding_a_denied_path_is_refused(tmp_path: Path) -> None:
+    """What the interpreter needs is narrow (its binary, its lib/python3.N, libpython), but
+    when even that holds a path the policy denies reading, the run is refused with a clear
+    message instead of opening it to every native program (Landlock has no deny patterns)."""
+    home = empty_home(tmp_path)
+    prefix = tmp_path / "py"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "lib" / "python3.11").mkdir(parents=True)
+    shutil.copy2(SYSTEM_PY, prefix / "bin" / "python3.11")
+    (prefix / "lib" / "python3.11" / "os.py").write_text("")
+    (prefix / "lib" / "python3.11" / "secrets-dir").mkdir()
+    ws = tmp_path / "ws"
+    (ws / "output").mkdir(parents=True)
+    denied = write_policy(ws, {"filesystem": {"denyRead": [str(prefix / "lib" / "python3.11" / "secrets-dir")]}})
+    proc = capgate_run(["run", "--workspace", str(ws), "--policy", str(denied), "--",
+                        str(prefix / "bin" / "python3.11"), "-c", "print('ran')"], home=home, cwd=ws)
+    assert proc.returncode == 125, proc.stdout + proc.stderr
+    assert "would make" in proc.stderr and "secrets-dir" in proc.stderr, proc.stderr
+    # the control: without that deny entry the same interpreter's roots are accepted
+    control = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--",
+                           str(prefix / "bin" / "python3.11"), "-c", "print('ran')"], home=home, cwd=ws)
+    assert control.returncode == 0, control.stdout + control.stderr
