@@ -1,7 +1,6 @@
 """Review round 6 (adversarial, soft sandbox): holes found in today's soft-sandbox code, each a
-real ``capgate run`` child. Every hole is ``xfail(strict=True)`` so the suite stays green until
-it is fixed (then the test XPASSes, fails, and the marker is removed); each has a benign
-control beside it that passes today.
+real ``capgate run`` child. All five are fixed; the tests stay as regression tests, each with
+a benign control beside it (and a few added for the rest of each hole's class).
 
 1. An ``os.PathLike`` whose ``__fspath__`` answers differently the second time: the C code
    converts the path once and raises the audit event with the *original object*; the hooks
