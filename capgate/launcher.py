@@ -38,10 +38,11 @@ import dataclasses
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -104,8 +105,17 @@ SYSTEM_FILES: tuple[str, ...] = (
 _DEVICES_READ = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
 
 
+# Directories of SYSTEM_FILES not looked into file by file (large, and public by what they
+# are): package-managed trees under /usr and the certificate stores (their private keys live
+# in ssl/private and pki/*/private, which are never listed).
+_PUBLIC_TREES = ("/usr/", "/etc/ssl/certs", "/etc/pki/ca-trust", "/etc/pki/tls/certs", "/etc/ca-certificates")
+
+
 def system_files() -> tuple[str, ...]:
-    """``SYSTEM_FILES`` as canonical paths, without the existing ones other users cannot read."""
+    """``SYSTEM_FILES`` as canonical paths, without the existing ones other users cannot read.
+    A directory holding a private file (``/etc/xdg/pip/pip.conf`` mode 0600) is replaced by its
+    world-readable files, listed one by one (not looked into: the large, package-managed
+    trees in ``_PUBLIC_TREES``)."""
     out: list[str] = []
     for path in SYSTEM_FILES:
         try:
@@ -115,11 +125,35 @@ def system_files() -> tuple[str, ...]:
             continue
         except OSError:
             continue
-        if st.st_mode & 0o004:
-            real = os.path.realpath(path)
-            if real not in out:
-                out.append(real)
+        if not st.st_mode & 0o004:
+            continue
+        real = os.path.realpath(path)
+        readable = [real]
+        if stat.S_ISDIR(st.st_mode) and not real.startswith(_PUBLIC_TREES):
+            readable = _world_readable_files(real)
+        out += [r for r in readable if r not in out]
     return tuple(out)
+
+
+def _world_readable_files(directory: str) -> list[str]:
+    """``[directory]`` when everything beneath it is world-readable, else the files that are
+    (what an administrator made private stays private)."""
+    found: list[str] = []
+    private = False
+    for top, dirs, files in os.walk(directory):
+        for name in files + dirs:
+            path = os.path.join(top, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not st.st_mode & 0o004:
+                private = True
+                if name in dirs:
+                    dirs.remove(name)
+            elif stat.S_ISREG(st.st_mode):
+                found.append(os.path.realpath(path))
+    return found if private else [directory]
 
 
 class SandboxRefused(Exception):
@@ -190,10 +224,13 @@ def _existing(paths: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = ()) -> tuple[str, ...]:
+def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = (),
+                       exclude: Callable[[Sequence[str]], set[str]] | None = None) -> tuple[str, ...]:
     """Read-only roots the soft sandbox adds so that the interpreter itself works: prefixes,
     stdlib, site-packages and the other import paths of this Python, capgate's own package,
-    certificates, name-service files, ``/dev/null`` and the random devices."""
+    certificates, name-service files, ``/dev/null`` and the random devices. ``exclude``: given
+    the candidates, those to leave out (before nested roots are merged into their parents, so
+    the narrower ones inside an excluded root stay)."""
     import site  # loaded at start-up already (``sysconfig`` is not: ~5 ms, and sys.path has its paths)
 
     candidates: list[str] = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
@@ -220,6 +257,9 @@ def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = ()) -> tuple
         candidates.extend(_DEV_ROOTS)
     candidates.extend(extra)
     roots = list(_existing(candidates))
+    if exclude is not None:
+        left_out = exclude(roots)
+        roots = [r for r in roots if r not in left_out]
     roots += [f for f in system_files() if f not in roots]  # last: most reads match earlier roots
     # Drop roots nested in another root: shorter list, same meaning.
     return tuple(r for r in roots if not any(r != o and (r.startswith(o.rstrip("/") + "/")) for o in roots))
@@ -250,14 +290,77 @@ def _interpreter_roots(exe: str) -> list[str]:
                     f"{MIN_CHILD_PYTHON[0]}.{MIN_CHILD_PYTHON[1]} or newer: run the agent with a newer "
                     f"interpreter (e.g. {sys.executable})")
             break
-    roots: list[str] = []
+    xy = _python_version(real) or _python_version(exe)
+    roots: list[str] = [real]  # the binary itself, not the directory it is in (~/bin)
     prefix = os.path.dirname(os.path.dirname(real))
     if prefix != "/" and _holds_stdlib(prefix):
-        roots.append(prefix)
+        roots += _installation_files(prefix, xy)
     venv = os.path.dirname(os.path.dirname(os.path.abspath(exe)))
     if venv != "/" and os.path.isfile(os.path.join(venv, "pyvenv.cfg")):
-        roots.append(venv)
+        # The environment's own files (its configuration and site-packages), not the
+        # directory holding it: a venv made in HOME itself would otherwise open all of HOME.
+        roots.append(os.path.join(venv, "pyvenv.cfg"))
+        roots += _installation_files(venv, xy)
     return roots
+
+
+def _python_version(path: str) -> str | None:
+    """``3.N`` from an interpreter's file name (``python3.11``), or None."""
+    name = os.path.basename(path)
+    parts = name[len("python"):].split(".") if name.startswith("python") else []
+    return f"{parts[0]}.{parts[1]}" if len(parts) >= 2 and parts[0].isdecimal() and parts[1].isdecimal() else None
+
+
+def _installation_files(prefix: str, version: str | None) -> list[str]:
+    """What an interpreter installed under ``prefix`` reads from it: each ``lib*/python3.N``
+    (the stdlib, with ``lib-dynload`` and ``site-packages`` inside; only version ``version``
+    when known), its zipped stdlib, ``libpython3*`` beside it, and Debian's
+    ``lib/python3/dist-packages`` — never the prefix itself (``--prefix=$HOME`` is HOME)."""
+    import glob
+
+    base = glob.escape(prefix)
+    wanted = f"python{version}" if version else "python3.*"
+    out = [d for d in sorted(glob.glob(os.path.join(base, "lib*", wanted))) if os.path.isdir(d)]
+    for d in list(out):
+        tail = os.path.basename(d)[len("python"):].replace(".", "")
+        out.append(os.path.join(os.path.dirname(d), f"python{tail}.zip"))
+    out += sorted(glob.glob(os.path.join(base, "lib*", "libpython3*")))
+    out.append(os.path.join(prefix, "lib", "python3", "dist-packages"))
+    return out
+
+
+def _literal_root(pattern: str) -> str | None:
+    """The directory an absolute deny pattern lies beneath (its components before the first
+    one with a wildcard), or None for a pattern that is not absolute."""
+    if not pattern.startswith("/"):
+        return None
+    parts: list[str] = []
+    for part in pattern.split("/")[1:]:
+        if any(c in part for c in "*?[\\"):
+            break
+        parts.append(part)
+    return "/" + "/".join(parts) if parts else None
+
+
+def _broad_roots(roots: Sequence[str], policy: Policy, user_home: str) -> list[tuple[str, str]]:
+    """(root, what it would open) for every runtime read root that equals or contains the
+    launching user's HOME or a path the policy denies reading: the kernel layer (Landlock,
+    which has no deny patterns) would let every native program in the tree read it."""
+    from capgate.paths import is_within
+
+    guarded = [(os.path.realpath(user_home), "your HOME")]
+    for pattern in policy.filesystem.deny_read:
+        for anchored in pattern.anchored:
+            literal = _literal_root(anchored)
+            if literal is not None and literal != "/":
+                guarded.append((literal, f"{literal} (filesystem.denyRead: {pattern.source})"))
+    out = []
+    for root in roots:
+        for path, what in guarded:
+            if path and path != "/" and (root == path or is_within(path, root)):
+                out.append((root, what))
+                break
+    return out
 
 
 def _holds_stdlib(prefix: str) -> bool:
@@ -618,7 +721,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     policy = _load(options.policy, options.workspace, options.allow_user_expansion, env,
                    protected=(os.path.realpath(audit_path), policy_file))
     policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
-                          extra_read=script_roots)
+                          extra_read=script_roots, user_home=home_real)
     _check_outside_writes(policy, audit_path, "the audit log (--audit-log)",
                           exempt=(sandbox_home, tmpdir, "/dev/null"))
     _check_outside_writes(policy, run_dir, "the launcher's run directory (TMPDIR)",
@@ -832,9 +935,23 @@ class _SpawnerWarmup:
 
 
 def _soft_policy(policy: Policy, *, dev: bool, boot_dir: str, home: str, tmpdir: str,
-                 extra_read: Sequence[str]) -> Policy:
+                 extra_read: Sequence[str], user_home: str | None = None) -> Policy:
+    """The policy with the soft sandbox's runtime read roots and write roots added.
+    ``extra_read`` (the child interpreter's files, the script) must not open ``user_home``
+    or a denied path (``SandboxRefused``); a root of this interpreter's own that would (one
+    installed with ``--prefix=$HOME``) is left out, its stdlib and site-packages stay."""
     fs = policy.filesystem
-    runtime = runtime_read_roots(dev=dev, extra=extra_read)
+    if user_home is not None:
+        broad = _broad_roots(_existing(extra_read), policy, user_home)
+        if broad:
+            root, what = broad[0]
+            raise SandboxRefused(f"the child's interpreter would make {root} readable to the whole tree, which "
+                                 f"holds {what}: install that Python outside HOME (or in a virtual environment "
+                                 "there), or run the agent with another interpreter")
+    def too_broad(roots: Sequence[str]) -> set[str]:
+        return set() if user_home is None else {root for root, _what in _broad_roots(roots, policy, user_home)}
+
+    runtime = runtime_read_roots(dev=dev, extra=extra_read, exclude=too_broad)
     runtime = tuple(dict.fromkeys((*fs.runtime_read, *runtime, boot_dir)))
     write = tuple(dict.fromkeys((*fs.write, home, tmpdir, "/dev/null")))
     return dataclasses.replace(policy, filesystem=dataclasses.replace(fs, runtime_read=runtime, write=write))

@@ -20,7 +20,12 @@ What is routed, and how:
   ``O_TRUNC`` included: the hooks cannot replace the name as ``fs`` does), ``os.truncate``,
   ``chmod/chown/utime``, xattrs, ``sqlite3.connect`` and the source of ``os.link``. The link
   count comes from an ``fstat`` of the descriptor the lookup opens anyway (``O_PATH`` or
-  ``openat2``); ``os.open``'s wrapper checks the descriptor it returns too. Removing or renaming
+  ``openat2``); ``os.open``'s wrapper checks the descriptor it returns too.
+* ``os.open`` is judged twice: by name in the hook, then on the descriptor it returned (the
+  path ``/proc/self/fd`` names, and its link count), so a ``dir_fd`` number ``dup2``-ed to
+  another directory, a ``chdir`` or a swapped symlink between the two is refused; a refused
+  descriptor is closed, a file that open created is removed, and ``O_TRUNC`` is applied only
+  after the second check (see ``os_open_guard``). Removing or renaming
   a hard link acts on the name only and is judged as any name.
 * ``os.listdir/scandir`` (read); ``os.mkdir``, ``os.chmod/chown/utime/truncate``,
   ``os.setxattr/removexattr`` (write; on a descriptor, the file it refers to);
@@ -31,6 +36,13 @@ What is routed, and how:
   target. ``sqlite3.connect`` is a write of the database file.
 * Paths are canonicalized first (symlinks, ``..``, ``/proc/self/fd/N``): an ``O_PATH`` open
   and a ``readlink`` of its ``/proc/self/fd`` entry, else ``os.path.realpath``.
+* An event argument is read as the C code that raised the event read it, never converted a
+  second time (``_event_text``): ``str``/``bytes`` by content (a subclass's ``__str__`` or
+  ``__fspath__`` is not called), the standard library's own ``pathlib`` objects through their
+  cached string; any other path object (an ``__fspath__`` may answer the C conversion one
+  path and the hook another: ``io.FileIO(obj)``), ``bytearray`` or ``memoryview`` is refused
+  (rule ``soft.path``: pass ``str(path)``). This holds for paths, unix socket addresses,
+  ``sqlite3.connect`` and command lines; a ``Popen`` runs exactly the argv that was judged.
 * ``socket.connect/sendto/sendmsg`` (``sendmsg`` with an address, e.g. a UDP datagram or a
   TCP ``MSG_FASTOPEN`` connect; without one the socket is already connected, and that
   connect was judged): with network off, every inet connect is denied; with network on,
@@ -38,10 +50,11 @@ What is routed, and how:
   the gate about each real destination. ``socket.getaddrinfo`` and the other name lookups are
   denied (a DNS query is an exfiltration channel) except for the proxy's own host. Unix-socket
   connects need a listed socket (``network.allowedUnixSockets``). Binding inet sockets
-  (listening) is denied, except a bind of a loopback IP literal to port 0 — a capability probe
-  (urllib3's ``HAS_IPV6``) — done on a socket first made deaf (a locked drop-all socket
-  filter: it can ``listen`` but never accept or receive; there is no ``listen`` event to
-  judge). Binding a unix socket is a write of its path. Raw, packet and netlink
+  (listening) is denied. A bind of a loopback IP literal to port 0 — a capability probe
+  (urllib3's ``HAS_IPV6``) — is not logged as a denial (rule ``soft.bindProbe``) but fails
+  with ``EADDRNOTAVAIL`` as on a host without that address: nothing is ever bound, so there
+  is no socket to ``listen`` on (which raises no event to judge). Binding a unix socket is a
+  write of its path. Raw, packet and netlink
   sockets are denied.
 * Processes: ``subprocess.Popen``, ``os.exec*``, ``os.posix_spawn[p]`` are ``proc.exec`` of the
   *resolved* executable (found on the PATH the child will really use); any shell needs
@@ -49,6 +62,12 @@ What is routed, and how:
   wrapper that only runs what a ``subprocess.Popen`` event just approved, on the resolved path
   that was checked; importing or reloading the real module again is denied. ``os.fork`` is
   allowed (the forked process keeps these hooks).
+* git: a command line naming git (also behind a trampoline) runs with capgate's git
+  overrides (``cmdrules.GIT_ENV``: ``core.hooksPath=/dev/null``, no fsmonitor, pager, editor
+  or credential helper), as ``proc.run``'s git does: a ``Popen`` gets them put in place of
+  whatever its environment says; ``os.exec*``/``posix_spawn`` (environment already
+  converted) must carry them (the launcher gives them to the whole tree), else refused
+  (``soft.git``). The repository's configuration is checked first (``capgate.gitconfig``).
 * Python grandchildren: when the program that will run is a Python interpreter (by name,
   this interpreter under another name, or a script whose ``#!`` line runs one), ``-I``/``-E``/
   ``-S`` are refused (the launcher's own check, ``python_script_index``), and its environment
@@ -95,9 +114,10 @@ What this does NOT do — it is a seat belt, not isolation (``SOFT_SANDBOX=true`
   (``CFUNCTYPE(...)(address)``): code that computes libc addresses can call anything.
 * Check and use are not one object: a path is judged, then the interpreter opens it by name, so
   a concurrent symlink swap (by another thread or process) can race the check. For hard links
-  the window is narrower: ``os.open`` (and ``capgate.fs``, built on it here) re-checks the
-  descriptor it opened; builtin ``open`` is judged on the object the lookup found, and a hard
-  link renamed over that name in the microseconds before the real open is not seen.
+  the window is narrower, and ``os.open`` (and ``capgate.fs``, built on it here) re-checks the
+  descriptor it opened (path and links) before returning it; builtin ``open`` is judged on the
+  object the lookup found, and a link renamed over that name (or a ``chdir`` by another
+  thread) in the microseconds before the real open is not seen.
 * Python code in the process can reach the hook's objects through frames and closures and
   undo them (the wrapped ``os``/``signal`` functions keep the real ones in a closure, and the
   no-symlink path lookup keeps a ctypes libc ``syscall``); a determined program written
@@ -132,6 +152,7 @@ SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _AT_FDCWD = -100
 _O_PATH = getattr(os, "O_PATH", 0)
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0) or -1  # (-1: no flag set has it)
 _S_IFMT = 0o170000
 _S_IFREG = 0o100000
 # The real os.open, kept before ``install`` replaces it with ``SoftHooks.os_open_guard``: the
@@ -149,7 +170,7 @@ _MODULES_DENIED_AFTER_BOOT = frozenset({"_posixsubprocess", "posix", "_signal"})
 _FS_READ = ops.FS_READ
 _FS_WRITE = ops.FS_WRITE
 _MEMO_MAX = 16384  # remembered allowed decisions; the table is emptied when full
-_ENV_PREFIXES = ("PYTHON", "CAPGATE_")
+_ENV_PREFIXES = ("PYTHON", "CAPGATE_", "GIT_")  # (GIT_: _check_exec_git_env)
 # PYTHON* variables that cannot make an interpreter skip or replace its start-up (site,
 # sitecustomize, the stdlib it loads, where it writes bytecode): a Python program started in
 # the sandbox may set these freely. Every other PYTHON* variable, and CAPGATE_*, must be
@@ -190,9 +211,12 @@ class SoftHooks:
         self.proxy = proxy
         self._busy: set[int] = set()  # thread idents currently deciding (re-entrancy)
         # thread -> (argv, resolved program, runs Python) of the Popen just approved
-        self._approved: dict[int, tuple[list[bytes], bytes, bool]] = {}
+        # thread -> (argv, resolved program, runs Python, names git) of the Popen just approved
+        self._approved: dict[int, tuple[list[bytes], bytes, bool, bool]] = {}
         # thread -> (path, dir_fd) of the os.open in flight (os_open_guard), for the event
         self._open_hints: dict[int, tuple[Any, int | None]] = {}
+        # thread -> the canonical path the hook judged for that os.open (``_recheck_opened``)
+        self._open_judged: dict[int, str] = {}
         # What a Python program started from here must carry to boot these hooks itself
         # (None: not started by the launcher, nothing to carry). See _python_env_problems.
         self._python_env: dict[str, str] | None = None
@@ -290,6 +314,8 @@ class SoftHooks:
                 handler(args)
             except _Denied as denied:
                 raise denied.exc from None
+            except _UnsafePath as exc:
+                raise deny(_op_of(event), _shown(args), str(exc), "soft.path") from None
             except Exception as exc:  # fail closed: an error while deciding is a denial
                 raise deny(_op_of(event), _shown(args), f"error while deciding {event}: {exc!r}",
                            "soft.error") from None
@@ -385,6 +411,8 @@ class SoftHooks:
         # The common case (builtin open, io.open_code, absolute os.open): resolve the name
         # as the open will, relative to the real cwd, without building an absolute path.
         canonical, links = _lookup_here(text)
+        if mode is None:  # os.open: its wrapper checks the descriptor against this path
+            self._open_judged[self._get_ident()] = canonical
         if links == 1:
             log = self._memo.get((op, canonical))
             if log is not None:
@@ -400,12 +428,14 @@ class SoftHooks:
         hint = self._open_hints.get(self._get_ident())
         if hint is not None and hint[0] is path:
             dir_fd = hint[1]
+            found: tuple[str, int] | None
             if dir_fd is None or dir_fd == _AT_FDCWD:
-                self._decide(op, *_lookup_here(text))
-                return
-            found = _opened(text, dir_fd)
-            if found is None:  # does not exist yet (O_CREAT): the directory's path + the name
-                found = _resolved(_fd_path(dir_fd).rstrip("/") + "/" + text)
+                found = _lookup_here(text)
+            else:
+                found = _opened(text, dir_fd)
+                if found is None:  # does not exist yet (O_CREAT): the directory's path + the name
+                    found = _resolved(_fd_path(dir_fd).rstrip("/") + "/" + text)
+            self._open_judged[self._get_ident()] = found[0]
             self._decide(op, *found)
             return
         self._check(op, text)
@@ -466,12 +496,7 @@ class SoftHooks:
         self._check(ops.FS_WRITE, args[0])
 
     def _on_sqlite(self, args: tuple[Any, ...]) -> None:
-        database = args[0]
-        if isinstance(database, (bytes, bytearray)):
-            database = os.fsdecode(bytes(database))
-        if not isinstance(database, (str, os.PathLike)):
-            raise self._fail(ops.FS_WRITE, _shown(args), "unrecognised sqlite database argument", "soft.sqlite")
-        text = os.fspath(database)
+        text = _event_text(args[0])
         if text in ("", ":memory:") or text.startswith("file::memory:"):
             return
         if text.startswith("file:"):
@@ -507,9 +532,12 @@ class SoftHooks:
         if family == _AF_UNIX or isinstance(address, (str, bytes)):
             self._unix(address)
             return
-        if not isinstance(address, tuple) or len(address) < 2:
+        if not isinstance(address, tuple) or len(address) < 2 or not isinstance(address[0], str) \
+                or not isinstance(address[1], int):
             raise self._fail(ops.NET_CONNECT, _shown((address,)), "unrecognised socket address", "soft.socket")
-        host, port = str(address[0]), address[1]
+        # The content the C code used (a str or int subclass's own __str__/__eq__ could tell
+        # this check one address and the connect another).
+        host, port = str.__str__(address[0]), int.__index__(address[1])
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if not self.policy.network.enabled:
             raise self._network_off(target)
@@ -529,10 +557,7 @@ class SoftHooks:
             self._on_connect(args)
 
     def _unix(self, address: Any) -> None:
-        if isinstance(address, (bytes, bytearray)):
-            address = os.fsdecode(bytes(address))
-        if not isinstance(address, str):
-            raise self._fail(ops.NET_CONNECT, _shown((address,)), "unrecognised unix socket address", "soft.socket")
+        address = _event_text(address)
         if address.startswith("\x00") or not address:
             shown = "unix:@" + address[1:]
             raise self._fail(ops.NET_CONNECT, shown, "abstract unix sockets are not allowed",
@@ -555,23 +580,25 @@ class SoftHooks:
     def _on_bind(self, args: tuple[Any, ...]) -> None:
         sock, address = args[0], args[1]
         if getattr(sock, "family", None) == _AF_UNIX or isinstance(address, (str, bytes)):
-            if isinstance(address, (bytes, bytearray)):
-                address = os.fsdecode(bytes(address))
-            if not isinstance(address, str) or not address or address.startswith("\x00"):
+            address = _event_text(address)
+            if not address or address.startswith("\x00"):
                 raise self._fail(ops.NET_CONNECT, "unix:@", "abstract unix sockets are not allowed",
                                  "network.allowedUnixSockets")
             self._check(ops.FS_WRITE, address, follow=False)
             return
         target = "bind " + _shown((address,))
         if _loopback_port_zero(address):
-            # A capability probe (urllib3's HAS_IPV6: bind ("::1", 0), then close). The bind
-            # happens, on a socket made deaf first: it can never serve.
-            _deafen(sock)
+            # A capability probe (urllib3's HAS_IPV6: bind ("::1", 0), then close): answered as
+            # a host without that address would answer it, and nothing is bound — no socket
+            # of this process ever gets a local address to serve on. Logged as the probe it
+            # is (allowed, rule soft.bindProbe), so the summary does not count a denial.
+            import errno
+
             self.gate.record(ops.NET_CONNECT, target, Decision.allow(
-                "a loopback bind to port 0 (a capability probe); the socket is deaf: a locked filter "
-                "drops every packet, so it can accept no connection and receive nothing",
-                "soft.bindProbe", target), via="soft")
-            return
+                "a loopback bind to port 0 (a capability probe): answered 'address not available' "
+                "(EADDRNOTAVAIL); nothing was bound, so no server", "soft.bindProbe", target), via="soft")
+            raise _Denied(OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (soft sandbox: "
+                                  "capability probe answered, nothing bound)"))
         raise self._fail(ops.NET_CONNECT, target,
                          "listening on network sockets is not allowed in the soft sandbox", "soft.listen")
 
@@ -621,7 +648,7 @@ class SoftHooks:
         process's); return whether it starts a Python interpreter (whose command line has
         then been checked by ``_python_command``)."""
         name = os.path.basename(exe)
-        if name in SHELLS or os.path.basename(_text_path(argv[0]) if argv else "") in SHELLS:
+        if name in SHELLS or os.path.basename(_event_text(argv[0]) if argv else "") in SHELLS:
             if not self.policy.process.allow_shell:
                 raise self._fail(ops.PROC_EXEC, f"{exe} (shell)", "shells are not allowed (allowShell is false)",
                                  "process.allowShell")
@@ -630,7 +657,7 @@ class SoftHooks:
         if decide_argv is not None:
             # The command rules judge the resolved program with its arguments (trampolines
             # such as env/xargs, deniedArguments); argv[0] is replaced by what will really run.
-            line = [exe, *(_text_path(a) for a in argv[1:])]
+            line = [exe, *(_event_text(a) for a in argv[1:])]
             decision, _resolved = decide_argv(line, os.getcwd())
             if decision.allowed:
                 decision = self._git_config_decision(line, cwd, env, decision)
@@ -655,6 +682,7 @@ class SoftHooks:
         workdir = os.getcwd() if cwd is None else _canonical(self._absolute(cwd))
         child_env = dict(os.environ) if env is None else {
             os.fsdecode(_raw_bytes(k)): os.fsdecode(_raw_bytes(v)) for k, v in env.items()}
+        child_env.update(_git_env())  # what that git will run with (see _with_git_env)
         rules = self.gate.command_rules
         approved = self._approved
         ident = self._get_ident()
@@ -663,7 +691,7 @@ class SoftHooks:
             return line[0] if word == line[0] else rules.allowed_executable(word, workdir)
 
         def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-            approved[ident] = ([os.fsencode(a) for a in cmd], os.fsencode(cmd[0]), False)
+            approved[ident] = ([os.fsencode(a) for a in cmd], os.fsencode(cmd[0]), False, True)
             try:
                 return subprocess.run(cmd, **kwargs)
             finally:
@@ -678,7 +706,7 @@ class SoftHooks:
         try:
             line: list[str] | None
             if is_python_command(exe):
-                line = [exe, *(_text_path(a) for a in argv[1:])]
+                line = [exe, *(_event_text(a) for a in argv[1:])]
             else:
                 line = _shebang_python(exe)
                 if line is None:
@@ -729,14 +757,34 @@ class SoftHooks:
                              "a plain dict as its environment", "soft.python")
         self._python_env_problems(exe, _env_dict(env.items()), fill=False)
 
+    def _check_exec_git_env(self, exe: str, argv: Sequence[Any], env: Any) -> None:
+        """os.exec*/posix_spawn of a command line naming git: the environment is already
+        converted, so capgate's git overrides (``GIT_ENV``: no repository hooks, no fsmonitor,
+        no pager...) cannot be put in; it must carry them (the launcher gives them to the
+        whole tree, so the inherited environment does), else the start is refused."""
+        if not _names_git(exe, [os.fsencode(_event_text(a)) for a in argv]):
+            return
+        if env is None:
+            have: Mapping[str, str] = self._c_env
+        elif type(env) is dict:
+            have = _env_dict(env.items())
+        else:
+            have = {}
+        wrong = sorted(k for k, v in _git_env().items() if have.get(k) != v)
+        if wrong:
+            raise self._fail(ops.PROC_EXEC, exe, "git started in the soft sandbox must run with capgate's git "
+                             f"overrides (GIT_ENV: {', '.join(wrong[:4])} missing or changed); keep the "
+                             "inherited environment, or use subprocess, which puts them in", "soft.git")
+
     def _on_popen(self, args: tuple[Any, ...]) -> None:
         executable, argv, _cwd, env = args[0], list(args[1] or ()), args[2], args[3]
         if executable is None:
             executable = argv[0] if argv else ""
         exe = self._resolve_exe(executable, self._path_env(env))
         python = self._exec_decision(exe, argv, args[2], env)
+        words = [os.fsencode(_event_text(a)) for a in argv]
         # The environment is checked (and completed) in fork_exec, on the list that runs.
-        self._approved[self._get_ident()] = ([os.fsencode(_text_path(a)) for a in argv], os.fsencode(exe), python)
+        self._approved[self._get_ident()] = (words, os.fsencode(exe), python, _names_git(exe, words))
 
     def _on_system(self, args: tuple[Any, ...]) -> None:
         command = _shown(args)
@@ -751,6 +799,7 @@ class SoftHooks:
         env = args[2] if len(args) > 2 else None
         if self._exec_decision(exe, argv, None, env if isinstance(env, dict) else None):
             self._check_exec_env(exe, env)
+        self._check_exec_git_env(exe, argv, env)
 
     def _on_spawn(self, args: tuple[Any, ...]) -> None:
         path, argv = args[0], list(args[1] or ())
@@ -758,6 +807,7 @@ class SoftHooks:
         env = args[2] if len(args) > 2 else None
         if self._exec_decision(exe, argv, None, env if isinstance(env, dict) else None):
             self._check_exec_env(exe, env)
+        self._check_exec_git_env(exe, argv, env)
 
     def _on_putenv(self, args: tuple[Any, ...]) -> None:
         name = os.fsdecode(args[0])
@@ -796,12 +846,17 @@ class SoftHooks:
 
         def fork_exec(*args: Any) -> int:
             ticket = approved.pop(get_ident(), None)
-            argv = [os.fsencode(a) if isinstance(a, str) else bytes(a) for a in (args[0] or ())]
-            if ticket is None or ticket[0] != argv:
-                shown = " ".join(os.fsdecode(a) for a in argv)[:200] or "?"
+            try:
+                argv = [os.fsencode(_event_text(a)) for a in (args[0] or ())]
+            except (TypeError, ValueError):
+                argv = None  # (the Popen event refused this argv already: no ticket matches)
+            if ticket is None or argv is None or ticket[0] != argv:
+                shown = " ".join(os.fsdecode(a) for a in argv or ())[:200] or "?"
                 raise gate.deny(ops.PROC_EXEC, shown, "direct use of _posixsubprocess is not allowed",
                                 "soft.posixsubprocess", via="soft")
             rest = args[2:]
+            if ticket[3] and len(rest) > 3:  # git: capgate's overrides, as proc.run gives them
+                rest = (*rest[:3], _with_git_env(rest[3]), *rest[4:])
             if ticket[2] and len(rest) > 3:  # (close_fds, pass_fds, cwd, env_list, ...)
                 try:
                     env_list = self._fork_exec_env(os.fsdecode(ticket[1]), rest[3])
@@ -811,22 +866,29 @@ class SoftHooks:
                     raise gate.deny(ops.PROC_EXEC, os.fsdecode(ticket[1]), f"error while checking the environment: "
                                     f"{exc!r}", "soft.error", via="soft") from None
                 rest = (*rest[:3], env_list, *rest[4:])
-            return real(args[0], (ticket[1],), *rest)
+            # Exactly the argv that was judged (converted once, above): the original objects
+            # would be converted again by the real fork_exec, and could answer differently.
+            return real(argv, (ticket[1],), *rest)
 
         return fork_exec
 
     def os_open_guard(self, real: Callable[..., int]) -> Callable[..., int]:
         """Wrap ``os.open`` (= ``posix.open``): its audit event gives the name but not the
         ``dir_fd``, so the wrapper tells the hook, for this thread's call in flight, which
-        directory a relative name is in (``_on_relative_os_open``). The name and ``dir_fd``
-        are converted once, here, and exactly those values are passed on: an ``__fspath__``
-        or ``__index__`` that answers differently the second time changes nothing.
+        directory a relative name is in (``_on_relative_os_open``). The name, flags, mode and
+        ``dir_fd`` are converted once, here, and exactly those values are passed on: an
+        ``__fspath__`` or ``__index__`` that answers differently the second time changes nothing.
 
-        After the open, the descriptor itself gets the gate's hard-link rule (``fs`` does the
-        same on the descriptor it opened): a hard link swapped in between the hook's look at
-        the name and the open is refused before the caller gets a byte. (A write that
-        truncated has truncated by then; see the module docstring.)"""
+        The hook judges a *name*; between its look and the real ``openat`` another thread can
+        ``dup2`` another directory onto the ``dir_fd`` number, ``chdir``, or swap a symlink or
+        a hard link in. So the descriptor the open returns is judged again on the file it
+        really is (``_recheck_opened``), and nothing irreversible happens before that: a
+        truncating open truncates only once the recheck allows it (``ftruncate``), and a file
+        the open created is removed again when it is refused (a creating open without
+        ``O_EXCL`` is done as "open, else create exclusively", so the wrapper knows whether
+        it created the file — an existing file is never removed)."""
         hints = self._open_hints
+        judged = self._open_judged
         get_ident = self._get_ident
         busy = self._busy
 
@@ -836,20 +898,30 @@ class SoftHooks:
                 return real(path, flags, mode, dir_fd=dir_fd)
             name = os.fspath(path)
             name = str.__str__(name) if isinstance(name, str) else bytes(name)
-            base = None if dir_fd is None else int(operator.index(dir_fd))
+            flags = int.__index__(operator.index(flags))
+            mode = int.__index__(operator.index(mode))
+            base = None if dir_fd is None else int.__index__(operator.index(dir_fd))
+            if flags & _O_PATH:  # (reads and changes nothing: see _on_open)
+                return real(name, flags, mode, dir_fd=base)
+            truncate = bool(flags & os.O_TRUNC) and flags & os.O_ACCMODE != os.O_RDONLY
+            first = flags & ~os.O_TRUNC if truncate else flags
             hints[ident] = (name, base)
+            judged.pop(ident, None)
             try:
-                fd = real(name, flags, mode, dir_fd=base)
+                if flags & os.O_CREAT and not flags & os.O_EXCL:
+                    fd, created = _open_or_create(real, name, first, mode, base)
+                else:
+                    fd, created = real(name, first, mode, dir_fd=base), bool(flags & os.O_CREAT)
             finally:
                 hints.pop(ident, None)
-            if flags & _O_PATH:
-                return fd
-            try:
-                links = _links(fd)
-            except OSError:
-                links = 1
-            if links > 1:
-                self._refuse_opened_hard_link(fd, name, flags, links)
+            self._recheck_opened(fd, name, flags, created, judged.pop(ident, None))
+            if truncate:
+                try:
+                    if os.fstat(fd).st_mode & _S_IFMT == _S_IFREG:
+                        os.ftruncate(fd, 0)
+                except BaseException:
+                    os.close(fd)
+                    raise
             return fd
 
         open.__name__ = open.__qualname__ = "open"
@@ -857,17 +929,39 @@ class SoftHooks:
         open.__module__ = getattr(real, "__module__", "posix")
         return open
 
-    def _refuse_opened_hard_link(self, fd: int, name: Any, flags: int, links: int) -> None:
-        """Close ``fd`` (a regular file with ``links`` names) and raise the gate's denial."""
-        try:
-            shown = self.gate.show(_fd_path(fd))
-        except ValueError:
-            shown = _shown((name,))
-        finally:
-            os.close(fd)
+    def _recheck_opened(self, fd: int, name: Any, flags: int, created: bool, judged: str | None) -> None:
+        """Judge ``fd`` (just returned by ``os.open``) on the path it really has
+        (``/proc/self/fd``) and its link count, unless that is the path the hook judged and
+        the file has one name. On a denial (or an error while deciding: fail closed) close
+        it, remove the file if this open ``created`` it, and raise the denial."""
         op = _FS_WRITE if flags & _WRITE_FLAGS else _FS_READ
-        decision = hard_link_denial(shown, links)
-        raise self._deny(op, shown, decision.reason, decision.rule)
+        ident = self._get_ident()
+        busy = self._busy
+        busy.add(ident)
+        try:
+            try:
+                links = _links(fd)
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.endswith(" (deleted)") and flags & _O_TMPFILE == _O_TMPFILE:
+                    target = target[: -len(" (deleted)")].rsplit("/", 1)[0] or "/"  # (its directory)
+                elif not target.startswith("/"):
+                    return  # not a path (a pipe or socket reopened through /proc/self/fd): judged by name
+                elif target.endswith(" (deleted)"):
+                    raise ValueError("the file was removed while it was being opened")
+                if target == judged and links == 1:
+                    return
+                self._decide(op, target, links)
+            except _Denied as denied:
+                refusal: BaseException = denied.exc
+            except Exception as exc:
+                refusal = self._deny(op, _shown((name,)), f"error while checking the opened file: {exc!r}",
+                                     "soft.error")
+            else:
+                return
+            _undo_open(fd, created)
+            raise refusal
+        finally:
+            busy.discard(ident)
 
     # -- functions that raise no audit event ------------------------------------------
     def guard(self, event: str, check: Callable[[tuple[Any, ...], dict[str, Any]], None],
@@ -886,6 +980,8 @@ class SoftHooks:
                     check(args, kwargs)
                 except _Denied as denied:
                     raise denied.exc from None
+                except _UnsafePath as exc:
+                    raise deny(_op_of(event), _shown(args), str(exc), "soft.path") from None
                 except Exception as exc:  # fail closed
                     raise deny(_op_of(event), _shown(args), f"error while deciding {event}: {exc!r}",
                                "soft.error") from None
@@ -1112,6 +1208,30 @@ def _env_dict(pairs: Any) -> dict[str, str]:
     return out
 
 
+def _git_env() -> dict[str, str]:
+    """capgate's git overrides (``capgate.cmdrules.GIT_ENV``), imported on first use."""
+    from capgate.cmdrules import GIT_ENV
+
+    return GIT_ENV
+
+
+def _names_git(exe: str, argv: Sequence[bytes]) -> bool:
+    """Whether a command line runs git, also behind a trampoline (``env git``, ``timeout 5
+    git``): ``proc.run``'s rule for giving a command ``GIT_ENV`` (``gitconfig.git_in_argv``)."""
+    return os.path.basename(exe) == "git" or any(os.path.basename(a) == b"git" for a in argv)
+
+
+def _with_git_env(env_list: Any) -> list[bytes]:
+    """The environment list ``fork_exec`` hands a git (None: the inherited environment), with
+    capgate's ``GIT_ENV`` values in place of any the program set or left out — the same
+    overrides ``proc.run``'s git gets (``child_env.update(GIT_ENV)``)."""
+    entries = [k + b"=" + v for k, v in os.environb.items()] if env_list is None else \
+        [_raw_bytes(e) for e in env_list]
+    ours = {os.fsencode(k): os.fsencode(v) for k, v in _git_env().items()}
+    kept = [e for e in entries if e.partition(b"=")[0] not in ours]
+    return kept + [k + b"=" + v for k, v in ours.items()]
+
+
 def _pidfd_target(fd: Any) -> int:
     """The process a pidfd (or an open ``/proc/<pid>`` directory) refers to."""
     fd = int(fd)
@@ -1139,18 +1259,61 @@ def _op_of(event: str) -> str:
     return ops.FS_WRITE if event.startswith(("os.", "sqlite3.")) else "soft.event"
 
 
+class _UnsafePath(TypeError):
+    """Internal: an event argument the hooks cannot read as the C code that raised the event
+    read it (a path object whose ``__fspath__`` may answer differently the second time, a
+    mutable buffer another thread may rewrite). The hook turns it into a ``soft.path`` denial."""
+
+
+def _stdlib_path_types() -> tuple[type, ...]:
+    """The concrete ``pathlib`` classes of the standard library, when ``pathlib`` is loaded
+    (when it is not, no event argument can be one of them: nothing is imported to ask)."""
+    pathlib = sys.modules.get("pathlib")
+    if pathlib is None:
+        return ()
+    return (pathlib.PurePosixPath, pathlib.PosixPath)
+
+
+def _event_text(value: Any) -> str:
+    """The text an audit event's path (or argv) argument stands for, read exactly as the C
+    code that raised the event read it — the one conversion both sides agree on.
+
+    The C code converts its argument *once* and raises the event with the original object;
+    converting that object again here (``os.fspath``, ``str()``, ``bytes()``) would judge a
+    second answer that need not be the first (``io.FileIO(obj)`` opens what ``__fspath__``
+    said first). So: ``str``/``bytes`` are read by their content (a subclass's ``__str__``,
+    ``__bytes__`` or ``__fspath__`` is never called: C uses the content too); an object of the
+    standard library's own ``pathlib`` classes (exact type: a subclass could override
+    ``__fspath__``/``__str__``) through ``PurePath.__str__``, the string it caches; anything
+    else — a user ``os.PathLike``, a ``bytearray`` or ``memoryview`` another thread could
+    rewrite — is refused (``_UnsafePath``, rule ``soft.path``): pass ``str(path)`` instead."""
+    kind = type(value)
+    if kind is str:
+        return str.__str__(value)  # (itself: the same object, typed)
+    if kind is bytes:
+        return os.fsdecode(value)
+    if isinstance(value, str):
+        return str.__str__(value)  # an exact copy of the content
+    if isinstance(value, bytes):
+        return os.fsdecode(bytes.__getitem__(value, slice(None)))  # (the content, no __bytes__)
+    if kind in _stdlib_path_types():
+        import pathlib
+
+        text = pathlib.PurePath.__str__(value)
+        return text if type(text) is str else str.__str__(text)
+    raise _UnsafePath(f"a path given as {kind.__name__}, not str or bytes: its value may change between the "
+                      "conversion that acts and the one the sandbox would judge (an __fspath__ may answer "
+                      "twice); pass str(path)")
+
+
 def _text_path(path: Any) -> str:
-    if isinstance(path, (bytes, bytearray)):
-        path = os.fsdecode(bytes(path))
-    elif not isinstance(path, str):
-        path = os.fspath(path)
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-    if "\x00" in path:
+    """``_event_text`` of a path argument, which must be non-empty and free of NUL bytes."""
+    text = _event_text(path)
+    if "\x00" in text:
         raise ValueError("path contains a NUL byte")
-    if not path:
+    if not text:
         raise ValueError("empty path")
-    return str(path)
+    return text
 
 
 def _shown(args: tuple[Any, ...]) -> str:
@@ -1178,30 +1341,37 @@ def _loopback_port_zero(address: Any) -> bool:
         return False
 
 
-_SO_ATTACH_FILTER = 26
-_SO_LOCK_FILTER = 44
-_BPF_RET_K = 0x06  # BPF_RET | BPF_K
+def _open_or_create(real: Callable[..., int], name: Any, flags: int, mode: int,
+                    dir_fd: int | None) -> tuple[int, bool]:
+    """``open(name, flags)`` with ``O_CREAT`` and without ``O_EXCL``, done so that the caller
+    knows whether it created the file: open the existing file, else create it exclusively
+    (a file that appears in between is opened on the next round). Returns (fd, created)."""
+    while True:
+        try:
+            return real(name, flags & ~os.O_CREAT, mode, dir_fd=dir_fd), False
+        except FileNotFoundError:
+            pass
+        try:
+            return real(name, flags | os.O_EXCL, mode, dir_fd=dir_fd), True
+        except FileExistsError:
+            continue
 
 
-def _deafen(sock: Any) -> None:
-    """Make an inet socket deaf for good, before it is bound: attach a classic socket filter
-    that accepts nothing (``ret #0``) and lock it (``SO_LOCK_FILTER``: the filter can then be
-    neither removed nor replaced, by anyone). Every packet for the socket is dropped before
-    the protocol sees it — TCP SYNs too — so once bound it can ``listen`` but never accept a
-    connection, and never receive a datagram. The calls go to the C socket type (a subclass
-    cannot point them at another descriptor); any failure is an error, so the bind is denied."""
-    import _socket
-    import array
-    import struct
-
-    base = _socket.socket
-    if base.getsockopt(sock, _socket.SOL_SOCKET, _socket.SO_DOMAIN) not in (_AF_INET, _AF_INET6):
-        raise ValueError("not an inet socket")
-    code = array.array("B", struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0))  # struct sock_filter
-    address, _count = code.buffer_info()
-    program = struct.pack("@HP", 1, address)  # struct sock_fprog (code kept alive above)
-    base.setsockopt(sock, _socket.SOL_SOCKET, _SO_ATTACH_FILTER, program)
-    base.setsockopt(sock, _socket.SOL_SOCKET, _SO_LOCK_FILTER, 1)
+def _undo_open(fd: int, created: bool) -> None:
+    """Close a refused descriptor; when its open created the file, remove that file again —
+    by the name it has now, and only while that name is still this very file."""
+    try:
+        if created:
+            mine = os.fstat(fd)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.startswith("/") and not path.endswith(" (deleted)"):
+                there = os.stat(path, follow_symlinks=False)
+                if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _fd_path(fd: int) -> str:

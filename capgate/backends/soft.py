@@ -201,6 +201,13 @@ class SoftBackend:
         env["PYTHONPATH"] = os.path.join(request.run_dir, "boot")
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ writes into read-only sources
         env["PYTHONNOUSERSITE"] = "1"
+        # Every git in the tree — the launched command, one a Python child starts (the hooks
+        # keep these in place for it), one a shell script or make starts — runs with the
+        # overrides proc.run's git gets: no repository hooks (core.hooksPath=/dev/null), no
+        # fsmonitor, pager, editor or credential helper, no system or global configuration.
+        from capgate.cmdrules import GIT_ENV
+
+        env.update(GIT_ENV)
         _check_launched_git(request.argv, policy.workspace, env, audit)
         if policy.network.enabled:
             proxy, host, port = self._start_egress(request, audit)

@@ -135,8 +135,8 @@ def test_loopback_server_is_never_contacted(world: dict[str, Path]) -> None:
                      lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", {port})),
                      lambda: urllib.request.urlopen("http://127.0.0.1:{port}/", timeout=2),
                      lambda: socket.getaddrinfo("example.com", 443),
-                     # (a loopback bind to port 0 is a capability probe, answered with a deaf
-                     # socket: test_soft_bind_probe.py; serving on a chosen port stays refused)
+                     # (a loopback bind to port 0 is a capability probe, answered EADDRNOTAVAIL with
+                     # nothing bound: test_soft_bind_probe.py; serving on a chosen port stays refused)
                      lambda: socket.socket().bind(("127.0.0.1", {port} + 1)),
                      lambda: socket.socket(socket.AF_UNIX).connect("/run/docker.sock")]
             for t in tries:

@@ -94,16 +94,21 @@ def test_a_git_started_by_a_python_child_is_refused_with_the_reason(repo: Path, 
 
 def test_configuration_a_child_puts_in_gits_environment_is_checked_too(repo: Path, home: Path,
                                                                        tmp_path: Path) -> None:
-    """``GIT_CONFIG_COUNT``/``KEY``/``VALUE`` from the agent are command-scope settings like
-    capgate's own overrides, but not inert: only capgate's exact ones are skipped."""
+    """``GIT_CONFIG_PARAMETERS`` (what ``git -c`` sets) from the agent are command-scope
+    settings like capgate's own overrides, but not inert: only capgate's exact ones are
+    skipped. ``GIT_CONFIG_COUNT``/``KEY``/``VALUE`` never reach git at all: a git the child
+    starts gets capgate's own (``GIT_ENV``) in their place, as ``proc.run``'s git does."""
     marker = tmp_path / "pwned"
-    inject = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.fsmonitor",
-              "GIT_CONFIG_VALUE_0": f"touch {marker}; false"}
+    inject = {"GIT_CONFIG_PARAMETERS": f"'core.fsmonitor'='touch {marker}; false'"}
     refused = _run(repo, home, PY, "-c", _CHILD, json.dumps(inject))
     assert refused.returncode == 0, refused.stderr
     seen = json.loads(refused.stdout)
     assert seen["rule"] == "process.gitConfig" and "command scope" in seen["refused"], seen
-    harmless = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "user.name", "GIT_CONFIG_VALUE_0": "agent"}
+    replaced = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.fsmonitor",
+                "GIT_CONFIG_VALUE_0": f"touch {marker}; false"}
+    ran = _run(repo, home, PY, "-c", _CHILD, json.dumps(replaced))
+    assert json.loads(ran.stdout) == {"ran": 0}, ran.stdout + ran.stderr
+    harmless = {"GIT_CONFIG_PARAMETERS": "'user.name'='agent'"}
     ok = _run(repo, home, PY, "-c", _CHILD, json.dumps(harmless))
     assert json.loads(ok.stdout) == {"ran": 0}, ok.stdout + ok.stderr
     assert not marker.exists()
