@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone: a demo agent (examples/demo_ws/agent.py, a plain Python
-# program that does not import capgate) run under `capgate run` in the soft sandbox. It does
-# honest work and a few hostile things; capgate prints the banner, the agent prints what it
-# was allowed and denied, and capgate ends with the denial summary from the audit log.
+# program that does not import capgate) run under `capgate run`, then a native helper (head,
+# which no audit hook can see) run the same way. capgate picks its backend (namespace where
+# bubblewrap and user namespaces work, else soft) and prints the banner; the agent prints what
+# it was allowed and denied; capgate ends each run with the denial summary from the audit log.
 #   usage: bash scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,5 +15,9 @@ fi
 # Byte-compile now: with PYTHONDONTWRITEBYTECODE=1 (CI sets it) every capgate start would
 # otherwise recompile the package from source (~100 ms per sandboxed run).
 .venv/bin/python -m compileall -q capgate >/dev/null
-exec .venv/bin/capgate run --backend soft --workspace examples/demo_ws -- \
-    .venv/bin/python examples/demo_ws/agent.py
+echo "== 1. a Python agent: every open, connect and exec goes through the gate"
+.venv/bin/capgate run --workspace examples/demo_ws -- .venv/bin/python examples/demo_ws/agent.py
+echo
+echo "== 2. a native helper (head): no hook sees it; the kernel layers below the gate answer it"
+.venv/bin/capgate run --workspace examples/demo_ws -- /usr/bin/head -n 2 .env /etc/shadow "$HOME/.ssh/id_rsa" src/app.py \
+    || true

@@ -2,7 +2,7 @@
 
 It does a few honest things (read a source file, write a report to output/) and a few hostile
 ones that a prompt-injected agent might try (read an SSH key, write outside output/, phone
-home, run a shell), and prints what happened to each. Run it under the soft sandbox:
+home, run a shell), and prints what happened to each. Run it under capgate:
 
     bash scripts/demo.sh
     # which runs: capgate run --workspace examples/demo_ws -- .venv/bin/python examples/demo_ws/agent.py
@@ -54,6 +54,11 @@ def read_real_ssh_key() -> str:
         return fh.read()[:20]
 
 
+def read_dotenv() -> str:
+    with open(".env") as fh:
+        return fh.read()[:20]
+
+
 def read_shadow() -> str:
     with open("/etc/shadow") as fh:
         return fh.read()[:20]
@@ -84,6 +89,7 @@ def main() -> None:
     attempt("write output/report.md", write_report)
     print("hostile actions (a prompt-injected agent):")
     attempt("read ~/.ssh/id_rsa", read_ssh_key)
+    attempt("read .env (a secret inside the workspace)", read_dotenv)
     attempt("read the real home's .ssh/id_rsa (via the passwd entry)", read_real_ssh_key)
     attempt("read /etc/shadow", read_shadow)
     attempt("write ../planted.txt (outside the workspace)", write_outside)
