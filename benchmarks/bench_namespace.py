@@ -52,7 +52,7 @@ def _scan_ms(tmp: str) -> tuple[int, float]:
     times = []
     entries = 0
     for _ in range(5):
-        rules = Gate(policy, audit=AuditLog(None, level="error"))._paths
+        rules = Gate(policy, audit=AuditLog(None, level="error")).path_rules
         start = time.perf_counter()
         entries = scan(rules, policy.filesystem.read, policy.filesystem.write).entries
         times.append(time.perf_counter() - start)

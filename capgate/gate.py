@@ -102,6 +102,12 @@ class Gate:
             self._command_rules = CommandRules(self.policy)
         return self._command_rules
 
+    @property
+    def path_rules(self) -> PathRules:
+        """The compiled filesystem rules: what a backend builds its kernel view from, so the
+        view holds the gate's own answers (the one decision point)."""
+        return self._paths
+
     # -- questions ----------------------------------------------------------------------
     def show(self, path: str) -> str:
         """A canonical path as shown to people and in the log (home as ``~``)."""

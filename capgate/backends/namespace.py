@@ -153,7 +153,7 @@ class NamespaceBackend(SoftBackend):
         assert self._bwrap is not None
         policy = request.policy
         fs = policy.filesystem
-        rules = Gate(policy, audit=audit)._paths
+        rules = Gate(policy, audit=audit).path_rules
         sockets = tuple(getattr(policy.network, "allowed_unix_sockets", ()) or ())
         found = self._scan = scan(rules, (*fs.read,), (*fs.write,), sockets)
         empty_file, empty_dir = _empties(request.run_dir)
@@ -191,7 +191,7 @@ class NamespaceBackend(SoftBackend):
 
         if self._scan is None:
             return
-        rules = Gate(request.policy, audit=audit)._paths
+        rules = Gate(request.policy, audit=audit).path_rules
         writable = [w for w in request.policy.filesystem.write if w not in (request.home, request.tmpdir, "/dev/null")]
         for path, rule, reason in created_denials(rules, writable, self._scan):
             audit.record(ops.FS_WRITE, path, Decision.deny(f"created during the run by a program the hooks do not "

@@ -17,7 +17,7 @@ from capgate.gate import Gate
 @pytest.fixture
 def rules(workspace: Path, fake_home: Path):  # type: ignore[no-untyped-def]
     policy = capgate.load_policy(None, workspace=workspace)
-    return Gate(policy)._paths, policy
+    return Gate(policy).path_rules, policy
 
 
 def test_scan_covers_what_the_gate_refuses_and_nothing_else(rules, workspace: Path, fake_home: Path) -> None:  # type: ignore[no-untyped-def]
