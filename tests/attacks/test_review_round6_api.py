@@ -189,3 +189,37 @@ def test_two_asyncio_tasks_can_each_use_the_same_gate(make_gate: Any, workspace:
         gate_mod._active.pop(g, None)  # never leak a stuck gate into later tests
     assert results == ["print('hello')\n", "print('hello')\n"]
     assert not stuck
+
+
+# --------------------------------------------------------------------------------------
+# fs: the _lexical fast path (capgate/fs.py)
+# --------------------------------------------------------------------------------------
+
+
+class _OddStr(str):
+    """A ``str`` subclass whose ``in`` answers False (a buggy or hostile ``__contains__``):
+    ``coerce_path`` passes subclasses through unchanged."""
+
+    def __contains__(self, item: object) -> bool:
+        return False
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "regression of the _lexical fast path: it decides whether to normalize with 'in' tests on "
+    "the caller's object; a str subclass (or what a PathLike's __fspath__ returns) whose "
+    "__contains__ says no keeps '/data/../../home/.aws/credentials' un-normalized, the deny "
+    "literal ~/.aws does not match that spelling, the data root does, and openat2 from AT_FDCWD "
+    "follows the '..' to the secret (25de18d always ran normpath, which returned a plain str)"))
+def test_a_str_subclass_cannot_skip_normalization(make_gate: Any, workspace: Path, fake_home: Path,
+                                                  tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "table.csv").write_text("a,b\n")
+    g = make_gate({"filesystem": {"read": [".", str(data)]}})
+    dotted = str(data) + "/.." * str(data).count("/") + str(fake_home / ".aws" / "credentials")
+    with g:
+        assert fs.read_text(_OddStr(str(data / "table.csv"))) == "a,b\n"  # control: the subclass works
+        with pytest.raises(capgate.PermissionDenied):  # control: the plain spelling is denied
+            fs.read_text(dotted)
+        with pytest.raises(capgate.PermissionDenied):
+            fs.read_text(_OddStr(dotted))
