@@ -44,13 +44,18 @@ _CASE_INSENSITIVE = sys.platform == "darwin"  # follow the filesystem, as the de
 def coerce_path(target: object) -> str:
     """Accept ``str`` or ``os.PathLike[str]``; refuse bytes, NUL bytes, empty and the rest.
 
-    Raises ``TypeError``/``ValueError``; callers turn that into a denial.
+    Always returns an exact ``str``: a subclass (passed in, or returned by ``__fspath__``) is
+    copied into a plain one first, so no check here or later (``in``, ``startswith``, slicing,
+    hashing) runs the caller's overridden methods. Raises ``TypeError``/``ValueError``; callers
+    turn that into a denial.
     """
     if type(target) is not str:  # the common case first: an isinstance of an ABC costs more
         if isinstance(target, os.PathLike):
             target = os.fspath(target)
         if not isinstance(target, str):
             raise TypeError(f"path must be a str or os.PathLike[str], not {type(target).__name__}")
+        # str.__str__ of a subclass returns an exact-str copy (the base slot, not an override).
+        target = str.__str__(target)
     if not target:
         raise ValueError("empty path")
     if "\x00" in target:

@@ -533,6 +533,7 @@ class SoftHooks:
             address = os.fsdecode(bytes(address))
         if not isinstance(address, str):
             raise self._fail(ops.NET_CONNECT, _shown((address,)), "unrecognised unix socket address", "soft.socket")
+        address = str.__str__(address)  # a subclass's startswith must not hide an abstract name
         if address.startswith("\x00") or not address:
             shown = "unix:@" + address[1:]
             raise self._fail(ops.NET_CONNECT, shown, "abstract unix sockets are not allowed",
@@ -557,6 +558,8 @@ class SoftHooks:
         if getattr(sock, "family", None) == _AF_UNIX or isinstance(address, (str, bytes)):
             if isinstance(address, (bytes, bytearray)):
                 address = os.fsdecode(bytes(address))
+            if isinstance(address, str):
+                address = str.__str__(address)  # decide on the characters, not a subclass's methods
             if not isinstance(address, str) or not address or address.startswith("\x00"):
                 raise self._fail(ops.NET_CONNECT, "unix:@", "abstract unix sockets are not allowed",
                                  "network.allowedUnixSockets")
@@ -1146,11 +1149,16 @@ def _text_path(path: Any) -> str:
         path = os.fspath(path)
         if isinstance(path, bytes):
             path = os.fsdecode(path)
-    if "\x00" in path:
+    if type(path) is not str:
+        # A str subclass reaches the kernel as its characters, but str() and "in" would run its
+        # own __str__/__contains__ (and decide on another path): copy the characters first.
+        path = str.__str__(path)
+    text: str = path
+    if "\x00" in text:
         raise ValueError("path contains a NUL byte")
-    if not path:
+    if not text:
         raise ValueError("empty path")
-    return str(path)
+    return text
 
 
 def _shown(args: tuple[Any, ...]) -> str:
