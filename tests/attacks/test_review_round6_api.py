@@ -134,10 +134,6 @@ def outside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a thread started inside 'with strict:' through _thread (or by a C library, which also "
-    "gets an empty context) is refused only while some gate is active; once the 'with' exits "
-    "it is decided by the ambient gate built from the cwd, a policy nobody activated"))
 def test_low_level_thread_started_inside_a_gate_never_gets_the_ambient_gate(
     make_gate: Any, workspace: Path, outside: Path
 ) -> None:
@@ -164,11 +160,6 @@ def test_low_level_thread_started_inside_a_gate_never_gets_the_ambient_gate(
     assert results["late"] != "allowed"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Gate keeps its 'with' tokens in a per-thread stack, but asyncio tasks of one thread each "
-    "have their own context: two tasks that enter the same gate and leave in the other order "
-    "pop each other's token, ContextVar.reset raises ValueError, and the gate stays in "
-    "_active forever, so every gateless thread (the main thread included) is refused afterwards"))
 def test_two_asyncio_tasks_can_each_use_the_same_gate(make_gate: Any, workspace: Path) -> None:
     g = make_gate()
     app = workspace / "src" / "app.py"
@@ -204,12 +195,6 @@ class _OddStr(str):
         return False
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "regression of the _lexical fast path: it decides whether to normalize with 'in' tests on "
-    "the caller's object; a str subclass (or what a PathLike's __fspath__ returns) whose "
-    "__contains__ says no keeps '/data/../../home/.aws/credentials' un-normalized, the deny "
-    "literal ~/.aws does not match that spelling, the data root does, and openat2 from AT_FDCWD "
-    "follows the '..' to the secret (25de18d always ran normpath, which returned a plain str)"))
 def test_a_str_subclass_cannot_skip_normalization(make_gate: Any, workspace: Path, fake_home: Path,
                                                   tmp_path: Path) -> None:
     data = tmp_path / "data"
