@@ -1,7 +1,7 @@
 """Adversarial review, round 6: the embedded API (``capgate.Gate``, ``gate.check``, ``capgate.fs``).
 
-Each test asserts the secure (or correct) behaviour and is marked ``xfail(strict=True)`` while
-the hole exists, so the suite stays green and the mark must be removed with the fix. Every
+Each test asserts the secure (or correct) behaviour; each was marked ``xfail(strict=True)``
+while its hole existed, and the mark was removed with the fix. Every
 refusal test has a benign control beside it (the allowed case works). Everything is real: temp
 files and directories, the real policy loader, real threads and a real asyncio loop.
 
@@ -53,11 +53,6 @@ def _read_rule(g: capgate.Gate, path: Path) -> str:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "regression of the matcher rewrite: '**/<glob>/**' is classified as the one-component glob "
-    "'<glob>', re-translated through pathspec on its own; pathspec strips trailing whitespace "
-    "from a line, so 'ke? ' (a space that is *not* trailing in '**/ke? /**') becomes 'ke?' "
-    "and the directory 'key ' is no longer denied (25de18d denied it)"))
 def test_glob_component_ending_in_space_under_any_depth_dir_pattern(workspace: Path, tmp_path: Path) -> None:
     secret = workspace / "key " / "id.txt"
     secret.parent.mkdir()
@@ -69,11 +64,6 @@ def test_glob_component_ending_in_space_under_any_depth_dir_pattern(workspace: P
     assert _read_rule(g, secret) == "filesystem.denyRead[0]"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pre-existing: an anchored pattern is split into its literal prefix and a glob tail, and the "
-    "tail '/**/*/**' alone is one of pathspec's broken translations (regex '/'), so "
-    "'secrets/**/*/**' matches nothing under secrets/ while gitignore (and pathspec on the "
-    "whole line) denies every entry two levels down"))
 def test_double_star_star_double_star_tail_denies_nested_files(workspace: Path, tmp_path: Path) -> None:
     secret = workspace / "secrets" / "a" / "b" / "key.txt"
     secret.parent.mkdir(parents=True)
@@ -84,11 +74,6 @@ def test_double_star_star_double_star_tail_denies_nested_files(workspace: Path, 
     assert _read_rule(g, secret) == "filesystem.denyRead[0]"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pre-existing: unescaped trailing spaces are not part of a gitignore pattern (git and "
-    "pathspec strip them), but capgate keeps them: 'notes.txt ' denies only a file literally "
-    "named 'notes.txt ' and silently leaves notes.txt readable; a typo in a policy becomes "
-    "a deny rule that matches nothing"))
 def test_trailing_space_in_a_deny_entry_still_denies_the_name(workspace: Path, tmp_path: Path) -> None:
     notes = workspace / "notes.txt"
     notes.write_text("private")
@@ -101,10 +86,6 @@ def test_trailing_space_in_a_deny_entry_still_denies_the_name(workspace: Path, t
     assert _read_rule(g, notes) == "filesystem.denyRead[0]"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pre-existing: 'secrets/**' denies everything inside secrets/ but not the directory itself, "
-    "so fs.listdir lists the names of the denied files; by the reference ('secrets/' matches "
-    "'secrets/**') it is denied, and 'secret*/**' and '**/secrets/**' do deny it"))
 def test_slash_double_star_denies_listing_the_directory_itself(workspace: Path, tmp_path: Path) -> None:
     secrets_dir = workspace / "secrets"
     secrets_dir.mkdir()
