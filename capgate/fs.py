@@ -261,7 +261,8 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         # never more than _READ_CHUNK at once: st_size is what the file claims (a sparse file
         # can claim terabytes), and os.read allocates the whole request up front. Then read on
         # until b"" as FileIO.readall does (the file may have grown meanwhile).
-        first = os.read(fd, min(st.st_size + 1, _READ_CHUNK))
+        size = st.st_size + 1
+        first = os.read(fd, size if size <= _READ_CHUNK else _READ_CHUNK)
         if not first:
             return first
         chunks = [first]
