@@ -6,19 +6,21 @@ ambient one (built from ``$CAPGATE_POLICY`` or the cwd): another policy, silentl
 patches, installed the first time a gate is activated, close that:
 
 * ``threading.Thread.start`` records the starting thread's gate and runs the thread's ``run``
-  under it (``Timer`` and every subclass included);
+  under it (``Timer`` and every subclass included); ``_thread.start_new_thread`` (looked up at
+  call time: ``threading`` keeps its own reference to the original) does the same;
 * ``ThreadPoolExecutor.submit`` runs each work item under the *submitter's* gate (or none),
   because its worker threads are reused across submissions and would otherwise keep the gate
   of whoever happened to create them. ``map`` and asyncio's ``run_in_executor`` go through
   ``submit``; ``asyncio.to_thread`` copies the context itself.
 
-A thread that reaches no gate this way (started before the gate, or through ``_thread``
-directly) while a gate is active elsewhere is refused by ``current_gate`` rather than guessed
-at (see ``gate.py``).
+A thread that reaches no gate this way (started before the gate, by C code, or through a
+reference to ``_thread.start_new_thread`` taken before the patch) is refused by
+``current_gate`` rather than guessed at (see ``gate.py``).
 """
 
 from __future__ import annotations
 
+import _thread
 import contextvars
 import sys
 import threading
@@ -43,6 +45,7 @@ def install(current: contextvars.ContextVar[Any]) -> None:
     with _install_lock:
         if not _installed_thread:
             _patch_thread_start(current)
+            _patch_start_new_thread(current)
             _installed_thread = True
         _maybe_patch_executor(current)
 
@@ -70,6 +73,30 @@ def _patch_thread_start(current: contextvars.ContextVar[Any]) -> None:
 
     start.__doc__ = original_start.__doc__
     threading.Thread.start = start  # type: ignore[method-assign]
+
+
+def _patch_start_new_thread(current: contextvars.ContextVar[Any]) -> None:
+    original = _thread.start_new_thread
+
+    def start_new_thread(function: Callable[..., Any], args: tuple[Any, ...],
+                         kwargs: dict[str, Any] | None = None) -> int:
+        gate = current.get()
+        if gate is None:
+            return original(function, args, {} if kwargs is None else kwargs)
+
+        def call_under_gate(*a: Any, **k: Any) -> Any:
+            token = current.set(gate)
+            try:
+                return function(*a, **k)
+            finally:
+                current.reset(token)
+
+        return original(call_under_gate, args, {} if kwargs is None else kwargs)
+
+    start_new_thread.__doc__ = original.__doc__
+    _thread.start_new_thread = start_new_thread
+    if getattr(_thread, "start_new", None) is original:  # the old alias
+        _thread.start_new = start_new_thread
 
 
 def _maybe_patch_executor(current: contextvars.ContextVar[Any]) -> None:

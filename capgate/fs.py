@@ -81,6 +81,7 @@ else:  # pragma: no cover - exercised only off Linux
     MECHANISM = "unsupported"
 
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+_READ_CHUNK = 1 << 20  # the most read_bytes asks os.read for at once
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -256,14 +257,17 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """Read a whole file the policy lets you read."""
     fd, st = _open_regular_for_read(path)
     try:
-        # The expected size (+1) in one read, without a 64 KiB buffer for a small file; then
-        # read on until b"" as FileIO.readall does (the file may have grown meanwhile).
-        first = os.read(fd, st.st_size + 1)
+        # The expected size (+1) in one read, without a 64 KiB buffer for a small file, but
+        # never more than _READ_CHUNK at once: st_size is what the file claims (a sparse file
+        # can claim terabytes), and os.read allocates the whole request up front. Then read on
+        # until b"" as FileIO.readall does (the file may have grown meanwhile).
+        size = st.st_size + 1
+        first = os.read(fd, size if size <= _READ_CHUNK else _READ_CHUNK)
         if not first:
             return first
         chunks = [first]
         while True:
-            chunk = os.read(fd, 65536)
+            chunk = os.read(fd, _READ_CHUNK)
             if not chunk:
                 break
             chunks.append(chunk)

@@ -3,9 +3,13 @@
 A gate holds a frozen ``Policy``, the compiled rule tables, the audit log and the per-run
 counters (output quota). ``with gate:`` makes it the current gate for ``capgate.fs``,
 ``capgate.net`` and ``capgate.proc`` in this context (a ``contextvars`` variable: asyncio
-tasks started inside inherit it, nesting restores the outer gate, and ``threading.Thread`` and
-``ThreadPoolExecutor`` work started inside run under it — see ``_gate_threads``). While any
-gate is active, a thread that reaches none is refused instead of using the ambient gate.
+tasks started inside inherit it, nesting restores the outer gate, and ``threading.Thread``,
+``_thread.start_new_thread`` and ``ThreadPoolExecutor`` work started inside run under it — see
+``_gate_threads``). A thread that reaches no gate is refused (rule ``gate.thread``) instead of
+being handed the ambient gate while any gate is active, and — in any thread but the main
+thread — ever after a gate has been activated in the process: a thread made by C code inside
+``with gate:`` starts with an empty context that cannot say where it was started, so once gates
+are in use only the main thread may still fall back to the ambient gate.
 
 ``check(op, target)`` never raises for a denial: any exception while deciding *is* a denial
 (rule ``gate.error``). The acting modules resolve the target themselves (open the file, look
@@ -37,6 +41,15 @@ _ambient_lock = threading.Lock()
 # Gates activated by ``with`` in any thread, with their nesting counts: while one is, a thread
 # that reaches none is refused rather than handed the ambient gate (another policy).
 _active: weakref.WeakKeyDictionary[Gate, int] = weakref.WeakKeyDictionary()
+# Whether any gate has ever been activated by ``with`` in this process: from then on only the
+# main thread may fall back to the ambient gate (see the module docstring).
+_activated = False
+# This context's open ``with`` blocks, innermost last, each with the gate that was current
+# before it. A context variable, not a per-thread stack: the asyncio tasks of one thread each
+# run in their own context, and each must leave only the blocks it entered.
+_entries: contextvars.ContextVar[tuple[tuple[Gate, Gate | None], ...]] = contextvars.ContextVar(
+    "capgate_gate_entries", default=()
+)
 
 
 class Gate:
@@ -62,28 +75,35 @@ class Gate:
         self._paths = PathRules(policy.filesystem, policy.home)
         self._network_rules: Any = None
         self._command_rules: Any = None
-        self._local = threading.local()  # this thread's ``with`` tokens
         self._lock = threading.Lock()
         self.bytes_written = 0
         self._workspace_fd: int | None = None
 
     # -- activation ---------------------------------------------------------------------
     def __enter__(self) -> Gate:
+        global _activated
         _gate_threads.install(_current)
-        tokens = self._local.__dict__.setdefault("tokens", [])
-        tokens.append(_current.set(self))
         with _ambient_lock:
             _active[self] = _active.get(self, 0) + 1
+            _activated = True
+        _entries.set((*_entries.get(), (self, _current.get())))
+        _current.set(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _current.reset(self._local.tokens.pop())
-        with _ambient_lock:
-            left = _active.get(self, 1) - 1
-            if left:
-                _active[self] = left
-            else:
-                _active.pop(self, None)
+        """Leave this context's innermost block of this gate. Whatever happens, the block no
+        longer counts as active (a gate left in ``_active`` would refuse every gateless thread
+        forever); leaving a block this context did not enter (another thread, another asyncio
+        task) or out of order raises ``RuntimeError`` instead of restoring the wrong gate."""
+        try:
+            _leave(self)
+        finally:
+            with _ambient_lock:
+                left = _active.get(self, 1) - 1
+                if left > 0:
+                    _active[self] = left
+                else:
+                    _active.pop(self, None)
 
     # -- rule tables (built on first use) -----------------------------------------------
     @property
@@ -221,6 +241,30 @@ class Gate:
         return self.audit.summary()
 
 
+def _leave(gate: Gate) -> None:
+    """Remove ``gate``'s innermost entry from this context's stack and restore the gate that
+    was current before it."""
+    entries = _entries.get()
+    index = len(entries) - 1
+    while index >= 0 and entries[index][0] is not gate:
+        index -= 1
+    if index < 0:
+        raise RuntimeError(
+            "capgate: leaving a gate that was not entered in this context (a 'with gate:' block "
+            "entered in another thread or asyncio task and left here); the gate stays current "
+            "where it was entered — enter and leave a gate in the same thread or task"
+        )
+    previous = entries[index][1]
+    above = entries[index + 1 :]
+    if not above:
+        _entries.set(entries[:index])
+        _current.set(previous)
+        return
+    # Out of order: the block entered inside ours now restores what ours would have.
+    _entries.set((*entries[:index], (above[0][0], previous), *above[1:]))
+    raise RuntimeError("capgate: gates left out of order (an inner 'with gate:' block is still open)")
+
+
 def _safe_repr(target: object) -> str:
     if isinstance(target, str):
         return target.replace("\x00", "\\x00")
@@ -240,8 +284,8 @@ def current_gate() -> Gate:
         return gate
     global _ambient
     with _ambient_lock:
-        if _active:
-            raise _no_gate_in_this_thread(list(_active))
+        if _active or (_activated and threading.get_ident() != threading.main_thread().ident):
+            raise _no_gate_in_this_thread(list(_active) or ([_ambient] if _ambient is not None else []))
         if _ambient is None:
             from capgate.policy.dump import load_effective_policy
             from capgate.policy.load import load_policy
@@ -252,16 +296,18 @@ def current_gate() -> Gate:
         return _ambient
 
 
-def _no_gate_in_this_thread(active: list[Gate]) -> PermissionDenied:
-    """A thread that inherited no gate while one is active elsewhere: refused, and logged in
-    the active gates' logs (the ambient gate would decide by a policy nobody activated)."""
+def _no_gate_in_this_thread(logs: list[Gate]) -> PermissionDenied:
+    """A thread that inherited no gate while one is (or was) active elsewhere: refused, and
+    logged in the active gates' logs, or the ambient gate's when none is active (the ambient
+    gate would decide by a policy nobody activated for this thread)."""
     thread = threading.current_thread().name
     reason = (
-        "no capgate gate is active in this thread while one is active in another; start the thread "
-        "inside 'with gate:' (threading.Thread and ThreadPoolExecutor inherit it) or enter the gate in it"
+        "no capgate gate is active in this thread, and gates are in use in this process (only the main "
+        "thread falls back to the ambient gate); start the thread inside 'with gate:' (threading.Thread, "
+        "_thread.start_new_thread and ThreadPoolExecutor inherit it) or enter a gate in it"
     )
     decision = Decision.deny(reason, "gate.thread", thread)
-    for gate in active:
+    for gate in logs:
         gate.audit.record("gate", f"thread {thread}", decision)
     return PermissionDenied("gate", f"thread {thread}", reason, "gate.thread")
 

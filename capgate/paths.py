@@ -38,19 +38,25 @@ __all__ = [
 ]
 
 _GLOB_CHARS = frozenset("*?[")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters
 _CASE_INSENSITIVE = sys.platform == "darwin"  # follow the filesystem, as the design says
 
 
 def coerce_path(target: object) -> str:
     """Accept ``str`` or ``os.PathLike[str]``; refuse bytes, NUL bytes, empty and the rest.
 
-    Raises ``TypeError``/``ValueError``; callers turn that into a denial.
+    Always returns an exact ``str``: a subclass (passed in, or returned by ``__fspath__``) is
+    copied into a plain one first, so no check here or later (``in``, ``startswith``, slicing,
+    hashing) runs the caller's overridden methods. Raises ``TypeError``/``ValueError``; callers
+    turn that into a denial.
     """
     if type(target) is not str:  # the common case first: an isinstance of an ABC costs more
         if isinstance(target, os.PathLike):
             target = os.fspath(target)
         if not isinstance(target, str):
             raise TypeError(f"path must be a str or os.PathLike[str], not {type(target).__name__}")
+        # str.__str__ of a subclass returns an exact-str copy (the base slot, not an override).
+        target = str.__str__(target)
     if not target:
         raise ValueError("empty path")
     if "\x00" in target:
@@ -130,6 +136,16 @@ def anchor_pattern(pattern: str, workspace: str, home: str, key: str) -> tuple[s
     """
     if pattern.startswith("!"):
         raise PolicyError(f"{key} {pattern!r}: negated patterns are not allowed in deny lists", key)
+    if _CONTROL.search(pattern):
+        raise PolicyError(f"{key} {pattern!r}: control characters are not allowed in deny patterns", key)
+    if pattern[-1:].isspace() and not pattern.endswith("\\ "):
+        # gitignore drops unescaped trailing whitespace, so "notes.txt " would mean notes.txt to
+        # git and a name ending in a space to a literal reading: a typo either way, made visible.
+        raise PolicyError(
+            f"{key} {pattern!r}: trailing whitespace in a deny pattern (a typo? gitignore ignores it; "
+            "write a trailing space of a name as '\\ ')",
+            key,
+        )
     trimmed = pattern.rstrip("/")
     if not trimmed:
         raise PolicyError(f"{key} {pattern!r}: pattern matches the whole filesystem", key)
@@ -214,6 +230,19 @@ def _is_literal(component: str) -> bool:
     return not (_GLOB_CHARS & set(component) or "\\" in component)
 
 
+def _gitignore_line(line: str) -> str:
+    """``line`` as gitignore reads it: unescaped trailing whitespace is not part of a pattern
+    (pathspec strips any ``str.isspace`` character; the policy loader refuses such entries,
+    see ``anchor_pattern``, so this only keeps ``PathMatcher`` equal to the reference)."""
+    return line if line.endswith("\\ ") else line.rstrip()
+
+
+def _ends_in_space(component: str) -> bool:
+    """A component that, sent to pathspec as the end of a line of its own, would lose its
+    trailing whitespace (``ke? `` in ``**/ke? /**``): it must stay inside its whole line."""
+    return component[-1:].isspace()
+
+
 def _classify(line: str) -> tuple[str, Any]:
     """Sort one anchored deny line by shape; only ``name``, ``tail`` and ``loose`` need a regex.
 
@@ -224,13 +253,20 @@ def _classify(line: str) -> tuple[str, Any]:
     * ``("name", "/glob")``: any other one-component glob, at any depth;
     * ``("sequence", ((a, b), (c,)))``: literal components in order at any depth, ``**`` between
       groups (``**/.git/hooks``, ``**/.git/modules/**/hooks``);
-    * ``("literal", "/abs/path")``: one absolute path and what is beneath it;
-    * ``("tail", ("/abs/lit", "/glob/tail"))``: an absolute literal prefix and a glob below it;
+    * ``("literal", "/abs/path")``: one absolute path and what is beneath it — also
+      ``/abs/path/**``: capgate denies the directory itself for ``dir/**`` (the reference does:
+      its regex matches ``dir/``), so its names cannot be listed, as with ``**/dir/**``;
+    * ``("tail", ("/abs/lit", line))``: an absolute literal prefix and a glob below it; the
+      regex is the *whole* line's, matched against the whole path (pathspec translates some
+      tails alone wrongly: ``/**/*/**`` gives ``/``), tried only at and below the prefix;
     * ``("loose", line)``: what is left, matched by pathspec's regex on the whole path.
 
-    A trailing ``/`` (directory only) changes nothing here: a directory pattern also matches the
-    directory itself, since a name alone cannot tell a directory from a file.
+    Only whole lines, or components that do not end in whitespace, go to pathspec on their
+    own (pathspec strips a line's trailing whitespace). A trailing ``/`` (directory only)
+    changes nothing here: a directory pattern also matches the directory itself, since a name
+    alone cannot tell a directory from a file.
     """
+    line = _gitignore_line(line)
     body = line.rstrip("/")
     if line == MATCH_ALL:
         return "all", None
@@ -240,7 +276,7 @@ def _classify(line: str) -> tuple[str, Any]:
         parts = body.split("/")[1:]
         if parts[-1] == "**":
             parts = parts[:-1]  # "**/x/**": x's contents; with the directory rule, x itself too
-        if len(parts) == 1 and parts[0] != "**" and "**" not in parts[0]:
+        if len(parts) == 1 and parts[0] != "**" and "**" not in parts[0] and not _ends_in_space(parts[0]):
             return _classify(parts[0])  # "**/name" is "name"
         if parts and "**" not in (parts[0], parts[-1]) and all(p == "**" or _is_literal(p) for p in parts):
             groups: list[tuple[str, ...]] = []
@@ -263,7 +299,7 @@ def _classify(line: str) -> tuple[str, Any]:
             return "prefix", body[:-1]
         if _simple_star(body, leading=True):
             return "suffix", body[1:]
-        return "name", "/" + body
+        return ("loose", line) if _ends_in_space(body) else ("name", "/" + body)
     if body.startswith("/"):
         parts = body.split("/")[1:]
         lit: list[str] = []
@@ -273,16 +309,24 @@ def _classify(line: str) -> tuple[str, Any]:
             lit.append(part)
         key = "/" + "/".join(lit) if lit else ""
         tail = parts[len(lit) :]
-        if not tail:
-            return "literal", key
-        return "tail", (key, "/" + "/".join(tail))
+        if not tail or tail == ["**"]:
+            return ("literal", key) if key else ("all", None)
+        return "tail", (key, line)
     return "loose", line
 
 
 def glob_regexes(anchored: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """The (gitignore line, regex source) pairs a ``PathMatcher`` needs for these lines —
-    computed where the policy is built, carried to a sandboxed child in the policy."""
+    computed where the policy is built, carried to a sandboxed child in the policy.
+
+    Fails closed (``PolicyError``): each line matched through a regex from pathspec must deny
+    a path built from it (globs filled in, ``**`` as one directory), since a translation that
+    matches nothing — pathspec's ``/``-only regex for some tails, a whitespace it stripped —
+    would otherwise be a deny rule that silently denies nothing. Names, literals and sequences
+    involve no translation (and so cost large deny lists nothing here); lines whose character
+    classes cannot be filled in (POSIX ``[:alpha:]``) are not checked."""
     needed = []
+    translated = []
     for line in anchored:
         kind, value = _classify(line)
         if kind == "name":
@@ -290,12 +334,79 @@ def glob_regexes(anchored: Sequence[str]) -> tuple[tuple[str, str], ...]:
         elif kind == "tail":
             needed.append(value[1])
         elif kind == "loose":
-            needed.append(line)
+            needed.append(str(value))
+        else:
+            continue
+        translated.append(line)
     out = []
     for line in needed:
         _glob_regex(line)
         out.append((line, _REGEX_SOURCES[line]))
+    for line in translated:
+        witness = _witness(_gitignore_line(line))
+        if witness is not None and not PathMatcher([(line,)]).matches(witness):
+            raise PolicyError(f"capgate's matcher for {line!r} does not deny {witness!r}, a path it must deny "
+                              "(an internal error: the policy is refused rather than deny nothing)")
     return tuple(out)
+
+
+def _witness(line: str) -> str | None:
+    """An absolute path the gitignore ``line`` matches, or None when it cannot tell."""
+    components = []
+    for part in line.strip("/").split("/"):
+        if part in ("", "**"):
+            components.append("x" if part == "**" else "")
+            continue
+        filled = _fill(part)
+        if filled is None:
+            return None
+        components.append(filled)
+    path = "/" + "/".join(c for c in components if c)
+    return None if path == "/" else path
+
+
+def _fill(glob: str) -> str | None:
+    """One name matching the one-component ``glob`` (``*``/``?`` as ``x``, a class by its
+    first fitting candidate)."""
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        ch = glob[i]
+        if ch == "\\" and i + 1 < len(glob):
+            out.append(glob[i + 1])
+            i += 2
+            continue
+        if ch in "*?":
+            out.append("x")
+        elif ch == "[":
+            start = i + 2 if glob[i + 1 : i + 2] in ("!", "^") else i + 1
+            end = glob.find("]", start + 1)  # a "]" first in a class is one of its characters
+            if end < 0:
+                out.append("[")
+            else:
+                body = glob[i + 1 : end]
+                if "[:" in body or "\\" in body:
+                    return None
+                negated = body[:1] in ("!", "^")
+                chars = re.escape(body[1:] if negated else body).replace("\\-", "-")
+                try:
+                    klass = re.compile(("[^" if negated else "[") + chars + "]")
+                except re.error:
+                    return None
+                pick = next((c for c in _CANDIDATES if c != "/" and klass.fullmatch(c)), None)
+                if pick is None:
+                    return None
+                out.append(pick)
+                i = end + 1
+                continue
+        else:
+            out.append(ch)
+        i += 1
+    name = "".join(out)
+    return name if name not in ("", ".", "..") else None
+
+
+_CANDIDATES = "xa0A_-." + "".join(chr(c) for c in range(0x21, 0x7F)) + "é"
 
 
 def _component_regex(glob_line: str) -> str:
@@ -313,9 +424,9 @@ def _bucketed(items: list[tuple[str, int]]) -> tuple[tuple[int, dict[str, int]],
     return tuple(sorted(buckets.items()))
 
 
-# A directory's verdict: denied (True), or not denied and the glob-tail anchors at or above it
-# (offset of the anchor's end in the path, its (index, regex) pairs) that a child must still try.
-_DirVerdict = tuple[bool, tuple[tuple[int, tuple[tuple[int, "re.Pattern[str]"], ...]], ...]]
+# A directory's verdict: denied (True), or not denied and the glob tails anchored at or above
+# it, as (index, whole-line regex) pairs, that a path beneath it must still try.
+_DirVerdict = tuple[bool, tuple[tuple[int, "re.Pattern[str]"], ...]]
 _DIR_CACHE_MAX = 16384
 _DECISION_CACHE_MAX = 16384
 
@@ -330,7 +441,8 @@ class PathMatcher:
       regex, one alternation over the component;
     * absolute literals (``~/.ssh``) are a hash lookup per ancestor; ``**/a/b`` sequences are
       indexed by their last component; absolute globs (``/ws/gen/*/x.key``) by their literal
-      prefix, and only those below it run their regex; the few shapes left form one regex.
+      prefix, and only paths at or below it run their (whole-line) regex; the few shapes left
+      form one regex.
 
     A path is denied when it or any ancestor matches, as a file or as a directory — so the
     verdict of a directory is computed once and cached (the policy is frozen): a file costs its
@@ -368,10 +480,10 @@ class PathMatcher:
                 elif kind == "literal":
                     self._literal.setdefault(value, index)
                 elif kind == "tail":
-                    key, tail = value
-                    self._tails.setdefault(key, []).append((index, _glob_regex(tail)))
+                    key, whole = value
+                    self._tails.setdefault(key, []).append((index, _glob_regex(whole)))
                 else:
-                    self._loose.append((_glob_regex(line), index))
+                    self._loose.append((_glob_regex(value), index))
         self._prefixes = _bucketed(prefixes)
         self._suffixes = _bucketed(suffixes)
         self._names = (
@@ -379,9 +491,8 @@ class PathMatcher:
         )
         joined = "|".join(f"(?:{r.pattern})" for r, _ in self._loose)
         self._loose_all = re.compile(joined, flags) if self._loose else None
-        root_tails = tuple(self._tails.get("", ()))
         self._dirs: dict[str, _DirVerdict] = {}
-        self._root: _DirVerdict = (False, ((0, root_tails),) if root_tails else ())
+        self._root: _DirVerdict = (False, tuple(self._tails.get("", ())))
 
     # -- the answer -------------------------------------------------------------------
     def matches(self, path: str) -> bool:
@@ -418,16 +529,17 @@ class PathMatcher:
                 self._dirs[path] = verdict
                 continue
             denied = self._self_match(path, path.rpartition("/")[2], verdict[1])
-            anchors = verdict[1]
-            own = self._tails.get(path)
+            tails = verdict[1]
+            own = self._tails.get(path) if self._tails else None
             if own and not denied:
-                anchors = (*anchors, (len(path), tuple(own)))
-            verdict = (denied, anchors)
+                tails = (*tails, *own)
+            verdict = (denied, tails)
             self._dirs[path] = verdict
         return verdict
 
-    def _self_match(self, path: str, name: str, anchors: tuple[tuple[int, tuple[Any, ...]], ...]) -> bool:
-        """Whether ``path`` itself (not an ancestor) matches, as a file or as a directory."""
+    def _self_match(self, path: str, name: str, tails: tuple[tuple[int, re.Pattern[str]], ...]) -> bool:
+        """Whether ``path`` itself (not an ancestor) matches, as a file or as a directory;
+        ``tails``: the glob tails anchored above ``path`` (its own are looked up here)."""
         if name in self._exact:
             return True
         for length, bucket in self._prefixes:
@@ -442,10 +554,14 @@ class PathMatcher:
             return True
         if name in self._sequences and self._sequence_hit(path, name) is not None:
             return True
-        for offset, regexes in anchors:
-            rest = path[offset + 1 :]
-            for _, regex in regexes:
-                if regex.match(rest) or regex.match(rest + "/"):
+        if self._tails:
+            own = self._tails.get(path)
+            if own:
+                tails = (*tails, *own)
+        if tails:
+            rel = path[1:]
+            for _, regex in tails:
+                if regex.match(rel) or regex.match(rel + "/"):
                     return True
         if self._loose_all is not None:
             rel = path[1:]
@@ -483,11 +599,10 @@ class PathMatcher:
             found = self._sequence_hit(here, name) if name in self._sequences else None
             if found is not None:
                 hits.append(found)
-            for anchor, regexes in self._tails.items():
-                if anchor == "" or (is_within(here, anchor) and here != anchor):
-                    rest = here[len(anchor) + 1 :]
-                    hits += [i for i, r in regexes if r.match(rest) or r.match(rest + "/")]
             rel = here[1:]
+            for anchor, regexes in self._tails.items():
+                if anchor == "" or is_within(here, anchor):
+                    hits += [i for i, r in regexes if r.match(rel) or r.match(rel + "/")]
             hits += [i for r, i in self._loose if r.match(rel) or r.match(rel + "/")]
         return min(hits) if hits else -1
 

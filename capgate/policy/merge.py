@@ -100,8 +100,8 @@ def build_deny_patterns(
         anchored = anchor_pattern(source, workspace, home, key)
         try:
             regexes = glob_regexes(anchored)
-        except PolicyError:
-            raise
+        except PolicyError as exc:
+            raise PolicyError(f"{key} {source!r}: {exc}", key) from None
         except Exception as exc:  # pathspec's GitIgnorePatternError, re.error, ...
             raise PolicyError(f"{key} {source!r}: not a valid gitignore pattern ({exc})", key) from None
         out.append(DenyPattern(source, anchored, key, mandatory, regexes))

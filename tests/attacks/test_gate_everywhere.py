@@ -4,6 +4,7 @@ a ``PermissionDenied`` with rule ``fs.path`` from every ``fs`` function, as from
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import os
 import threading
@@ -16,6 +17,7 @@ import pytest
 
 import capgate
 from capgate import fs
+from capgate import gate as gate_mod
 
 # --------------------------------------------------------------------------------------
 # threads
@@ -30,6 +32,10 @@ def outside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     out.mkdir()
     (out / "secret.txt").write_text("outside the workspace")
     monkeypatch.chdir(out)
+    # A fresh process as far as the fallback is concerned: no ambient gate built yet, no gate
+    # ever activated (each test below activates the gates it is about).
+    monkeypatch.setattr(gate_mod, "_ambient", None)
+    monkeypatch.setattr(gate_mod, "_activated", False)
     return out
 
 
@@ -131,7 +137,8 @@ def test_a_thread_without_a_gate_is_refused_while_one_is_active(
     early.join()
     assert results == {"early": "gate.thread"}
     assert '"rule": "gate.thread"' in audit_stream.getvalue()
-    # Control: with no gate active anywhere, the fallback gate (cwd as workspace) answers again.
+    # Once a gate has been used, another thread never falls back to the ambient gate: it
+    # cannot be told apart from a thread started inside the gate by C code (see below).
     results.clear()
     go.clear()
     done.clear()
@@ -139,7 +146,70 @@ def test_a_thread_without_a_gate_is_refused_while_one_is_active(
     later.start()
     go.set()
     later.join()
-    assert results == {"early": "allowed"}
+    assert results == {"early": "gate.thread"}
+    # Controls: the main thread falls back to the ambient gate (cwd as workspace) when no gate
+    # is active, and a thread that enters a gate itself is decided by it.
+    assert fs.read_text(outside / "secret.txt") == "outside the workspace"
+    own = make_gate()
+
+    def entering() -> None:
+        with own:
+            _reader(results, "entering", outside / "secret.txt")()
+            _reader(results, "entering-control", workspace / "src" / "app.py")()
+
+    t = threading.Thread(target=entering)
+    t.start()
+    t.join()
+    assert results == {"early": "gate.thread", "entering": "filesystem.read", "entering-control": "allowed"}
+
+
+def test_before_any_gate_a_thread_uses_the_ambient_gate(outside: Path) -> None:
+    """Control for the rule above: a program that never activates a gate keeps the ambient
+    gate (cwd as workspace) in every thread."""
+    results: dict[str, str] = {}
+    t = threading.Thread(target=_reader(results, "thread", outside / "secret.txt"))
+    t.start()
+    t.join()
+    assert results == {"thread": "allowed"}
+
+
+def _c_thread(function: Callable[[], None]) -> None:
+    """Start ``function`` the way a C library does: the original ``_thread.start_new_thread``
+    (``threading`` keeps a reference to it), so no Python-level patch sees the thread start
+    and it begins with an empty context."""
+    threading._start_new_thread(function, ())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("starter", ["c", "_thread"])
+def test_a_low_level_thread_started_inside_a_gate_never_gets_the_ambient_gate(
+    starter: str, make_gate: Any, workspace: Path, outside: Path
+) -> None:
+    """``_thread.start_new_thread`` inside the gate runs under it; a thread started by C code
+    cannot, and is refused (``gate.thread``) both while the gate is active and after it exits."""
+    results: dict[str, str] = {}
+    inside, go, done = threading.Event(), threading.Event(), threading.Event()
+
+    def body() -> None:
+        try:
+            _reader(results, "during", outside / "secret.txt")()
+            _reader(results, "during-control", workspace / "src" / "app.py")()
+            inside.set()
+            go.wait(10)
+            _reader(results, "after", outside / "secret.txt")()
+        finally:
+            done.set()
+
+    with make_gate():
+        (_c_thread if starter == "c" else lambda f: _thread.start_new_thread(f, ()))(body)
+        assert inside.wait(10)
+    go.set()
+    assert done.wait(10)
+    if starter == "c":
+        assert results == {"during": "gate.thread", "during-control": "gate.thread", "after": "gate.thread"}
+    else:
+        assert results == {"during": "filesystem.read", "during-control": "allowed", "after": "filesystem.read"}
+    # control: the main thread, with no gate active, still has the ambient gate
+    assert fs.read_text(outside / "secret.txt") == "outside the workspace"
 
 
 def test_nested_gates_in_threads_restore_their_own_stack(make_gate: Any, workspace: Path, outside: Path) -> None:

@@ -109,3 +109,78 @@ def test_ambient_gate_uses_capgate_policy_env(workspace: Path, tmp_path: Path, m
     assert fs.read_text("src/app.py")
     with pytest.raises(PermissionError):
         fs.read_text(str(workspace / "README.md"))
+
+
+# --------------------------------------------------------------------------------------
+# the ``with`` stack is per context (asyncio tasks), and is never left stuck
+# --------------------------------------------------------------------------------------
+
+
+def test_interleaved_asyncio_tasks_each_keep_their_own_gate(make_gate) -> None:  # type: ignore[no-untyped-def]
+    """Three tasks of one thread, two of them sharing a gate, entered a-b-c and left a-c-b: each
+    task sees its own gate at every step, and no gate is left active."""
+    import asyncio
+
+    import capgate.gate as gate_mod
+
+    first, second = make_gate(), make_gate({"filesystem": {"read": ["src"]}})
+    seen: list[tuple[str, object]] = []
+
+    async def task(name: str, g: capgate.Gate, hold: float) -> None:
+        with g:
+            await asyncio.sleep(hold)
+            seen.append((name, capgate.current_gate()))
+        seen.append((name + "-after", gate_mod._current.get()))
+
+    async def main() -> None:
+        await asyncio.gather(task("a", first, 0.01), task("b", first, 0.05), task("c", second, 0.03))
+
+    asyncio.run(main())
+    assert seen == [("a", first), ("a-after", None), ("c", second), ("c-after", None), ("b", first),
+                    ("b-after", None)]
+    assert first not in gate_mod._active and second not in gate_mod._active
+    # control: the main thread's context was never touched
+    assert gate_mod._current.get() is None
+
+
+def test_leaving_a_gate_in_another_thread_is_an_error_and_never_leaves_it_active(  # type: ignore[no-untyped-def]
+    make_gate,
+) -> None:
+    import capgate.gate as gate_mod
+
+    g = make_gate()
+    entered, left = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def other() -> None:
+        g.__enter__()
+        entered.set()
+        left.wait(10)
+        seen["still"] = gate_mod._current.get()  # where it was entered, the gate stays current
+        g.__exit__(None, None, None)  # control: leaving it where it was entered works
+        seen["after"] = gate_mod._current.get()
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert entered.wait(10)
+    with pytest.raises(RuntimeError, match="not entered in this context"):
+        g.__exit__(None, None, None)
+    assert g not in gate_mod._active
+    left.set()
+    t.join()
+    assert seen == {"still": g, "after": None}
+    assert g not in gate_mod._active
+
+
+def test_gates_left_out_of_order_raise_and_restore_the_stack(make_gate) -> None:  # type: ignore[no-untyped-def]
+    import capgate.gate as gate_mod
+
+    outer, inner = make_gate(), make_gate()
+    outer.__enter__()
+    inner.__enter__()
+    with pytest.raises(RuntimeError, match="out of order"):
+        outer.__exit__(None, None, None)
+    assert capgate.current_gate() is inner  # the open inner block still decides
+    assert outer not in gate_mod._active and inner in gate_mod._active
+    inner.__exit__(None, None, None)
+    assert gate_mod._current.get() is None and inner not in gate_mod._active

@@ -1,13 +1,19 @@
 """Property: the deny matcher gives pathspec's gitignore answer (the reference: a path is
 denied when it or any ancestor matches, as a file or as a directory) for random patterns of
 every shape the matcher sorts by — exact names, ``prefix*``, ``*suffix``, extensions, other
-globs, ``**/name``, ``**/name/**``, literal ``**/a/b`` sequences, anchored literals and
-anchored globs, directory-only patterns — and random paths over the same small alphabet, so
-that hits are common. Many patterns at once, as in a real deny list; ``first_match`` names the
-first matching pattern in policy order."""
+globs, ``**/name``, ``**/name/**`` (the name a glob too), literal ``**/a/b`` sequences, anchored
+literals and anchored globs, ``**`` tails (``/lit/**``, ``/lit/**/*/**``), directory-only
+patterns, names and globs ending in a space (``**/ke? /**``) and unescaped trailing whitespace
+(which gitignore drops) — and random paths over the same small alphabet, so that hits are
+common. Many patterns at once, as in a real deny list; ``first_match`` names the first matching
+pattern in policy order.
+
+By the reference a directory is denied by ``dir/**`` (pathspec's regex matches ``dir/``), and
+capgate agrees: the directory cannot be listed."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pathspec
@@ -17,7 +23,7 @@ from hypothesis import strategies as st
 from capgate.paths import PathMatcher
 
 _NAMES = ["a", "b", "ab", ".env", ".envrc", "x.pem", "k.tar.gz", "node_modules", "gen", ".git", "hooks", "cfg",
-          "a.b", "z~", "secret", "secrets", "n\nl", "é.key"]
+          "a.b", "z~", "secret", "secrets", "n\nl", "é.key", "key ", "a b "]
 _GLOBS = ["*", "?", "[ab]", "[!a]", "**"]
 
 
@@ -25,7 +31,9 @@ _GLOBS = ["*", "?", "[ab]", "[!a]", "**"]
 def _component(draw: st.DrawFn, glob: bool) -> str:
     if not glob or draw(st.booleans()):
         return draw(st.sampled_from(_NAMES))
-    shape = draw(st.sampled_from(["prefix", "suffix", "mid", "class", "q"]))
+    shape = draw(st.sampled_from(["prefix", "suffix", "mid", "class", "q", "star"]))
+    if shape == "star":
+        return "*"
     name = draw(st.sampled_from([n for n in _NAMES if n not in (".", "..")]))
     if shape == "prefix":
         return name[: draw(st.integers(1, len(name)))] + "*"
@@ -41,7 +49,7 @@ def _component(draw: st.DrawFn, glob: bool) -> str:
 @st.composite
 def _pattern(draw: st.DrawFn) -> str:
     kind = draw(st.sampled_from(["name", "glob-name", "any-depth", "any-depth-dir", "sequence", "anchored",
-                                 "anchored-glob", "deep"]))
+                                 "anchored-glob", "deep", "anchored-tree", "tree-tail"]))
     if kind == "name":
         body = draw(_component(False))
     elif kind == "glob-name":
@@ -49,7 +57,7 @@ def _pattern(draw: st.DrawFn) -> str:
     elif kind == "any-depth":
         body = "**/" + draw(_component(draw(st.booleans())))
     elif kind == "any-depth-dir":
-        body = "**/" + draw(_component(False)) + "/**"
+        body = "**/" + draw(_component(draw(st.booleans()))) + "/**"
     elif kind == "sequence":
         body = "**/" + "/".join(draw(st.lists(_component(False), min_size=2, max_size=3)))
     elif kind == "anchored":
@@ -57,16 +65,33 @@ def _pattern(draw: st.DrawFn) -> str:
     elif kind == "anchored-glob":
         parts = draw(st.lists(_component(False), min_size=0, max_size=2))
         body = "/" + "/".join([*parts, draw(_component(True))])
-    else:
+    elif kind == "deep":
         body = "/" + draw(_component(False)) + "/**/" + draw(_component(draw(st.booleans())))
-    return body + ("/" if draw(st.booleans()) and not body.endswith("**") else "")
+    elif kind == "anchored-tree":  # /lit/** : the directory and everything beneath it
+        body = "/" + "/".join(draw(st.lists(_component(False), min_size=1, max_size=2))) + "/**"
+    else:  # /lit/**/<glob>/** and the like: a tail pathspec cannot translate on its own
+        middle = draw(st.sampled_from(["/**/", "/*/", "/"]))
+        body = "/" + draw(_component(False)) + middle + draw(_component(True)) + "/**"
+    body += "/" if draw(st.booleans()) and not body.endswith("**") else ""
+    return body + draw(st.sampled_from(["", "", "", " ", "  ", "\t"]))  # gitignore drops trailing whitespace
 
 
 def _spec(lines: list[str]) -> list[re.Pattern[str]]:
     """pathspec's own translation of each line, compiled with DOTALL: pathspec leaves it out,
-    so its ``*`` and ``**`` would not match a newline in a name (a known hole, closed in capgate)."""
-    compiled = pathspec.GitIgnoreSpec.from_lines(lines).patterns
-    return [re.compile(p.regex.pattern, re.DOTALL) for p in compiled if p.include and p.regex is not None]
+    so its ``*`` and ``**`` would not match a newline in a name (a known hole, closed in capgate).
+
+    Lines made only of ``*`` and ``**`` components match everything (every name, as a file or
+    as a directory); pathspec translates some of them (``*/``, ``**/*/**``) to ``/``, which
+    matches no relative path, so the reference spells them out."""
+    out = []
+    for line in lines:
+        text = line if line.endswith("\\ ") else line.rstrip()
+        if text.strip("/") and all(part in ("*", "**") for part in text.strip("/").split("/")):
+            out.append(re.compile(".", re.DOTALL))
+            continue
+        out += [re.compile(p.regex.pattern, re.DOTALL) for p in pathspec.GitIgnoreSpec.from_lines([line]).patterns
+                if p.include and p.regex is not None]
+    return out
 
 
 def _reference(spec: list[re.Pattern[str]], path: str) -> bool:
@@ -81,7 +106,7 @@ def _reference(spec: list[re.Pattern[str]], path: str) -> bool:
 _paths = st.lists(st.sampled_from(_NAMES), min_size=1, max_size=6).map(lambda parts: "/" + "/".join(parts))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("CAPGATE_PROPERTY_EXAMPLES", "300")), deadline=None)
 @given(patterns=st.lists(_pattern(), min_size=1, max_size=40), paths=st.lists(_paths, min_size=1, max_size=30))
 def test_matcher_agrees_with_pathspec(patterns: list[str], paths: list[str]) -> None:
     matcher = PathMatcher([(p,) for p in patterns])
