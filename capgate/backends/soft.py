@@ -220,6 +220,14 @@ class SoftBackend:
         confine = request.confine
         if confine is not None and proxy is not None:  # the kernel layer lets TCP reach the proxy alone
             confine = confine.with_connect_ports((port,))
+        # The command before anything runs beside this thread: the namespace backend's scan is
+        # CPU work, and with the audit writer's import thread going it took 4x as long.
+        try:
+            argv, confine = self._command(request, list(request.argv), confine, proxy, audit)
+        except BaseException:
+            if proxy is not None:
+                proxy.stop()
+            raise
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         _widen_pipe(write_fd)
         env["CAPGATE_AUDIT_FD"] = str(write_fd)
@@ -234,7 +242,6 @@ class SoftBackend:
             start_import()  # structlog loads while the child starts
         started = time.monotonic()
         try:
-            argv, confine = self._command(request, list(request.argv), confine, proxy, audit)
             result = _supervise(argv, policy=policy, env=env, cwd=policy.workspace,
                                 pass_fds=(write_fd,), confine=confine)
         finally:
