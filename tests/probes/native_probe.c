@@ -60,7 +60,7 @@ int main(int argc, char **argv) {
             struct sockaddr_un sa = {.sun_family = AF_UNIX};
             strncpy(sa.sun_path, argv[++i], sizeof sa.sun_path - 1);
             if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) { err(a); close(s); continue; }
-            if (write(s, "probe\n", 6) < 0) { err(a); close(s); continue; }
+            (void)!write(s, "probe\n", 6); /* connected is the answer; the listener may close at once */
             close(s);
             printf("unix OK\n");
         } else if (!strcmp(a, "tcp") && i + 1 < argc) {
@@ -68,7 +68,7 @@ int main(int argc, char **argv) {
             struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[++i]))};
             sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
             if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) { err(a); close(s); continue; }
-            if (write(s, "probe\n", 6) < 0) { err(a); close(s); continue; }
+            (void)!write(s, "probe\n", 6);
             close(s);
             printf("tcp OK\n");
         } else if (!strcmp(a, "list") && i + 1 < argc) {
