@@ -25,6 +25,17 @@ def _die(message: str) -> None:
     os._exit(125)
 
 
+def _report_started() -> None:
+    """Tell the launcher the view came up (one event line on the child's audit pipe): without
+    it, a non-zero exit is bubblewrap's refusal to build the view, not the child's status."""
+    fd = os.environ.get("CAPGATE_AUDIT_FD", "")
+    if fd.isdigit():
+        try:
+            os.write(int(fd), b'{"event":"namespace.started","pid":%d}\n' % os.getpid())
+        except OSError:
+            pass
+
+
 def main(argv: list[str]) -> None:
     if "--" not in argv or len(argv) < 3:
         _die("usage: ns_exec.py PLAN [--forward PORT SOCKET] -- COMMAND...")
@@ -49,6 +60,7 @@ def main(argv: list[str]) -> None:
             _die(f"cannot apply the Landlock plan: {exc}")
         if failed:
             _die(f"cannot apply the Landlock plan: {os.strerror(failed)}")
+    _report_started()
     try:
         os.execv(command[0], command)  # noqa: S606 (the agent command, already decided by the launcher)
     except OSError as exc:

@@ -29,7 +29,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from capgate.backends.base import LaunchRequest
-from capgate.backends.namespace_view import Scan, View, bwrap_argv, created_denials, scan
+from capgate.backends.namespace_view import Scan, View, bwrap_argv, scan
 from capgate.backends.soft import SoftBackend, _start_proxy
 
 if TYPE_CHECKING:
@@ -83,32 +83,51 @@ def _probe_key(bwrap: str) -> str:
     return f"{boot} {os.uname().release} {bwrap} {st.st_mtime_ns} {st.st_size} {os.getuid()}"
 
 
-def _cached_probe(bwrap: str) -> tuple[bool, str]:
-    """``_probe``, remembered for this boot in the user's state directory (~10 ms a run
-    otherwise). A stale "yes" (user namespaces switched off since) only means bubblewrap
-    refuses at start: the run then stops with its message (exit 125), never runs weaker."""
-    key = _probe_key(bwrap)
+def _probe_cache_path() -> str:
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    path = os.path.join(state, "capgate", "namespace-probe")
+    return os.path.join(state, "capgate", "namespace-probe")
+
+
+def _cached_probe(bwrap: str) -> tuple[bool, str]:
+    """``_probe``, its "yes" remembered for this boot in the user's state directory (~10 ms a
+    run otherwise). Only a yes is kept, in a file of ours nobody else can write: a forged "no"
+    could quietly move later runs to the soft backend, and a stale or forged "yes" only means
+    bubblewrap refuses at start — the run then stops with exit 125 and forgets the answer
+    (``NamespaceBackend._after``), never runs weaker."""
+    key = _probe_key(bwrap)
+    path = _probe_cache_path()
     if key:
         try:
-            with open(path, encoding="utf-8") as fh:
-                stored_key, _, answer = fh.read().partition("\n")
-            if stored_key == key and answer:
-                return (True, "") if answer == "ok" else (False, answer)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            with os.fdopen(fd, encoding="utf-8") as fh:
+                st = os.fstat(fh.fileno())
+                stored = fh.read(4096) if (st.st_uid == os.getuid() and not st.st_mode & 0o022
+                                           and stat.S_ISREG(st.st_mode)) else ""
+            if stored == key + "\nok":
+                return True, ""
         except OSError:
             pass
     result = _probe(bwrap)
-    if key:
+    if key and result[0]:
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(key + "\n" + ("ok" if result[0] else result[1]))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(key + "\nok")
             os.replace(tmp, path)
         except OSError:
             pass
     return result
+
+
+def _forget_probe() -> None:
+    global _probe_cache
+    _probe_cache = None
+    try:
+        os.unlink(_probe_cache_path())
+    except OSError:
+        pass
 
 
 class NamespaceBackend(SoftBackend):
@@ -117,7 +136,6 @@ class NamespaceBackend(SoftBackend):
     def __init__(self) -> None:
         super().__init__()
         self._bwrap: str | None = None
-        self._scan: Scan | None = None
 
     def available(self) -> tuple[bool, str]:
         global _probe_cache
@@ -155,7 +173,8 @@ class NamespaceBackend(SoftBackend):
         fs = policy.filesystem
         rules = Gate(policy, audit=audit).path_rules
         sockets = tuple(getattr(policy.network, "allowed_unix_sockets", ()) or ())
-        found = self._scan = scan(rules, (*fs.read,), (*fs.write,), sockets)
+        found = scan(rules, (*fs.read,), (*fs.write,), sockets)
+        self._rules, self._before = rules, found
         empty_file, empty_dir = _empties(request.run_dir)
         system, links, hidden_files, hidden_dirs = _system_view()
         view = View(
@@ -183,19 +202,17 @@ class NamespaceBackend(SoftBackend):
         return bwrap_argv(self._bwrap, view, [*inner, "--", *argv]), None
 
     def _after(self, request: LaunchRequest, audit: AuditLog) -> None:
-        """Names the gate would not have let the agent write that appeared in the write roots
-        during the run (a native child's ``output/.bashrc``): reported as denials."""
-        from capgate import ops
-        from capgate.decision import Decision
-        from capgate.gate import Gate
+        """A run whose view never came up (bubblewrap refused: user namespaces switched off
+        since the probe, a mount it could not make) is a refusal to start, not the child's
+        exit status; then the soft backend's report of what appeared in the write roots."""
+        reader = self._reader
+        if reader is not None and not reader.namespace_started:
+            _forget_probe()
+            from capgate.errors import BackendUnavailable
 
-        if self._scan is None:
-            return
-        rules = Gate(request.policy, audit=audit).path_rules
-        writable = [w for w in request.policy.filesystem.write if w not in (request.home, request.tmpdir, "/dev/null")]
-        for path, rule, reason in created_denials(rules, writable, self._scan):
-            audit.record(ops.FS_WRITE, path, Decision.deny(f"created during the run by a program the hooks do not "
-                                                          f"see: {reason}", rule, path), source="launcher")
+            raise BackendUnavailable("the namespace sandbox did not start: bubblewrap could not build the view "
+                                     "(its message is above)")
+        super()._after(request, audit)
 
 
 def _count_reasons(found: Scan) -> dict[str, int]:

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from capgate.ops import FS_READ, FS_WRITE
 from capgate.paths import PathRules, is_within
 
-__all__ = ["MAX_SCAN_ENTRIES", "Scan", "View", "bwrap_argv", "created_denials", "scan"]
+__all__ = ["GIT_REDIRECT_RULE", "MAX_SCAN_ENTRIES", "Scan", "View", "bwrap_argv", "created_denials", "scan",
+           "snapshot_write_roots"]
 
 # A walk that would take longer than the run is refused rather than half done (the view
 # would then show what it had not looked at).
@@ -46,13 +47,16 @@ _KERNEL_MADE = ("/dev", "/proc")
 
 @dataclass(frozen=True)
 class Scan:
-    """What the walk of the read and write roots found to cover up."""
+    """What the walk of the read and write roots found to cover up, and the identity
+    (device, inode) of every path in the write roots the gate refuses the agent, as it was
+    before the run (``created_denials`` compares against it)."""
 
     hidden_files: tuple[str, ...] = ()
     hidden_dirs: tuple[str, ...] = ()
     readonly: tuple[str, ...] = ()
     reasons: dict[str, str] = field(default_factory=dict)  # path -> the rule that hid it
     entries: int = 0
+    before: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,92 +93,150 @@ def _roots(paths: Iterable[str]) -> list[str]:
     return out
 
 
+# A bind mount's paths must fit the kernel's PATH_MAX; deeper trees are covered at an ancestor.
+_MAX_BIND_PATH = 3800
+# The name git follows: a ``.git`` that is a symlink or a ``gitdir:`` file points git at a
+# directory whose ``hooks/`` and ``config`` the mandatory list does not see by name.
+GIT_REDIRECT_RULE = "filesystem.gitRedirect"
+
+
+def _git_redirect(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.name == ".git" and not entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return True
+
+
 def scan(rules: PathRules, read_roots: Sequence[str], write_roots: Sequence[str],
          allowed_sockets: Sequence[str] = (), *, limit: int = MAX_SCAN_ENTRIES) -> Scan:
     """Walk the read and write roots (never following a symlink) and sort out what to cover.
 
-    Raises ``OSError(E2BIG)`` past ``limit`` entries: the view is then not built at all."""
+    Fails closed: a directory that cannot be listed, or is too deep to bind, is covered whole;
+    past ``limit`` entries it raises ``OSError(E2BIG)`` and the view is not built at all. A
+    write-denied directory (``output/.vscode``) is bound read-only *and* still walked: a
+    ``.env`` or a planted hard link inside it is covered like anywhere else."""
     hidden_files: list[str] = []
     hidden_dirs: list[str] = []
     readonly: list[str] = []
     reasons: dict[str, str] = {}
+    before: dict[str, tuple[int, int]] = {}
     sockets = frozenset(allowed_sockets)
     writable = tuple(write_roots)
     count = 0
-    # (directory, beneath a write root?): the walk stays beneath the roots, so only the deny
-    # lists can refuse what it meets (``PathRules.deny_lists``, the first step of ``decide``).
-    stack = [(r, any(is_within(r, w) for w in writable)) for r in _roots([*read_roots, *write_roots])
+    # (directory, beneath a write root?, beneath a read-only bind already?): the walk stays
+    # beneath the roots, so only the deny lists can refuse what it meets
+    # (``PathRules.deny_lists``, the first step of ``decide``).
+    stack = [(r, any(is_within(r, w) for w in writable), False) for r in _roots([*read_roots, *write_roots])
              if os.path.isdir(r)]
     deny_lists = rules.deny_lists
+
+    def cover(path: str, is_dir: bool, rule: str, st: os.stat_result | None, in_write: bool) -> None:
+        (hidden_dirs if is_dir else hidden_files).append(path)
+        reasons[path] = rule
+        if in_write and st is not None:
+            before[path] = (st.st_dev, st.st_ino)
+
     while stack:
-        directory, in_write = stack.pop()
+        directory, in_write, under_readonly = stack.pop()
         try:
             entries = list(os.scandir(directory))
         except OSError:
-            continue  # unreadable to us: the child cannot read it either
+            # Unlistable to us (mode 0311, ENAMETOOLONG...), yet reachable step by step by the
+            # child: covered whole rather than passed over.
+            cover(directory, True, "fs.unlistable", None, False)
+            continue
         for entry in entries:
             count += 1
             if count > limit:
                 raise OSError(7, f"more than {limit} entries under the read and write roots: too many to check")
             path = entry.path
-            denial = deny_lists(FS_READ, path)
             try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if denial is not None:
-                    (hidden_dirs if is_dir else hidden_files).append(path)
-                    reasons[path] = denial.rule
-                    continue
-                if not is_dir and not entry.is_symlink():
-                    st = entry.stat(follow_symlinks=False)  # (the link count needs a stat)
-                    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                        hidden_files.append(path)
-                        reasons[path] = "filesystem.hardLinks"
-                        continue
-                    if stat.S_ISSOCK(st.st_mode) and path not in sockets:
-                        hidden_files.append(path)
-                        reasons[path] = "network.allowedUnixSockets"
-                        continue
+                st = entry.stat(follow_symlinks=False)
             except OSError:
+                continue  # gone since the listing
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                # Never bound or covered (a mount on a symlink lands on its target): the gate
+                # judges what a link resolves to by that path, and the walk meets it there. A
+                # denied name that is a link is remembered, so only a new one is reported.
+                if in_write and (deny_lists(FS_WRITE, path) is not None or entry.name == ".git"):
+                    before[path] = (st.st_dev, st.st_ino)
+                continue
+            denial = deny_lists(FS_READ, path)
+            if denial is not None:
+                cover(path, is_dir, denial.rule, st, in_write)
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                cover(path, False, "filesystem.hardLinks", st, in_write)
+                continue
+            if stat.S_ISSOCK(st.st_mode) and path not in sockets:
+                cover(path, False, "network.allowedUnixSockets", st, in_write)
                 continue
             here_write = in_write or (is_dir and any(is_within(path, w) for w in writable))
+            here_readonly = under_readonly
             if here_write:
                 denial = deny_lists(FS_WRITE, path)
-                if denial is not None:
-                    readonly.append(path)
-                    reasons[path] = denial.rule
-                    continue
+                if denial is not None or _git_redirect(entry):
+                    before[path] = (st.st_dev, st.st_ino)
+                    if not under_readonly:
+                        readonly.append(path)
+                        reasons[path] = denial.rule if denial is not None else GIT_REDIRECT_RULE
+                        here_readonly = True
             if is_dir:
-                stack.append((path, here_write))
-    return Scan(tuple(hidden_files), tuple(hidden_dirs), tuple(readonly), reasons, count)
+                if len(os.fsencode(path)) > _MAX_BIND_PATH:
+                    cover(directory, True, "fs.tooDeep", None, False)
+                    break
+                stack.append((path, here_write, here_readonly))
+    return Scan(tuple(hidden_files), tuple(hidden_dirs), tuple(readonly), reasons, count, before)
 
 
 def created_denials(rules: PathRules, write_roots: Sequence[str], before: Scan) -> list[tuple[str, str, str]]:
-    """Names in the write roots the gate would not have let the agent write, made during the
-    run (a native child's ``output/.bashrc``): ``(path, rule, reason)`` each, for the log."""
-    known = set(before.readonly)
+    """What the gate would have refused the agent to write that is in the write roots after
+    the run and was not there before as the same object (device, inode): a native child's
+    ``output/.bashrc``, a ``.git/hooks`` recreated after moving its parent, a ``.git`` made a
+    symlink or ``gitdir:`` file. ``(path, rule, reason)`` each, for the log. A directory the
+    walk cannot list, or a tree too large to walk, is reported too: never passed over."""
+    known = before.before
     found: list[tuple[str, str, str]] = []
     stack = [r for r in _roots(write_roots) if os.path.isdir(r)]
     budget = MAX_SCAN_ENTRIES
-    while stack and budget > 0:
+    deny_lists = rules.deny_lists
+    while stack:
         directory = stack.pop()
         try:
             entries = list(os.scandir(directory))
-        except OSError:
+        except OSError as exc:
+            found.append((directory, "fs.unlistable", f"could not be checked at exit ({exc.strerror or exc})"))
             continue
         for entry in entries:
             budget -= 1
+            if budget < 0:
+                found.append((directory, "fs.tooLarge", "the write roots hold too many entries to check at exit"))
+                return found
             path = entry.path
-            decision = rules.decide(FS_WRITE, path)
-            if not decision.allowed:
-                if path not in known and decision.rule != "fs.tempFile":
-                    found.append((path, decision.rule, decision.reason))
-                continue
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(path)
+                st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
+            denial = deny_lists(FS_WRITE, path)
+            if denial is not None and denial.rule == "fs.tempFile":
+                denial = None
+            redirect = _git_redirect(entry)
+            if (denial is not None or redirect) and known.get(path) != (st.st_dev, st.st_ino):
+                if denial is not None:
+                    found.append((path, denial.rule, denial.reason))
+                else:
+                    found.append((path, GIT_REDIRECT_RULE, "a .git that is not a directory points git at hooks and "
+                                                           "a config the mandatory list does not see"))
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(path)
     return found
+
+
+def snapshot_write_roots(rules: PathRules, write_roots: Sequence[str]) -> Scan:
+    """``scan`` of the write roots alone, for a backend that covers nothing but still reports
+    what appeared at exit (the soft backend)."""
+    return scan(rules, (), write_roots)
 
 
 def bwrap_argv(bwrap: str, view: View, command: Sequence[str], *, disable_userns: bool = True) -> list[str]:
@@ -212,11 +274,11 @@ def bwrap_argv(bwrap: str, view: View, command: Sequence[str], *, disable_userns
         argv += ["--bind-try" if rw else "--ro-bind-try", path, path]  # (a missing one: ENOENT inside)
     for path in view.sockets:
         argv += ["--bind-try", path, path]
+    for path in view.scan.readonly:  # before the covers: a cover inside one must stay on top
+        argv += ["--ro-bind", path, path]
     for path in view.scan.hidden_dirs:
         argv += ["--ro-bind", view.empty_dir, path]
     for path in view.scan.hidden_files:
         argv += ["--ro-bind", view.empty_file, path]
-    for path in view.scan.readonly:
-        argv += ["--ro-bind", path, path]
     argv += ["--chdir", view.workspace, "--", *command]
     return argv

@@ -48,6 +48,7 @@ class ChildReportReader(threading.Thread):
         self.fd = fd
         self.audit = audit
         self.activated = False
+        self.namespace_started = False  # ns_exec ran inside the view (the namespace backend)
         self.lines = 0
         self.dropped = 0
         self.malformed = 0
@@ -118,6 +119,8 @@ class ChildReportReader(threading.Thread):
         name = data["event"]
         if name == "soft.activated":
             self.activated = True
+        elif name == "namespace.started":
+            self.namespace_started = True
         extra = {k: v for k, v in data.items() if k not in ("event", "pid") and isinstance(v, (str, int, bool))}
         self.audit.event("child." + name, source="child", child_pid=pid,
                          **{f"child_{k}": v for k, v in list(extra.items())[:8]})
@@ -273,11 +276,37 @@ class SoftBackend:
 
     def _command(self, request: LaunchRequest, argv: list[str], confine: Any, proxy: Any,
                  audit: AuditLog) -> tuple[list[str], Any]:
-        """The command the supervisor starts, and the Landlock plan it puts the tree under."""
+        """The command the supervisor starts, and the Landlock plan it puts the tree under.
+        Also remembers what the write roots hold that the gate refuses the agent (``_after``
+        reports what appears beside it)."""
+        from capgate.backends.namespace_view import snapshot_write_roots
+        from capgate.gate import Gate
+
+        self._rules = Gate(request.policy, audit=audit).path_rules
+        self._before = snapshot_write_roots(self._rules, _reported_write_roots(request))
         return argv, confine
 
     def _after(self, request: LaunchRequest, audit: AuditLog) -> None:
-        """After a run that completed (the tree is gone): a last look, for the audit log."""
+        """After a run that completed (the tree is gone): names the gate would not have let the
+        agent write that appeared in the write roots during the run — a native program's
+        ``output/.bashrc``, a ``.git`` made a symlink, a ``.git/hooks`` recreated under a moved
+        parent, none of which the hooks see — are logged as denials. Landlock lets the tree
+        write anywhere beneath the write roots; this makes sure it is never silent."""
+        from capgate import ops
+        from capgate.backends.namespace_view import created_denials
+        from capgate.decision import Decision
+
+        before = getattr(self, "_before", None)
+        if before is None:
+            return
+        for path, rule, reason in created_denials(self._rules, _reported_write_roots(request), before):
+            audit.record(ops.FS_WRITE, path, Decision.deny(f"appeared during the run, made by a program the hooks "
+                                                          f"do not see: {reason}", rule, path), source="launcher")
+
+
+def _reported_write_roots(request: LaunchRequest) -> list[str]:
+    """The write roots whose contents outlive the run (not the run's private HOME and TMPDIR)."""
+    return [w for w in request.policy.filesystem.write if w not in (request.home, request.tmpdir, "/dev/null")]
 
 
 def _check_launched_git(argv: tuple[str, ...], cwd: str, env: dict[str, str], audit: AuditLog) -> None:

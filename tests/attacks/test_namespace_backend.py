@@ -167,6 +167,12 @@ def test_the_probe_can_tell_the_soft_backend_leaves_these_to_landlock(world: dic
     assert ws_sock == "unix OK"
     assert environ.endswith("found=0") is False, environ
     assert chmod == "chmod OK"
+    # What neither hooks nor Landlock can refuse is at least reported: the soft backend's exit
+    # report names the output/.bashrc the native child made.
+    assert lines[9] == "create OK"
+    home = Path(str(world["home"]))
+    denials = [e for e in audit_lines(home) if e.get("decision") == "deny"]
+    assert any(str(e["target"]).endswith("output/.bashrc") for e in denials), denials
 
 
 def test_a_python_child_keeps_the_gate_inside_the_view(world: dict[str, object]) -> None:

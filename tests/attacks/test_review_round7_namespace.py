@@ -1,6 +1,6 @@
 """Review round 7 (adversarial, namespace backend): holes found in ``capgate run --backend
-namespace`` (also what ``auto`` picks where user namespaces work). Each hole is a strict xfail
-that passes once it is fixed, with a benign control beside it that passes today.
+namespace`` (also what ``auto`` picks where user namespaces work). Each hole was a strict
+xfail with a benign control beside it; all are fixed and kept as regression tests.
 
 A compiled C probe (``tests/probes/review7_probe.c``: no audit hooks see it) plays the
 prompt-injected agent's native helper; everything is judged from the host side (files,
@@ -101,9 +101,6 @@ def _secrets_in(ws: Path, where: str) -> list[str]:
     return ["read", str(base / ".env"), "read", str(base / "server.pem"), "read", str(base / "planted")]
 
 
-@pytest.mark.xfail(strict=True, reason="round 7 #1: the scan never walks a directory it bound read-only "
-                                       "(.vscode/, .devcontainer/, .git/hooks/): secrets and hard links there are "
-                                       "not covered")
 @pytest.mark.parametrize("where", [".devcontainer", ".vscode", ".git/hooks"])
 def test_secrets_inside_a_write_denied_directory_are_covered(ws: Path, where: str) -> None:
     lines = _run(ws, *_secrets_in(ws, where))
@@ -116,8 +113,6 @@ def test_control_secrets_elsewhere_in_the_write_root_are_covered(ws: Path) -> No
 
 
 # -- 2. rename the parent of a read-only bind, make the same path again -----------------------
-@pytest.mark.xfail(strict=True, reason="round 7 #2: the exit report skips paths that were read-only at start "
-                                       "by name; renaming their parent and recreating them is silent")
 @pytest.mark.parametrize("case", ["hooks", "bashrc"])
 def test_recreating_a_read_only_path_under_a_renamed_parent_is_reported(ws: Path, case: str) -> None:
     out = ws / "output"
@@ -154,8 +149,6 @@ def test_control_a_new_hooks_dir_is_reported_at_exit(ws: Path) -> None:
 
 
 # -- 3. a .git that is a symlink or a gitdir: file ------------------------------------------
-@pytest.mark.xfail(strict=True, reason="round 7 #3: a .git symlink or gitdir: file redirects git to hooks the "
-                                       "mandatory list and the exit report do not name")
 @pytest.mark.parametrize("kind", ["symlink", "gitdir-file"])
 def test_a_redirected_git_dir_with_a_hook_is_reported(ws: Path, kind: str) -> None:
     out = ws / "output"
@@ -201,8 +194,6 @@ def _reported_deep_bashrc(ws: Path) -> bool:
     return any(t.endswith("/.bashrc") and _DEEP_NAME in t for t in _write_denials(ws))
 
 
-@pytest.mark.xfail(strict=True, reason="round 7 #4: scan() and created_denials() skip a directory they cannot "
-                                       "list (here ENAMETOOLONG past PATH_MAX) instead of failing closed")
 def test_a_tree_deeper_than_path_max_is_covered_and_reported(ws: Path) -> None:
     _deep_tree(ws / "output", _DEEP, "deep-secret-" + SECRET)
     lines = _run(ws, *_deep_actions(ws, _DEEP))
@@ -251,8 +242,6 @@ def _chosen(result: subprocess.CompletedProcess[str]) -> str:
     return line.split()[2]
 
 
-@pytest.mark.xfail(strict=True, reason="round 7 #5: the probe cache is trusted wherever it is; an agent with "
-                                       "the state dir in a write root downgrades every later auto run to soft")
 def test_an_agent_cannot_downgrade_later_runs_through_the_probe_cache(tmp_path: Path) -> None:
     home, policy, logs = _home_workspace(tmp_path)
     first = _home_run(home, policy, logs, "first", PY, str(home / "forge.py"), str(home))
@@ -302,8 +291,6 @@ def _restricted(ws: Path, mode: str) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="round 7 #6: with a stale 'ok' cached, a bwrap that cannot start is "
-                                       "reported as the child's exit 1 and 'no denials seen', not refused (125)")
 def test_a_stale_probe_answer_still_ends_in_the_documented_refusal(ws: Path) -> None:
     out = _restricted(ws, "stale")
     assert "rc=125" in out, out
@@ -316,8 +303,6 @@ def test_control_refused_user_namespaces_are_refused_with_125(ws: Path) -> None:
 
 
 # -- 7. a covered file reported as created -------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="round 7 #7: created_denials reports a deny-listed file that was covered "
-                                       "at start as an fs.write denial 'created during the run'")
 def test_a_covered_file_that_was_there_before_is_not_reported_as_created(ws: Path) -> None:
     (ws / "output" / ".env").write_text(SECRET)
     lines = _run(ws, "read", str(ws / "output" / ".env"))
