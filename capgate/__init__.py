@@ -13,7 +13,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from capgate.decision import Decision
-from capgate.errors import BackendUnavailable, CapgateError, PermissionDenied, PolicyError, UnsupportedPlatform
+from capgate.errors import (
+    BackendUnavailable,
+    CapgateError,
+    ExpansionRefused,
+    PermissionDenied,
+    PolicyError,
+    UnsupportedPlatform,
+)
 from capgate.gate import Gate, current_gate
 from capgate.policy.model import Policy
 
@@ -26,6 +33,7 @@ __all__ = [
     "BackendUnavailable",
     "CapgateError",
     "Decision",
+    "ExpansionRefused",
     "Gate",
     "PermissionDenied",
     "Policy",
@@ -41,8 +49,8 @@ __all__ = [
 ]
 
 # Policy keeps its own module: its postponed annotations resolve there.
-for _name in ("BackendUnavailable", "CapgateError", "Decision", "Gate", "PermissionDenied", "PolicyError",
-              "UnsupportedPlatform"):
+for _name in ("BackendUnavailable", "CapgateError", "Decision", "ExpansionRefused", "Gate", "PermissionDenied",
+              "PolicyError", "UnsupportedPlatform"):
     globals()[_name].__module__ = "capgate"
 del _name
 

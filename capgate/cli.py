@@ -13,7 +13,10 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from capgate.policy.sources import Grants
 
 __all__ = ["build_parser", "console_main", "main"]
 
@@ -51,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sandbox backend (default auto: container when available, else soft)")
     run.add_argument("--dry-run-policy", action="store_true",
                      help="print the effective policy, the backend and the expansion status; run nothing")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="print only warnings (the soft backend's seat-belt line is always printed)")
     run.add_argument("--dev", action="store_true",
                      help="also allow reading toolchain paths (/usr/lib, /usr/include, /opt, ...) for debugging")
     run.add_argument("--audit-log", metavar="PATH",
@@ -79,7 +84,34 @@ def _policy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", metavar="FILE",
                         help="policy file (default: <workspace>/agent-permissions.json if present, else defaults)")
     parser.add_argument("--allow-user-expansion", action="store_true",
-                        help="let the policy file add permissions beyond the defaults (deny still wins)")
+                        help="let the workspace policy file add permissions beyond the defaults (deny still wins)")
+    grants = parser.add_argument_group(
+        "grants", "widen the defaults from the command line (trusted: you typed them; repeatable). The "
+        "user-level file $XDG_CONFIG_HOME/capgate/permissions.json (~/.config/capgate/permissions.json) is "
+        "the other trusted place; a workspace policy file may then only narrow.")
+    grants.add_argument("--allow-read", action="append", default=[], metavar="PATH",
+                        help="also allow reading beneath PATH (relative to the current directory)")
+    grants.add_argument("--allow-write", action="append", default=[], metavar="PATH",
+                        help="also allow writing beneath PATH (relative to the current directory)")
+    grants.add_argument("--allow-net", action="append", default=[], metavar="HOST[:PORT]",
+                        help="allow connecting to HOST (a name, *.name, or an IP/CIDR); turns the network on")
+    grants.add_argument("--allow-run", action="append", default=[], metavar="CMD",
+                        help="allow running CMD (a name on the sanitized PATH, or an absolute path)")
+    grants.add_argument("--allow-env", action="append", default=[], metavar="NAME",
+                        help="pass the environment variable NAME through to the child")
+    grants.add_argument("--offline", action="store_true",
+                        help="force the network off, whatever a policy file or grant says")
+
+
+def _grants(args: argparse.Namespace) -> Grants:
+    """The grants as the policy needs them: paths made absolute against the current directory
+    (a path typed on the command line means what the shell's completion showed)."""
+    from capgate.policy.sources import Grants
+
+    return Grants(read=tuple(os.path.abspath(p) for p in args.allow_read),
+                  write=tuple(os.path.abspath(p) for p in args.allow_write),
+                  net=tuple(args.allow_net), run=tuple(args.allow_run), env=tuple(args.allow_env),
+                  offline=args.offline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,14 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             command=tuple(cmd), workspace=args.workspace, policy=args.policy,
             allow_user_expansion=args.allow_user_expansion, backend=args.backend,
             dry_run_policy=args.dry_run_policy, dev=args.dev, audit_log=args.audit_log,
+            grants=_grants(args), quiet=args.quiet,
         )
         return launcher.run(options)
     if args.command == "policy":
         return launcher.policy_command(args.action, policy=args.policy, workspace=args.workspace,
-                                       allow_user_expansion=args.allow_user_expansion)
+                                       allow_user_expansion=args.allow_user_expansion, grants=_grants(args))
     if args.command == "check":
         return launcher.check_command(args.op, args.target, policy=args.policy, workspace=args.workspace,
-                                      allow_user_expansion=args.allow_user_expansion)
+                                      allow_user_expansion=args.allow_user_expansion, grants=_grants(args))
     return launcher.init_command(args.output, force=args.force)
 
 

@@ -43,10 +43,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from capgate.errors import BackendUnavailable, PermissionDenied, PolicyError
+from capgate.policy.sources import Grants
 from capgate.soft import is_python_command
 
 if TYPE_CHECKING:
@@ -172,6 +173,8 @@ class RunOptions:
     dry_run_policy: bool = False
     dev: bool = False
     audit_log: str | None = None
+    grants: Grants = field(default_factory=Grants)
+    quiet: bool = False
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,10 +194,14 @@ def _policy_file(policy: str | None, workspace: str) -> str | None:
 
 
 def _load(policy_path: str | None, workspace: str | None, allow_user_expansion: bool,
-          environ: Mapping[str, str], protected: Sequence[str] = ()) -> Policy:
+          environ: Mapping[str, str], protected: Sequence[str] = (), grants: Grants | None = None) -> Policy:
+    """The effective policy, from every source in the design's order: defaults, the user-level
+    file (when it exists), the command-line grants, the workspace file (or ``--policy``)."""
     from capgate.policy import load_effective_policy, load_policy
+    from capgate.policy.sources import user_config_path
 
     base = None
+    user_file: str | None = None
     if _in_sandbox(environ):
         inherited = environ.get("CAPGATE_POLICY")
         if not inherited:
@@ -202,16 +209,42 @@ def _load(policy_path: str | None, workspace: str | None, allow_user_expansion: 
                               "CAPGATE_POLICY")
         base = load_effective_policy(inherited)
         allow_user_expansion = False  # never widen what the sandbox was given
+        if grants is not None and any((grants.read, grants.write, grants.net, grants.run, grants.env)):
+            raise PolicyError("inside a sandbox (AGENT_IN_SANDBOX=1) the --allow-* grants are refused: nothing "
+                              "widens the policy a sandbox was given", "--allow-*")
         workspace = base.workspace
+    else:
+        candidate = user_config_path(environ)
+        if os.path.lexists(candidate):
+            user_file = candidate
     ws = os.path.realpath(workspace or os.getcwd())
     path = _policy_file(policy_path, ws)
     return load_policy(path, workspace=ws, allow_user_expansion=allow_user_expansion, base=base,
-                       protected_paths=protected)
+                       protected_paths=protected, user_file=user_file, grants=grants)
 
 
 def _expansion(policy: Policy) -> str:
-    return {"defaults": "defaults only (no user file)", "restrict-only": "restrict-only",
+    text = {"defaults": "defaults only (no workspace policy file)", "restrict-only": "restrict-only",
             "expanded": "expanded (--allow-user-expansion)"}.get(policy.origin, policy.origin)
+    if policy.widened:
+        count = len(policy.widened)
+        text += f"; {count} widening entr{'y' if count == 1 else 'ies'} from trusted sources" \
+            if policy.origin != "expanded" else f"; {count} widening entr{'y' if count == 1 else 'ies'}"
+    return text
+
+
+def policy_error_text(exc: PolicyError) -> str:
+    """A ``PolicyError`` for the terminal: ``capgate: policy error:`` and the message, one
+    error per line; a one-line message keeps the key path it names at the end."""
+    text = str(exc)
+    if "\n" not in text and exc.key and exc.key not in text:
+        text += f" (key: {exc.key})"
+    return f"capgate: policy error: {text}\n"
+
+
+def _widening_lines(policy: Policy) -> list[str]:
+    """One line per widening entry and where it came from (design.md: every run says)."""
+    return [f"  widened: {entry} (from {origin})" for entry, origin in policy.widened]
 
 
 def _existing(paths: Sequence[str]) -> tuple[str, ...]:
@@ -448,7 +481,8 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
             run_dir = _RunDir.create()
             return _run(options, env, out, say, run_dir.path, stop)
         except PolicyError as exc:
-            say(f"policy error: {exc}" + (f" (key: {exc.key})" if exc.key else ""))
+            err.write(policy_error_text(exc))
+            err.flush()
             return EXIT_USAGE
         except (SandboxRefused, BackendUnavailable) as exc:
             say(f"sandbox refused to start: {exc}")
@@ -719,7 +753,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         argv = tuple(args)
 
     policy = _load(options.policy, options.workspace, options.allow_user_expansion, env,
-                   protected=(os.path.realpath(audit_path), policy_file))
+                   protected=(os.path.realpath(audit_path), policy_file), grants=options.grants)
     policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
                           extra_read=script_roots, user_home=home_real)
     _check_outside_writes(policy, audit_path, "the audit log (--audit-log)",
@@ -736,26 +770,30 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         warmup = _SpawnerWarmup(policy, argv, extra_read=(run_dir,), confine_spawner=not namespace)
 
     # -- first lines ------------------------------------------------------------------
+    # -q keeps the warnings and the soft backend's seat-belt line (design.md, launcher step 4).
+    note = (lambda _line: None) if options.quiet else say
     source = policy.source or "built-in defaults"
-    say(f"backend: {backend_name} ({why_backend})")
+    note(f"backend: {backend_name} ({why_backend})")
     if namespace:
-        say("namespace sandbox: new user, mount, pid, network, ipc and uts namespaces; the child's view holds "
+        note("namespace sandbox: new user, mount, pid, network, ipc and uts namespaces; the child's view holds "
             "only the read roots (read-only), the write roots, a private /tmp and HOME, and the system's own "
             "files; what the policy denies inside them is covered up, host sockets and processes are not there")
     else:
         say("SOFT_SANDBOX=true: a seat belt, not isolation. It reduces accidental damage; "
             "it does not contain a determined attacker (use the container backend for that)")
-    say(f"policy: {source} — {_expansion(policy)}")
+    note(f"policy: {source} — {_expansion(policy)}")
+    for line in _widening_lines(policy):
+        note(line)
     if options.command:
         if python_child:
-            say(f"child: Python ({argv[0]}): file, network and process actions go through the gate "
+            note(f"child: Python ({argv[0]}): file, network and process actions go through the gate "
                 "(audit hooks), plus process-level controls")
         elif namespace:
-            say(f"child: not Python ({argv[0]}): its actions are not checked one by one by the gate; it sees "
+            note(f"child: not Python ({argv[0]}): its actions are not checked one by one by the gate; it sees "
                 "only the namespace view and runs under the kernel layer, resource limits, wall-time kill "
                 "and a clean environment (Python programs it starts are checked by the gate)")
         else:
-            say(f"child: not Python ({argv[0]}): process-level controls only (resource limits, wall-time "
+            note(f"child: not Python ({argv[0]}): process-level controls only (resource limits, wall-time "
                 "kill, clean environment, private TMPDIR, sandbox HOME, and the kernel layer below when "
                 "there is one); its file, network and process actions are NOT checked by the gate "
                 "(Python programs it starts are)")
@@ -765,13 +803,13 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
 
     confine = warmup.plan() if warmup is not None else None
     if confine is None:
-        say("kernel layer: none (no Landlock on this kernel): the hooks are the only file and process checks")
+        say("WARNING: kernel layer: none (no Landlock on this kernel): the hooks are the only file and process checks")
     else:
-        say("kernel layer (Landlock): the whole tree may write only beneath the write roots, read only "
+        note("kernel layer (Landlock): the whole tree may write only beneath the write roots, read only "
             "beneath the read roots and the system's own files, open TCP connections only to the egress "
             "proxy's port, signal nothing outside itself"
             + (", and execute only the command and the allowed commands" if confine.restricts_exec else ""))
-    say(f"audit log: {audit_path}")
+    note(f"audit log: {audit_path}")
     from capgate.audit import AuditLog
     from capgate.backends import LaunchRequest, get_backend
 
@@ -835,7 +873,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     for fired in result.limits_fired:
         if fired != "wall_time":
             say(f"limit reached: {fired}")
-    say(_summary(audit, argv, python_child, result.native_execs, result.child_activated))
+    if not options.quiet or audit.denied:
+        say(_summary(audit, argv, python_child, result.native_execs, result.child_activated))
     audit.close()
     return result.returncode
 
@@ -1065,6 +1104,7 @@ def _print_dry_run(out: IO[str], policy: Policy, backend: str, audit_path: str, 
         "softSandbox": backend == "soft",
         "expansion": policy.origin,
         "policySource": policy.source,
+        "widened": [{"entry": entry, "from": origin} for entry, origin in policy.widened],
         "runtimeReadRoots": {"note": "added by the soft sandbox so the interpreter works; read-only",
                              "paths": list(policy.filesystem.runtime_read)},
         "runtimeWriteRoots": {"note": "added by the soft sandbox: private TMPDIR, sandbox HOME, /dev/null "
@@ -1097,17 +1137,20 @@ def _python_info() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------
 def policy_command(action: str, *, policy: str | None, workspace: str | None,
                    allow_user_expansion: bool = False, environ: Mapping[str, str] | None = None,
-                   stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+                   stdout: IO[str] | None = None, stderr: IO[str] | None = None,
+                   grants: Grants | None = None) -> int:
     """``capgate policy validate|show``."""
     env = os.environ if environ is None else environ
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
-        effective = _load(policy, workspace, allow_user_expansion, env)
+        effective = _load(policy, workspace, allow_user_expansion, env, grants=grants)
     except PolicyError as exc:
-        err.write(f"capgate: policy error: {exc}" + (f" (key: {exc.key})" if exc.key else "") + "\n")
+        err.write(policy_error_text(exc))
         return EXIT_USAGE
     if action == "validate":
         out.write(f"capgate: policy OK: {effective.source or 'built-in defaults'} — {_expansion(effective)}\n")
+        for line in _widening_lines(effective):
+            out.write(f"capgate: {line}\n")
         return 0
     out.write(effective.to_json(redact=True) + "\n")
     return 0
@@ -1115,7 +1158,8 @@ def policy_command(action: str, *, policy: str | None, workspace: str | None,
 
 def check_command(op: str, target: str, *, policy: str | None, workspace: str | None,
                   allow_user_expansion: bool = False, environ: Mapping[str, str] | None = None,
-                  stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+                  stdout: IO[str] | None = None, stderr: IO[str] | None = None,
+                  grants: Grants | None = None) -> int:
     """``capgate check OP TARGET``: prints the decision and the rule; 0 allowed, 1 denied."""
     from capgate import ops
 
@@ -1125,9 +1169,9 @@ def check_command(op: str, target: str, *, policy: str | None, workspace: str | 
         err.write(f"capgate: unknown operation {op!r}; one of {', '.join(sorted(ops.ALL_OPS))}\n")
         return EXIT_USAGE
     try:
-        effective = _load(policy, workspace, allow_user_expansion, env)
+        effective = _load(policy, workspace, allow_user_expansion, env, grants=grants)
     except PolicyError as exc:
-        err.write(f"capgate: policy error: {exc}" + (f" (key: {exc.key})" if exc.key else "") + "\n")
+        err.write(policy_error_text(exc))
         return EXIT_USAGE
     import io
 

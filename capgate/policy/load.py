@@ -20,6 +20,7 @@ from capgate.paths import coerce_path, resolve_root
 from capgate.policy import defaults as d
 from capgate.policy.merge import build_deny_patterns, mandatory_deny_entries, merge
 from capgate.policy.model import FilesystemPolicy, Limits, NetworkPolicy, Policy, ProcessPolicy
+from capgate.policy.sources import Grants, check_user_config, check_user_config_outside_writes, grant_body, grant_items
 
 if TYPE_CHECKING:
     import pydantic
@@ -232,27 +233,72 @@ def load_policy(
     base: Policy | None = None,
     protected_paths: Sequence[str] = (),
     home: str | None = None,
+    user_file: str | os.PathLike[str] | None = None,
+    grants: Grants | None = None,
 ) -> Policy:
     """Build the effective policy.
 
-    ``path`` is the user file (``None``: defaults only). ``base`` replaces the built-in
-    defaults as the starting point — a launcher inside a sandbox passes the policy it was
-    given, so a user file there can only restrict it. ``protected_paths`` are files nobody
-    under the gate may write (the audit log); the policy file itself is always protected.
+    ``path`` is the workspace's policy file (``None``: none): untrusted, restrict-only unless
+    ``allow_user_expansion``. ``user_file`` (the user-level file, see
+    ``capgate.policy.sources``) and ``grants`` (command-line grants) are trusted: they widen
+    the defaults first, in that order; the workspace file then narrows what stands. Deny lists
+    and the mandatory write-deny list always win. ``base`` replaces the built-in defaults as the
+    starting point — a launcher inside a sandbox passes the policy it was given, so nothing can
+    widen it there. ``protected_paths`` are files nobody under the gate may write (the audit
+    log); the policy files themselves are always protected.
     """
     if isinstance(allow_user_expansion, bool) is False:
         raise PolicyError("allow_user_expansion must be a bool", "allow_user_expansion")
     if base is None:
         base = default_policy(workspace, home=home, protected_paths=protected_paths)
     elif protected_paths:
-        extra = tuple(os.path.realpath(p) for p in protected_paths)
-        base = replace(base, filesystem=replace(base.filesystem, protected=base.filesystem.protected + extra))
-    if path is None:
-        return base
-    source = os.path.realpath(coerce_path(path))
-    user = parse_policy_text(_read_capped(source))
-    base = replace(
-        base,
-        filesystem=replace(base.filesystem, protected=tuple(dict.fromkeys((*base.filesystem.protected, source)))),
-    )
-    return merge(base, user, allow_user_expansion=allow_user_expansion, source=source)
+        base = _protect(base, *protected_paths)
+    user_real = None
+    if user_file is not None:
+        user_real = check_user_config(coerce_path(user_file), base.workspace)
+        try:
+            layer = parse_policy_text(_read_capped(user_real))
+        except PolicyError as exc:
+            raise PolicyError(f"{user_real}: {exc}", exc.key) from None
+        base = merge(_protect(base, user_real), layer, allow_user_expansion=True, source=user_real,
+                     label=f"user-level file {user_real}", keep_source=True)
+    if grants:
+        base = _apply_grants(base, grants)
+    if path is not None:
+        source = os.path.realpath(coerce_path(path))
+        try:
+            user = parse_policy_text(_read_capped(source))
+        except PolicyError as exc:
+            raise PolicyError(exc.args[0] if source in str(exc) else f"{source}: {exc}", exc.key) from None
+        base = merge(_protect(base, source), user, allow_user_expansion=allow_user_expansion, source=source)
+    if grants is not None and grants.offline and base.network.enabled:
+        base = replace(base, network=replace(base.network, enabled=False))
+    if user_real is not None:
+        check_user_config_outside_writes(user_real, base.filesystem.write)
+    return base
+
+
+def _protect(policy: Policy, *paths: str) -> Policy:
+    """``policy`` with ``paths`` (canonical) among the files nobody under the gate may write."""
+    extra = tuple(os.path.realpath(p) for p in paths)
+    protected = tuple(dict.fromkeys((*policy.filesystem.protected, *extra)))
+    return replace(policy, filesystem=replace(policy.filesystem, protected=protected))
+
+
+def _apply_grants(policy: Policy, grants: Grants) -> Policy:
+    """Widen ``policy`` by each command-line grant in turn (trusted: the person running capgate
+    typed them). An invalid grant is a ``PolicyError`` naming the flag, not a policy key."""
+    from capgate.policy.schema import PolicyFile
+
+    for flag, value, label in grant_items(grants):
+        body = grant_body(flag, value, policy)
+        try:
+            layer = PolicyFile.model_validate(body)
+            policy = merge(policy, layer, allow_user_expansion=True, source=policy.source, label=label,
+                           keep_source=True)
+        except PolicyError as exc:
+            detail = str(exc).split(": ", 1)[-1] if ": " in str(exc) else str(exc)
+            raise PolicyError(f"{label}: {detail}", flag) from None
+        except ValueError:  # pydantic's ValidationError: an empty or oversized value
+            raise PolicyError(f"{label}: not a valid value", flag) from None
+    return policy
