@@ -92,7 +92,7 @@ class AuditLog:
 
     def __init__(
         self, sink: str | os.PathLike[str] | IO[str] | None = None, *, level: str = "info", deferred: bool = False,
-        start_import: bool = True,
+        start_import: bool = True, log_allowed: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self._owned: IO[str] | None = None
@@ -122,7 +122,8 @@ class AuditLog:
             self._build_logger()
         # Allowed decisions are the hot path (every file read): when the log does not keep
         # them, count and return without building an event.
-        self._log_allowed = self._level <= _LEVELS["info"]
+        # (``log_allowed=False``: ``capgate run --audit-allowed off`` — events and denials stay.)
+        self._log_allowed = self._level <= _LEVELS["info"] and log_allowed
         self.allowed = 0
         self.denied = 0
         self.overflow = 0

@@ -175,6 +175,8 @@ class RunOptions:
     audit_log: str | None = None
     grants: Grants = field(default_factory=Grants)
     quiet: bool = False
+    internal: bool = False  # --dry-run-policy prints the compiled policy, not the file format
+    audit_allowed: bool = True  # False: allowed decisions are left out of the audit log
 
 
 # ---------------------------------------------------------------------------------------
@@ -798,7 +800,13 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                 "there is one); its file, network and process actions are NOT checked by the gate "
                 "(Python programs it starts are)")
     if options.dry_run_policy:
-        _print_dry_run(out, policy, backend_name, audit_path, sandbox_home, tmpdir)
+        if options.internal:
+            _print_dry_run(out, policy, backend_name, audit_path, sandbox_home, tmpdir)
+        else:
+            note(f"runtime read roots (added so the interpreter works; read-only): "
+                 f"{len(policy.filesystem.runtime_read)} paths (--internal lists them)")
+            note(f"audit log would be: {audit_path}")
+            _print_policy_file(out, policy)
         return 0
 
     confine = warmup.plan() if warmup is not None else None
@@ -814,12 +822,17 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     from capgate.backends import LaunchRequest, get_backend
 
     os.makedirs(os.path.dirname(audit_path), mode=0o700, exist_ok=True)
+    if not options.audit_log:
+        from capgate.audit_summary import prune_run_logs
+
+        prune_run_logs(os.path.dirname(audit_path), env, keep_room_for_one=True)
     # structlog loads on a background thread once the child is being started (SoftBackend
     # calls audit.start_import): earlier, it would compete with this thread for the GIL.
-    audit = AuditLog(audit_path, deferred=True, start_import=False)
+    audit = AuditLog(audit_path, deferred=True, start_import=False, log_allowed=options.audit_allowed)
     _prepare_run_dir(run_dir, policy, policy_file, boot_dir, sandbox_home, tmpdir)
     audit.event("run.start", backend=backend_name, soft_sandbox=not namespace, backend_reason=why_backend,
                 expansion=policy.origin, policy_source=source, command=list(argv), python_child=python_child,
+                widened=[{"entry": e, "from": o} for e, o in policy.widened], audit_allowed=options.audit_allowed,
                 landlock={"write": bool(confine and confine.restricts_write),
                           "exec": bool(confine and confine.restricts_exec),
                           "read": bool(confine and confine.restricts_read),
@@ -1116,6 +1129,14 @@ def _print_dry_run(out: IO[str], policy: Policy, backend: str, audit_path: str, 
     out.flush()
 
 
+def _print_policy_file(out: IO[str], policy: Policy) -> None:
+    """The effective policy in the policy file's own format (a file ``policy validate`` accepts)."""
+    from capgate.policy.dump import policy_to_file_dict
+
+    out.write(json.dumps(policy_to_file_dict(policy), indent=2, ensure_ascii=False) + "\n")
+    out.flush()
+
+
 # os.uname and sys rather than ``platform``: the same values, without ~2 ms of import on
 # every ``capgate run``'s start-up.
 _IMPLEMENTATIONS = {"cpython": "CPython", "pypy": "PyPy", "graalpy": "GraalVM", "ironpython": "IronPython"}
@@ -1138,7 +1159,7 @@ def _python_info() -> dict[str, str]:
 def policy_command(action: str, *, policy: str | None, workspace: str | None,
                    allow_user_expansion: bool = False, environ: Mapping[str, str] | None = None,
                    stdout: IO[str] | None = None, stderr: IO[str] | None = None,
-                   grants: Grants | None = None) -> int:
+                   grants: Grants | None = None, internal: bool = False) -> int:
     """``capgate policy validate|show``."""
     env = os.environ if environ is None else environ
     out, err = stdout or sys.stdout, stderr or sys.stderr
@@ -1151,22 +1172,60 @@ def policy_command(action: str, *, policy: str | None, workspace: str | None,
         out.write(f"capgate: policy OK: {effective.source or 'built-in defaults'} — {_expansion(effective)}\n")
         for line in _widening_lines(effective):
             out.write(f"capgate: {line}\n")
+        for warning in ineffective_entries(effective):
+            err.write(f"capgate: warning: {warning}\n")
         return 0
-    out.write(effective.to_json(redact=True) + "\n")
+    if internal:
+        out.write(effective.to_json(redact=True) + "\n")
+    else:
+        _print_policy_file(out, effective)
     return 0
 
 
-def check_command(op: str, target: str, *, policy: str | None, workspace: str | None,
+def ineffective_entries(policy: Policy) -> list[str]:
+    """Entries that can never take effect as the policy stands: hosts while the network is
+    off, commands that are not on the sanitized PATH (or not executable files)."""
+    from capgate._sys.clean_env import sanitized_path_dirs
+
+    warnings: list[str] = []
+    net = policy.network
+    if not net.enabled:
+        for i, entry in enumerate(net.allowed_domains):
+            warnings.append(f"network.allowedDomains[{i}] {json.dumps(entry)} has no effect: network.enabled is "
+                            "false (set it to true, or grant --allow-net)")
+        for i, entry in enumerate(net.allowed_addresses):
+            warnings.append(f"network.allowedAddresses[{i}] {json.dumps(entry)} has no effect: network.enabled is "
+                            "false")
+    dirs = sanitized_path_dirs(policy)
+    for i, entry in enumerate(policy.process.allowed_commands):
+        if entry.startswith("/"):
+            if not (os.path.isfile(entry) and os.access(entry, os.X_OK)):
+                warnings.append(f"process.allowedCommands[{i}] {json.dumps(entry)} has no effect: not an "
+                                "executable file")
+        elif not any(os.path.isfile(os.path.join(d, entry)) and os.access(os.path.join(d, entry), os.X_OK)
+                     for d in dirs):
+            warnings.append(f"process.allowedCommands[{i}] {json.dumps(entry)} has no effect: not found on the "
+                            f"sanitized PATH ({':'.join(dirs)})")
+    return warnings
+
+
+def check_command(op: str, target: str | Sequence[str], *, policy: str | None, workspace: str | None,
                   allow_user_expansion: bool = False, environ: Mapping[str, str] | None = None,
                   stdout: IO[str] | None = None, stderr: IO[str] | None = None,
-                  grants: Grants | None = None) -> int:
-    """``capgate check OP TARGET``: prints the decision and the rule; 0 allowed, 1 denied."""
+                  grants: Grants | None = None, as_json: bool = False) -> int:
+    """``capgate check OP TARGET...``: prints the decision and the rule; 0 allowed, 1 denied.
+    ``proc.exec`` with more than one word decides the whole command line as ``proc.run``
+    would (argument rules, ``sh -c`` and ``env``/``timeout`` wrappers, git's config)."""
     from capgate import ops
 
     env = os.environ if environ is None else environ
     out, err = stdout or sys.stdout, stderr or sys.stderr
+    words = [target] if isinstance(target, str) else list(target)
     if op not in ops.ALL_OPS:
         err.write(f"capgate: unknown operation {op!r}; one of {', '.join(sorted(ops.ALL_OPS))}\n")
+        return EXIT_USAGE
+    if not words or (len(words) > 1 and op != ops.PROC_EXEC):
+        err.write(f"capgate: {op} takes one TARGET (only proc.exec takes a whole command line)\n")
         return EXIT_USAGE
     try:
         effective = _load(policy, workspace, allow_user_expansion, env, grants=grants)
@@ -1179,9 +1238,19 @@ def check_command(op: str, target: str, *, policy: str | None, workspace: str | 
     from capgate.gate import Gate
 
     gate = Gate(effective, audit=AuditLog(io.StringIO()))
-    decision = gate.check(op, target)
+    if len(words) > 1:
+        from capgate.proc import decide_command_line
+
+        decision = decide_command_line(words, gate=gate)
+    else:
+        decision = gate.check(op, words[0])
     verdict = "allow" if decision.allowed else "deny"
-    out.write(f"{verdict}: {op} {target}\n  reason: {decision.reason}\n  rule: {decision.rule}\n")
+    shown = " ".join(words)
+    if as_json:
+        out.write(json.dumps({"op": op, "target": words[0] if len(words) == 1 else words, "allowed": decision.allowed,
+                              "reason": decision.reason, "rule": decision.rule}) + "\n")
+    else:
+        out.write(f"{verdict}: {op} {shown}\n  reason: {decision.reason}\n  rule: {decision.rule}\n")
     return 0 if decision.allowed else 1
 
 
@@ -1204,5 +1273,6 @@ def init_command(path: str | None = None, *, force: bool = False, stdout: IO[str
         return EXIT_USAGE
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(TEMPLATE)
-    out.write(f"capgate: wrote {target} (the built-in defaults; narrow it, or widen with --allow-user-expansion)\n")
+    out.write(f"capgate: wrote {target} (the built-in defaults; narrow it here; widen in "
+              "~/.config/capgate/permissions.json or with the --allow-* grants)\n")
     return 0

@@ -62,7 +62,8 @@ def test_user_level_file_widens_without_the_flag_and_says_so(ws: Path, home: Pat
     path = user_file(home, {"process": {"allowedCommands": ["git"]}})
     allowed = capgate_run(["check", "proc.exec", "git", "--workspace", str(ws)], home=home, cwd=ws)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
-    dry = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--", PY, "-c", "pass"], home=home, cwd=ws)
+    dry = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--internal", "--", PY, "-c", "pass"],
+                      home=home, cwd=ws)
     assert dry.returncode == 0, dry.stderr
     assert f'process.allowedCommands[0]: "git" (from user-level file {path})' in dry.stderr
     assert {"entry": 'process.allowedCommands[0]: "git"', "from": f"user-level file {path}"} in \
@@ -168,7 +169,7 @@ def test_allow_net_turns_the_network_on_and_offline_wins(ws: Path, home: Path) -
     assert "rule: network.enabled" not in granted.stdout and granted.returncode in (0, 1), granted.stderr
     show = capgate_run(["policy", "show", "--workspace", str(ws), "--allow-net", "api.example.com"], home=home, cwd=ws)
     assert show.returncode == 0, show.stderr
-    assert '"enabled": true' in show.stdout and "api.example.com" in show.stdout
+    assert json.loads(show.stdout)["network"]["enabled"] is True and "api.example.com" in show.stdout
     offline = capgate_run(["policy", "show", "--workspace", str(ws), "--allow-net", "api.example.com", "--offline"],
                           home=home, cwd=ws)
     assert offline.returncode == 0 and '"enabled": false' in offline.stdout, offline.stderr
@@ -214,7 +215,7 @@ def test_a_bad_grant_names_the_flag(ws: Path, home: Path) -> None:
 
 
 def test_grants_inside_a_sandbox_are_refused(ws: Path, home: Path, tmp_path: Path) -> None:
-    show = capgate_run(["policy", "show", "--workspace", str(ws)], home=home, cwd=ws)
+    show = capgate_run(["policy", "show", "--internal", "--workspace", str(ws)], home=home, cwd=ws)
     effective = tmp_path / "effective.json"
     effective.write_text(show.stdout)
     inside = {"AGENT_IN_SANDBOX": "1", "CAPGATE_POLICY": str(effective)}
