@@ -2,6 +2,7 @@
 
     import capgate
     from capgate import fs, net, proc
+    from capgate.audit import AuditLog
 
     policy = capgate.load_policy("agent-permissions.json", workspace="/path/ws")
     with capgate.Gate(policy):
@@ -26,10 +27,12 @@ from capgate.policy.model import Policy
 
 if TYPE_CHECKING:
     from capgate import fs, net, proc
+    from capgate.audit import AuditLog
     from capgate.policy.dump import load_effective_policy
     from capgate.policy.load import default_policy, load_policy
 
 __all__ = [
+    "AuditLog",
     "BackendUnavailable",
     "CapgateError",
     "Decision",
@@ -58,6 +61,7 @@ __version__ = "0.1.0"
 
 
 _LAZY = {
+    "AuditLog": ("capgate.audit", "AuditLog"),
     "fs": ("capgate.fs", None),
     "net": ("capgate.net", None),
     "proc": ("capgate.proc", None),
