@@ -31,8 +31,8 @@ exit codes:
   N      the command's own exit status
   2      usage or policy error (nothing ran)
   125    the sandbox refused to start, or its supervision failed mid-run
-  128+N  the command, or capgate itself, was stopped by signal N (130 Ctrl-C, 137 SIGKILL
-         or the memory limit, 143 SIGTERM; the wall-time limit kills with SIGKILL)
+  128+N  the command, or capgate itself, was stopped by signal N: 130 Ctrl-C, 143 SIGTERM,
+         137 SIGKILL (the wall-time kill), 152 SIGXCPU (cpuSeconds), 153 SIGXFSZ (maxFileSizeMb)
 
 SOFT_SANDBOX=1|yes|true in the environment forces the soft backend (a seat belt, not isolation);
 with another explicit --backend that is a usage error (2). 0|no|false or unset: --backend decides.
