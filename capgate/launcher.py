@@ -239,7 +239,7 @@ def policy_error_text(exc: PolicyError) -> str:
     """A ``PolicyError`` for the terminal: ``capgate: policy error:`` and the message, one
     error per line; a one-line message keeps the key path it names at the end."""
     text = str(exc)
-    if "\n" not in text and exc.key and exc.key not in text:
+    if "\n" not in text and exc.key and not text.startswith(f"{exc.key}:"):
         text += f" (key: {exc.key})"
     return f"capgate: policy error: {text}\n"
 
