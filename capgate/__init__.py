@@ -2,6 +2,7 @@
 
     import capgate
     from capgate import fs, net, proc
+    from capgate.audit import AuditLog
 
     policy = capgate.load_policy("agent-permissions.json", workspace="/path/ws")
     with capgate.Gate(policy):
@@ -13,19 +14,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from capgate.decision import Decision
-from capgate.errors import BackendUnavailable, CapgateError, PermissionDenied, PolicyError, UnsupportedPlatform
+from capgate.errors import (
+    BackendUnavailable,
+    CapgateError,
+    ExpansionRefused,
+    PermissionDenied,
+    PolicyError,
+    UnsupportedPlatform,
+)
 from capgate.gate import Gate, current_gate
 from capgate.policy.model import Policy
 
 if TYPE_CHECKING:
     from capgate import fs, net, proc
+    from capgate.audit import AuditLog
     from capgate.policy.dump import load_effective_policy
     from capgate.policy.load import default_policy, load_policy
 
 __all__ = [
+    "AuditLog",
     "BackendUnavailable",
     "CapgateError",
     "Decision",
+    "ExpansionRefused",
     "Gate",
     "PermissionDenied",
     "Policy",
@@ -41,8 +52,8 @@ __all__ = [
 ]
 
 # Policy keeps its own module: its postponed annotations resolve there.
-for _name in ("BackendUnavailable", "CapgateError", "Decision", "Gate", "PermissionDenied", "PolicyError",
-              "UnsupportedPlatform"):
+for _name in ("BackendUnavailable", "CapgateError", "Decision", "ExpansionRefused", "Gate", "PermissionDenied",
+              "PolicyError", "UnsupportedPlatform"):
     globals()[_name].__module__ = "capgate"
 del _name
 
@@ -50,6 +61,7 @@ __version__ = "0.1.0"
 
 
 _LAZY = {
+    "AuditLog": ("capgate.audit", "AuditLog"),
     "fs": ("capgate.fs", None),
     "net": ("capgate.net", None),
     "proc": ("capgate.proc", None),

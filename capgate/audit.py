@@ -6,9 +6,11 @@ writes the same lines for a batch without structlog's per-call overhead. The sum
 count per (operation, target) — at most ``MAX_DISTINCT`` distinct pairs, the rest counted
 in ``overflow`` — so a hostile loop of denials cannot grow memory without bound.
 
-Where lines go: an explicit path or stream; else ``$CAPGATE_AUDIT_LOG`` (all decisions);
-else standard error, denials only (an embedded gate should be loud about denials, quiet
-about the thousands of allowed reads).
+Where lines go: an explicit path or stream; else ``$CAPGATE_AUDIT_LOG`` (all decisions, as
+JSON lines); else the standard ``logging`` logger ``capgate``, denials only, at ``WARNING``
+(an embedded gate should be loud about denials, quiet about the thousands of allowed reads,
+and go where the application's own logging goes). Each such record carries the decision's
+fields as ``record.capgate`` (a dict).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 if TYPE_CHECKING:
     from capgate.decision import Decision
 
-__all__ = ["MAX_DISTINCT", "AuditLog", "DenialCount"]
+__all__ = ["LOGGER_NAME", "MAX_DISTINCT", "AuditLog", "DenialCount"]
+
+LOGGER_NAME = "capgate"
 
 MAX_DISTINCT = 1000
 # The standard logging levels by name (``logging``'s numbers, which structlog's filtering
@@ -87,12 +91,51 @@ def _keep_timestamp(_logger: Any, _name: str, event: Any) -> Any:
     return event
 
 
+class _LoggingStream:
+    """A text stream that hands each JSON line it is given to the ``capgate`` logger: a
+    denial as ``"fs.read denied: /path (reason) [rule]"`` at WARNING, other lines at their
+    own level, every field in ``record.capgate``."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self._logger = logging.getLogger(LOGGER_NAME)
+        self._levels = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+                        "error": logging.ERROR, "critical": logging.CRITICAL}
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            level = self._levels.get(str(entry.get("level")), 20)
+            if entry.get("event") == "decision":
+                verdict = "denied" if entry.get("decision") == "deny" else "allowed"
+                message = f"{entry.get('op')} {verdict}: {entry.get('target')} ({entry.get('reason')}) " \
+                          f"[{entry.get('rule')}]"
+            else:
+                message = str(entry.get("event"))
+            self._logger.log(level, "%s", message, extra={"capgate": entry})
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 class AuditLog:
-    """A JSON-lines audit writer with a denial summary. Thread-safe."""
+    """A JSON-lines audit writer with a denial summary. Thread-safe.
+
+    ``sink``: a path (appended to), a text stream, or None for standard error. ``level``:
+    ``info`` writes every decision, ``warning`` only denials. ``log_allowed=False`` leaves
+    allowed decisions out (they are still counted). ``AuditLog.from_environment()`` is what a
+    ``Gate`` without ``audit=`` uses (see the module docstring)."""
 
     def __init__(
         self, sink: str | os.PathLike[str] | IO[str] | None = None, *, level: str = "info", deferred: bool = False,
-        start_import: bool = True,
+        start_import: bool = True, log_allowed: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self._owned: IO[str] | None = None
@@ -122,7 +165,8 @@ class AuditLog:
             self._build_logger()
         # Allowed decisions are the hot path (every file read): when the log does not keep
         # them, count and return without building an event.
-        self._log_allowed = self._level <= _LEVELS["info"]
+        # (``log_allowed=False``: ``capgate run --audit-allowed off`` — events and denials stay.)
+        self._log_allowed = self._level <= _LEVELS["info"] and log_allowed
         self.allowed = 0
         self.denied = 0
         self.overflow = 0
@@ -179,8 +223,8 @@ class AuditLog:
             try:
                 return cls(path)
             except OSError:
-                pass  # an unwritable log must not stop the gate; fall back to stderr
-        return cls(None, level="warning")
+                pass  # an unwritable log must not stop the gate; fall back to the logger
+        return cls(cast("IO[str]", _LoggingStream()), level="warning")
 
     @property
     def logs_allowed(self) -> bool:

@@ -5,6 +5,7 @@ The tree::
     CapgateError                      common base, never raised itself
     ├── PermissionDenied              (also PermissionError) the gate said no
     ├── PolicyError                   (also ValueError) bad, oversized or expanding config
+    │   └── ExpansionRefused          a restrict-only file would widen the permissions
     ├── BackendUnavailable            (also RuntimeError) a requested sandbox backend cannot run
     └── UnsupportedPlatform           (also OSError) a mechanism capgate refuses to weaken
 
@@ -19,6 +20,7 @@ import errno
 __all__ = [
     "BackendUnavailable",
     "CapgateError",
+    "ExpansionRefused",
     "PermissionDenied",
     "PolicyError",
     "UnsupportedPlatform",
@@ -61,6 +63,17 @@ class PolicyError(CapgateError, ValueError):
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class ExpansionRefused(PolicyError):
+    """A restrict-only policy file (the workspace's, or ``--policy``) holds entries that would
+    widen the permissions. ``entries`` lists every one as ``(key path, value as the file spells
+    it)``; the message lists them too, with the three ways to allow them."""
+
+    def __init__(self, message: str, source: str, entries: list[tuple[str, str]]) -> None:
+        super().__init__(message, entries[0][0] if entries else None)
+        self.source = source
+        self.entries = entries
 
 
 class BackendUnavailable(CapgateError, RuntimeError):

@@ -331,7 +331,12 @@ class _Target:
             raise _denied(gate, op, path, decision)
         self.path, self.parent, self.name, self.op = path, parent, name, op
         try:
-            self.dirfd = _open_exact(gate, parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                self.dirfd = _open_exact(gate, parent, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                if not _make_missing_write_root(gate, parent):
+                    raise
+                self.dirfd = _open_exact(gate, parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EXDEV):
                 raise gate.deny(op, gate.show(path), "path changed while being opened (symlink race)", "fs.race")
@@ -351,6 +356,41 @@ class _Target:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _make_missing_write_root(gate: Gate, directory: str) -> bool:
+    """Create ``directory`` when it is a write root inside the workspace that does not exist
+    yet (``output/``, ``.cache/agent`` in a new workspace), as ``capgate run`` does before the
+    child starts; True if it now exists. Only a policy's own write roots, never the workspace
+    itself or a root outside it; the file is then opened beneath it as any other (a symlink
+    planted there meanwhile is refused by that open)."""
+    from capgate.paths import is_within
+
+    policy = gate.policy
+    if directory == policy.workspace or directory not in policy.filesystem.write:
+        return False
+    if not is_within(directory, policy.workspace):
+        return False
+    # Component by component beneath the workspace, never following a symlink: one planted
+    # on the way (``.cache`` -> elsewhere) must not make a directory outside.
+    try:
+        fd = os.open(policy.workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        for part in os.path.relpath(directory, policy.workspace).split(os.sep):
+            try:
+                os.mkdir(part, 0o777, dir_fd=fd)
+            except FileExistsError:
+                pass
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _max_file_bytes(gate: Gate) -> int:

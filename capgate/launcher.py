@@ -43,10 +43,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from capgate.errors import BackendUnavailable, PermissionDenied, PolicyError
+from capgate.policy.sources import Grants
 from capgate.soft import is_python_command
 
 if TYPE_CHECKING:
@@ -172,6 +173,10 @@ class RunOptions:
     dry_run_policy: bool = False
     dev: bool = False
     audit_log: str | None = None
+    grants: Grants = field(default_factory=Grants)
+    quiet: bool = False
+    internal: bool = False  # --dry-run-policy prints the compiled policy, not the file format
+    audit_allowed: bool = True  # False: allowed decisions are left out of the audit log
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,10 +196,14 @@ def _policy_file(policy: str | None, workspace: str) -> str | None:
 
 
 def _load(policy_path: str | None, workspace: str | None, allow_user_expansion: bool,
-          environ: Mapping[str, str], protected: Sequence[str] = ()) -> Policy:
+          environ: Mapping[str, str], protected: Sequence[str] = (), grants: Grants | None = None) -> Policy:
+    """The effective policy, from every source in the design's order: defaults, the user-level
+    file (when it exists), the command-line grants, the workspace file (or ``--policy``)."""
     from capgate.policy import load_effective_policy, load_policy
+    from capgate.policy.sources import user_config_path
 
     base = None
+    user_file: str | None = None
     if _in_sandbox(environ):
         inherited = environ.get("CAPGATE_POLICY")
         if not inherited:
@@ -202,16 +211,42 @@ def _load(policy_path: str | None, workspace: str | None, allow_user_expansion: 
                               "CAPGATE_POLICY")
         base = load_effective_policy(inherited)
         allow_user_expansion = False  # never widen what the sandbox was given
+        if grants is not None and any((grants.read, grants.write, grants.net, grants.run, grants.env)):
+            raise PolicyError("inside a sandbox (AGENT_IN_SANDBOX=1) the --allow-* grants are refused: nothing "
+                              "widens the policy a sandbox was given", "--allow-*")
         workspace = base.workspace
+    else:
+        candidate = user_config_path(environ)
+        if os.path.lexists(candidate):
+            user_file = candidate
     ws = os.path.realpath(workspace or os.getcwd())
     path = _policy_file(policy_path, ws)
     return load_policy(path, workspace=ws, allow_user_expansion=allow_user_expansion, base=base,
-                       protected_paths=protected)
+                       protected_paths=protected, user_file=user_file, grants=grants)
 
 
 def _expansion(policy: Policy) -> str:
-    return {"defaults": "defaults only (no user file)", "restrict-only": "restrict-only",
+    text = {"defaults": "defaults only (no workspace policy file)", "restrict-only": "restrict-only",
             "expanded": "expanded (--allow-user-expansion)"}.get(policy.origin, policy.origin)
+    if policy.widened:
+        count = len(policy.widened)
+        text += f"; {count} widening entr{'y' if count == 1 else 'ies'} from trusted sources" \
+            if policy.origin != "expanded" else f"; {count} widening entr{'y' if count == 1 else 'ies'}"
+    return text
+
+
+def policy_error_text(exc: PolicyError) -> str:
+    """A ``PolicyError`` for the terminal: ``capgate: policy error:`` and the message, one
+    error per line; a one-line message keeps the key path it names at the end."""
+    text = str(exc)
+    if "\n" not in text and exc.key and not text.startswith(f"{exc.key}:"):
+        text += f" (key: {exc.key})"
+    return f"capgate: policy error: {text}\n"
+
+
+def _widening_lines(policy: Policy) -> list[str]:
+    """One line per widening entry and where it came from (design.md: every run says)."""
+    return [f"  widened: {entry} (from {origin})" for entry, origin in policy.widened]
 
 
 def _existing(paths: Sequence[str]) -> tuple[str, ...]:
@@ -448,7 +483,8 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
             run_dir = _RunDir.create()
             return _run(options, env, out, say, run_dir.path, stop)
         except PolicyError as exc:
-            say(f"policy error: {exc}" + (f" (key: {exc.key})" if exc.key else ""))
+            err.write(policy_error_text(exc))
+            err.flush()
             return EXIT_USAGE
         except (SandboxRefused, BackendUnavailable) as exc:
             say(f"sandbox refused to start: {exc}")
@@ -719,7 +755,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         argv = tuple(args)
 
     policy = _load(options.policy, options.workspace, options.allow_user_expansion, env,
-                   protected=(os.path.realpath(audit_path), policy_file))
+                   protected=(os.path.realpath(audit_path), policy_file), grants=options.grants)
     policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
                           extra_read=script_roots, user_home=home_real)
     _check_outside_writes(policy, audit_path, "the audit log (--audit-log)",
@@ -736,52 +772,67 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         warmup = _SpawnerWarmup(policy, argv, extra_read=(run_dir,), confine_spawner=not namespace)
 
     # -- first lines ------------------------------------------------------------------
+    # -q keeps the warnings and the soft backend's seat-belt line (design.md, launcher step 4).
+    note = (lambda _line: None) if options.quiet else say
     source = policy.source or "built-in defaults"
-    say(f"backend: {backend_name} ({why_backend})")
+    note(f"backend: {backend_name} ({why_backend})")
     if namespace:
-        say("namespace sandbox: new user, mount, pid, network, ipc and uts namespaces; the child's view holds "
+        note("namespace sandbox: new user, mount, pid, network, ipc and uts namespaces; the child's view holds "
             "only the read roots (read-only), the write roots, a private /tmp and HOME, and the system's own "
             "files; what the policy denies inside them is covered up, host sockets and processes are not there")
     else:
         say("SOFT_SANDBOX=true: a seat belt, not isolation. It reduces accidental damage; "
             "it does not contain a determined attacker (use the container backend for that)")
-    say(f"policy: {source} — {_expansion(policy)}")
+    note(f"policy: {source} — {_expansion(policy)}")
+    for line in _widening_lines(policy):
+        note(line)
     if options.command:
         if python_child:
-            say(f"child: Python ({argv[0]}): file, network and process actions go through the gate "
+            note(f"child: Python ({argv[0]}): file, network and process actions go through the gate "
                 "(audit hooks), plus process-level controls")
         elif namespace:
-            say(f"child: not Python ({argv[0]}): its actions are not checked one by one by the gate; it sees "
+            note(f"child: not Python ({argv[0]}): its actions are not checked one by one by the gate; it sees "
                 "only the namespace view and runs under the kernel layer, resource limits, wall-time kill "
                 "and a clean environment (Python programs it starts are checked by the gate)")
         else:
-            say(f"child: not Python ({argv[0]}): process-level controls only (resource limits, wall-time "
+            note(f"child: not Python ({argv[0]}): process-level controls only (resource limits, wall-time "
                 "kill, clean environment, private TMPDIR, sandbox HOME, and the kernel layer below when "
                 "there is one); its file, network and process actions are NOT checked by the gate "
                 "(Python programs it starts are)")
     if options.dry_run_policy:
-        _print_dry_run(out, policy, backend_name, audit_path, sandbox_home, tmpdir)
+        if options.internal:
+            _print_dry_run(out, policy, backend_name, audit_path, sandbox_home, tmpdir)
+        else:
+            note(f"runtime read roots (added so the interpreter works; read-only): "
+                 f"{len(policy.filesystem.runtime_read)} paths (--internal lists them)")
+            note(f"audit log would be: {audit_path}")
+            _print_policy_file(out, policy)
         return 0
 
     confine = warmup.plan() if warmup is not None else None
     if confine is None:
-        say("kernel layer: none (no Landlock on this kernel): the hooks are the only file and process checks")
+        say("WARNING: kernel layer: none (no Landlock on this kernel): the hooks are the only file and process checks")
     else:
-        say("kernel layer (Landlock): the whole tree may write only beneath the write roots, read only "
+        note("kernel layer (Landlock): the whole tree may write only beneath the write roots, read only "
             "beneath the read roots and the system's own files, open TCP connections only to the egress "
             "proxy's port, signal nothing outside itself"
             + (", and execute only the command and the allowed commands" if confine.restricts_exec else ""))
-    say(f"audit log: {audit_path}")
+    note(f"audit log: {audit_path}")
     from capgate.audit import AuditLog
     from capgate.backends import LaunchRequest, get_backend
 
     os.makedirs(os.path.dirname(audit_path), mode=0o700, exist_ok=True)
+    if not options.audit_log:
+        from capgate.audit_summary import prune_run_logs
+
+        prune_run_logs(os.path.dirname(audit_path), env, keep_room_for_one=True)
     # structlog loads on a background thread once the child is being started (SoftBackend
     # calls audit.start_import): earlier, it would compete with this thread for the GIL.
-    audit = AuditLog(audit_path, deferred=True, start_import=False)
+    audit = AuditLog(audit_path, deferred=True, start_import=False, log_allowed=options.audit_allowed)
     _prepare_run_dir(run_dir, policy, policy_file, boot_dir, sandbox_home, tmpdir)
     audit.event("run.start", backend=backend_name, soft_sandbox=not namespace, backend_reason=why_backend,
                 expansion=policy.origin, policy_source=source, command=list(argv), python_child=python_child,
+                widened=[{"entry": e, "from": o} for e, o in policy.widened], audit_allowed=options.audit_allowed,
                 landlock={"write": bool(confine and confine.restricts_write),
                           "exec": bool(confine and confine.restricts_exec),
                           "read": bool(confine and confine.restricts_read),
@@ -835,7 +886,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     for fired in result.limits_fired:
         if fired != "wall_time":
             say(f"limit reached: {fired}")
-    say(_summary(audit, argv, python_child, result.native_execs, result.child_activated))
+    if not options.quiet or audit.denied:
+        say(_summary(audit, argv, python_child, result.native_execs, result.child_activated))
     audit.close()
     return result.returncode
 
@@ -1065,6 +1117,7 @@ def _print_dry_run(out: IO[str], policy: Policy, backend: str, audit_path: str, 
         "softSandbox": backend == "soft",
         "expansion": policy.origin,
         "policySource": policy.source,
+        "widened": [{"entry": entry, "from": origin} for entry, origin in policy.widened],
         "runtimeReadRoots": {"note": "added by the soft sandbox so the interpreter works; read-only",
                              "paths": list(policy.filesystem.runtime_read)},
         "runtimeWriteRoots": {"note": "added by the soft sandbox: private TMPDIR, sandbox HOME, /dev/null "
@@ -1073,6 +1126,14 @@ def _print_dry_run(out: IO[str], policy: Policy, backend: str, audit_path: str, 
         "policy": policy.to_dict(redact=True),
     }
     out.write(json.dumps(data, indent=2) + "\n")
+    out.flush()
+
+
+def _print_policy_file(out: IO[str], policy: Policy) -> None:
+    """The effective policy in the policy file's own format (a file ``policy validate`` accepts)."""
+    from capgate.policy.dump import policy_to_file_dict
+
+    out.write(json.dumps(policy_to_file_dict(policy), indent=2, ensure_ascii=False) + "\n")
     out.flush()
 
 
@@ -1097,37 +1158,79 @@ def _python_info() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------
 def policy_command(action: str, *, policy: str | None, workspace: str | None,
                    allow_user_expansion: bool = False, environ: Mapping[str, str] | None = None,
-                   stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+                   stdout: IO[str] | None = None, stderr: IO[str] | None = None,
+                   grants: Grants | None = None, internal: bool = False) -> int:
     """``capgate policy validate|show``."""
     env = os.environ if environ is None else environ
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
-        effective = _load(policy, workspace, allow_user_expansion, env)
+        effective = _load(policy, workspace, allow_user_expansion, env, grants=grants)
     except PolicyError as exc:
-        err.write(f"capgate: policy error: {exc}" + (f" (key: {exc.key})" if exc.key else "") + "\n")
+        err.write(policy_error_text(exc))
         return EXIT_USAGE
     if action == "validate":
         out.write(f"capgate: policy OK: {effective.source or 'built-in defaults'} — {_expansion(effective)}\n")
+        for line in _widening_lines(effective):
+            out.write(f"capgate: {line}\n")
+        for warning in ineffective_entries(effective):
+            err.write(f"capgate: warning: {warning}\n")
         return 0
-    out.write(effective.to_json(redact=True) + "\n")
+    if internal:
+        out.write(effective.to_json(redact=True) + "\n")
+    else:
+        _print_policy_file(out, effective)
     return 0
 
 
-def check_command(op: str, target: str, *, policy: str | None, workspace: str | None,
+def ineffective_entries(policy: Policy) -> list[str]:
+    """Entries that can never take effect as the policy stands: hosts while the network is
+    off, commands that are not on the sanitized PATH (or not executable files)."""
+    from capgate._sys.clean_env import sanitized_path_dirs
+
+    warnings: list[str] = []
+    net = policy.network
+    if not net.enabled:
+        for i, entry in enumerate(net.allowed_domains):
+            warnings.append(f"network.allowedDomains[{i}] {json.dumps(entry)} has no effect: network.enabled is "
+                            "false (set it to true, or grant --allow-net)")
+        for i, entry in enumerate(net.allowed_addresses):
+            warnings.append(f"network.allowedAddresses[{i}] {json.dumps(entry)} has no effect: network.enabled is "
+                            "false")
+    dirs = sanitized_path_dirs(policy)
+    for i, entry in enumerate(policy.process.allowed_commands):
+        if entry.startswith("/"):
+            if not (os.path.isfile(entry) and os.access(entry, os.X_OK)):
+                warnings.append(f"process.allowedCommands[{i}] {json.dumps(entry)} has no effect: not an "
+                                "executable file")
+        elif not any(os.path.isfile(os.path.join(d, entry)) and os.access(os.path.join(d, entry), os.X_OK)
+                     for d in dirs):
+            warnings.append(f"process.allowedCommands[{i}] {json.dumps(entry)} has no effect: not found on the "
+                            f"sanitized PATH ({':'.join(dirs)})")
+    return warnings
+
+
+def check_command(op: str, target: str | Sequence[str], *, policy: str | None, workspace: str | None,
                   allow_user_expansion: bool = False, environ: Mapping[str, str] | None = None,
-                  stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
-    """``capgate check OP TARGET``: prints the decision and the rule; 0 allowed, 1 denied."""
+                  stdout: IO[str] | None = None, stderr: IO[str] | None = None,
+                  grants: Grants | None = None, as_json: bool = False) -> int:
+    """``capgate check OP TARGET...``: prints the decision and the rule; 0 allowed, 1 denied.
+    ``proc.exec`` with more than one word decides the whole command line as ``proc.run``
+    would (argument rules, ``sh -c`` and ``env``/``timeout`` wrappers, git's config)."""
     from capgate import ops
 
     env = os.environ if environ is None else environ
     out, err = stdout or sys.stdout, stderr or sys.stderr
+    words = [target] if isinstance(target, str) else list(target)
     if op not in ops.ALL_OPS:
         err.write(f"capgate: unknown operation {op!r}; one of {', '.join(sorted(ops.ALL_OPS))}\n")
         return EXIT_USAGE
+    if not words or (len(words) > 1 and op != ops.PROC_EXEC):
+        err.write(f"capgate: {op} takes one TARGET (only proc.exec takes a whole command line)\n")
+        return EXIT_USAGE
     try:
-        effective = _load(policy, workspace, allow_user_expansion, env)
+        effective = _load(policy, workspace, allow_user_expansion, env, grants=grants)
     except PolicyError as exc:
-        err.write(f"capgate: policy error: {exc}" + (f" (key: {exc.key})" if exc.key else "") + "\n")
+        err.write(policy_error_text(exc))
         return EXIT_USAGE
     import io
 
@@ -1135,9 +1238,19 @@ def check_command(op: str, target: str, *, policy: str | None, workspace: str | 
     from capgate.gate import Gate
 
     gate = Gate(effective, audit=AuditLog(io.StringIO()))
-    decision = gate.check(op, target)
+    if len(words) > 1:
+        from capgate.proc import decide_command_line
+
+        decision = decide_command_line(words, gate=gate)
+    else:
+        decision = gate.check(op, words[0])
     verdict = "allow" if decision.allowed else "deny"
-    out.write(f"{verdict}: {op} {target}\n  reason: {decision.reason}\n  rule: {decision.rule}\n")
+    shown = " ".join(words)
+    if as_json:
+        out.write(json.dumps({"op": op, "target": words[0] if len(words) == 1 else words, "allowed": decision.allowed,
+                              "reason": decision.reason, "rule": decision.rule}) + "\n")
+    else:
+        out.write(f"{verdict}: {op} {shown}\n  reason: {decision.reason}\n  rule: {decision.rule}\n")
     return 0 if decision.allowed else 1
 
 
@@ -1160,5 +1273,6 @@ def init_command(path: str | None = None, *, force: bool = False, stdout: IO[str
         return EXIT_USAGE
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(TEMPLATE)
-    out.write(f"capgate: wrote {target} (the built-in defaults; narrow it, or widen with --allow-user-expansion)\n")
+    out.write(f"capgate: wrote {target} (the built-in defaults; narrow it here; widen in "
+              "~/.config/capgate/permissions.json or with the --allow-* grants)\n")
     return 0

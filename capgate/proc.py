@@ -59,7 +59,7 @@ from capgate.gate import Gate, current_gate
 from capgate.gitconfig import GIT_CONFIG_RULE, git_config_refusal, git_in_argv
 from capgate.supervisor import in_soft_sandbox, supervise
 
-__all__ = ["run"]
+__all__ = ["decide_command_line", "run"]
 
 
 def _shown_argv(argv: Sequence[str]) -> list[str]:
@@ -119,6 +119,45 @@ def _git_config_decision(
     return allowed if why is None else Decision.deny(why, GIT_CONFIG_RULE, allowed.target)
 
 
+def _decide(gate: Gate, args: list[str], workdir: str, env: Mapping[str, str] | None
+            ) -> tuple[Decision, str | None, dict[str, str]]:
+    """The decision on a whole command line, the executable it resolves to and the child's
+    environment: one decision point for ``run`` and ``capgate check proc.exec CMD ARGS...``."""
+    child_env: dict[str, str] = {}
+    try:
+        path_dirs = sanitized_path_dirs(gate.policy, cwd=workdir)  # once: the lookup and the child's PATH
+        decision, resolved = gate.command_rules.decide_argv(args, workdir, path_dirs=path_dirs)
+        # HOME and TMPDIR: a fresh private directory per run, made and removed by the supervisor
+        # (``private_dirs``); the placeholders here are replaced before the child starts. The
+        # git variables go to any command line that names git (also behind ``env``, ``timeout``…).
+        child_env = build_child_env(gate.policy, home="/nonexistent", tmpdir="/nonexistent", extra=env,
+                                    cwd=workdir, path_dirs=path_dirs)
+        if git_in_argv(args):
+            child_env.update(GIT_ENV)
+            if decision.allowed:
+                decision = _git_config_decision(gate, args, workdir, child_env, path_dirs, decision)
+    except Exception as exc:  # fail closed: an error while deciding is a denial
+        decision, resolved = Decision.deny(f"error while deciding: {exc}", "gate.error", args[0][:200]), None
+    return decision, resolved, child_env
+
+
+def decide_command_line(argv: Sequence[str], *, gate: Gate | None = None) -> Decision:
+    """What ``run(argv)`` would decide, without running anything (``capgate check proc.exec
+    git status``). Recorded in the gate's audit log as ``run`` records it."""
+    gate = gate or current_gate()
+    args = [str(a) for a in argv]
+    if not args:
+        return Decision.deny("empty command line", "process.argv")
+    try:
+        workdir = _resolve_cwd(gate, None)
+    except PermissionDenied as exc:
+        return Decision.deny(f"the workspace cannot be read: {exc.reason}", exc.rule, args[0][:200])
+    decision, resolved, _env = _decide(gate, args, workdir, None)
+    gate.record(ops.PROC_EXEC, args[0][:200], decision, argv=_shown_argv(args), resolved=resolved,
+                cwd=gate.show(workdir))
+    return decision
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -149,22 +188,7 @@ def run(
         raise TypeError("input must be bytes")
     workdir = _resolve_cwd(gate, cwd)
     shown = args[0][:200]
-    path_dirs: tuple[str, ...] | None = None
-    child_env: dict[str, str] = {}
-    try:
-        path_dirs = sanitized_path_dirs(gate.policy, cwd=workdir)  # once: the lookup and the child's PATH
-        decision, resolved = gate.command_rules.decide_argv(args, workdir, path_dirs=path_dirs)
-        # HOME and TMPDIR: a fresh private directory per run, made and removed by the supervisor
-        # (``private_dirs``); the placeholders here are replaced before the child starts. The
-        # git variables go to any command line that names git (also behind ``env``, ``timeout``…).
-        child_env = build_child_env(gate.policy, home="/nonexistent", tmpdir="/nonexistent", extra=env,
-                                    cwd=workdir, path_dirs=path_dirs)
-        if git_in_argv(args):
-            child_env.update(GIT_ENV)
-            if decision.allowed:
-                decision = _git_config_decision(gate, args, workdir, child_env, path_dirs, decision)
-    except Exception as exc:  # fail closed: an error while deciding is a denial
-        decision, resolved = Decision.deny(f"error while deciding: {exc}", "gate.error", shown), None
+    decision, resolved, child_env = _decide(gate, args, workdir, env)
     fields: dict[str, Any] = {"argv": _shown_argv(args), "resolved": resolved, "cwd": gate.show(workdir)}
     gate.record(ops.PROC_EXEC, shown, decision, **fields)
     if not decision.allowed or resolved is None:

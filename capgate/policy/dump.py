@@ -23,7 +23,14 @@ from capgate.errors import PolicyError
 from capgate.policy import model
 from capgate.policy.model import Policy
 
-__all__ = ["FORMAT", "check_launcher_file", "load_effective_policy", "policy_from_dict", "policy_to_dict"]
+__all__ = [
+    "FORMAT",
+    "check_launcher_file",
+    "load_effective_policy",
+    "policy_from_dict",
+    "policy_to_dict",
+    "policy_to_file_dict",
+]
 
 FORMAT = "capgate-effective-policy"
 MAX_EFFECTIVE_BYTES = 4 * 1024 * 1024
@@ -52,6 +59,43 @@ def policy_to_dict(policy: Policy, *, redact: bool = False) -> dict[str, Any]:
             if entry.get("reason"):
                 entry["reason"] = "<redacted>"
     return data
+
+
+def policy_to_file_dict(policy: Policy) -> dict[str, Any]:
+    """The effective policy in the policy file's own format (``agent-permissions.json``): what
+    ``capgate policy show`` and ``--dry-run-policy`` print, a file ``capgate policy validate``
+    accepts. Roots are absolute; deny patterns are shown as written (the mandatory write-deny
+    list is left out: it holds whatever a file says); denial reasons are redacted. What the
+    launcher adds at run time (runtime read roots, protected files) is not policy-file
+    material: ``--internal`` shows the compiled form with it."""
+    fs, net, proc, limits = policy.filesystem, policy.network, policy.process, policy.limits
+    denied: list[Any] = [d.domain if d.reason is None else {"domain": d.domain, "reason": "<redacted>"}
+                         for d in net.denied_domains]
+    return {
+        "version": policy.version,
+        "filesystem": {
+            "read": list(fs.read),
+            "write": list(fs.write),
+            "denyRead": [p.source for p in fs.deny_read],
+            "denyWrite": [p.source for p in fs.deny_write if not p.mandatory],
+            "recursiveDelete": list(fs.recursive_delete),
+        },
+        "network": {
+            "enabled": net.enabled,
+            "allowedDomains": list(net.allowed_domains),
+            "deniedDomains": denied,
+            "allowedAddresses": list(net.allowed_addresses),
+            "allowedPorts": list(net.allowed_ports),
+            "allowedUnixSockets": list(net.allowed_unix_sockets),
+        },
+        "process": {
+            "allowedCommands": list(proc.allowed_commands),
+            "allowShell": proc.allow_shell,
+            "envPassthrough": list(proc.env_passthrough),
+            "deniedArguments": {name: list(patterns) for name, patterns in proc.denied_arguments},
+        },
+        "limits": {_camel(f.name): getattr(limits, f.name) for f in dataclasses.fields(limits)},
+    }
 
 
 @cache

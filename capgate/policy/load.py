@@ -20,6 +20,7 @@ from capgate.paths import coerce_path, resolve_root
 from capgate.policy import defaults as d
 from capgate.policy.merge import build_deny_patterns, mandatory_deny_entries, merge
 from capgate.policy.model import FilesystemPolicy, Limits, NetworkPolicy, Policy, ProcessPolicy
+from capgate.policy.sources import Grants, check_user_config, check_user_config_outside_writes, grant_body, grant_items
 
 if TYPE_CHECKING:
     import pydantic
@@ -56,23 +57,118 @@ def _key_path(loc: Sequence[int | str]) -> str:
     return out or "(top level)"
 
 
+_JSON_TYPE_NAMES = {str: "a string", bool: "true or false", int: "a number", float: "a number", list: "a list",
+                   dict: "an object", type(None): "null"}
+
+
+def _json_type(value: object) -> str:
+    return next((name for tp, name in _JSON_TYPE_NAMES.items() if type(value) is tp), type(value).__name__)
+
+
+def _got(value: object) -> str:
+    """What the file held, in its own spelling: ``"true"`` (a string), ``3``, a list."""
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        text = json.dumps(value, ensure_ascii=False)
+        return f"got {text if len(text) <= 40 else text[:37] + '...'}"
+    return f"got {_json_type(value)}"
+
+
+def _plain_message(err: Any) -> str:
+    """A schema error in the policy's words, never the validator's ("Input should be...")."""
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false ({_got(value)})"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number ({_got(value)})"
+    if kind == "string_type":
+        return f"must be a string ({_got(value)})"
+    if kind in ("list_type", "tuple_type"):
+        return f"must be a list ({_got(value)})"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be an object ({_got(value)})"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx.get('ge')} ({_got(value)})"
+    if kind == "greater_than":
+        return f"must be more than {ctx.get('gt')} ({_got(value)})"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx.get('le')} ({_got(value)})"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"is longer than {ctx.get('max_length')} characters"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return f"is not valid ({_got(value)})"
+
+
+def _known_keys(loc: Sequence[int | str]) -> list[str]:
+    """The keys the schema knows at ``loc`` (the object an unknown key was found in)."""
+    from capgate.policy.schema import PolicyFile
+
+    model: Any = PolicyFile
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            return []
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return []
+        model = next((a for a in _type_args(field.annotation) if isinstance(a, type) and hasattr(a, "model_fields")),
+                     None)
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _type_args(tp: Any) -> list[Any]:
+    import typing
+
+    args = list(typing.get_args(tp))
+    return [tp, *args]
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    import difflib
+
+    lowered = {k.lower(): k for k in known}
+    match = lowered.get(name.lower()) or next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.6)), None)
+    return f"; did you mean {match!r}?" if match else f"; known keys here: {', '.join(known)}" if known else ""
+
+
 def _schema_error(exc: pydantic.ValidationError) -> PolicyError:
-    lines = []
-    first_key = None
+    """Every schema error, one per line, each naming its key path as the file spells it."""
+    found: list[tuple[str, str, bool]] = []  # (key, message, from a union member)
     for err in exc.errors():
-        # Union members add their class name to the location; drop those for the user.
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper())]
-        loc = [p for p in loc if p not in ("str", "function-after[_no_control(), str]")]
+        # Union members and validators add their own names to the location; drop them.
+        loc = [p for p in err["loc"] if isinstance(p, int) or not (p[:1].isupper() or "[" in p or "(" in p
+                                                                       or p in ("str", "int", "bool"))]
+        member = len(loc) != len(err["loc"])
         key = _key_path(loc)
-        first_key = first_key or key
         if err["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key")
+            name = str(loc[-1]) if loc else ""
+            message = "unknown key" + _did_you_mean(name, _known_keys(loc[:-1]))
         elif err["type"] == "missing":
-            lines.append(f"{key}: required key is missing")
+            message = "required key is missing"
         else:
-            lines.append(f"{key}: {err['msg']} (got {type(err.get('input')).__name__})")
-    shown = "; ".join(dict.fromkeys(lines))
-    return PolicyError(f"invalid policy: {shown}", first_key)
+            message = _plain_message(err)
+        found.append((key, message, member))
+    # A value that matched no member of a union (deniedDomains: a string or an object) gets one
+    # error per member: keep the one for the shape the file used.
+    lines: list[str] = []
+    for key, message, member in found:
+        if member and message.startswith("must be a string (got an object") and any(
+                k.startswith(key + ".") for k, _, _ in found):
+            continue
+        previous = next((i for i, line in enumerate(lines) if line.startswith(f"{key}: must be a string (")), None)
+        if member and previous is not None and message.startswith("must be an object ("):
+            lines[previous] = f"{key}: must be a string or an object ({message.split(' (', 1)[1]}"
+            continue
+        lines.append(f"{key}: {message}")
+    lines = list(dict.fromkeys(lines))
+    first_key = lines[0].split(": ", 1)[0] if lines else None
+    if len(lines) == 1:
+        return PolicyError(f"invalid policy: {lines[0]}", first_key)
+    return PolicyError(f"invalid policy ({len(lines)} errors):\n" + "\n".join(f"  {line}" for line in lines), first_key)
 
 
 def parse_policy_text(text: str | bytes) -> PolicyFile:
@@ -232,27 +328,72 @@ def load_policy(
     base: Policy | None = None,
     protected_paths: Sequence[str] = (),
     home: str | None = None,
+    user_file: str | os.PathLike[str] | None = None,
+    grants: Grants | None = None,
 ) -> Policy:
     """Build the effective policy.
 
-    ``path`` is the user file (``None``: defaults only). ``base`` replaces the built-in
-    defaults as the starting point — a launcher inside a sandbox passes the policy it was
-    given, so a user file there can only restrict it. ``protected_paths`` are files nobody
-    under the gate may write (the audit log); the policy file itself is always protected.
+    ``path`` is the workspace's policy file (``None``: none): untrusted, restrict-only unless
+    ``allow_user_expansion``. ``user_file`` (the user-level file, see
+    ``capgate.policy.sources``) and ``grants`` (command-line grants) are trusted: they widen
+    the defaults first, in that order; the workspace file then narrows what stands. Deny lists
+    and the mandatory write-deny list always win. ``base`` replaces the built-in defaults as the
+    starting point — a launcher inside a sandbox passes the policy it was given, so nothing can
+    widen it there. ``protected_paths`` are files nobody under the gate may write (the audit
+    log); the policy files themselves are always protected.
     """
     if isinstance(allow_user_expansion, bool) is False:
         raise PolicyError("allow_user_expansion must be a bool", "allow_user_expansion")
     if base is None:
         base = default_policy(workspace, home=home, protected_paths=protected_paths)
     elif protected_paths:
-        extra = tuple(os.path.realpath(p) for p in protected_paths)
-        base = replace(base, filesystem=replace(base.filesystem, protected=base.filesystem.protected + extra))
-    if path is None:
-        return base
-    source = os.path.realpath(coerce_path(path))
-    user = parse_policy_text(_read_capped(source))
-    base = replace(
-        base,
-        filesystem=replace(base.filesystem, protected=tuple(dict.fromkeys((*base.filesystem.protected, source)))),
-    )
-    return merge(base, user, allow_user_expansion=allow_user_expansion, source=source)
+        base = _protect(base, *protected_paths)
+    user_real = None
+    if user_file is not None:
+        user_real = check_user_config(coerce_path(user_file), base.workspace)
+        try:
+            layer = parse_policy_text(_read_capped(user_real))
+        except PolicyError as exc:
+            raise PolicyError(f"{user_real}: {exc}", exc.key) from None
+        base = merge(_protect(base, user_real), layer, allow_user_expansion=True, source=user_real,
+                     label=f"user-level file {user_real}", keep_source=True)
+    if grants:
+        base = _apply_grants(base, grants)
+    if path is not None:
+        source = os.path.realpath(coerce_path(path))
+        try:
+            user = parse_policy_text(_read_capped(source))
+        except PolicyError as exc:
+            raise PolicyError(exc.args[0] if source in str(exc) else f"{source}: {exc}", exc.key) from None
+        base = merge(_protect(base, source), user, allow_user_expansion=allow_user_expansion, source=source)
+    if grants is not None and grants.offline and base.network.enabled:
+        base = replace(base, network=replace(base.network, enabled=False))
+    if user_real is not None:
+        check_user_config_outside_writes(user_real, base.filesystem.write)
+    return base
+
+
+def _protect(policy: Policy, *paths: str) -> Policy:
+    """``policy`` with ``paths`` (canonical) among the files nobody under the gate may write."""
+    extra = tuple(os.path.realpath(p) for p in paths)
+    protected = tuple(dict.fromkeys((*policy.filesystem.protected, *extra)))
+    return replace(policy, filesystem=replace(policy.filesystem, protected=protected))
+
+
+def _apply_grants(policy: Policy, grants: Grants) -> Policy:
+    """Widen ``policy`` by each command-line grant in turn (trusted: the person running capgate
+    typed them). An invalid grant is a ``PolicyError`` naming the flag, not a policy key."""
+    from capgate.policy.schema import PolicyFile
+
+    for flag, value, label in grant_items(grants):
+        body = grant_body(flag, value, policy)
+        try:
+            layer = PolicyFile.model_validate(body)
+            policy = merge(policy, layer, allow_user_expansion=True, source=policy.source, label=label,
+                           keep_source=True)
+        except PolicyError as exc:
+            detail = str(exc).split(": ", 1)[-1] if ": " in str(exc) else str(exc)
+            raise PolicyError(f"{label}: {detail}", flag) from None
+        except ValueError:  # pydantic's ValidationError: an empty or oversized value
+            raise PolicyError(f"{label}: not a valid value", flag) from None
+    return policy

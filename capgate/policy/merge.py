@@ -2,18 +2,24 @@
 was given): restrict-only unless expansion is allowed.
 
 Restrict-only: the user may narrow roots, add denies, lower limits and drop domains, ports,
-commands and env names. Anything that would add a permission is a ``PolicyError`` naming the
-entry and ``allow_user_expansion``. With expansion allowed the user lists replace the base
-lists, but deny lists only ever *add*, and the mandatory write-deny list always stays.
+commands and env names. Entries that would add a permission are collected, and the merge then
+fails with one ``ExpansionRefused`` listing every one of them in the file's own spelling, with
+the three ways to allow them (the user-level file, a command-line grant, expansion allowed).
+With expansion allowed (a trusted source: the user-level file, a grant, or a workspace file
+under ``--allow-user-expansion``) the user lists replace the base lists, but deny lists only
+ever *add*, and the mandatory write-deny list always stays. Every widening entry is recorded
+on the policy (``Policy.widened``) with the source it came from.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from capgate.errors import PolicyError
+from capgate.errors import ExpansionRefused, PolicyError
 from capgate.paths import anchor_pattern, glob_regexes, is_within, resolve_root
 from capgate.policy.defaults import MANDATORY_DENY_WRITE
 from capgate.policy.model import (
@@ -29,26 +35,34 @@ from capgate.policy.model import (
 if TYPE_CHECKING:
     from capgate.policy.schema import PolicyFile
 
-__all__ = ["EXPANSION_FLAG", "build_deny_patterns", "merge"]
+__all__ = ["build_deny_patterns", "merge", "spell"]
 
-EXPANSION_FLAG = "allow_user_expansion=True (--allow-user-expansion)"
+
+def spell(value: object) -> str:
+    """A value as the policy file spells it (JSON: ``true``, ``"git"``, ``3600``)."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 class _Merge:
-    def __init__(self, base: Policy, expand: bool) -> None:
+    def __init__(self, base: Policy, expand: bool, label: str) -> None:
         self.base = base
         self.expand = expand
+        self.label = label
         self.expanded = False
+        self.widened: list[tuple[str, str]] = []
+        self.refused: list[tuple[str, object, object]] = []
 
-    def widen(self, key: str, entry: object, what: str) -> None:
-        """Record a widening entry, or refuse it in restrict-only mode."""
+    def widen(self, key: str, entry: object, what: str, canonical: object = None) -> None:
+        """Record a widening entry (expansion allowed), or collect it for the refusal.
+        ``canonical`` is what a command-line grant would need to say (an absolute root)."""
+        del what  # (kept at the call sites: it says why the entry widens)
         if not self.expand:
-            raise PolicyError(
-                f"{key} {entry!r} would add a permission ({what}); the user file may only "
-                f"restrict the defaults unless {EXPANSION_FLAG} is given",
-                key,
-            )
+            self.refused.append((key, entry, entry if canonical is None else canonical))
+            return
         self.expanded = True
+        if self.label.startswith("--"):  # a grant: its list index is the merge's, not the user's
+            key = key.rsplit("[", 1)[0] if key.endswith("]") else key
+        self.widened.append((f"{key}: {spell(entry)}", self.label))
 
     def roots(self, section: str, given: Sequence[str] | None, base_roots: tuple[str, ...]) -> tuple[str, ...]:
         if given is None:
@@ -59,7 +73,7 @@ class _Merge:
             key = f"{section}[{i}]"
             root = resolve_root(entry, ws, home, key)
             if not any(is_within(root, b) for b in base_roots):
-                self.widen(key, entry, f"access to {root}")
+                self.widen(key, entry, f"access to {root}", root)
             if root not in out:
                 out.append(root)
         return tuple(out)
@@ -85,6 +99,44 @@ class _Merge:
         if given > base_value:
             self.widen(key, given, f"raises the limit above {base_value}")
         return given
+
+
+# The command-line grant that allows an entry of each list (key prefix -> flag).
+_GRANT_FLAGS = {
+    "filesystem.read[": "--allow-read",
+    "filesystem.write[": "--allow-write",
+    "network.allowedDomains[": "--allow-net",
+    "network.allowedAddresses[": "--allow-net",
+    "process.allowedCommands[": "--allow-run",
+    "process.envPassthrough[": "--allow-env",
+}
+
+
+def _refusal(source: str, refused: Sequence[tuple[str, object, object]]) -> ExpansionRefused:
+    """One error listing every widening entry and the three ways to allow them."""
+    from capgate.policy.sources import user_config_display
+
+    entries = [(key, spell(entry)) for key, entry, _ in refused]
+    grants: list[str] = []
+    for key, _, value in refused:
+        flag = next((f for prefix, f in _GRANT_FLAGS.items() if key.startswith(prefix)), None)
+        if flag is not None:
+            grants.append(f"{flag} {shlex.quote(str(value))}")
+    implied = {"network.enabled"} if any(g.startswith("--allow-net ") for g in grants) else set()
+    ungrantable = [k for k, _, _ in refused if not any(k.startswith(p) for p in _GRANT_FLAGS) and k not in implied]
+    lines = [f"{source} may only narrow the permissions (a workspace policy file is not trusted to widen "
+             "them); these entries would widen them:"]
+    lines += [f"  {key}: {value}" for key, value in entries]
+    lines.append("to allow them, do one of these:")
+    lines.append(f"  - put them in your user-level policy file, {user_config_display()} (same format)")
+    if grants:
+        note = f" ({', '.join(ungrantable)} only through the other two)" if ungrantable else ""
+        lines.append(f"  - grant them on the command line: {' '.join(grants)}{note}")
+    else:
+        lines.append("  - (these have no command-line grant; --allow-read, --allow-write, --allow-net, --allow-run "
+                     "and --allow-env cover roots, hosts, commands and variables)")
+    lines.append("  - trust this file to widen them: --allow-user-expansion")
+    return ExpansionRefused("\n".join(lines), source, entries)
 
 
 def build_deny_patterns(
@@ -205,9 +257,14 @@ def _merge_limits(m: _Merge, user: PolicyFile) -> Limits:
     return Limits(**values)
 
 
-def merge(base: Policy, user: PolicyFile, *, allow_user_expansion: bool, source: str | None) -> Policy:
-    """Apply ``user`` on top of ``base``; see the module docstring for the rules."""
-    m = _Merge(base, allow_user_expansion)
+def merge(base: Policy, user: PolicyFile, *, allow_user_expansion: bool, source: str | None,
+          label: str | None = None, keep_source: bool = False) -> Policy:
+    """Apply ``user`` on top of ``base``; see the module docstring for the rules.
+
+    ``label`` names the source in ``Policy.widened`` (default: the workspace file under
+    ``--allow-user-expansion``). ``keep_source``: a trusted layer (the user-level file, a grant)
+    leaves ``origin`` and ``source``, which describe the workspace file, as they were."""
+    m = _Merge(base, allow_user_expansion, label or f"{source or 'the policy file'} (--allow-user-expansion)")
     ws, home = base.workspace, base.home
     fs_base = base.filesystem
     fs_user = user.filesystem
@@ -229,9 +286,12 @@ def merge(base: Policy, user: PolicyFile, *, allow_user_expansion: bool, source:
         network=_merge_network(m, user),
         process=_merge_process(m, user),
         limits=_merge_limits(m, user),
-        origin="expanded" if m.expanded else "restrict-only",
-        source=source,
+        widened=base.widened + tuple(m.widened),
     )
+    if m.refused:
+        raise _refusal(source or "the policy file", m.refused)
+    if not keep_source:
+        merged = replace(merged, origin="expanded" if m.expanded else "restrict-only", source=source)
     return merged
 
 

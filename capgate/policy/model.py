@@ -121,6 +121,9 @@ class Policy:
     limits: Limits = field(default_factory=Limits)
     origin: Origin = "defaults"
     source: str | None = None  # the user file it came from, if any
+    # Every entry that widened the defaults, as ("key: value" in the file's spelling, where it
+    # came from): the user-level file, a command-line grant, an expanded workspace file.
+    widened: tuple[tuple[str, str], ...] = ()
     version: int = 1
 
     def to_dict(self, *, redact: bool = False) -> dict[str, object]:

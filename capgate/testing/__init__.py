@@ -6,6 +6,26 @@ importable from here.
 
 from __future__ import annotations
 
-from capgate.testing.harness import CANARY, Finding, assert_denied, build_workspace, corpus, gate_for, run_attack_corpus
+from capgate.testing.harness import (
+    CANARY,
+    KINDS,
+    Finding,
+    Findings,
+    assert_denied,
+    build_workspace,
+    corpus,
+    gate_for,
+    run_attack_corpus,
+)
 
-__all__ = ["CANARY", "Finding", "assert_denied", "build_workspace", "corpus", "gate_for", "run_attack_corpus"]
+__all__ = [
+    "CANARY",
+    "KINDS",
+    "Finding",
+    "Findings",
+    "assert_denied",
+    "build_workspace",
+    "corpus",
+    "gate_for",
+    "run_attack_corpus",
+]

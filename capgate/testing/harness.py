@@ -20,22 +20,70 @@ from typing import Any
 
 import capgate
 from capgate.audit import AuditLog
-from capgate.gate import current_gate
 
-__all__ = ["CANARY", "Finding", "assert_denied", "build_workspace", "corpus", "gate_for", "run_attack_corpus"]
+__all__ = [
+    "CANARY",
+    "KINDS",
+    "Finding",
+    "Findings",
+    "assert_denied",
+    "build_workspace",
+    "corpus",
+    "gate_for",
+    "run_attack_corpus",
+]
 
 CANARY = "capgate-canary-7c1e9d-SECRET"
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One hostile input the tool let through: ``kind`` (paths, hosts, shell), the input as
-    given to the tool, ``outcome`` (``allowed`` or ``leaked``) and what came back."""
+    """One hostile input the tool let through: ``kind`` (paths, net, shell), the input as
+    given to the tool, ``outcome`` and what came back (``detail``).
+
+    Outcomes: ``leaked`` — the canary secret came back in the result (the worst);
+    ``allowed`` — the tool returned normally and the gate recorded no denial;
+    ``error`` — the tool raised something other than ``PermissionError`` without the gate
+    denying anything (not a leak, but the tool did not stay inside on purpose: look at it)."""
 
     kind: str
     input: object
     outcome: str
     detail: str
+
+
+class Findings(list[Finding]):
+    """The findings of one ``run_attack_corpus`` call: a list (``== []`` means the tool stayed
+    inside) whose repr, and pytest's assertion message, is a table: input, outcome, what came
+    back. ``leaked`` / ``allowed`` / ``errors`` select by outcome."""
+
+    @property
+    def leaked(self) -> list[Finding]:
+        return [f for f in self if f.outcome == "leaked"]
+
+    @property
+    def allowed(self) -> list[Finding]:
+        return [f for f in self if f.outcome == "allowed"]
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self if f.outcome == "error"]
+
+    def table(self) -> str:
+        if not self:
+            return "no findings: every hostile input was denied"
+        rows = [(f.kind, repr(f.input)[:60], f.outcome, f.detail.replace("\n", " ")[:80]) for f in self]
+        widths = [max(len(r[i]) for r in [("kind", "input", "outcome", "what came back"), *rows]) for i in range(3)]
+        head = f"{'kind':<{widths[0]}}  {'input':<{widths[1]}}  {'outcome':<{widths[2]}}  what came back"
+        lines = [f"{len(self)} finding(s): {len(self.leaked)} leaked, {len(self.allowed)} allowed, "
+                 f"{len(self.errors)} error", head]
+        lines += [f"{k:<{widths[0]}}  {i:<{widths[1]}}  {o:<{widths[2]}}  {d}" for k, i, o, d in rows]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.table()
+
+    __str__ = __repr__
 
 
 def build_workspace(ws: Path, home: Path, *, hard_links: bool = True) -> Path:
@@ -59,7 +107,10 @@ def gate_for(workspace: Path, policy: dict[str, Any] | None = None, *, audit: Au
         body = {"version": 1, **policy}
         path = workspace.parent / f".capgate-test-policy-{os.getpid()}.json"
         path.write_text(json.dumps(body))
-        loaded = capgate.load_policy(path, workspace=workspace, allow_user_expansion=True)
+        try:
+            loaded = capgate.load_policy(path, workspace=workspace, allow_user_expansion=True)
+        except capgate.PolicyError as exc:  # (the temp file's name means nothing to the test's author)
+            raise capgate.PolicyError(str(exc).replace(f"{os.path.realpath(path)}: ", ""), exc.key) from None
     return capgate.Gate(loaded, audit=audit if audit is not None else AuditLog(open(os.devnull, "w"), level="warning"))
 
 
@@ -123,14 +174,31 @@ def _inputs(kind: str, ws: Path, home: Path, fds: list[int]) -> Iterable[object]
             yield value
 
 
+KINDS = ("paths", "net", "shell")
+
+
 def run_attack_corpus(
     tool: Callable[[Any], object], kinds: Sequence[str] = ("paths",), *, gate: capgate.Gate | None = None
-) -> list[Finding]:
-    """Feed ``tool`` each hostile input under the active gate; return what was not denied."""
-    gate = gate if gate is not None else current_gate()
+) -> Findings:
+    """Feed ``tool`` each hostile input under the active gate; return what was not denied.
+
+    Runs only under a gate a test activated (the ``capgate_gate`` / ``capgate_fast_fs``
+    fixtures, or ``gate=``): the corpus plants symlinks and reads secrets, and must never do
+    that against the real HOME with the ambient default gate."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if isinstance(kinds, str) or unknown:
+        raise ValueError(f"unknown attack kind(s) {unknown or [kinds]!r}: the kinds are {', '.join(KINDS)}")
+    if gate is None:
+        from capgate.gate import _current
+
+        active = _current.get()
+        if active is None:
+            raise RuntimeError("run_attack_corpus needs an active gate: use the capgate_gate (or capgate_fast_fs) "
+                               "fixture, or pass gate=; it will not attack the real HOME under the default gate")
+        gate = active
     ws = Path(gate.policy.workspace)
     home = Path(gate.policy.home)
-    findings: list[Finding] = []
+    findings = Findings()
     fds: list[int] = []
     try:
         with gate:

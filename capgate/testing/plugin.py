@@ -30,9 +30,10 @@ from typing import Any
 
 import pytest
 
+import capgate
 from capgate.testing.harness import CANARY, build_workspace, gate_for
 
-__all__ = ["capgate_fast_fs", "capgate_gate", "capgate_workspace", "pytest_configure"]
+__all__ = ["capgate_fast_fs", "capgate_gate", "capgate_workspace", "pytest_assertrepr_compare", "pytest_configure"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,8 +42,20 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """``assert run_attack_corpus(...) == []`` fails with the findings' table."""
+    from capgate.testing.harness import Findings
+
+    if op == "==" and isinstance(left, Findings) and right == []:
+        return ["the tool let hostile inputs through:", *left.table().splitlines()]
+    return None
+
+
 @pytest.fixture
 def capgate_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real temp workspace (``src/app.py``, ``output/``, a ``.env`` canary) and a fake HOME
+    holding canary secrets (``~/.ssh/id_rsa``, ``~/.aws/credentials``); proxy and capgate
+    variables are cleared for the test."""
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     for name in ("CAPGATE_POLICY", "CAPGATE_AUDIT_LOG", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
@@ -60,9 +73,20 @@ def _policy_from_marker(request: pytest.FixtureRequest) -> dict[str, Any] | None
     return dict(marker.args[0])
 
 
+def _gate(workspace: Path, request: pytest.FixtureRequest) -> Any:
+    """``gate_for``; a bad marker policy fails the test with the ``PolicyError`` alone."""
+    try:
+        return gate_for(workspace, _policy_from_marker(request))
+    except capgate.PolicyError as exc:
+        message = f"capgate_policy marker: {exc}"
+    pytest.fail(message, pytrace=False)  # (outside the except: no "during handling" chain)
+
+
 @pytest.fixture
 def capgate_gate(capgate_workspace: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    gate = gate_for(capgate_workspace, _policy_from_marker(request))
+    """A ``Gate`` on ``capgate_workspace``, active for the test: the defaults, or the policy
+    of the closest ``@pytest.mark.capgate_policy({...})`` (expansion allowed)."""
+    gate = _gate(capgate_workspace, request)
     with gate:
         yield gate
 
@@ -84,7 +108,7 @@ def capgate_fast_fs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
             home = Path("/home/agent")
             monkeypatch.setenv("HOME", str(home))
             ws = build_workspace(Path("/work/ws"), home, hard_links=False)
-            gate = gate_for(ws, _policy_from_marker(request))
+            gate = _gate(ws, request)
             fastfs.install(monkeypatch)
             with gate:
                 yield gate

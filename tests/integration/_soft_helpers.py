@@ -25,6 +25,7 @@ def capgate_run(args: list[str], *, home: Path, cwd: Path, env_extra: dict[str, 
                 timeout: float = 90, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPGATE_", "AGENT_IN_SANDBOX", "SOFT_SANDBOX"))}
     env.pop("XDG_STATE_HOME", None)
+    env.pop("XDG_CONFIG_HOME", None)  # (the user-level policy file: the fake HOME's, never the real one)
     env["HOME"] = str(home)
     env.update(env_extra or {})
     return subprocess.run([PY, "-m", "capgate", *soft_by_default(args)], cwd=cwd, env=env, capture_output=True,

@@ -35,7 +35,7 @@ def test_help_lists_every_subcommand(ws: Path, home: Path) -> None:
 
 def test_dry_run_prints_effective_policy_and_runs_nothing(ws: Path, home: Path) -> None:
     marker = ws / "output" / "ran"
-    proc = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--", PY, "-c",
+    proc = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--internal", "--", PY, "-c",
                         f"open({str(marker)!r}, 'w')"], home=home, cwd=ws)
     assert proc.returncode == 0, proc.stderr
     assert not marker.exists()
@@ -54,7 +54,7 @@ def test_dry_run_prints_effective_policy_and_runs_nothing(ws: Path, home: Path) 
 
 def test_user_file_restricting_is_reported_restrict_only(ws: Path, home: Path) -> None:
     (ws / "agent-permissions.json").write_text(json.dumps({"version": 1, "filesystem": {"write": ["output"]}}))
-    proc = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--", PY, "-c", "pass"],
+    proc = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--internal", "--", PY, "-c", "pass"],
                        home=home, cwd=ws)
     assert proc.returncode == 0, proc.stderr
     assert "restrict-only" in proc.stderr.splitlines()[2]

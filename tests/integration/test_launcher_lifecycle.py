@@ -96,7 +96,7 @@ def _run_dirs(owner: int) -> list[str]:
 @pytest.mark.parametrize(("case", "code", "message"), [
     ("missing-workspace", 2, "capgate: policy error: workspace '{tmp}/nope' is not a directory (key: workspace)"),
     ("missing-policy", 2, "capgate: policy error: cannot read policy file {tmp}/nope.json: No such file or directory"),
-    ("not-utf8-policy", 2, "capgate: policy error: policy file is not UTF-8 (byte 19)"),
+    ("not-utf8-policy", 2, "capgate: policy error: {tmp}/bad.json: policy file is not UTF-8 (byte 19)"),
     ("unknown-command", 125, "capgate: sandbox refused to start: no-such-command-3c1e: command not found on PATH"),
     ("recursion", 125, "capgate: refusing to start: already inside a capgate sandbox (AGENT_IN_SANDBOX=1); "
                        "a sandbox never launches another one"),
@@ -131,7 +131,7 @@ def test_a_usage_error_ends_with_its_message(ws: Path, home: Path) -> None:
     rc, out, err = _finish(proc)
     assert rc == 2 and out == ""
     assert err.splitlines()[0].startswith("usage: capgate run")
-    assert err.endswith("capgate: error: argument --backend: invalid choice: 'nope' "
+    assert err.endswith("capgate run: error: argument --backend: invalid choice: 'nope' "
                         "(choose from 'auto', 'container', 'namespace', 'soft')\n")
     assert "Traceback" not in err
 

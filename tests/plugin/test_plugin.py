@@ -168,3 +168,75 @@ def test_fast_fs_and_real_fs_tests_mix_in_one_session(pytester: pytest.Pytester,
         """
     )
     pytester.runpytest("-q", "-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+def test_findings_read_as_a_table_in_the_assertion_message(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from pathlib import Path
+
+        from capgate.testing import run_attack_corpus
+
+        def test_leaky(capgate_gate, capgate_workspace):
+            def leaky(path):
+                return Path(path).read_text() if Path(path).is_file() else ""
+            assert run_attack_corpus(leaky, kinds=["paths"]) == []
+        """
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the tool let hostile inputs through:*", "*kind*input*outcome*what came back*",
+                                 "*paths*leaked*capgate-canary*"])
+
+
+def test_the_corpus_runner_refuses_unknown_kinds_and_no_gate(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        from capgate.testing import Findings, run_attack_corpus
+
+        def test_unknown_kind(capgate_gate):
+            with pytest.raises(ValueError, match="the kinds are paths, net, shell"):
+                run_attack_corpus(print, kinds=["pathz"])
+
+        def test_no_gate():
+            with pytest.raises(RuntimeError, match="needs an active gate"):
+                run_attack_corpus(print, kinds=["paths"])
+
+        def test_gated_control(capgate_gate):
+            from capgate import fs
+            found = run_attack_corpus(fs.read_text, kinds=["paths"])
+            assert isinstance(found, Findings) and found.leaked == [] and found.allowed == []
+        """
+    )
+    pytester.runpytest("-q", "-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+def test_a_marker_with_a_bad_policy_shows_the_policy_error_alone(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.capgate_policy({"network": {"enabled": "yes"}})
+        def test_bad(capgate_gate):
+            pass
+
+        @pytest.mark.capgate_policy({"network": {"enabled": True}})
+        def test_good(capgate_gate):
+            assert capgate_gate.policy.network.enabled
+        """
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*capgate_policy marker: invalid policy: network.enabled: must be true or false*"])
+    assert "Traceback" not in result.stdout.str() and "site-packages" not in result.stdout.str()
+
+
+def test_fixtures_have_docstrings() -> None:
+    from capgate.testing import plugin
+
+    for name in ("capgate_workspace", "capgate_gate", "capgate_fast_fs"):
+        fixture = getattr(plugin, name)
+        function = getattr(fixture, "__wrapped__", None) or getattr(fixture, "_fixture_function", None) or fixture
+        assert (function.__doc__ or "").strip(), name

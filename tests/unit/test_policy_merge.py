@@ -52,8 +52,21 @@ def test_expanding_entry_is_refused_naming_entry_and_flag(case: str, tmp_path: P
     with pytest.raises(capgate.PolicyError) as info:
         _load(tmp_path, workspace, body)
     assert key in str(info.value)
-    assert "allow_user_expansion" in str(info.value)
+    # the three ways, in the command line's words (no Python spelling: True, allow_user_expansion=True)
+    assert "--allow-user-expansion" in str(info.value) and "permissions.json" in str(info.value)
+    assert "allow_user_expansion" not in str(info.value) and "True" not in str(info.value)
     assert info.value.key == key
+
+
+def test_every_expanding_entry_is_listed_at_once(tmp_path: Path, workspace: Path) -> None:
+    body: dict[str, object] = {}
+    for case_body, _ in EXPANDING.values():
+        for section, values in case_body.items():
+            body.setdefault(section, {}).update(values)  # type: ignore[attr-defined]
+    with pytest.raises(capgate.ExpansionRefused) as info:
+        _load(tmp_path, workspace, body)
+    keys = [key for key, _ in info.value.entries]
+    assert set(keys) >= {key for _, key in EXPANDING.values()}, keys
 
 
 @pytest.mark.parametrize("case", sorted(EXPANDING))
