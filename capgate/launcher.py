@@ -884,7 +884,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     if result.timed_out:
         say(f"the child was killed at the wall-time limit ({policy.limits.wall_time_seconds} s)")
     for fired in result.limits_fired:
-        if fired != "wall_time":
+        if fired not in ("wall_time", "wallTimeSeconds"):  # (said just above)
             say(f"limit reached: {fired}")
     if not options.quiet or audit.denied:
         say(_summary(audit, argv, python_child, result.native_execs, result.child_activated))

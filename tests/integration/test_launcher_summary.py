@@ -84,3 +84,17 @@ def test_a_python_child_that_never_activated_is_not_no_denials() -> None:
     line = _summary(audit, ["/usr/bin/python3"], True, 0, False)
     assert line.startswith("no denials seen from Python code (")
     assert "never activated its hooks" in line
+
+
+def test_a_wall_time_kill_is_said_once(tmp_path: Path) -> None:
+    """The launcher names the wall-time kill in one line, not again as 'limit reached'."""
+    ws = tmp_path / "ws"
+    (ws / "output").mkdir(parents=True)
+    home = empty_home(tmp_path)
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"limits": {"wallTimeSeconds": 1}}')
+    result = capgate_run(["run", "--policy", str(policy), "--workspace", str(ws), "--", "/bin/sleep", "30"],
+                         home=home, cwd=tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.count("wall-time limit") == 1, result.stderr
+    assert "limit reached: wallTimeSeconds" not in result.stderr
