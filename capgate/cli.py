@@ -135,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--json", action="store_true", help="print the decision as one JSON object")
     _policy_args(chk)
 
+    mcp = sub.add_parser("mcp", help="serve the gated agent tools over the Model Context Protocol (stdio)",
+                         description="An MCP server on stdio (needs capgate[mcp]) serving read_file, write_file, "
+                                     "list_dir, fetch and run_command, each decided by the gate; denials are tool "
+                                     "results with isError. Banner on stderr; every decision in the audit log.")
+    _policy_args(mcp)
+    mcp.add_argument("--audit-log", metavar="PATH",
+                     help="where to write the JSON-lines audit log (default "
+                          "$XDG_STATE_HOME/capgate/audit/mcp-<time>-<pid>.jsonl); must be outside write roots")
+
     init = sub.add_parser("init", help="write an agent-permissions.json template (the built-in defaults)",
                           formatter_class=_formatter,
                           description="Write the built-in defaults as a policy file to narrow (a workspace file "
@@ -229,6 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from capgate import audit_summary
 
         return audit_summary.audit_command(args.file, as_json=args.json)
+    if args.command == "mcp":
+        import importlib
+
+        # capgate.wrappers is mapped from the repository's wrappers/ folder (see pyproject.toml).
+        server = importlib.import_module("capgate.wrappers.mcp")
+        code: int = server.main(workspace=args.workspace, policy=args.policy,
+                                allow_user_expansion=args.allow_user_expansion, audit_log=args.audit_log,
+                                grants=_grants(args))
+        return code
     return launcher.init_command(args.output, force=args.force)
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "ResponseTooLarge",
     "TooManyRedirects",
     "check",
+    "check_request",
     "connect",
     "dial",
     "fetch",
@@ -276,6 +277,32 @@ def connect(host: str, port: int, timeout: float | None = DEFAULT_TIMEOUT) -> so
     return dial(endpoint, timeout)
 
 
+def check_request(url: str, *, via: str = "net.check") -> tuple[Target, Endpoint]:
+    """Decide one HTTP(S) request URL under the current gate: what ``fetch`` does for each hop,
+    and what ``capgate.wrappers`` (httpx, requests, urllib) do for each request and redirect.
+
+    The URL is parsed once (``parse_target``: only ``http``/``https``, no user info, no
+    backslashes or control characters) and that parse is decided and logged (``via`` names the
+    caller in the audit line). Returns the parsed ``Target`` (scheme and origin-form path to
+    send) and the checked ``Endpoint`` (dial only its addresses, verify TLS against its host);
+    raises ``PermissionDenied`` otherwise.
+    """
+    return _check_hop(current_gate(), url, via)
+
+
+def _check_hop(gate: Gate, url: object, via: str) -> tuple[Target, Endpoint]:
+    try:
+        target = parse_target(url) if isinstance(url, str) else None
+    except TargetError as exc:
+        target = None
+        reason = f"refused target: {exc}"
+    else:
+        reason = "only http and https URLs can be fetched"
+    if target is None or target.scheme is None:
+        raise _deny_now(gate, _shown(url), reason, "network.target")  # type: ignore[arg-type]
+    return target, _decide(gate, target, via)
+
+
 def _deny_now(gate: Gate, shown: str, reason: str, rule: str) -> PermissionDenied:
     return gate.deny(ops.NET_CONNECT, shown, reason, rule, via="net")
 
@@ -378,16 +405,7 @@ def fetch(
     current = url
     origin: tuple[str | None, str, int] | None = None
     while True:
-        try:
-            target = parse_target(current) if isinstance(current, str) else None
-        except TargetError as exc:
-            target = None
-            reason = f"refused target: {exc}"
-        else:
-            reason = "only http and https URLs can be fetched"
-        if target is None or target.scheme is None:
-            raise _deny_now(gate, _shown(current), reason, "network.target")
-        endpoint = _decide(gate, target, "net.fetch")
+        target, endpoint = _check_hop(gate, current, "net.fetch")
         hop_origin = (target.scheme, endpoint.host, endpoint.port)
         if origin is not None and hop_origin != origin:
             sent_headers = {k: v for k, v in sent_headers.items() if k.lower() not in _CREDENTIAL_HEADERS}

@@ -23,7 +23,7 @@ if ! ls .cache/test-workloads/six-1.16.0.tar.gz >/dev/null 2>&1; then
         -d .cache/test-workloads six==1.16.0
 fi
 echo "== ruff"
-.venv/bin/ruff check capgate tests benchmarks examples
+.venv/bin/ruff check capgate wrappers tests benchmarks examples
 echo "== mypy (strict)"
 .venv/bin/mypy
 echo "== pytest"
