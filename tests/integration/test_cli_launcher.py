@@ -9,19 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, audit_lines, capgate_run, empty_home
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    ws = tmp_path / "ws"
-    (ws / "output").mkdir(parents=True)
-    return ws
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return empty_home(tmp_path)
+from _soft_helpers import PY, audit_lines, capgate_run
 
 
 def test_help_lists_every_subcommand(ws: Path, home: Path) -> None:

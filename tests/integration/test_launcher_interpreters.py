@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, audit_lines, capgate_run, empty_home
+from _soft_helpers import PY, audit_lines, capgate_run
 
 from capgate._soft_boot import SITECUSTOMIZE
 
@@ -34,18 +34,6 @@ def _interpreters(versions: str, *, system: bool) -> list[str]:
 
 _MODERN = _interpreters("3.1[0-9].*", system=True)
 _OLD = _interpreters("[23].[0-9].*", system=False)
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    ws = tmp_path / "ws"
-    (ws / "output").mkdir(parents=True)
-    return ws
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return empty_home(tmp_path)
 
 
 _CHILD = (

@@ -17,19 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, audit_lines, empty_home, soft_by_default
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    ws = tmp_path / "ws"
-    (ws / "output").mkdir(parents=True)
-    return ws
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return empty_home(tmp_path)
+from _soft_helpers import PY, audit_lines, soft_by_default
 
 
 def _env(home: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, audit_lines, capgate_run, empty_home
+from _soft_helpers import PY, audit_lines, capgate_run
 
 from capgate import launcher
 from capgate.paths import is_within
@@ -22,18 +22,6 @@ from capgate.paths import is_within
 SECRETS = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh/ssh_config", "/etc/ssh/ssh_host_ed25519_key",
            "/etc/ssl/private/server.key", "/etc/ssl/private/server.crt", "/etc/pki/tls/private/server.key",
            "/etc/machine-id")
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    ws = tmp_path / "ws"
-    (ws / "output").mkdir(parents=True)
-    return ws
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return empty_home(tmp_path)
 
 
 def _fs_denials(home: Path) -> list[str]:

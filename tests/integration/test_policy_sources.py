@@ -11,23 +11,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, capgate_run, empty_home
+from _soft_helpers import PY, capgate_run
 
 WIDENING = {"network": {"enabled": True, "allowedDomains": ["api.example.com"]},
             "process": {"allowedCommands": ["git"], "allowShell": True},
             "limits": {"cpuSeconds": 100000}}
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    ws = tmp_path / "ws"
-    (ws / "output").mkdir(parents=True)
-    return ws
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return empty_home(tmp_path)
 
 
 def user_file(home: Path, body: dict[str, object], mode: int = 0o600) -> Path:
