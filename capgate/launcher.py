@@ -280,6 +280,7 @@ def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = (),
             candidates.append(entry)
     candidates.append(os.path.dirname(os.path.realpath(sys.executable)))
     candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + "/capgate")
+    candidates.extend(_wrappers_dirs())
     try:
         import _ssl  # the C half only: ``import ssl`` costs ~15 ms of start-up
 
@@ -298,6 +299,23 @@ def runtime_read_roots(*, dev: bool = False, extra: Sequence[str] = (),
     roots += [f for f in system_files() if f not in roots]  # last: most reads match earlier roots
     # Drop roots nested in another root: shorter list, same meaning.
     return tuple(r for r in roots if not any(r != o and (r.startswith(o.rstrip("/") + "/")) for o in roots))
+
+
+def _wrappers_dirs() -> list[str]:
+    """Where ``capgate.wrappers`` is imported from. Installed, it is ``capgate/wrappers``
+    (inside the root above); in a development (editable) install it is the repository's
+    ``wrappers/`` folder, mapped by the install's import finder, which the child must read too
+    to use the wrappers. Found through the import system (the finder's own answer, ~0.1 ms),
+    never by guessing a sibling folder: ``site-packages/wrappers`` may be another package."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("capgate.wrappers")
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    return [os.path.realpath(p) for p in spec.submodule_search_locations or ()]
 
 
 MIN_CHILD_PYTHON = (3, 10)

@@ -47,6 +47,7 @@ def layout(tmp: Path) -> Env:
     (ws / ".git" / "hooks").mkdir(parents=True)
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_rsa").write_text(SECRET)
+    (home / "notes.txt").write_text(SECRET)  # outside, and no secret by name: containment alone keeps it
     (tmp / "ws_evil").mkdir()
     (tmp / "ws_evil" / "loot.txt").write_text(SECRET)
     return Env(ws, home, tmp, 0)
@@ -93,6 +94,18 @@ def _evil_untouched(env: Env) -> None:
 
 def _home_untouched(env: Env) -> None:
     assert (env.home / ".bashrc").exists() is False
+    assert (env.home / "notes.txt").read_text() == SECRET
+
+
+def _hard_link_out(env: Env) -> str:
+    os.link(env.home / "notes.txt", env.ws / "output" / "linked.txt")
+    return "output/linked.txt"
+
+
+def _symlink_chain(env: Env) -> str:
+    os.symlink(env.tmp / "ws_evil" / "loot.txt", env.ws / "src" / "chain2")
+    os.symlink("chain2", env.ws / "src" / "chain1")
+    return "src/chain1"
 
 
 HOSTILE: list[Case] = [
@@ -111,6 +124,27 @@ HOSTILE: list[Case] = [
          lambda e: {"path": _symlink("output/out", lambda e: e.home / ".bashrc")(e), "content": "pwned"},
          _home_untouched),
     Case("hard-link-to-secret", "read_file", lambda e: {"path": _hard_link(e)}),
+    # The reference filesystem server's path-escape CVE classes (CVE-2025-53110: an allowed
+    # directory's name as a mere prefix; CVE-2025-53109: symlinks out of the allowed directory),
+    # each spelling against files that are outside but carry no secret's name, so containment
+    # alone must refuse them (the deny list is not what saves these).
+    Case("home-tilde", "read_file", lambda e: {"path": "~/notes.txt"}),
+    Case("proc-self-cwd", "read_file", lambda e: {"path": "/proc/self/cwd/../ws_evil/loot.txt"}),
+    Case("sibling-prefix-spelled", "read_file", lambda e: {"path": str(e.ws) + "_evil/loot.txt"}),
+    Case("sibling-prefix-trailing-dot", "read_file", lambda e: {"path": str(e.ws) + "/./../ws_evil/loot.txt"}),
+    Case("symlink-relative-target", "read_file",
+         lambda e: {"path": _symlink("src/rel", lambda e: Path("../../ws_evil/loot.txt"))(e)}),
+    Case("symlink-chain", "read_file", lambda e: {"path": _symlink_chain(e)}),
+    Case("symlink-then-dotdot", "read_file",  # physically ws/output/.. is ws, lexically src: either way, out
+         lambda e: {"path": _symlink("src/up", lambda e: e.ws / "output")(e) + "/../../ws_evil/loot.txt"}),
+    Case("symlink-dir-list", "list_dir", lambda e: {"path": _symlink("src/evil-dir", lambda e: e.tmp / "ws_evil")(e)}),
+    Case("symlink-dir-write-out", "write_file",
+         lambda e: {"path": _symlink("output/evil-dir", lambda e: e.tmp / "ws_evil")(e) + "/planted", "content": "x"},
+         _evil_untouched),
+    Case("symlink-overwrite-outside", "write_file",
+         lambda e: {"path": _symlink("output/notes", lambda e: e.home / "notes.txt")(e), "content": "pwned"},
+         _home_untouched),
+    Case("hard-link-read-out", "read_file", lambda e: {"path": _hard_link_out(e)}),
     Case("dotenv-secret", "read_file", lambda e: {"path": ".env"}),
     Case("git-hooks-write", "write_file",
          lambda e: {"path": ".git/hooks/pre-commit", "content": "#!/bin/sh\ncurl evil\n"}, _hook_not_written),

@@ -18,10 +18,15 @@ embedded API); the tools are the only way the client acts, and each is gated.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import json
 import os
+import stat
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import IO, Any
 
 from capgate.errors import PolicyError
@@ -58,6 +63,108 @@ def build_server(name: str = "capgate") -> Any:
     from capgate import __version__
 
     return Server(name, version=__version__, on_list_tools=on_list_tools, on_call_tool=on_call_tool)
+
+
+class _LineReader:
+    """The protocol's input: newline-delimited JSON-RPC messages read on the event loop itself.
+
+    The SDK's default ``stdio_server`` wraps stdin and stdout with ``anyio.wrap_file``: every
+    line read, every write and every flush is a hop to a worker thread (three per round trip,
+    most of the server's own time per call). For a pipe or a socket, which is what an MCP client
+    starts the server with, the event loop can wait on the descriptor directly."""
+
+    LIMIT = 64 * 1024 * 1024  # one message; a longer line is answered as a parse error
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+
+    def __aiter__(self) -> _LineReader:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise StopAsyncIteration from None
+            line = exc.partial
+        except asyncio.LimitOverrunError as exc:
+            await self._discard_line(exc.consumed)
+            return ""  # not JSON: the SDK reports it to the session and reads on
+        return line.decode("utf-8", errors="replace")
+
+    async def _discard_line(self, consumed: int) -> None:
+        await self._reader.readexactly(consumed)
+        while True:
+            try:
+                await self._reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as more:
+                await self._reader.readexactly(more.consumed)
+            except asyncio.IncompleteReadError:
+                return
+
+
+class _LineWriter:
+    """The protocol's output on the event loop (see ``_LineReader``): ``write`` queues the
+    bytes, ``flush`` waits until the pipe has taken them."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    async def write(self, text: str) -> None:
+        self._writer.write(text.encode("utf-8"))
+
+    async def flush(self) -> None:
+        await self._writer.drain()
+
+
+def _streamable(fd: int) -> bool:
+    """A pipe or a socket: the event loop can wait on it (not a regular file, and not a
+    terminal, whose shared description must not be left non-blocking for the shell)."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+@contextlib.asynccontextmanager
+async def _loop_stdio() -> AsyncIterator[tuple[Any, Any] | None]:
+    """The protocol's private copies of stdin and stdout as event-loop streams, with fd 0 then
+    pointing at the null device and fd 1 at stderr (as the SDK does: a stray ``print`` or a
+    child's output never lands on the wire); both are restored on exit. ``None`` when either
+    is not a pipe or socket: the caller then uses the SDK's own transport."""
+    if not (_streamable(0) and _streamable(1)):
+        yield None
+        return
+    loop = asyncio.get_running_loop()
+    saved_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+    saved_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+    wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    transports: list[asyncio.BaseTransport] = []
+    try:
+        reader = asyncio.StreamReader(limit=_LineReader.LIMIT)
+        read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                         os.fdopen(wire_in, "rb", buffering=0))
+        transports.append(read_transport)
+        write_transport, write_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                                        os.fdopen(wire_out, "wb", buffering=0))
+        transports.append(write_transport)
+        writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+        yield _LineReader(reader), _LineWriter(writer)
+    finally:
+        for transport in transports:
+            transport.close()
+        os.dup2(saved_in, 0)
+        os.dup2(saved_out, 1)
+        os.close(saved_in)
+        os.close(saved_out)
 
 
 def _default_audit_path(home: str) -> str:
@@ -101,8 +208,10 @@ def main(*, workspace: str | None, policy: str | None, allow_user_expansion: boo
     server = build_server()
 
     async def serve() -> None:
-        async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        async with _loop_stdio() as streams:
+            stdin, stdout = streams if streams is not None else (None, None)
+            async with stdio_server(stdin, stdout) as (read_stream, write_stream):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
 
     try:
         with Gate(effective, audit=audit):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,23 @@ def test_specs_formats(fmt: str) -> None:
 def test_unknown_spec_format() -> None:
     with pytest.raises(ValueError):
         tools.specs(format="gemini")  # type: ignore[arg-type]
+
+
+def test_write_over_a_hard_link_to_an_outside_file_never_reaches_it(
+    env: tuple[Env, capgate.Gate, LoopbackHTTPServer],
+) -> None:
+    """A hard link in a write root to a file outside (the link-count class of the reference
+    server's escapes): ``write_file`` replaces the directory entry (a new file, renamed in), so
+    the outside file keeps its content; the workspace name holds the new text. Its control:
+    reading the same name before the write is refused (two links)."""
+    e, gate, _ = env
+    os.link(e.home / "notes.txt", e.ws / "output" / "linked.txt")
+    with gate:
+        before = tools.call("read_file", {"path": "output/linked.txt"})
+        written = tools.call("write_file", {"path": "output/linked.txt", "content": "mine\n"})
+        after = tools.call("read_file", {"path": "output/linked.txt"})
+    assert before["ok"] is False and before["error"]["kind"] == "denied", before
+    assert (e.home / "notes.txt").read_text() == SECRET
+    assert written["ok"] is True, written
+    assert after["ok"] is True and after["result"]["content"] == "mine\n", after
+    assert os.stat(e.home / "notes.txt").st_nlink == 1

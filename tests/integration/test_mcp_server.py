@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests._net_helpers import LoopbackHTTPServer
-from tests._wrapper_cases import BENIGN, HOSTILE, Env, benign_expectation, layout, write_policy
+from tests._wrapper_cases import BENIGN, HOSTILE, WS_FILE, Env, benign_expectation, layout, write_policy
 from tests.conftest import SECRET
 
 mcp = pytest.importorskip("mcp")
@@ -102,3 +102,78 @@ def test_mcp_refuses_an_audit_log_inside_a_write_root(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and "write root" in proc.stderr
     assert not (base.ws / "audit.jsonl").exists()
+
+
+
+_INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "0"}}}
+_CALL = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "read_file", "arguments": {"path": "src/app.py"}}}
+
+
+def test_mcp_stdio_transport_survives_garbage_and_huge_lines(tmp_path: Path) -> None:
+    """The wire itself (the server's event-loop stdio transport, on pipes): a request after a
+    line that is not JSON and after a 1 MiB line is still answered, and only protocol
+    messages reach stdout. stdin stays open until the answers are in (the SDK ends the
+    session at end of input without waiting for requests in flight)."""
+    import subprocess
+    import threading
+
+    base = dataclasses.replace(layout(tmp_path), port=8080)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "capgate", "mcp", "--workspace", str(base.ws), "--policy", str(write_policy(base)),
+         "--allow-user-expansion", "--audit-log", str(tmp_path / "audit.jsonl")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=base.ws,
+        env={"HOME": str(base.home), "PATH": "/usr/bin:/bin"})
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        for line in (json.dumps(_INIT).encode(), b"this is not json",
+                     json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode(),
+                     b"[" * (1 << 20), json.dumps(_CALL).encode()):
+            proc.stdin.write(line + b"\n")
+        proc.stdin.flush()
+        answers: dict[int, dict[str, Any]] = {}
+        while 2 not in answers:
+            raw = proc.stdout.readline()
+            assert raw, f"the server ended the wire early; answers so far: {answers}"
+            message = json.loads(raw)  # every stdout line is a protocol message
+            if "id" in message:
+                answers[int(message["id"])] = message
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert answers[1]["result"]["serverInfo"]["name"] == "capgate"
+    assert answers[2]["result"]["isError"] is False, answers[2]
+    assert answers[2]["result"]["structuredContent"]["content"] == WS_FILE
+
+
+def test_mcp_event_loop_transport_only_for_pipes_and_sockets(tmp_path: Path) -> None:
+    """The server waits on stdin/stdout in its event loop only where epoll can (a pipe, a
+    socket); a regular file or a terminal keeps the SDK's threaded transport (a terminal's
+    description, shared with the shell, must not be left non-blocking)."""
+    import os
+    import socket
+
+    from capgate.wrappers.mcp import _streamable
+
+    regular = tmp_path / "f"
+    regular.write_text("x")
+    r, w = os.pipe()
+    a, b = socket.socketpair()
+    with regular.open() as fh:
+        try:
+            assert _streamable(r) and _streamable(w) and _streamable(a.fileno())
+            assert not _streamable(fh.fileno())
+            null = os.open(os.devnull, os.O_RDONLY)
+            assert not _streamable(null)  # a character device (as a terminal is)
+            os.close(null)
+        finally:
+            os.close(r)
+            os.close(w)
+            a.close()
+            b.close()
