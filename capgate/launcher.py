@@ -1311,3 +1311,53 @@ def init_command(path: str | None = None, *, force: bool = False, stdout: IO[str
     out.write(f"capgate: wrote {target} (the built-in defaults; narrow it here; widen in "
               "~/.config/capgate/permissions.json or with the --allow-* grants)\n")
     return 0
+
+
+def import_command(source_format: str, path: str, *, output: str | None = None, force: bool = False,
+                   workspace: str | None = None, stdout: IO[str] | None = None,
+                   stderr: IO[str] | None = None) -> int:
+    """``capgate policy import --from srt FILE``: the converted policy on stdout (or ``-o``,
+    never over an existing file without ``--force``), and on stderr what it cannot express."""
+    from capgate.policy.srt_import import import_srt_settings
+
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    if source_format != "srt":  # pragma: no cover - argparse's choices come first
+        err.write(f"capgate: usage error: cannot import from {source_format!r} (known: srt)\n")
+        return EXIT_USAGE
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(1 << 20)
+        data = json.loads(raw.decode("utf-8"))
+    except OSError as exc:
+        err.write(f"capgate: cannot read {path}: {exc.strerror}\n")
+        return EXIT_USAGE
+    except (UnicodeDecodeError, ValueError) as exc:
+        err.write(f"capgate: {path}: not a JSON file ({exc})\n")
+        return EXIT_USAGE
+    try:
+        result = import_srt_settings(data, workspace=workspace)
+    except PolicyError as exc:
+        err.write(f"capgate: {path}: {exc}\n")
+        return EXIT_USAGE
+    text = result.to_json()
+    if output is None:
+        out.write(text)
+    else:
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
+            fd = os.open(output, flags, 0o600)
+        except FileExistsError:
+            err.write(f"capgate: {output} exists; use --force to overwrite\n")
+            return EXIT_USAGE
+        except OSError as exc:
+            err.write(f"capgate: cannot write {output}: {exc.strerror}\n")
+            return EXIT_USAGE
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    err.write(banner_text(f"imported {path} (srt settings); what capgate cannot express as srt does:"))
+    for note in result.notes:
+        err.write(banner_text(f"- {note}"))
+    if output is not None:
+        err.write(banner_text(f"wrote {output}: it widens the defaults, so use it as the user-level file "
+                              "(~/.config/capgate/permissions.json) or with --allow-user-expansion"))
+    return 0
