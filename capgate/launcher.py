@@ -261,7 +261,8 @@ def banner_text(message: str, width: int = BANNER_WIDTH) -> str:
         return f"{prefix}{first}\n{tail}"
     import textwrap
 
-    lines = textwrap.wrap(first, width=width, initial_indent=prefix, subsequent_indent=prefix + "  ",
+    lead = first[: len(first) - len(first.lstrip())]  # (an indented item continues deeper than itself)
+    lines = textwrap.wrap(first, width=width, initial_indent=prefix, subsequent_indent=prefix + lead + "  ",
                           break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines) + "\n" + tail
 

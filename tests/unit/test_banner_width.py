@@ -38,3 +38,10 @@ def test_the_audit_log_under_home_is_shown_with_a_tilde() -> None:
         "~/.local/state/capgate/audit/run.jsonl")
     assert _home_relative("/home/user2/x.jsonl", "/home/u") == "/home/user2/x.jsonl"  # (not a prefix by name)
     assert _home_relative("/var/log/x.jsonl", "/") == "/var/log/x.jsonl"
+
+
+def test_an_indented_item_continues_deeper_than_itself() -> None:
+    lines = banner_text("  widened: filesystem.write: " + '"/a/long/path" ' * 8 + "(from --allow-write)").splitlines()
+    assert lines[0].startswith("capgate:   widened:") and len(lines) > 1
+    assert all(line.startswith("capgate:     ") for line in lines[1:])
+    assert all(len(line) <= BANNER_WIDTH for line in lines)
