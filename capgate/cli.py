@@ -53,6 +53,7 @@ examples:
   capgate policy validate                      # check ./agent-permissions.json and the user-level file
   capgate policy show > effective.json         # the effective policy, in the policy file's format
   capgate policy show --internal               # the compiled form the sandbox is handed
+  capgate policy import --from srt ~/.srt-settings.json -o ~/.config/capgate/permissions.json
 
 exit codes: 0 valid, 2 usage or policy error.
 """
@@ -116,14 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="off: leave allowed decisions out of the audit log (denials are always logged)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
 
-    pol = sub.add_parser("policy", help="validate or show the effective policy", epilog=_EPILOG_POLICY,
+    pol = sub.add_parser("policy", help="validate, show or import a policy", epilog=_EPILOG_POLICY,
                          formatter_class=_formatter,
                          description="validate: load every policy source, say what widened the defaults and "
                                      "warn about entries that can never take effect. show: print the effective "
-                                     "policy in the policy file's own format.")
-    pol.add_argument("action", choices=("validate", "show"), help="validate or show")
+                                     "policy in the policy file's own format. import: convert another "
+                                     "sandbox's settings (--from srt FILE) to a policy file, saying on stderr "
+                                     "what it cannot express.")
+    pol.add_argument("action", choices=("validate", "show", "import"), help="validate, show or import")
+    pol.add_argument("file", metavar="FILE", nargs="?", help="import: the settings file to convert")
     pol.add_argument("--internal", action="store_true",
                      help="show: print the compiled policy (the form the sandbox is handed) instead")
+    pol.add_argument("--from", dest="import_from", choices=("srt",),
+                     help="import: the settings' format (srt: Anthropic sandbox-runtime, ~/.srt-settings.json)")
+    pol.add_argument("--output", "-o", metavar="FILE", help="import: write the policy here (default stdout)")
+    pol.add_argument("--force", action="store_true", help="import: overwrite an existing --output file")
     _policy_args(pol)
 
     chk = sub.add_parser("check", help="ask the gate about one operation and print the decision and rule",
@@ -197,11 +205,21 @@ def _grants(args: argparse.Namespace) -> Grants:
                   offline=args.offline)
 
 
+def _subparser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found: argparse.ArgumentParser = subparsers.choices[name]
+    return found
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse; an unknown option is reported with the usage of the subcommand it was given to
     (argparse reports it from the top-level parser otherwise)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command == "policy" and args.file is None and extra[:1] and not extra[0].startswith("-"):
+        # (argparse fills the positionals before the options: ``import --from srt FILE`` leaves FILE over)
+        args.file, extra = extra[0], extra[1:]
     if extra:
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         hint = ("; a command line with options goes after --: capgate check proc.exec -- CMD ARGS..."
@@ -226,7 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             audit_allowed=args.audit_allowed == "on",
         )
         return launcher.run(options)
+    if args.command == "policy" and args.action == "import":
+        if not args.import_from or not args.file:
+            _subparser("policy").error("policy import needs --from srt and the settings FILE")
+        return launcher.import_command(args.import_from, args.file, output=args.output, force=args.force,
+                                       workspace=args.workspace)
     if args.command == "policy":
+        if args.file or args.import_from or args.output or args.force:
+            _subparser("policy").error("FILE, --from, --output and --force are for policy import")
         return launcher.policy_command(args.action, policy=args.policy, workspace=args.workspace,
                                        allow_user_expansion=args.allow_user_expansion, grants=_grants(args),
                                        internal=args.internal)

@@ -244,6 +244,37 @@ def policy_error_text(exc: PolicyError) -> str:
     return f"capgate: policy error: {text}\n"
 
 
+BANNER_WIDTH = 100
+"""The launcher's own lines fit this many columns (issue 14): a longer message goes on
+``capgate:   `` continuation lines. Only a single word longer than that (a long path) can
+still overflow: it is never broken, so it can be copied."""
+
+
+def banner_text(message: str, width: int = BANNER_WIDTH) -> str:
+    """``message`` as the launcher prints it: its first line after ``capgate: ``, wrapped
+    at ``width`` onto ``capgate:   `` continuation lines (a reader sees where each message
+    starts); later lines (the summary's table, which wraps its own note) are kept as they are."""
+    first, sep, rest = message.partition("\n")
+    prefix = "capgate: "
+    tail = f"{rest}\n" if sep else ""
+    if len(prefix) + len(first) <= width:  # (the common case: no textwrap import)
+        return f"{prefix}{first}\n{tail}"
+    import textwrap
+
+    lead = first[: len(first) - len(first.lstrip())]  # (an indented item continues deeper than itself)
+    lines = textwrap.wrap(first, width=width, initial_indent=prefix, subsequent_indent=prefix + lead + "  ",
+                          break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines) + "\n" + tail
+
+
+def _home_relative(path: str, home: str) -> str:
+    """``path`` with the user's HOME as ``~`` (the default audit log is under it): the banner
+    line stays short, and a shell expands it back when the line is copied."""
+    if home != "/" and path.startswith(home.rstrip("/") + "/"):
+        return "~" + path[len(home.rstrip("/")):]
+    return path
+
+
 def _widening_lines(policy: Policy) -> list[str]:
     """One line per widening entry and where it came from (design.md: every run says)."""
     return [f"  widened: {entry} (from {origin})" for entry, origin in policy.widened]
@@ -473,12 +504,12 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
     err = stderr or sys.stderr
 
     def say(line: str) -> None:
-        err.write(f"capgate: {line}\n")
+        err.write(banner_text(line))
         err.flush()
 
     if _in_sandbox(env) and not options.dry_run_policy:
-        say("refusing to start: already inside a capgate sandbox (AGENT_IN_SANDBOX=1); "
-            "a sandbox never launches another one")
+        say("refusing to start: already in a capgate sandbox (AGENT_IN_SANDBOX=1); "
+            "sandboxes do not nest")
         return EXIT_SANDBOX_REFUSED
     if not options.command and not options.dry_run_policy:
         say("nothing to run: give the command after --, e.g. capgate run -- python agent.py")
@@ -731,7 +762,7 @@ def _choose_backend(requested: str, env: Mapping[str, str]) -> tuple[str, str]:
         return "container", "auto: a container runtime is available"
     ns_ok, ns_why = get_backend("namespace").available()
     if ns_ok:
-        return "namespace", f"auto: no container backend ({why}); user namespaces work here"
+        return "namespace", f"auto: user namespaces work here; no container backend ({why})"
     return "soft", f"auto: no container backend ({why}); no namespace backend ({ns_why})"
 
 
@@ -795,28 +826,28 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     source = policy.source or "built-in defaults"
     note(f"backend: {backend_name} ({why_backend})")
     if namespace:
-        note("namespace sandbox: new user, mount, pid, network, ipc and uts namespaces; the child's view holds "
-            "only the read roots (read-only), the write roots, a private /tmp and HOME, and the system's own "
-            "files; what the policy denies inside them is covered up, host sockets and processes are not there")
+        note("namespace sandbox: new user, mount, pid, network, ipc and uts namespaces; the child sees only "
+             "the read roots (read-only), the write roots, a private /tmp and HOME and the system's files; "
+             "what the policy denies in them is covered up; no host sockets or processes")
     else:
-        say("SOFT_SANDBOX=true: a seat belt, not isolation. It reduces accidental damage; "
-            "it does not contain a determined attacker (use the container backend for that)")
+        say("SOFT_SANDBOX=true: a seat belt, not isolation: it reduces accidental damage, it does not "
+            "contain a determined attacker (use the container backend for that)")
     note(f"policy: {source} — {_expansion(policy)}")
     for line in _widening_lines(policy):
         note(line)
     if options.command:
         if python_child:
-            note(f"child: Python ({argv[0]}): file, network and process actions go through the gate "
-                "(audit hooks), plus process-level controls")
+            note(f"child: Python ({argv[0]}): its file, network and process actions go through the gate "
+                 "(audit hooks), plus process-level controls")
         elif namespace:
-            note(f"child: not Python ({argv[0]}): its actions are not checked one by one by the gate; it sees "
-                "only the namespace view and runs under the kernel layer, resource limits, wall-time kill "
-                "and a clean environment (Python programs it starts are checked by the gate)")
+            note(f"child: not Python ({argv[0]}): the gate does not check its actions one by one; it sees "
+                 "only the namespace view, under the kernel layer, resource limits, wall-time kill and a "
+                 "clean environment (Python programs it starts are checked by the gate)")
         else:
             note(f"child: not Python ({argv[0]}): process-level controls only (resource limits, wall-time "
-                "kill, clean environment, private TMPDIR, sandbox HOME, and the kernel layer below when "
-                "there is one); its file, network and process actions are NOT checked by the gate "
-                "(Python programs it starts are)")
+                 "kill, clean environment, private TMPDIR, sandbox HOME, the kernel layer when there is "
+                 "one); the gate does NOT check its file, network and process actions (Python programs "
+                 "it starts, it does)")
     if options.dry_run_policy:
         if options.internal:
             _print_dry_run(out, policy, backend_name, audit_path, sandbox_home, tmpdir)
@@ -829,13 +860,14 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
 
     confine = warmup.plan() if warmup is not None else None
     if confine is None:
-        say("WARNING: kernel layer: none (no Landlock on this kernel): the hooks are the only file and process checks")
+        say("WARNING: kernel layer: none (no Landlock on this kernel): the hooks are the only file and "
+            "process checks")
     else:
-        note("kernel layer (Landlock): the whole tree may write only beneath the write roots, read only "
-            "beneath the read roots and the system's own files, open TCP connections only to the egress "
-            "proxy's port, signal nothing outside itself"
-            + (", and execute only the command and the allowed commands" if confine.restricts_exec else ""))
-    note(f"audit log: {audit_path}")
+        note("kernel layer (Landlock): the whole tree writes only in the write roots, reads only in the "
+             "read roots and the system's files, connects (TCP) only to the egress proxy, signals "
+             "nothing outside itself"
+             + (", runs only the command and the allowed commands" if confine.restricts_exec else ""))
+    note(f"audit log: {_home_relative(audit_path, home_real)}")
     from capgate.audit import AuditLog
     from capgate.backends import LaunchRequest, get_backend
 
@@ -938,7 +970,11 @@ def _summary(audit: AuditLog, argv: Sequence[str], python_child: bool, native_ex
     if audit.denied == 0:
         seen = "seen from Python code" if python_child else "seen"
         return f"no denials {seen} ({audit.allowed} allowed); {blind}"
-    return f"{table}\n  ({blind})"
+    import textwrap  # (the note under the table wraps like the launcher's own lines)
+
+    note = textwrap.wrap(f"({blind})", width=BANNER_WIDTH, initial_indent="  ", subsequent_indent="   ",
+                         break_long_words=False, break_on_hyphens=False)
+    return table + "\n" + "\n".join(note)
 
 
 class _SpawnerWarmup:
@@ -1293,4 +1329,54 @@ def init_command(path: str | None = None, *, force: bool = False, stdout: IO[str
         fh.write(TEMPLATE)
     out.write(f"capgate: wrote {target} (the built-in defaults; narrow it here; widen in "
               "~/.config/capgate/permissions.json or with the --allow-* grants)\n")
+    return 0
+
+
+def import_command(source_format: str, path: str, *, output: str | None = None, force: bool = False,
+                   workspace: str | None = None, stdout: IO[str] | None = None,
+                   stderr: IO[str] | None = None) -> int:
+    """``capgate policy import --from srt FILE``: the converted policy on stdout (or ``-o``,
+    never over an existing file without ``--force``), and on stderr what it cannot express."""
+    from capgate.policy.srt_import import import_srt_settings
+
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    if source_format != "srt":  # pragma: no cover - argparse's choices come first
+        err.write(f"capgate: usage error: cannot import from {source_format!r} (known: srt)\n")
+        return EXIT_USAGE
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(1 << 20)
+        data = json.loads(raw.decode("utf-8"))
+    except OSError as exc:
+        err.write(f"capgate: cannot read {path}: {exc.strerror}\n")
+        return EXIT_USAGE
+    except (UnicodeDecodeError, ValueError) as exc:
+        err.write(f"capgate: {path}: not a JSON file ({exc})\n")
+        return EXIT_USAGE
+    try:
+        result = import_srt_settings(data, workspace=workspace)
+    except PolicyError as exc:
+        err.write(f"capgate: {path}: {exc}\n")
+        return EXIT_USAGE
+    text = result.to_json()
+    if output is None:
+        out.write(text)
+    else:
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
+            fd = os.open(output, flags, 0o600)
+        except FileExistsError:
+            err.write(f"capgate: {output} exists; use --force to overwrite\n")
+            return EXIT_USAGE
+        except OSError as exc:
+            err.write(f"capgate: cannot write {output}: {exc.strerror}\n")
+            return EXIT_USAGE
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    err.write(banner_text(f"imported {path} (srt settings); what capgate cannot express as srt does:"))
+    for note in result.notes:
+        err.write(banner_text(f"- {note}"))
+    if output is not None:
+        err.write(banner_text(f"wrote {output}: it widens the defaults, so use it as the user-level file "
+                              "(~/.config/capgate/permissions.json) or with --allow-user-expansion"))
     return 0

@@ -21,7 +21,7 @@ class ContainerBackend:
     name = "container"
 
     def available(self) -> tuple[bool, str]:
-        return False, "the container backend is not built yet in this version of capgate"
+        return False, "not built yet"
 
     def launch(self, request: LaunchRequest, audit: AuditLog) -> LaunchResult:
         raise BackendUnavailable(self.available()[1])

@@ -7,6 +7,7 @@ importable from here.
 from __future__ import annotations
 
 from capgate.testing.harness import (
+    ARGUMENTS,
     CANARY,
     KINDS,
     Finding,
@@ -19,6 +20,7 @@ from capgate.testing.harness import (
 )
 
 __all__ = [
+    "ARGUMENTS",
     "CANARY",
     "KINDS",
     "Finding",

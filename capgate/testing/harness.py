@@ -15,13 +15,14 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import capgate
 from capgate.audit import AuditLog
 
 __all__ = [
+    "ARGUMENTS",
     "CANARY",
     "KINDS",
     "Finding",
@@ -69,16 +70,24 @@ class Findings(list[Finding]):
     def errors(self) -> list[Finding]:
         return [f for f in self if f.outcome == "error"]
 
+    skipped: dict[str, str]
+    """Kinds not run because they make no sense for the tool's argument, and why."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.skipped = {}
+
     def table(self) -> str:
+        note = "".join(f"\n(kind {k} skipped: {why})" for k, why in self.skipped.items())
         if not self:
-            return "no findings: every hostile input was denied"
+            return "no findings: every hostile input was denied" + note
         rows = [(f.kind, repr(f.input)[:60], f.outcome, f.detail.replace("\n", " ")[:80]) for f in self]
         widths = [max(len(r[i]) for r in [("kind", "input", "outcome", "what came back"), *rows]) for i in range(3)]
         head = f"{'kind':<{widths[0]}}  {'input':<{widths[1]}}  {'outcome':<{widths[2]}}  what came back"
         lines = [f"{len(self)} finding(s): {len(self.leaked)} leaked, {len(self.allowed)} allowed, "
                  f"{len(self.errors)} error", head]
         lines += [f"{k:<{widths[0]}}  {i:<{widths[1]}}  {o:<{widths[2]}}  {d}" for k, i, o, d in rows]
-        return "\n".join(lines)
+        return "\n".join(lines) + note
 
     def __repr__(self) -> str:
         return self.table()
@@ -177,17 +186,66 @@ def _inputs(kind: str, ws: Path, home: Path, fds: list[int]) -> Iterable[object]
 KINDS = ("paths", "net", "shell")
 
 
+ARGUMENTS = {"path": "paths", "url": "net", "command": "shell"}
+"""What a tool's argument can be (``run_attack_corpus(argument=...)``) and the one corpus kind
+that makes sense for it: ``url`` covers host names and URLs (the ``net`` corpus)."""
+
+
+def _argument_of(tool: Callable[[Any], object]) -> str | None:
+    """The tool's argument kind where its signature says so unambiguously: a first parameter
+    annotated ``pathlib.PurePath`` (``Path``) or ``os.PathLike`` is a path. Anything else
+    (``str``, no annotation, a name like ``url``) is not guessed: a wrong guess would skip
+    inputs that can hurt the tool."""
+    import inspect
+    import typing
+
+    try:
+        params = [p for p in inspect.signature(tool).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        hints = typing.get_type_hints(tool)
+    except Exception:  # builtins, callable objects, unresolvable annotations: no guess (run every kind)
+        return None
+    if not params or params[0].name not in hints:
+        return None
+    hint = hints[params[0].name]
+    if isinstance(hint, type) and (issubclass(hint, PurePath) or hint is os.PathLike):
+        return "path"
+    if typing.get_origin(hint) is os.PathLike:
+        return "path"
+    return None
+
+
 def run_attack_corpus(
-    tool: Callable[[Any], object], kinds: Sequence[str] = ("paths",), *, gate: capgate.Gate | None = None
+    tool: Callable[[Any], object], kinds: Sequence[str] | None = None, *, gate: capgate.Gate | None = None,
+    argument: str | None = None,
 ) -> Findings:
     """Feed ``tool`` each hostile input under the active gate; return what was not denied.
 
     Runs only under a gate a test activated (the ``capgate_gate`` / ``capgate_fast_fs``
     fixtures, or ``gate=``): the corpus plants symlinks and reads secrets, and must never do
-    that against the real HOME with the ambient default gate."""
+    that against the real HOME with the ambient default gate.
+
+    ``argument`` (``path``, ``url`` or ``command``; else read from a ``Path``/``os.PathLike``
+    annotation of the tool's first parameter) says what the tool takes: the kinds that make no
+    sense for it are skipped, not counted as findings (a URL handed to a file reader is a
+    missing file, not an attack on it), and listed in ``Findings.skipped``. ``kinds`` defaults
+    to the argument's own kind, else ``("paths",)``. Kinds that would all be skipped are a
+    ``ValueError``: a run that tests nothing must not pass."""
+    if kinds is None:
+        kinds = ("paths",)
+        if argument in ARGUMENTS:
+            kinds = (ARGUMENTS[argument],)
     unknown = [k for k in kinds if k not in KINDS]
     if isinstance(kinds, str) or unknown:
         raise ValueError(f"unknown attack kind(s) {unknown or [kinds]!r}: the kinds are {', '.join(KINDS)}")
+    if argument is not None and argument not in ARGUMENTS:
+        raise ValueError(f"unknown argument {argument!r}: it is one of {', '.join(ARGUMENTS)}")
+    takes = argument or _argument_of(tool)
+    applies = ARGUMENTS[takes] if takes is not None else None
+    skipped = tuple(k for k in kinds if applies is not None and k != applies)
+    if takes is not None and len(skipped) == len(kinds):
+        raise ValueError(f"the tool takes a {takes}: none of the kinds {list(kinds)!r} applies to it "
+                         f"(use {applies!r})")
     if gate is None:
         from capgate.gate import _current
 
@@ -199,10 +257,11 @@ def run_attack_corpus(
     ws = Path(gate.policy.workspace)
     home = Path(gate.policy.home)
     findings = Findings()
+    findings.skipped = {k: f"the tool takes a {takes}" for k in skipped}
     fds: list[int] = []
     try:
         with gate:
-            for kind in kinds:
+            for kind in (k for k in kinds if k not in skipped):
                 for value in _inputs(kind, ws, home, fds):
                     before = gate.audit.denied
                     try:

@@ -32,6 +32,20 @@ def capgate_run(args: list[str], *, home: Path, cwd: Path, env_extra: dict[str, 
                           text=True, timeout=timeout, input=None if stdin is None else stdin.decode())
 
 
+def launcher_messages(stderr: str) -> list[str]:
+    """The launcher's messages in ``stderr``, each whole: a message longer than the banner's
+    100 columns goes on ``capgate:   `` continuation lines, joined back here with one space
+    (so a test can look for a phrase wherever the line was wrapped). The indented items under
+    a message (``capgate:   widened: ...``) are joined to it too. Other lines are kept."""
+    out: list[str] = []
+    for line in stderr.splitlines():
+        if line.startswith("capgate:   ") and out:
+            out[-1] += " " + line.removeprefix("capgate:").strip()
+        else:
+            out.append(line)
+    return out
+
+
 def audit_lines(home: Path) -> list[dict[str, object]]:
     logs = sorted((home / ".local" / "state" / "capgate" / "audit").glob("*.jsonl"))
     assert logs, "no audit log written"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, capgate_run
+from _soft_helpers import PY, capgate_run, launcher_messages
 
 
 def test_version(ws: Path, home: Path) -> None:
@@ -71,7 +71,7 @@ def test_quiet_keeps_the_seat_belt_line_and_warnings_only(ws: Path, home: Path) 
     assert loud.returncode == 0 and "backend: soft" in loud.stderr and "audit log:" in loud.stderr
     quiet = capgate_run(["run", "-q", "--workspace", str(ws), "--", PY, "-c", "pass"], home=home, cwd=ws)
     assert quiet.returncode == 0, quiet.stderr
-    lines = quiet.stderr.splitlines()
+    lines = launcher_messages(quiet.stderr)
     assert len(lines) == 1 and "seat belt, not isolation" in lines[0], quiet.stderr
     denied = capgate_run(["run", "-q", "--workspace", str(ws), "--", PY, "-c",
                           f"open({str(home / '.ssh')!r})"], home=home, cwd=ws)

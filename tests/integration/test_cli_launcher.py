@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, audit_lines, capgate_run
+from _soft_helpers import PY, audit_lines, capgate_run, launcher_messages
 
 
 def test_help_lists_every_subcommand(ws: Path, home: Path) -> None:
@@ -45,7 +45,7 @@ def test_user_file_restricting_is_reported_restrict_only(ws: Path, home: Path) -
     proc = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--internal", "--", PY, "-c", "pass"],
                        home=home, cwd=ws)
     assert proc.returncode == 0, proc.stderr
-    assert "restrict-only" in proc.stderr.splitlines()[2]
+    assert launcher_messages(proc.stderr)[2].startswith("capgate: policy: ") and "restrict-only" in proc.stderr
     assert json.loads(proc.stdout)["expansion"] == "restrict-only"
 
 
@@ -105,8 +105,9 @@ def test_soft_sandbox_env_with_an_explicit_other_backend_is_a_usage_error(ws: Pa
         proc = capgate_run(["run", "--workspace", str(ws), "--backend", "container", *extra, "--", PY, "-c",
                             f"open({str(marker)!r}, 'w')"], home=home, cwd=ws, env_extra={"SOFT_SANDBOX": value})
         assert proc.returncode == 2, proc.stderr
-        assert proc.stderr == (f"capgate: usage error: SOFT_SANDBOX={value} forces the soft backend, but --backend "
-                               "container asks for another: unset SOFT_SANDBOX or drop --backend container\n")
+        assert launcher_messages(proc.stderr) == [
+            f"capgate: usage error: SOFT_SANDBOX={value} forces the soft backend, but --backend container asks for "
+            "another: unset SOFT_SANDBOX or drop --backend container"]
         assert proc.stdout == "" and not marker.exists()
     same = capgate_run(["run", "--workspace", str(ws), "--backend", "soft", "--", PY, "-c",
                         f"open({str(marker)!r}, 'w')"], home=home, cwd=ws, env_extra={"SOFT_SANDBOX": value})
@@ -148,7 +149,7 @@ def test_recursion_guard_refuses_and_never_widens(ws: Path, home: Path) -> None:
     assert lines[0] == "1 true True"
     assert "nested 125" in lines
     assert "widen 2" in lines
-    assert "already inside a capgate sandbox" in proc.stderr
+    assert "already in a capgate sandbox" in proc.stderr
 
 
 def test_audit_log_records_policy_backend_and_child_decisions(ws: Path, home: Path) -> None:

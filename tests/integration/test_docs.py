@@ -7,6 +7,8 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.integration._soft_helpers import PY, capgate_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,3 +53,22 @@ def test_documented_subcommands_exist(fake_home: Path, tmp_path: Path) -> None:
     for command in sorted(set(re.findall(r"^capgate (\w+)", text, flags=re.M))):
         proc = capgate_run([command, "--help"], home=fake_home, cwd=tmp_path)
         assert proc.returncode == 0, (command, proc.stderr)
+
+
+@pytest.mark.parametrize("backend", ["auto", "soft"])
+def test_the_launchers_lines_in_the_demo_fit_100_columns(tmp_path: Path, fake_home: Path, backend: str) -> None:
+    """Issue 14: the banner and the summary fit a 100-column terminal (a longer message goes on
+    ``capgate:   `` continuation lines). scripts/demo.sh's two commands, on the backend the
+    demo picks (auto) and on the soft one. The summary table's rows are data (a denied path
+    is as long as it is) and are left out; the native helper's own complaints are short."""
+    ws = tmp_path / "demo_ws"
+    shutil.copytree(REPO / "examples" / "demo_ws", ws)
+    runs = [[PY, str(ws / "agent.py")], ["/usr/bin/head", "-n", "2", ".env", "/etc/shadow", "src/app.py"]]
+    for command in runs:
+        result = capgate_run(["run", "--backend", backend, "--workspace", str(ws), "--", *command], home=fake_home,
+                             cwd=ws)
+        lines = [line for line in result.stderr.splitlines() if not re.match(r"\s+(\d+|count)  ", line)]
+        assert any(line.startswith("capgate: kernel layer") or "kernel layer: none" in line for line in lines)
+        assert any(line.startswith("capgate:   ") for line in lines), lines  # (the control: some did wrap)
+        too_long = [line for line in lines if len(line) > 100]
+        assert not too_long, too_long

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, audit_lines, capgate_run, empty_home, write_policy
+from _soft_helpers import PY, audit_lines, capgate_run, empty_home, launcher_messages, write_policy
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_a_launched_git_in_a_hostile_repository_is_refused_visibly(repo: Path, h
     refused = _run(repo, home, "git", "status")
     assert refused.returncode == 125, refused.stderr
     assert "sandbox refused to start: proc.exec denied: /usr/bin/git (the repository's git configuration " \
-           "(local scope) sets 'core.fsmonitor'" in refused.stderr
+           "(local scope) sets 'core.fsmonitor'" in "\n".join(launcher_messages(refused.stderr))
     assert "no denials" not in refused.stderr and "process.gitConfig" not in refused.stdout
     denial = _git_denials(home)
     assert len(denial) == 1 and "core.fsmonitor" in str(denial[0]["reason"])

@@ -86,8 +86,8 @@ def _run_dirs(owner: int) -> list[str]:
     ("missing-policy", 2, "capgate: policy error: cannot read policy file {tmp}/nope.json: No such file or directory"),
     ("not-utf8-policy", 2, "capgate: policy error: {tmp}/bad.json: policy file is not UTF-8 (byte 19)"),
     ("unknown-command", 125, "capgate: sandbox refused to start: no-such-command-3c1e: command not found on PATH"),
-    ("recursion", 125, "capgate: refusing to start: already inside a capgate sandbox (AGENT_IN_SANDBOX=1); "
-                       "a sandbox never launches another one"),
+    ("recursion", 125, "capgate: refusing to start: already in a capgate sandbox (AGENT_IN_SANDBOX=1); "
+                       "sandboxes do not nest"),
 ])
 def test_a_run_that_cannot_start_prints_one_line_and_nothing_after(
         ws: Path, home: Path, tmp_path: Path, case: str, code: int, message: str) -> None:

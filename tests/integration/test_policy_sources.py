@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _soft_helpers import PY, capgate_run
+from _soft_helpers import PY, capgate_run, launcher_messages
 
 WIDENING = {"network": {"enabled": True, "allowedDomains": ["api.example.com"]},
             "process": {"allowedCommands": ["git"], "allowShell": True},
@@ -53,7 +53,8 @@ def test_user_level_file_widens_without_the_flag_and_says_so(ws: Path, home: Pat
     dry = capgate_run(["run", "--workspace", str(ws), "--dry-run-policy", "--internal", "--", PY, "-c", "pass"],
                       home=home, cwd=ws)
     assert dry.returncode == 0, dry.stderr
-    assert f'process.allowedCommands[0]: "git" (from user-level file {path})' in dry.stderr
+    assert f'process.allowedCommands[0]: "git" (from user-level file {path})' in "\n".join(
+        launcher_messages(dry.stderr))
     assert {"entry": 'process.allowedCommands[0]: "git"', "from": f"user-level file {path}"} in \
         json.loads(dry.stdout)["widened"]
 
@@ -135,7 +136,8 @@ def test_grants_widen_a_real_run(ws: Path, home: Path, tmp_path: Path) -> None:
                      home=home, cwd=ws)
     assert ok.returncode == 0, ok.stderr
     assert (notes / "n.txt").read_text() == "x"
-    assert f'widened: filesystem.write: "{notes}" (from --allow-write {notes})' in ok.stderr
+    assert f'widened: filesystem.write: "{notes}" (from --allow-write {notes})' in "\n".join(
+        launcher_messages(ok.stderr))
 
 
 def test_allow_env_passes_a_variable_through(ws: Path, home: Path) -> None:

@@ -240,3 +240,61 @@ def test_fixtures_have_docstrings() -> None:
         fixture = getattr(plugin, name)
         function = getattr(fixture, "__wrapped__", None) or getattr(fixture, "_fixture_function", None) or fixture
         assert (function.__doc__ or "").strip(), name
+
+
+def test_kinds_that_make_no_sense_for_the_tools_argument_are_not_findings(pytester: pytest.Pytester) -> None:
+    """Issue 14: URLs and command lines handed to a file reader are missing files, not attacks
+    on it. The harness skips such kinds when it knows what the tool takes — ``argument=`` or a
+    ``Path`` annotation — and says so; it never guesses from a ``str`` (a wrong guess would
+    hide real findings), and a run where every kind would be skipped is refused."""
+    pytester.makepyfile(
+        """
+        from pathlib import Path
+
+        import pytest
+
+        from capgate import fs
+        from capgate.testing import run_attack_corpus
+
+        def read_str(path):
+            return fs.read_text(path)
+
+        def read_path(path: Path) -> str:
+            return fs.read_text(str(path))
+
+        ALL = ["paths", "net", "shell"]
+
+        def test_unknown_argument_runs_every_kind(capgate_gate):
+            # the control: nothing says what read_str takes, so the URLs and command lines are
+            # fed to it, and fail as files do (errors, never leaks)
+            found = run_attack_corpus(read_str, kinds=ALL)
+            assert found.errors and {f.kind for f in found} <= {"net", "shell"} and not found.leaked
+            assert found.skipped == {}
+
+        def test_explicit_argument_skips_the_other_kinds(capgate_gate):
+            found = run_attack_corpus(read_str, kinds=ALL, argument="path")
+            assert found == [] and set(found.skipped) == {"net", "shell"}
+            assert "kind net skipped: the tool takes a path" in repr(found)
+
+        def test_a_path_annotation_says_it(capgate_gate):
+            found = run_attack_corpus(read_path, kinds=ALL)
+            assert found == [] and set(found.skipped) == {"net", "shell"}
+
+        def test_skipping_never_hides_the_kind_that_applies(capgate_gate, capgate_workspace):
+            def leaky(path: Path) -> str:
+                return Path(path).read_text() if Path(path).is_file() else ""
+            found = run_attack_corpus(leaky, kinds=ALL)
+            assert found.leaked and {f.kind for f in found} == {"paths"}
+
+        def test_nothing_left_to_run_is_refused(capgate_gate):
+            with pytest.raises(ValueError, match="none of the kinds"):
+                run_attack_corpus(read_path, kinds=["net"])
+            with pytest.raises(ValueError, match="unknown argument"):
+                run_attack_corpus(read_str, argument="file")
+
+        def test_the_default_kinds_follow_the_argument(capgate_gate):
+            found = run_attack_corpus(read_str, argument="url")  # (the net corpus: URLs, as missing files)
+            assert found.skipped == {} and found and {f.kind for f in found} == {"net"}
+        """
+    )
+    pytester.runpytest("-q", "-p", "no:cacheprovider").assert_outcomes(passed=6)
