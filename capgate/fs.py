@@ -210,13 +210,9 @@ def _os_error(exc: OSError, path: str) -> OSError:
     return type(exc)(exc.errno, exc.strerror, path) if exc.errno else exc
 
 
-def _verified(gate: Gate, op: str, fd: int, path: str, decision: Decision) -> int:
-    """Check the opened descriptor itself, then log the decision."""
-    return _verified_stat(gate, op, fd, path, decision)[0]
-
-
 def _verified_stat(gate: Gate, op: str, fd: int, path: str, decision: Decision) -> tuple[int, os.stat_result]:
-    """``_verified``, also returning the descriptor's ``fstat`` (readers need it next)."""
+    """Check the opened descriptor itself, then log the decision; return it with its
+    ``fstat`` (readers need the size and type next)."""
     try:
         st = os.fstat(fd)
         if st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode):

@@ -1308,6 +1308,23 @@ def check_command(op: str, target: str | Sequence[str], *, policy: str | None, w
     return 0 if decision.allowed else 1
 
 
+def _write_new_file(target: str, text: str, *, force: bool, mode: int, err: IO[str]) -> bool:
+    """Write ``text`` to ``target``, never over an existing file unless ``force``; on failure
+    say why on ``err`` and return False (the caller exits with a usage error)."""
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
+        fd = os.open(target, flags, mode)
+    except FileExistsError:
+        err.write(f"capgate: {target} exists; use --force to overwrite\n")
+        return False
+    except OSError as exc:
+        err.write(f"capgate: cannot write {target}: {exc.strerror}\n")
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return True
+
+
 def init_command(path: str | None = None, *, force: bool = False, stdout: IO[str] | None = None,
                  stderr: IO[str] | None = None) -> int:
     """``capgate init``: write the policy template (loads as the defaults)."""
@@ -1316,17 +1333,8 @@ def init_command(path: str | None = None, *, force: bool = False, stdout: IO[str
 
     out, err = stdout or sys.stdout, stderr or sys.stderr
     target = path or POLICY_FILE_NAME
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
-        fd = os.open(target, flags, 0o644)
-    except FileExistsError:
-        err.write(f"capgate: {target} exists; use --force to overwrite\n")
+    if not _write_new_file(target, TEMPLATE, force=force, mode=0o644, err=err):
         return EXIT_USAGE
-    except OSError as exc:
-        err.write(f"capgate: cannot write {target}: {exc.strerror}\n")
-        return EXIT_USAGE
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(TEMPLATE)
     out.write(f"capgate: wrote {target} (the built-in defaults; narrow it here; widen in "
               "~/.config/capgate/permissions.json or with the --allow-* grants)\n")
     return 0
@@ -1361,18 +1369,8 @@ def import_command(source_format: str, path: str, *, output: str | None = None, 
     text = result.to_json()
     if output is None:
         out.write(text)
-    else:
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
-            fd = os.open(output, flags, 0o600)
-        except FileExistsError:
-            err.write(f"capgate: {output} exists; use --force to overwrite\n")
-            return EXIT_USAGE
-        except OSError as exc:
-            err.write(f"capgate: cannot write {output}: {exc.strerror}\n")
-            return EXIT_USAGE
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+    elif not _write_new_file(output, text, force=force, mode=0o600, err=err):
+        return EXIT_USAGE
     err.write(banner_text(f"imported {path} (srt settings); what capgate cannot express as srt does:"))
     for note in result.notes:
         err.write(banner_text(f"- {note}"))
