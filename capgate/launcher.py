@@ -1223,11 +1223,11 @@ def policy_command(action: str, *, policy: str | None, workspace: str | None,
         err.write(policy_error_text(exc))
         return EXIT_USAGE
     if action == "validate":
-        out.write(f"capgate: policy OK: {effective.source or 'built-in defaults'} — {_expansion(effective)}\n")
+        out.write(banner_text(f"policy OK: {effective.source or 'built-in defaults'} — {_expansion(effective)}"))
         for line in _widening_lines(effective):
-            out.write(f"capgate: {line}\n")
+            out.write(banner_text(line))
         for warning in ineffective_entries(effective):
-            err.write(f"capgate: warning: {warning}\n")
+            err.write(banner_text(f"warning: {warning}"))
         return 0
     if internal:
         out.write(effective.to_json(redact=True) + "\n")

@@ -107,10 +107,11 @@ def test_validate_warns_about_entries_that_never_take_effect(ws: Path, home: Pat
     proc = capgate_run(["policy", "validate", "--workspace", str(ws)], home=home, cwd=ws,
                        env_extra={"XDG_CONFIG_HOME": str(xdg)})
     assert proc.returncode == 0, proc.stderr
-    assert 'network.allowedDomains[0] "api.example.com" has no effect: network.enabled is false' in proc.stderr
-    assert '"no-such-tool-xyz" has no effect: not found on the sanitized PATH' in proc.stderr
-    assert '"git" has no effect' not in proc.stderr  # (the control: git is on the PATH)
-    assert "widened: process.allowedCommands[0]" in proc.stdout
+    err, out = "\n".join(launcher_messages(proc.stderr)), "\n".join(launcher_messages(proc.stdout))
+    assert 'network.allowedDomains[0] "api.example.com" has no effect: network.enabled is false' in err
+    assert '"no-such-tool-xyz" has no effect: not found on the sanitized PATH' in err
+    assert '"git" has no effect' not in err  # (the control: git is on the PATH)
+    assert "widened: process.allowedCommands[0]" in out
 
 
 def test_policy_errors_are_plain_one_per_line_and_name_the_file(ws: Path, home: Path) -> None:
@@ -168,3 +169,22 @@ def test_old_run_logs_are_pruned(ws: Path, home: Path) -> None:
     logs = sorted(audit_dir.glob("run-*.jsonl"))
     assert len(logs) == 3 and other.exists()
     assert not (audit_dir / "run-20000100T000000Z-1.jsonl").exists()
+
+
+def test_validate_lines_fit_the_banner_width(ws: Path, home: Path, tmp_path: Path) -> None:
+    """``policy validate`` wraps its own lines at 100 columns like the launcher (issue 14);
+    the control: a short entry stays on one line."""
+    long_dir = ws / ("very-long-directory-name-" * 5)
+    long_dir.mkdir()
+    xdg = tmp_path / "xdg"
+    (xdg / "capgate").mkdir(parents=True)
+    (xdg / "capgate" / "permissions.json").write_text(json.dumps(
+        {"filesystem": {"write": [str(long_dir), "notes"]}}))
+    proc = capgate_run(["policy", "validate", "--workspace", str(ws)], home=home, cwd=ws,
+                       env_extra={"XDG_CONFIG_HOME": str(xdg)})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("capgate:   widened: filesystem.write") and '"notes"' in line for line in lines)
+    long_lines = [line for line in lines if len(line) > 100]
+    assert all(" " not in line.removeprefix("capgate:").strip() for line in long_lines), long_lines
+    assert any(line.startswith("capgate:     /") for line in lines), lines  # (the long entry continued)
