@@ -110,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "print a denial summary and write an audit log.")
     _policy_args(run)
     run.add_argument("--backend", choices=("auto", "container", "namespace", "soft"), default="auto",
-                     help="sandbox backend (default auto: namespace where user namespaces work, else soft)")
+                     help="sandbox backend (default auto: container when a runtime answers and the image is "
+                          "built, else namespace where user namespaces work, else soft)")
+    run.add_argument("--runtime", choices=("podman", "docker"), default=None,
+                     help="container backend: the runtime (default: podman, else docker)")
+    run.add_argument("--image", metavar="IMAGE", default=None,
+                     help="container backend: the image (default: the one `capgate image build` makes)")
     run.add_argument("--dry-run-policy", action="store_true",
                      help="print the effective policy (in the policy file's format) and run nothing")
     run.add_argument("--internal", action="store_true",
@@ -125,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--audit-allowed", choices=("on", "off"), default="on",
                      help="off: leave allowed decisions out of the audit log (denials are always logged)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
+
+    img = sub.add_parser("image", help="build the container backend's default image (no registry needed)",
+                         formatter_class=_formatter,
+                         description="Build the default local image for --backend container from this host's "
+                                     "Python and capgate (podman import / docker import of a tar: no registry).")
+    img.add_argument("action", choices=("build",), help="build: make the image (and print its name)")
+    img.add_argument("--runtime", choices=("podman", "docker"), default="podman",
+                     help="the container runtime to build it for (default podman)")
 
     pol = sub.add_parser("policy", help="validate, show or import a policy", epilog=_EPILOG_POLICY,
                          formatter_class=_formatter,
@@ -291,9 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_user_expansion=args.allow_user_expansion, backend=args.backend,
             dry_run_policy=args.dry_run_policy, dev=args.dev, audit_log=args.audit_log,
             grants=_grants(args), quiet=args.quiet, internal=args.internal,
-            audit_allowed=args.audit_allowed == "on",
+            audit_allowed=args.audit_allowed == "on", runtime=args.runtime, image=args.image,
         )
         return launcher.run(options)
+    if args.command == "image":
+        return launcher.image_command(args.runtime)
     if args.command == "policy" and args.action == "import":
         if not args.import_from or not args.file:
             _subparser("policy").error("policy import needs --from srt and the settings FILE")

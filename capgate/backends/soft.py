@@ -49,6 +49,7 @@ class ChildReportReader(threading.Thread):
         self.audit = audit
         self.activated = False
         self.namespace_started = False  # ns_exec ran inside the view (the namespace backend)
+        self.container_started = False  # the shim ran inside the container (the container backend)
         self.lines = 0
         self.dropped = 0
         self.malformed = 0
@@ -121,6 +122,8 @@ class ChildReportReader(threading.Thread):
             self.activated = True
         elif name == "namespace.started":
             self.namespace_started = True
+        elif name == "container.started":
+            self.container_started = True
         extra = {k: v for k, v in data.items() if k not in ("event", "pid") and isinstance(v, (str, int, bool))}
         self.audit.event("child." + name, source="child", child_pid=pid,
                          **{f"child_{k}": v for k, v in list(extra.items())[:8]})
