@@ -37,6 +37,9 @@ TARGETS = ("job", "agent-sandbox")
 SANDBOX_API = "extensions.agents.x-k8s.io/v1beta1"
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 PART_OF = {"app.kubernetes.io/part-of": "capgate"}
+# How an image made for capgate starts it (container_shim's layout contract: a CPython with
+# capgate installed at /opt/capgate/bin/python, whatever the base image).
+IMAGE_ENTRYPOINT = ("/opt/capgate/bin/python", "-m", "capgate")
 
 
 def _labels(name: str, role: str) -> dict[str, str]:
@@ -73,12 +76,13 @@ def kubernetes(policy: Policy, *, image: str, command: Sequence[str], target: st
                runtime_class: str | None = None, name: str = "capgate-run", namespace: str | None = None,
                workspace_claim: str | None = None, proxy_address: str | None = None, cpus: str = "1",
                ttl_seconds_after_finished: int = 3600, warm_pool: int = 1,
-               entrypoint: Sequence[str] = ("capgate",)) -> list[dict[str, Any]]:
+               entrypoint: Sequence[str] = IMAGE_ENTRYPOINT) -> list[dict[str, Any]]:
     """The Kubernetes objects that run ``command`` in ``image`` under ``policy``.
 
     Raises ``PolicyError`` (naming the key or option) when the chosen ``egress`` mode cannot
     enforce the policy's network rules, or an argument is invalid. ``entrypoint`` is how the
-    image starts capgate (``capgate`` on its PATH by default).
+    image starts capgate (default: the layout ``capgate image build`` and
+    ``container_shim/Containerfile`` make, ``/opt/capgate/bin/python -m capgate``).
     """
     _check_args(name, image, command, target, namespace, ttl_seconds_after_finished, warm_pool)
     k8s_network.check_egress(policy, egress)

@@ -37,7 +37,7 @@ def test_every_sample_keeps_the_promises(sample: Sample, tmp_path: Path) -> None
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsUser"] > 0
-    assert container["command"][:3] == ["capgate", "run", "--backend"]
+    assert container["command"][:5] == ["/opt/capgate/bin/python", "-m", "capgate", "run", "--backend"]
     assert container["command"][-4:] == ["python3", "agent.py", "--task", "t1"]
 
 
