@@ -43,6 +43,11 @@ def export_command(args: argparse.Namespace, command: Sequence[str], *, grants: 
         return EXIT_USAGE
     text = dump_all(objects)
     table = enforcement_markdown(egress=args.egress, target=args.target)
+    if effective.process.allowed_commands:
+        err.write("capgate: warning: the pod runs the soft backend: an allowed native command ("
+                  f"{effective.process.allowed_commands[0]}, ...) can read files matching denyRead inside the read "
+                  "roots (Landlock cannot carve patterns out of a root); keep secrets out of the image and the "
+                  "workspace claim (ENFORCEMENT.md)\n")
     for widened, source in effective.widened:
         err.write(f"capgate: exported widening {widened} (from {source})\n")
     if args.output == "-":

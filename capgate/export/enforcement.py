@@ -32,14 +32,20 @@ _FS_GATE = "audit hooks (Python) and Landlock (every process), checked on the ca
 ENFORCEMENT: tuple[Row, ...] = (
     Row("version", "—", "the pod's launcher refuses any version but 1"),
     Row("filesystem.read",
-        "the root filesystem is the image, read-only; the workspace volume is mounted read-only",
+        "the root filesystem is the image, read-only; the workspace is the image's directory or the claim, "
+        "mounted read-only",
         _FS_GATE + "; nothing outside the read roots and the runtime's own files"),
     Row("filesystem.write",
         "only the write roots, /tmp and HOME are writable volumes (emptyDir, or subPath mounts of the "
         "workspace claim); `readOnlyRootFilesystem: true` everywhere else",
         _FS_GATE),
-    Row("filesystem.denyRead", "— (no Kubernetes field hides a path inside a volume)", _FS_GATE),
-    Row("filesystem.denyWrite", "— (a write root is writable as a whole at the volume level)", _FS_GATE),
+    Row("filesystem.denyRead", "— (no Kubernetes field hides a path inside a volume)",
+        "audit hooks, for Python code only: Landlock cannot carve a pattern out of a read root, so an "
+        "allowed native command (`cat`) can read a denied file inside one — keep secrets out of the image "
+        "and the claim"),
+    Row("filesystem.denyWrite", "— (a write root is writable as a whole at the volume level)",
+        "audit hooks for Python code; a native child's write beneath a write root is reported as a denial at "
+        "exit (the soft backend's after-run scan), not prevented"),
     Row("filesystem.recursiveDelete", "—", "`fs.rmtree` outside these roots is denied by the gate"),
     Row("network.enabled",
         "NetworkPolicy `…-egress`: all ingress and all egress denied for the run's pod, except (`--egress "

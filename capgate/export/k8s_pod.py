@@ -3,9 +3,9 @@
 Hardened as the container backend is: a fixed non-root uid/gid, read-only root filesystem, no
 capabilities, no privilege escalation, the runtime's default seccomp profile, no service-account
 token, no Service environment variables, no host namespaces or hostPath. Writable places are
-volumes only: ``/tmp`` and HOME (emptyDir), and the policy's write roots — beneath the workspace
-they are ``subPath`` mounts of the workspace volume (so their files land in the claim), anywhere
-else their own emptyDir. Every emptyDir has a ``sizeLimit`` of the output quota.
+volumes only: ``/tmp`` and HOME (emptyDir), and the policy's write roots — each its own
+emptyDir, or with ``--workspace-claim`` a ``subPath`` of the claim (so results land in it).
+Every emptyDir has a ``sizeLimit`` of the output quota.
 
 The container runs the launcher with the soft backend (container runtimes' default seccomp
 profiles refuse the user namespaces the namespace backend needs): ``capgate run --backend soft``
@@ -70,31 +70,42 @@ def _empty_dir(name: str, policy: Policy) -> dict[str, Any]:
 
 def _volumes(policy: Policy, *, policy_configmap: str, workspace_claim: str | None,
              agent: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, mounts): the policy, the workspace, /tmp, HOME and (agent) the write roots."""
+    """(volumes, mounts): the policy, the workspace, /tmp, HOME and (agent) the write roots.
+
+    Without a claim there is no workspace volume: ``/workspace`` is the image's own directory
+    (read-only with the root filesystem; inputs baked into the image at ``/workspace`` are
+    visible), and each write root is its own emptyDir. With a claim, the claim is mounted
+    read-only at ``/workspace`` and each write root beneath it is a read-write ``subPath`` of
+    it (the kubelet creates the subdirectory, so the mount point exists in the read-only
+    mount). Why not subPaths of an emptyDir workspace: a mount point beneath a read-only
+    mount must already exist, and not every runtime creates subPath directories of an
+    emptyDir (podman's ``kube play`` does not)."""
     volumes: list[dict[str, Any]] = [
         {"name": "policy", "configMap": {"name": policy_configmap, "defaultMode": 0o444}},
+        _empty_dir("tmp", policy),
+        _empty_dir("home", policy),
     ]
-    if workspace_claim is not None and agent:
-        volumes.append({"name": "workspace", "persistentVolumeClaim": {"claimName": workspace_claim}})
-    else:
-        volumes.append(_empty_dir("workspace", policy))
-    volumes += [_empty_dir("tmp", policy), _empty_dir("home", policy)]
     mounts: list[dict[str, Any]] = [
         {"name": "policy", "mountPath": POD_POLICY_DIR, "readOnly": True},
-        {"name": "workspace", "mountPath": POD_WORKSPACE, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "home", "mountPath": POD_HOME},
     ]
-    if not agent:
+    claim = workspace_claim if agent else None
+    if claim is not None:
+        volumes.append({"name": "workspace", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": "workspace", "mountPath": POD_WORKSPACE, "readOnly": True})  # mounts[3]
+    if not agent:  # the proxy pod: an empty workspace for its launcher to load the policy at
+        volumes.append(_empty_dir("workspace", policy))
+        mounts.append({"name": "workspace", "mountPath": POD_WORKSPACE, "readOnly": True})
         return volumes, mounts
     extra = 0
     for root in pod_write_roots(policy):
-        if root == POD_WORKSPACE:
-            mounts[1] = {"name": "workspace", "mountPath": POD_WORKSPACE}  # the whole workspace is a write root
-        elif root.startswith(POD_WORKSPACE + "/"):
-            mounts.append({"name": "workspace", "mountPath": root, "subPath": root[len(POD_WORKSPACE) + 1:]})
-        elif root == POD_HOME or root.startswith(POD_HOME + "/") or root == "/tmp" or root.startswith("/tmp/"):
+        if root == POD_HOME or root.startswith(POD_HOME + "/") or root == "/tmp" or root.startswith("/tmp/"):
             continue  # already a writable volume
+        if claim is not None and root == POD_WORKSPACE:
+            mounts[3] = {"name": "workspace", "mountPath": POD_WORKSPACE}  # all of it is a write root
+        elif claim is not None and root.startswith(POD_WORKSPACE + "/"):
+            mounts.append({"name": "workspace", "mountPath": root, "subPath": root[len(POD_WORKSPACE) + 1:]})
         else:
             extra += 1
             volumes.append(_empty_dir(f"write-{extra}", policy))

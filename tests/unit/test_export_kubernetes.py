@@ -53,6 +53,7 @@ def test_job_fields_come_from_the_policy(tmp_path: Path) -> None:
     assert parse_quantity(limits["memory"]) == 512 * 2**20
     assert parse_quantity(limits["cpu"]) == 0.5
     volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "write-1" not in volumes  # with a claim, write roots beneath the workspace are subPaths of it
     assert volumes["workspace"] == {"name": "workspace", "persistentVolumeClaim": {"claimName": "agent-ws"}}
     assert volumes["tmp"]["emptyDir"]["sizeLimit"] == "100Mi"
     mounts = spec["containers"][0]["volumeMounts"]
@@ -60,6 +61,15 @@ def test_job_fields_come_from_the_policy(tmp_path: Path) -> None:
     assert {"name": "workspace", "mountPath": "/workspace/output", "subPath": "output"} in mounts
     # Only the write roots (and /tmp, HOME) are writable: the cache root was narrowed away.
     assert [m["mountPath"] for m in mounts if not m.get("readOnly")] == ["/tmp", "/home/agent", "/workspace/output"]
+
+
+def test_without_a_claim_each_write_root_is_its_own_empty_dir(tmp_path: Path) -> None:
+    spec = _pod_spec(export(SAMPLES[0], tmp_path))
+    mounts = spec["containers"][0]["volumeMounts"]
+    assert not any(m["mountPath"] == "/workspace" for m in mounts)  # the image's own, read-only directory
+    assert {"name": "write-1", "mountPath": "/workspace/output"} in mounts
+    assert {"name": "write-2", "mountPath": "/workspace/.cache/agent"} in mounts
+    assert {"name": "write-1", "emptyDir": {"sizeLimit": "1024Mi"}} in spec["volumes"]
 
 
 def test_the_policy_file_is_relocated_and_rebuilds_the_same_policy(tmp_path: Path) -> None:
