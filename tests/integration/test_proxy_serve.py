@@ -132,3 +132,36 @@ def test_capgate_proxy_refuses_a_name_to_listen_on(tmp_path: Path) -> None:
                             env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "c")})
     assert result.returncode == 2
     assert "numeric address" in result.stderr
+
+
+def test_capgate_run_sends_the_childs_traffic_through_the_upstream_proxy(
+        servers: tuple[LoopbackHTTPServer, LoopbackHTTPServer], tmp_path: Path, fake_home: Path) -> None:
+    """The run's pod in ``--egress proxy`` mode: the launcher reads CAPGATE_UPSTREAM_PROXY and
+    its own proxy chains to the cluster's, which decides again (here: denies ``other``)."""
+    from tests.integration._soft_helpers import PY, capgate_run
+
+    allowed, other = servers
+    up_audit = io.StringIO()
+    (tmp_path / "up").mkdir()
+    up_gate = make_net_gate(tmp_path / "up", {"enabled": True, "allowedAddresses": [f"127.0.0.1:{allowed.port}"]},
+                            audit=up_audit)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    script = ("import capgate.net as n, sys\n"
+              "for url in sys.argv[1:]:\n"
+              "    try:\n"
+              "        print(url, n.fetch(url, timeout=10).status)\n"
+              "    except Exception as exc:\n"
+              "        print(url, 'failed', type(exc).__name__)\n")
+    with EgressProxy(up_gate) as upstream:
+        assert isinstance(upstream.address, tuple)
+        result = capgate_run(["run", "--workspace", str(ws), "--allow-net", f"127.0.0.1:{allowed.port}",
+                              "--allow-net", f"127.0.0.1:{other.port}", "--", PY, "-c", script,
+                              f"{allowed.base}/a", f"{other.base}/b"],
+                             home=fake_home, cwd=ws,
+                             env_extra={"CAPGATE_UPSTREAM_PROXY": f"127.0.0.1:{upstream.address[1]}"})
+    assert f"{allowed.base}/a 200" in result.stdout, result.stdout + result.stderr
+    assert f"{other.base}/b failed" in result.stdout, result.stdout + result.stderr
+    assert other.requests == []
+    assert (f"127.0.0.1:{allowed.port}", True) in _decisions(up_audit)
+    assert (f"127.0.0.1:{other.port}", False) in _decisions(up_audit)
