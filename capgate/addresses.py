@@ -45,6 +45,7 @@ __all__ = [
     "normalize_address_entry",
     "parse_address_entry",
     "parse_ip_literal",
+    "special_networks",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -134,6 +135,12 @@ _V6_TABLE: tuple[tuple[str, str], ...] = (
     ("fec0::/10", "private"),  # deprecated site-local
     ("ff00::/8", "multicast"),
 )
+
+
+def special_networks() -> tuple[str, ...]:
+    """Every range the address rules deny unless listed (IPv4 then IPv6), as CIDR text: what
+    a cluster-level egress rule (``capgate export kubernetes``) leaves out of "the internet"."""
+    return tuple(cidr for cidr, _ in (*_V4_TABLE, *_V6_TABLE))
 
 
 def _compile(table: tuple[tuple[str, str], ...]) -> tuple[tuple[int, int, str], ...]:

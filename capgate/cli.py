@@ -48,6 +48,15 @@ examples:
 exit codes: 0 allowed, 1 denied, 2 usage or policy error.
 """
 
+_EPILOG_EXPORT = """\
+examples:
+  capgate export kubernetes --image registry.example/capgate:1 -o k8s/ -- python agent.py
+  capgate export kubernetes --image IMG --allow-net api.example.com --egress proxy -o - -- python agent.py
+  capgate export kubernetes --image IMG --target agent-sandbox --runtime-class gvisor -o k8s/ -- python serve.py
+
+exit codes: 0 written, 2 usage or policy error (also: a policy the chosen --egress cannot enforce).
+"""
+
 _EPILOG_POLICY = """\
 examples:
   capgate policy validate                      # check ./agent-permissions.json and the user-level file
@@ -101,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "print a denial summary and write an audit log.")
     _policy_args(run)
     run.add_argument("--backend", choices=("auto", "container", "namespace", "soft"), default="auto",
-                     help="sandbox backend (default auto: namespace where user namespaces work, else soft)")
+                     help="sandbox backend (default auto: container when a runtime answers and the image is "
+                          "built, else namespace where user namespaces work, else soft)")
+    run.add_argument("--runtime", choices=("podman", "docker"), default=None,
+                     help="container backend: the runtime (default: podman, else docker)")
+    run.add_argument("--image", metavar="IMAGE", default=None,
+                     help="container backend: the image (default: the one `capgate image build` makes)")
     run.add_argument("--dry-run-policy", action="store_true",
                      help="print the effective policy (in the policy file's format) and run nothing")
     run.add_argument("--internal", action="store_true",
@@ -116,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--audit-allowed", choices=("on", "off"), default="on",
                      help="off: leave allowed decisions out of the audit log (denials are always logged)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
+
+    img = sub.add_parser("image", help="build the container backend's default image (no registry needed)",
+                         formatter_class=_formatter,
+                         description="Build the default local image for --backend container from this host's "
+                                     "Python and capgate (podman import / docker import of a tar: no registry).")
+    img.add_argument("action", choices=("build",), help="build: make the image (and print its name)")
+    img.add_argument("--runtime", choices=("podman", "docker"), default="podman",
+                     help="the container runtime to build it for (default podman)")
 
     pol = sub.add_parser("policy", help="validate, show or import a policy", epilog=_EPILOG_POLICY,
                          formatter_class=_formatter,
@@ -151,6 +173,47 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--audit-log", metavar="PATH",
                      help="where to write the JSON-lines audit log (default "
                           "$XDG_STATE_HOME/capgate/audit/mcp-<time>-<pid>.jsonl); must be outside write roots")
+
+    prx = sub.add_parser("proxy", help="serve the egress proxy on its own (for a proxy pod)",
+                         formatter_class=_formatter,
+                         description="The egress proxy with the policy's network rules, serving until SIGTERM. "
+                                     "--listen on a non-loopback address is for a proxy in its own pod "
+                                     "(capgate export kubernetes --egress proxy).")
+    _policy_args(prx)
+    prx.add_argument("--listen", metavar="ADDR:PORT", default="127.0.0.1:3128",
+                     help="where to listen (default 127.0.0.1:3128; 0.0.0.0:3128 for a pod, given explicitly)")
+    prx.add_argument("--audit-log", metavar="PATH", help="audit log (default: standard error)")
+
+    export = sub.add_parser("export", help="export the effective policy as another system's objects",
+                            formatter_class=_formatter, epilog=_EPILOG_EXPORT,
+                            description="Export the effective policy as another system's own objects.")
+    formats = export.add_subparsers(dest="format", metavar="FORMAT", parser_class=_Parser)
+    formats.required = True
+    exp = formats.add_parser("kubernetes", help="Kubernetes objects and ENFORCEMENT.md", epilog=_EPILOG_EXPORT,
+                             formatter_class=_formatter,
+                             description="The effective policy as Kubernetes objects (a Job or an agent-sandbox "
+                                         "SandboxTemplate, the policy's ConfigMap, NetworkPolicies) and "
+                                         "ENFORCEMENT.md, saying who enforces each policy key.")
+    exp.add_argument("--image", metavar="IMAGE", required=True, help="the image (capgate installed, on PATH)")
+    exp.add_argument("--target", choices=("job", "agent-sandbox"), default="job", help="default job")
+    exp.add_argument("--egress", choices=("none", "proxy", "cilium"), default="none",
+                     help="none: no egress (a policy that allows any is refused); proxy: a capgate proxy "
+                          "Deployment; cilium: a CiliumNetworkPolicy with toFQDNs")
+    exp.add_argument("--runtime-class", metavar="NAME", help="runtimeClassName (gvisor, kata, ...)")
+    exp.add_argument("--name", default="capgate-run", help="base name of the objects (DNS-1123 label)")
+    exp.add_argument("--namespace", metavar="NS", help="metadata.namespace of every object")
+    exp.add_argument("--workspace-claim", metavar="PVC",
+                     help="mount this PersistentVolumeClaim as the workspace (default: an emptyDir)")
+    exp.add_argument("--proxy-address", metavar="IP",
+                     help="with --egress proxy: the proxy Service's fixed cluster IP; the run gets no DNS egress")
+    exp.add_argument("--cpus", default="1", help="resources.limits.cpu (default 1)")
+    exp.add_argument("--ttl", type=int, default=3600, help="the Job's ttlSecondsAfterFinished (default 3600)")
+    exp.add_argument("--warm-pool", type=int, default=1, help="agent-sandbox: SandboxWarmPool replicas")
+    exp.add_argument("-o", "--output", default="-", metavar="DIR|-",
+                     help="a directory for kubernetes.yaml and ENFORCEMENT.md, or - for the YAML on stdout")
+    exp.add_argument("--force", action="store_true", help="overwrite files in the output directory")
+    _policy_args(exp)
+    exp.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
 
     init = sub.add_parser("init", help="write an agent-permissions.json template (the built-in defaults)",
                           formatter_class=_formatter,
@@ -241,9 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_user_expansion=args.allow_user_expansion, backend=args.backend,
             dry_run_policy=args.dry_run_policy, dev=args.dev, audit_log=args.audit_log,
             grants=_grants(args), quiet=args.quiet, internal=args.internal,
-            audit_allowed=args.audit_allowed == "on",
+            audit_allowed=args.audit_allowed == "on", runtime=args.runtime, image=args.image,
         )
         return launcher.run(options)
+    if args.command == "image":
+        return launcher.image_command(args.runtime)
     if args.command == "policy" and args.action == "import":
         if not args.import_from or not args.file:
             _subparser("policy").error("policy import needs --from srt and the settings FILE")
@@ -263,6 +328,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from capgate import audit_summary
 
         return audit_summary.audit_command(args.file, as_json=args.json)
+    if args.command == "proxy":
+        from capgate.proxy_serve import proxy_command
+
+        return proxy_command(args.listen, policy=args.policy, workspace=args.workspace,
+                             allow_user_expansion=args.allow_user_expansion, grants=_grants(args),
+                             audit_log=args.audit_log)
+    if args.command == "export":
+        from capgate.export.command import export_command
+
+        cmd = list(args.cmd)
+        if cmd and cmd[0] == "--":
+            cmd = cmd[1:]
+        return export_command(args, cmd, grants=_grants(args))
     if args.command == "mcp":
         import importlib
 

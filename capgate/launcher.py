@@ -177,6 +177,8 @@ class RunOptions:
     quiet: bool = False
     internal: bool = False  # --dry-run-policy prints the compiled policy, not the file format
     audit_allowed: bool = True  # False: allowed decisions are left out of the audit log
+    runtime: str | None = None  # container backend: podman or docker (None: podman, else docker)
+    image: str | None = None  # container backend: the image (None: the one `capgate image build` makes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -740,40 +742,49 @@ def soft_sandbox_forced(env: Mapping[str, str], requested: str) -> bool:
     return True
 
 
-def _choose_backend(requested: str, env: Mapping[str, str]) -> tuple[str, str]:
-    from capgate.backends import get_backend
+def _choose_backend(requested: str, env: Mapping[str, str], *, runtime: str | None = None,
+                    image: str | None = None) -> tuple[str, str, Any]:
+    """(backend name, why, the container backend when chosen: it knows the runtime and image it found)."""
+    from capgate.backends import get_backend  # (soft, namespace)
+
+    def container(auto: bool = False) -> Any:
+        from capgate.backends.container import ContainerBackend
+
+        return ContainerBackend(runtime=runtime, image=image, auto=auto)
 
     if soft_sandbox_forced(env, requested):
-        return "soft", f"SOFT_SANDBOX={env.get('SOFT_SANDBOX')} in the environment forces the soft backend"
+        return "soft", f"SOFT_SANDBOX={env.get('SOFT_SANDBOX')} in the environment forces the soft backend", None
     if requested == "soft":
-        return "soft", "requested with --backend soft"
+        return "soft", "requested with --backend soft", None
     if requested == "namespace":
         ok, why = get_backend("namespace").available()
         if not ok:
             raise BackendUnavailable(f"--backend namespace: {why}")
-        return "namespace", "requested with --backend namespace"
+        return "namespace", "requested with --backend namespace", None
     if requested == "container":
-        ok, why = get_backend("container").available()
+        backend = container()
+        ok, why = backend.available()
         if not ok:
             raise BackendUnavailable(f"--backend container: {why}")
-        return "container", "requested with --backend container"
-    ok, why = get_backend("container").available()
+        return "container", f"requested with --backend container: {backend.describe()}", backend
+    backend = container(auto=True)
+    ok, why = backend.available()
     if ok:
-        return "container", "auto: a container runtime is available"
+        return "container", f"auto: a container runtime answers and the image is built ({backend.describe()})", backend
     ns_ok, ns_why = get_backend("namespace").available()
     if ns_ok:
-        return "namespace", f"auto: user namespaces work here; no container backend ({why})"
-    return "soft", f"auto: no container backend ({why}); no namespace backend ({ns_why})"
+        return "namespace", f"auto: user namespaces work here; no container backend ({why})", None
+    return "soft", f"auto: no container backend ({why}); no namespace backend ({ns_why})", None
 
 
 def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_dir: str,
          stop: _StopOnSignals) -> int:
     from capgate.policy.model import Policy  # noqa: F401  (type only, imported for dataclasses.replace)
 
-    backend_name, why_backend = _choose_backend(options.backend, env)
-    if backend_name not in ("soft", "namespace"):  # pragma: no cover - no container backend yet
-        raise BackendUnavailable("the container backend is not built yet")
+    backend_name, why_backend, chosen = _choose_backend(options.backend, env, runtime=options.runtime,
+                                                        image=options.image)
     namespace = backend_name == "namespace"
+    container = backend_name == "container"
 
     home_real = os.path.realpath(env.get("HOME") or os.path.expanduser("~"))
     audit_path = os.path.abspath(options.audit_log) if options.audit_log else default_audit_path(env, home_real)
@@ -787,11 +798,17 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     python_child = False
     script_roots: list[str] = []
     if options.command:
-        exe = _resolve_command(options.command, env)
+        if container:
+            # Resolved inside, on the image's PATH (the entrypoint): the image's programs are
+            # what runs. A path is made absolute: the workspace is at the same path inside.
+            exe = os.path.abspath(options.command[0]) if "/" in options.command[0] else options.command[0]
+        else:
+            exe = _resolve_command(options.command, env)
         args = [exe, *options.command[1:]]
         python_child = is_python_command(exe)
         if python_child:
-            script_roots.extend(_interpreter_roots(exe))  # (raises SandboxRefused below 3.10)
+            if not container:
+                script_roots.extend(_interpreter_roots(exe))  # (raises SandboxRefused below 3.10)
             index = _python_script(options.command)
             if index is not None:
                 # The user named the script relative to where they typed the command; the
@@ -805,14 +822,23 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
 
     policy = _load(options.policy, options.workspace, options.allow_user_expansion, env,
                    protected=(os.path.realpath(audit_path), policy_file), grants=options.grants)
+    from capgate.backends.container import IMAGE_ROOT
+
     policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
-                          extra_read=script_roots, user_home=home_real)
+                          extra_read=script_roots, user_home=home_real,
+                          image_roots=(IMAGE_ROOT,) if container else ())
     _check_outside_writes(policy, audit_path, "the audit log (--audit-log)",
                           exempt=(sandbox_home, tmpdir, "/dev/null"))
     _check_outside_writes(policy, run_dir, "the launcher's run directory (TMPDIR)",
                           exempt=(sandbox_home, tmpdir, "/dev/null"))
     warmup = None
-    if options.command and not options.dry_run_policy:
+    container_plan: Any = None
+    if options.command and not options.dry_run_policy and container:
+        _make_write_roots(policy, sandbox_home, tmpdir)
+        # No spawner: the runtime starts the tree. The command is added inside (the entrypoint
+        # resolves it in the image); the plan covers everything else, as for soft.
+        container_plan = soft_plan(policy, (), extra_read=(run_dir,))
+    elif options.command and not options.dry_run_policy:
         # The kernel layer under the hooks (soft_plan) is worked out on the warm-up thread,
         # which then starts the supervisor's spawner under it while we finish here.
         _make_write_roots(policy, sandbox_home, tmpdir)
@@ -825,7 +851,11 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     note = (lambda _line: None) if options.quiet else say
     source = policy.source or "built-in defaults"
     note(f"backend: {backend_name} ({why_backend})")
-    if namespace:
+    if container:
+        note("container sandbox: no network, read-only root, no capabilities, no new privileges; the child "
+             "sees the image, the read roots (read-only), the write roots, a private /tmp and HOME; what the "
+             "policy denies in them is covered up; the gate runs again inside (AGENT_IN_SANDBOX=1)")
+    elif namespace:
         note("namespace sandbox: new user, mount, pid, network, ipc and uts namespaces; the child sees only "
              "the read roots (read-only), the write roots, a private /tmp and HOME and the system's files; "
              "what the policy denies in them is covered up; no host sockets or processes")
@@ -839,9 +869,9 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         if python_child:
             note(f"child: Python ({argv[0]}): its file, network and process actions go through the gate "
                  "(audit hooks), plus process-level controls")
-        elif namespace:
+        elif namespace or container:
             note(f"child: not Python ({argv[0]}): the gate does not check its actions one by one; it sees "
-                 "only the namespace view, under the kernel layer, resource limits, wall-time kill and a "
+                 f"only the {backend_name} view, under the kernel layer, resource limits, wall-time kill and a "
                  "clean environment (Python programs it starts are checked by the gate)")
         else:
             note(f"child: not Python ({argv[0]}): process-level controls only (resource limits, wall-time "
@@ -858,7 +888,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
             _print_policy_file(out, policy)
         return 0
 
-    confine = warmup.plan() if warmup is not None else None
+    confine = warmup.plan() if warmup is not None else container_plan
     if confine is None:
         say("WARNING: kernel layer: none (no Landlock on this kernel): the hooks are the only file and "
             "process checks")
@@ -880,7 +910,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     # calls audit.start_import): earlier, it would compete with this thread for the GIL.
     audit = AuditLog(audit_path, deferred=True, start_import=False, log_allowed=options.audit_allowed)
     _prepare_run_dir(run_dir, policy, policy_file, boot_dir, sandbox_home, tmpdir)
-    audit.event("run.start", backend=backend_name, soft_sandbox=not namespace, backend_reason=why_backend,
+    audit.event("run.start", backend=backend_name, soft_sandbox=backend_name == "soft", backend_reason=why_backend,
                 expansion=policy.origin, policy_source=source, command=list(argv), python_child=python_child,
                 widened=[{"entry": e, "from": o} for e, o in policy.widened], audit_allowed=options.audit_allowed,
                 landlock={"write": bool(confine and confine.restricts_write),
@@ -891,8 +921,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                 os=_os_info(), python=_python_info(), policy=policy.to_dict(redact=True))
     request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
-                            confine=confine)
-    backend = get_backend(backend_name)
+                            confine=confine, mount_read=tuple(script_roots) if container else ())
+    backend = chosen if chosen is not None else get_backend(backend_name)
     try:
         if warmup is not None:
             warmup.join(timeout=5.0)
@@ -1041,7 +1071,7 @@ class _SpawnerWarmup:
 
 
 def _soft_policy(policy: Policy, *, dev: bool, boot_dir: str, home: str, tmpdir: str,
-                 extra_read: Sequence[str], user_home: str | None = None) -> Policy:
+                 extra_read: Sequence[str], user_home: str | None = None, image_roots: Sequence[str] = ()) -> Policy:
     """The policy with the soft sandbox's runtime read roots and write roots added.
     ``extra_read`` (the child interpreter's files, the script) must not open ``user_home``
     or a denied path (``SandboxRefused``); a root of this interpreter's own that would (one
@@ -1058,7 +1088,8 @@ def _soft_policy(policy: Policy, *, dev: bool, boot_dir: str, home: str, tmpdir:
         return set() if user_home is None else {root for root, _what in _broad_roots(roots, policy, user_home)}
 
     runtime = runtime_read_roots(dev=dev, extra=extra_read, exclude=too_broad)
-    runtime = tuple(dict.fromkeys((*fs.runtime_read, *runtime, boot_dir)))
+    # (image_roots: the container image's own capgate, which exists only inside it)
+    runtime = tuple(dict.fromkeys((*fs.runtime_read, *runtime, boot_dir, *image_roots)))
     write = tuple(dict.fromkeys((*fs.write, home, tmpdir, "/dev/null")))
     return dataclasses.replace(policy, filesystem=dataclasses.replace(fs, runtime_read=runtime, write=write))
 
@@ -1377,4 +1408,24 @@ def import_command(source_format: str, path: str, *, output: str | None = None, 
     if output is not None:
         err.write(banner_text(f"wrote {output}: it widens the defaults, so use it as the user-level file "
                               "(~/.config/capgate/permissions.json) or with --allow-user-expansion"))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# capgate image build
+# ---------------------------------------------------------------------------------------
+def image_command(runtime: str, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+    """``capgate image build``: the container backend's default image, without a registry
+    (``capgate.container_shim.build``); prints its name. 125 when the runtime refuses."""
+    from capgate.backends.container import _shim_build
+
+    build_image = _shim_build().build_image
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        name = build_image(runtime)
+    except BackendUnavailable as exc:
+        err.write(banner_text(f"image build failed: {exc}"))
+        return EXIT_SANDBOX_REFUSED
+    out.write(name + "\n")
     return 0

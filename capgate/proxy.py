@@ -5,7 +5,10 @@ and absolute-URI forwarding (``GET http://host/path``) for plain HTTP — that a
 ``NetworkRules`` about every destination, logs each decision to the gate's audit log (one
 ``net.connect`` line, ``via="proxy"``), answers ``403`` with the reason and rule on a denial, and
 otherwise dials exactly the checked address (pinned, no second lookup). It listens on a loopback
-TCP port (a non-loopback bind is refused) or on a Unix socket (mode 0600)::
+TCP port (a non-loopback bind is refused unless ``listen_any``: the ``capgate proxy`` command in
+its own pod) or on a Unix socket (mode 0600). With ``upstream=(host, port)`` it decides each
+destination by name and sends it on as a ``CONNECT`` through that upstream egress proxy (the
+cluster's, which applies the same policy again) instead of dialing::
 
     with EgressProxy(gate) as proxy:          # 127.0.0.1, a free port
         env["HTTPS_PROXY"] = proxy.url        # http://127.0.0.1:PORT
@@ -43,8 +46,9 @@ from typing import Any
 
 from capgate import ops
 from capgate.decision import Decision
+from capgate.errors import PermissionDenied
 from capgate.gate import Gate
-from capgate.net import dial
+from capgate.net import _tunnel, dial
 from capgate.netrules import Endpoint, NetworkRules, Target, TargetError, parse_target
 
 __all__ = ["EgressProxy"]
@@ -95,15 +99,26 @@ class EgressProxy:
         idle_timeout: float = 120.0,
         connect_timeout: float = 10.0,
         max_header_bytes: int = 32 * 1024,
+        listen_any: bool = False,
+        upstream: tuple[str, int] | None = None,
     ) -> None:
         self.gate = gate
         self.unix_path = unix_path
         if unix_path is None:
             try:
-                if not ipaddress.ip_address(host).is_loopback:
-                    raise ValueError
+                address = ipaddress.ip_address(host)
             except ValueError:
-                raise ValueError(f"the egress proxy listens on loopback only, not {host!r}") from None
+                raise ValueError(f"the egress proxy listens on an IP address, not {host!r}") from None
+            if not address.is_loopback and not listen_any:
+                raise ValueError(f"the egress proxy listens on loopback only, not {host!r} (listen_any=True is "
+                                 "for a proxy in its own pod: `capgate proxy --listen`)")
+        self.upstream = upstream
+        # Chained to an upstream egress proxy (a pod whose only way out is the cluster's capgate
+        # proxy): decide on the name, as a soft-sandboxed child does, and let the upstream —
+        # the same policy — resolve and judge the addresses. No lookup happens here, so the pod
+        # needs no DNS when the upstream is an IP address.
+        self._name_rules: NetworkRules | None = (
+            NetworkRules(gate.policy, resolve=False) if upstream is not None else None)
         self._bind_host = host
         self._bind_port = port
         self.max_connections = max_connections
@@ -288,7 +303,7 @@ class EgressProxy:
 
     def _decide(self, target: Target, method: str) -> Endpoint:
         try:
-            rules: NetworkRules = self.gate.network_rules
+            rules: NetworkRules = self._name_rules or self.gate.network_rules
             decision, endpoint = rules.decide_parsed(target)
         except Exception as exc:  # fail closed
             decision, endpoint = Decision.deny(f"error while deciding: {exc}", "network.error", target.host), None
@@ -325,7 +340,13 @@ class EgressProxy:
             _send_denied(client, denied)
             return None
         try:
-            upstream = dial(endpoint, self.connect_timeout)
+            if self.upstream is not None:
+                upstream = _tunnel(self.upstream, endpoint, self.connect_timeout)
+            else:
+                upstream = dial(endpoint, self.connect_timeout)
+        except PermissionDenied as exc:
+            self.gate.audit.warning("proxy.upstream_refused", target=str(endpoint), error=str(exc)[:200])
+            raise _BadRequest(502, f"the upstream egress proxy refused {endpoint}: {exc.reason}") from None
         except OSError as exc:
             self.gate.audit.warning("proxy.upstream_error", target=str(endpoint), error=str(exc)[:200])
             raise _BadRequest(502, f"cannot reach {endpoint}: {exc.strerror or exc}") from None

@@ -8,8 +8,9 @@ from capgate.backends.base import Backend, LaunchRequest, LaunchResult
 __all__ = ["Backend", "LaunchRequest", "LaunchResult", "get_backend"]
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called ``name`` (``soft``, ``namespace`` or ``container``)."""
+def get_backend(name: str, *, runtime: str | None = None, image: str | None = None) -> Backend:
+    """The backend called ``name`` (``soft``, ``namespace`` or ``container``; ``runtime`` and
+    ``image`` are the container backend's)."""
     if name == "soft":
         from capgate.backends.soft import SoftBackend
 
@@ -21,5 +22,5 @@ def get_backend(name: str) -> Backend:
     if name == "container":
         from capgate.backends.container import ContainerBackend
 
-        return ContainerBackend()
+        return ContainerBackend(runtime=runtime, image=image)
     raise ValueError(f"unknown backend {name!r}")

@@ -30,6 +30,7 @@ class LaunchRequest:
     python_child: bool
     environ: dict[str, str] = field(default_factory=dict)  # the caller's environment
     confine: Any = None  # a capgate._sys.landlock.Plan for the child tree, or None (no Landlock)
+    mount_read: tuple[str, ...] = ()  # host files outside the read roots the child must see (its script)
 
 
 @dataclass

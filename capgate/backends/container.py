@@ -1,27 +1,320 @@
-"""Container backend (podman/docker): not built yet.
+"""Container backend: the agent in a hardened OCI container (podman or Docker), the gate inside.
 
-Until it is, ``available()`` says so plainly; ``--backend container`` therefore refuses to
-start (exit 125) instead of silently running something weaker, and ``auto`` picks soft.
+The kernel view is the namespace backend's, decided by the gate once: ``namespace_view.scan``
+walks the read and write roots with the gate's ``PathRules`` (deny-read matches, planted hard
+links and unlisted host sockets covered by an empty read-only file or directory, write-denied
+paths bound read-only) and ``container_argv`` turns that view into ``--mount`` arguments and
+the hardening flags (no network, read-only root, no capabilities, no new privileges, the
+launching user's uid:gid, the policy's limits, ``--rm``). The image (``capgate image
+build``, ``container_shim``) is the system part of the view.
+
+Inside, ``container_shim/entrypoint.py`` runs first: it opens the launcher's audit FIFO (bound
+in from the run directory) for the child, forwards the egress proxy's Unix socket to
+``127.0.0.1:3128`` when the network is on, applies the run's Landlock plan and execs the
+command with ``AGENT_IN_SANDBOX=1``; a Python child boots the same gate with the same
+effective policy (bound read-only) from the image's ``/opt/capgate/boot``, and its decisions
+come back over the FIFO into the launcher's audit log (``ChildReportReader``, as for soft).
+
+The runner (``_ContainerRun``) names the container, waits for the client with the wall time,
+and kills the container by name on timeout or a stopping signal (killing ``docker run``
+alone would leave the container running). Names the gate refuses that a program creates in
+the write roots during the run are reported at exit (``created_denials``), as for namespace.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import subprocess
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
 
 from capgate.backends.base import LaunchRequest, LaunchResult
+from capgate.backends.container_argv import ContainerSpec, UnmountablePath, container_argv, container_mounts
 from capgate.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from capgate.audit import AuditLog
+    from capgate.backends.soft import ChildReportReader
 
-__all__ = ["ContainerBackend"]
+__all__ = ["CACHE_VOLUME", "IMAGE_ROOT", "INNER_PROXY_PORT", "ContainerBackend", "exit_limits"]
+
+IMAGE_ROOT = "/opt/capgate"  # the image's capgate: bin/python, boot/, shim/ (container_shim.rootfs)
+INNER_PROXY_PORT = 3128
+CACHE_VOLUME = "capgate-cache"  # the one thing a run leaves behind: the agent's ~/.cache
+IMAGE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_RUNC_PATHS = ("/usr/bin/runc", "/usr/sbin/runc", "/usr/local/bin/runc")
+_available_cache: dict[tuple[str | None, str | None, bool], tuple[bool, str, str, str, str]] = {}
+
+
+def exit_limits(returncode: int, timed_out: bool) -> tuple[str, ...]:
+    """Which limit a container's exit status points at (the container is gone by then, so
+    this is read from the signal that ended it): SIGXCPU is ``cpuSeconds``, SIGXFSZ
+    ``maxFileSizeMb``; SIGKILL outside the wall time is the memory limit's OOM kill."""
+    if timed_out:
+        return ("wall_time",)
+    return {128 + 24: ("cpuSeconds",), 128 + 25: ("maxFileSizeMb",),
+            128 + 9: ("memoryMb (killed: out of memory)",)}.get(returncode, ())
+
+
+def _probe(runtime: str | None, image: str | None, auto: bool) -> tuple[bool, str, str, str, str]:
+    """(ok, why not, runtime, its client binary, image): the first runtime that answers and
+    holds the image. One ``image inspect`` per runtime proves both (~50-100 ms); for
+    ``auto`` without ``--image``, only a runtime ``capgate image build`` made this
+    capgate's image with is asked at all."""
+    build = _shim_build()
+    default_image, find_runtime = build.default_image, build.find_runtime
+    wanted = default_image() if image is None else image
+    reasons = []
+    for name in (runtime,) if runtime else ("podman", "docker"):
+        exe = find_runtime(name)
+        if exe is None:
+            reasons.append(f"{name} is not installed")
+            continue
+        if auto and image is None and build.built_image(name) is None:
+            hint = "capgate image build" + (f" --runtime {name}" if name != "podman" else "")
+            reasons.append(f"{name}: no image built for this capgate (`{hint}`)")
+            continue
+        try:
+            done = subprocess.run([exe, "image", "inspect", "--format", "{{.Id}}", wanted], capture_output=True,
+                                  timeout=20, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            reasons.append(f"{name} did not answer ({exc})")
+            continue
+        if done.returncode == 0:
+            return True, "", name, exe, wanted
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        text = said[-1] if said else f"exit {done.returncode}"
+        if "no such image" in text.lower() or "image not known" in text.lower() or "no such object" in text.lower():
+            hint = "run `capgate image build" + (f" --runtime {name}`" if name != "podman" else "`")
+            reasons.append(f"{name}: the image {wanted} is not there ({hint})")
+        else:
+            reasons.append(f"{name} did not answer ({text})")
+    return False, "; ".join(reasons), "", "", wanted
+
+
+def _shim_build() -> Any:
+    """``capgate.container_shim.build`` (mapped from the repository's ``container_shim/``
+    folder, which mypy checks under that name)."""
+    import importlib
+
+    return importlib.import_module("capgate.container_shim.build")
 
 
 class ContainerBackend:
     name = "container"
 
+    def __init__(self, runtime: str | None = None, image: str | None = None, *, auto: bool = False) -> None:
+        self.runtime = runtime
+        self.image = image
+        self.auto = auto
+        self._reader: ChildReportReader | None = None
+        self._found: tuple[bool, str, str, str, str] | None = None
+
+    def native_execs(self) -> int | None:
+        return None if self._reader is None else self._reader.native_execs
+
     def available(self) -> tuple[bool, str]:
-        return False, "not built yet"
+        if self._found is None:
+            key = (self.runtime, self.image, self.auto)
+            if key not in _available_cache:
+                _available_cache[key] = _probe(self.runtime, self.image, self.auto)
+            self._found = _available_cache[key]
+        return self._found[0], self._found[1]
+
+    def describe(self) -> str:
+        """``podman, image localhost/capgate:k…`` once ``available()`` found one."""
+        return f"{self._found[2]}, image {self._found[4]}" if self._found and self._found[0] else ""
 
     def launch(self, request: LaunchRequest, audit: AuditLog) -> LaunchResult:
-        raise BackendUnavailable(self.available()[1])
+        ok, why = self.available()
+        if not ok:
+            raise BackendUnavailable(why)
+        assert self._found is not None
+        _ok, _why, runtime, exe, image = self._found
+        from capgate.backends.namespace import _count_reasons, _empties
+        from capgate.backends.namespace_view import View, created_denials, scan
+        from capgate.backends.soft import ChildReportReader, _check_launched_git, _reported_write_roots, _start_proxy
+        from capgate.gate import Gate
+
+        policy = request.policy
+        fs = policy.filesystem
+        run_dir = request.run_dir
+        rules = Gate(policy, audit=audit).path_rules
+        sockets = tuple(getattr(policy.network, "allowed_unix_sockets", ()) or ())
+        writes = tuple(w for w in fs.write if w not in (request.home, request.tmpdir, "/dev/null"))
+        reads = (*fs.read, *request.mount_read)
+        found = scan(rules, reads, writes, sockets)
+        empty_file, empty_dir = _empties(run_dir)
+        view = View(system=(), read=tuple(r for r in reads if os.path.exists(r)),
+                    write=tuple(w for w in writes if os.path.exists(w)), sockets=sockets, scan=found,
+                    empty_file=empty_file, empty_dir=empty_dir, workspace=policy.workspace, uid=os.getuid(),
+                    gid=os.getgid())
+        env = self._environment(request)
+        _check_launched_git(request.argv, policy.workspace, {**env, "PATH": IMAGE_PATH}, audit)
+        fifo = os.path.join(run_dir, "audit.fifo")
+        os.mkfifo(fifo, 0o600)
+        inner = [f"{IMAGE_ROOT}/bin/python", "-I", "-S", f"{IMAGE_ROOT}/shim/entrypoint.py"]
+        confine = request.confine
+        run_binds = [(request.policy_file, False), (fifo, False)]
+        proxy = None
+        if policy.network.enabled:
+            sock = os.path.join(run_dir, "proxy.sock")
+            proxy = _start_proxy(policy, audit, unix_path=sock)
+            url = f"http://127.0.0.1:{INNER_PROXY_PORT}"
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+                env[name] = url
+            env["CAPGATE_PROXY"] = f"127.0.0.1:{INNER_PROXY_PORT}"
+            audit.event("proxy.started", address=f"unix:{sock} -> 127.0.0.1:{INNER_PROXY_PORT} in the container")
+            run_binds.append((sock, False))
+            if confine is not None:
+                confine = confine.with_connect_ports((INNER_PROXY_PORT,))
+        inner.append("-" if confine is None else confine.encode())
+        inner += ["--audit", fifo]
+        if proxy is not None:
+            inner += ["--forward", str(INNER_PROXY_PORT), os.path.join(run_dir, "proxy.sock")]
+        inner += ["--", *request.argv]
+        name = f"capgate-{uuid.uuid4().hex[:12]}"
+        env_file = os.path.join(run_dir, "container.env")
+        try:
+            mounts = container_mounts(view, run_binds=run_binds, tmpfs=("/tmp", request.home, request.tmpdir),
+                                      volumes=((CACHE_VOLUME, os.path.join(request.home, ".cache")),))
+            _write_env_file(env_file, env)
+            limits = policy.limits
+            from capgate._sys.rlimits import user_process_count
+
+            spec = ContainerSpec(
+                runtime=runtime,  # type: ignore[arg-type]
+                executable=exe, image=image, name=name, mounts=mounts, env_file=env_file,
+                workdir=policy.workspace, user=f"{os.getuid()}:{os.getgid()}", limits=limits,
+                # RLIMIT_NPROC counts the uid's processes on the whole host: the pids limit binds
+                nproc=user_process_count() + limits.max_processes + 16,
+                command=tuple(inner), rootless=runtime == "podman" and os.geteuid() != 0,
+                oci_runtime=_runc() if runtime == "podman" else None,
+                labels=(("capgate.run", os.path.basename(run_dir)),),
+            )
+            argv = container_argv(spec)
+        except UnmountablePath as exc:
+            if proxy is not None:
+                proxy.stop()
+            raise BackendUnavailable(str(exc)) from None
+        audit.event("container.view", runtime=runtime, image=image, container=name, mounts=len(mounts),
+                    hidden=len(found.hidden_files) + len(found.hidden_dirs), readonly=len(found.readonly),
+                    scanned=found.entries, reasons=_count_reasons(found))
+        read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        keep_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)  # EOF only once we let go, after the container
+        os.set_blocking(read_fd, True)
+        reader = self._reader = ChildReportReader(read_fd, audit)
+        reader.start()
+        start_import = getattr(audit, "start_import", None)
+        if start_import is not None:
+            start_import()
+        runner = _ContainerRun(exe, name, argv, dict(request.environ), float(limits.wall_time_seconds))
+        try:
+            returncode, timed_out, duration = runner.run()
+        finally:
+            os.close(keep_fd)
+            reader.join(timeout=5.0)
+            if proxy is not None:
+                proxy.stop()
+        started = getattr(reader, "container_started", False)
+        if not started and not timed_out:
+            raise BackendUnavailable(f"the {runtime} container did not start (exit {returncode}; the runtime's "
+                                     "message is above)")
+        from capgate import ops
+        from capgate.decision import Decision
+
+        for path, rule, reason in created_denials(rules, _reported_write_roots(request), found):
+            audit.record(ops.FS_WRITE, path, Decision.deny(f"appeared during the run, made by a program the hooks "
+                                                          f"do not see: {reason}", rule, path), source="launcher")
+        if reader.dropped or reader.malformed:
+            audit.warning("child.report", lines=reader.lines, dropped=reader.dropped, malformed=reader.malformed)
+        return LaunchResult(returncode=returncode, timed_out=timed_out, duration=duration,
+                            limits_fired=exit_limits(returncode, timed_out), child_activated=reader.activated,
+                            native_execs=reader.native_execs)
+
+    def _environment(self, request: LaunchRequest) -> dict[str, str]:
+        """The child's whole environment: the clean one (``build_child_env``), the image's
+        PATH and boot directory, git's overrides, proxy variables empty unless the network
+        is on (so no runtime's or client configuration's proxy settings get in)."""
+        from capgate._sys.clean_env import build_child_env
+        from capgate.cmdrules import GIT_ENV
+
+        extra = {"AGENT_IN_SANDBOX": "1", "CAPGATE_POLICY": request.policy_file}
+        env = build_child_env(request.policy, home=request.home, tmpdir=request.tmpdir, extra=extra,
+                              base_env=request.environ, cwd=request.policy.workspace, path_dirs=(IMAGE_PATH,))
+        env["PATH"] = IMAGE_PATH
+        env["PYTHONPATH"] = f"{IMAGE_ROOT}/boot"
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["PYTHONNOUSERSITE"] = "1"
+        env.update(GIT_ENV)
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy",
+                     "NO_PROXY", "no_proxy"):
+            env[name] = ""
+        return env
+
+
+def _runc() -> str | None:
+    for path in _RUNC_PATHS:
+        if os.path.isfile(path):
+            return "runc"
+    return None
+
+
+def _write_env_file(path: str, env: dict[str, str]) -> None:
+    """``NAME=VALUE`` lines (0600, a new file). A value holding a newline cannot be carried by
+    the runtimes' env-file format: the variable is left out rather than split into two."""
+    lines = "".join(f"{k}={v}\n" for k, v in env.items() if "\n" not in v and "\r" not in v and "=" not in k)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(lines)
+
+
+class _ContainerRun:
+    """Runs the client to the end: wall-time kill of the container by name, and on any way
+    out that is not the client's own exit (a stopping signal, an error) the container is
+    killed and removed, so nothing is left running or behind."""
+
+    def __init__(self, exe: str, name: str, argv: list[str], env: dict[str, str], wall: float) -> None:
+        self.exe, self.name, self.argv, self.env, self.wall = exe, name, argv, env, wall
+
+    def _kill(self) -> None:
+        for action in (["kill", self.name], ["rm", "-f", self.name]):
+            try:
+                subprocess.run([self.exe, *action], capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
+                               env=self.env)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+
+    def run(self) -> tuple[int, bool, float]:
+        started = time.monotonic()
+        proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        timed_out = False
+        finished = False
+        try:
+            try:
+                rc = proc.wait(timeout=self.wall)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                self._kill()
+                try:
+                    rc = proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    rc = proc.wait()
+            finished = not timed_out
+        finally:
+            if not finished:
+                killer = threading.Thread(target=self._kill)  # (also on RunInterrupted)
+                killer.start()
+                if proc.poll() is None:
+                    proc.terminate()
+                killer.join()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        if timed_out:
+            rc = 128 + 9
+        return (rc if rc >= 0 else 128 - rc), timed_out, time.monotonic() - started

@@ -49,6 +49,7 @@ class ChildReportReader(threading.Thread):
         self.audit = audit
         self.activated = False
         self.namespace_started = False  # ns_exec ran inside the view (the namespace backend)
+        self.container_started = False  # the shim ran inside the container (the container backend)
         self.lines = 0
         self.dropped = 0
         self.malformed = 0
@@ -121,6 +122,8 @@ class ChildReportReader(threading.Thread):
             self.activated = True
         elif name == "namespace.started":
             self.namespace_started = True
+        elif name == "container.started":
+            self.container_started = True
         extra = {k: v for k, v in data.items() if k not in ("event", "pid") and isinstance(v, (str, int, bool))}
         self.audit.event("child." + name, source="child", child_pid=pid,
                          **{f"child_{k}": v for k, v in list(extra.items())[:8]})
@@ -340,6 +343,22 @@ def _check_launched_git(argv: tuple[str, ...], cwd: str, env: dict[str, str], au
     raise PermissionDenied(ops.PROC_EXEC, target, why, GIT_CONFIG_RULE)
 
 
+def upstream_proxy(environ: Any) -> tuple[str, int] | None:
+    """``CAPGATE_UPSTREAM_PROXY=HOST:PORT`` in the launcher's environment: the egress proxy
+    sends every connection it allowed on through that proxy (a pod whose network policy lets
+    it reach only the cluster's capgate proxy; see ``capgate export kubernetes``). It can only
+    add a layer: the launcher's own proxy still decides first. A malformed value is refused
+    (``BackendUnavailable``), never ignored."""
+    text = environ.get("CAPGATE_UPSTREAM_PROXY")
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in text):
+        raise BackendUnavailable(f"CAPGATE_UPSTREAM_PROXY must be HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
 def _start_proxy(policy: Any, audit: AuditLog, *, unix_path: str | None = None) -> Any:
     try:
         from capgate.proxy import EgressProxy  # type: ignore[import-not-found,unused-ignore]
@@ -349,7 +368,11 @@ def _start_proxy(policy: Any, audit: AuditLog, *, unix_path: str | None = None) 
     from capgate.gate import Gate
 
     gate = Gate(policy, audit=audit)
-    proxy = EgressProxy(gate) if unix_path is None else EgressProxy(gate, unix_path=unix_path)
+    upstream = upstream_proxy(os.environ)
+    proxy = EgressProxy(gate, unix_path=unix_path, upstream=upstream) if unix_path is not None else \
+        EgressProxy(gate, upstream=upstream)
+    if upstream is not None:
+        audit.event("proxy.upstream", address=f"{upstream[0]}:{upstream[1]}")
     proxy.start()
     return proxy
 

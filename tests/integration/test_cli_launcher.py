@@ -80,12 +80,14 @@ def test_expansion_needs_the_flag(ws: Path, home: Path) -> None:
     assert "expanded" in ok.stderr and (ws / "notes" / "n.txt").read_text() == "x"
 
 
-def test_container_backend_refuses_with_125(ws: Path, home: Path) -> None:
+def test_container_backend_without_its_image_refuses_with_125(ws: Path, home: Path) -> None:
     marker = ws / "output" / "ran"
-    proc = capgate_run(["run", "--workspace", str(ws), "--backend", "container", "--", PY, "-c",
-                        f"open({str(marker)!r}, 'w')"], home=home, cwd=ws)
+    proc = capgate_run(["run", "--workspace", str(ws), "--backend", "container", "--image",
+                        "localhost/capgate:no-such-image", "--", PY, "-c", f"open({str(marker)!r}, 'w')"],
+                       home=home, cwd=ws)
     assert proc.returncode == 125
-    assert "not built yet" in proc.stderr
+    assert "sandbox refused to start: --backend container:" in proc.stderr
+    assert "no-such-image" in proc.stderr or "not installed" in proc.stderr
     assert not marker.exists()
 
 
@@ -124,9 +126,10 @@ def test_soft_sandbox_env_with_an_unknown_value_is_a_usage_error(ws: Path, home:
 
 @pytest.mark.parametrize("value", ["", "0", "no", "False"])
 def test_soft_sandbox_env_off_leaves_the_choice_to_the_flag(ws: Path, home: Path, value: str) -> None:
-    proc = capgate_run(["run", "--workspace", str(ws), "--backend", "container", "--", PY, "-c", "pass"],
+    proc = capgate_run(["run", "--workspace", str(ws), "--backend", "container", "--image",
+                        "localhost/capgate:no-such-image", "--", PY, "-c", "pass"],
                        home=home, cwd=ws, env_extra={"SOFT_SANDBOX": value})
-    assert proc.returncode == 125 and "not built yet" in proc.stderr  # --backend container decided
+    assert proc.returncode == 125 and "--backend container:" in proc.stderr  # --backend container decided
 
 
 def test_recursion_guard_refuses_and_never_widens(ws: Path, home: Path) -> None:

@@ -20,9 +20,9 @@ def test_package_list_matches_the_folders() -> None:
                if "__pycache__" not in p.parts}
     on_disk |= {"capgate.wrappers." + ".".join(p.parent.relative_to(ROOT / "wrappers").parts)
                 for p in (ROOT / "wrappers").rglob("*.py") if p.parent != ROOT / "wrappers"}
-    on_disk |= {"capgate.wrappers", "capgate.testing.corpus"}
+    on_disk |= {"capgate.wrappers", "capgate.testing.corpus", "capgate.container_shim"}
     assert listed == on_disk
-    assert config["package-dir"] == {"capgate.wrappers": "wrappers"}
+    assert config["package-dir"] == {"capgate.wrappers": "wrappers", "capgate.container_shim": "container_shim"}
 
 
 def test_importable_as_capgate_wrappers_never_bare(tmp_path: Path) -> None:
