@@ -700,9 +700,18 @@ def _run_dir_owner(name: str, prefix: str) -> int | None:
 def _remove_tree(path: str) -> None:
     """Remove ``path`` and everything in it, as its owner: directories the run made
     unwritable (the ``0500`` boot directory, a child's ``chmod 000``) are opened up first.
-    ``shutil.rmtree`` works on descriptors, so a planted symlink is removed, never followed."""
-    def reopen(_func: Any, failed: str, _exc: Any) -> None:
+    ``shutil.rmtree`` works on descriptors, so a planted symlink is removed, never followed.
+    Only directories inside ``path`` are ever opened up: a failure on ``path`` itself (gone
+    already: another launcher's sweep removed it) must not touch its parent (``/tmp``)."""
+    top = os.path.abspath(path)
+
+    def reopen(_func: Any, failed: str, exc: Any) -> None:
+        failed = os.path.abspath(failed)
         parent = os.path.dirname(failed)
+        if isinstance(exc, FileNotFoundError) or (isinstance(exc, tuple) and exc[0] is FileNotFoundError):
+            return  # (already gone: nothing to open up)
+        if failed == top or not (parent == top or parent.startswith(top + os.sep)):
+            return
         try:
             os.chmod(parent, 0o700)
             if os.path.isdir(failed) and not os.path.islink(failed):

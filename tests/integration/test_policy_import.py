@@ -73,7 +73,7 @@ def test_the_imported_policy_validates_and_is_enforced(ws: Path, home: Path, tmp
     assert "wrote" in proc.stderr
     valid = capgate_run(["policy", "validate"], home=home, cwd=ws)
     assert valid.returncode == 0, valid.stderr
-    assert "widening entries from trusted sources" in valid.stdout
+    assert "widening entries from trusted sources" in "\n".join(launcher_messages(valid.stdout))
     # The gate decides by it: what srt allowed is allowed, what it denied is denied.
     # (loopback only: no test reaches beyond 127.0.0.1, and check resolves names)
     assert capgate_run(["check", "net.connect", "127.0.0.1:8080"], home=home, cwd=ws).returncode == 0
