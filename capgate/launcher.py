@@ -177,6 +177,7 @@ class RunOptions:
     quiet: bool = False
     internal: bool = False  # --dry-run-policy prints the compiled policy, not the file format
     audit_allowed: bool = True  # False: allowed decisions are left out of the audit log
+    upstream_ca: tuple[str, ...] = ()  # extra roots for the proxy's TLS to inspected hosts
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,7 +212,8 @@ def _load(policy_path: str | None, workspace: str | None, allow_user_expansion: 
                               "CAPGATE_POLICY")
         base = load_effective_policy(inherited)
         allow_user_expansion = False  # never widen what the sandbox was given
-        if grants is not None and any((grants.read, grants.write, grants.net, grants.run, grants.env)):
+        if grants is not None and any((grants.read, grants.write, grants.net, grants.run, grants.env,
+                                       grants.credential, grants.resolve)):
             raise PolicyError("inside a sandbox (AGENT_IN_SANDBOX=1) the --allow-* grants are refused: nothing "
                               "widens the policy a sandbox was given", "--allow-*")
         workspace = base.workspace
@@ -807,6 +809,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                    protected=(os.path.realpath(audit_path), policy_file), grants=options.grants)
     policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
                           extra_read=script_roots, user_home=home_real)
+    credentials = _take_credentials(policy, env, resolve=bool(options.command) and not options.dry_run_policy)
     _check_outside_writes(policy, audit_path, "the audit log (--audit-log)",
                           exempt=(sandbox_home, tmpdir, "/dev/null"))
     _check_outside_writes(policy, run_dir, "the launcher's run directory (TMPDIR)",
@@ -834,6 +837,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
             "contain a determined attacker (use the container backend for that)")
     note(f"policy: {source} — {_expansion(policy)}")
     for line in _widening_lines(policy):
+        note(line)
+    for line in _inspection_lines(policy):
         note(line)
     if options.command:
         if python_child:
@@ -891,7 +896,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                 os=_os_info(), python=_python_info(), policy=policy.to_dict(redact=True))
     request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
-                            confine=confine)
+                            confine=confine, credentials=credentials, upstream_ca=options.upstream_ca,
+                            on_misuse=_run_ender(policy, audit, stop, say))
     backend = get_backend(backend_name)
     try:
         if warmup is not None:
@@ -940,6 +946,63 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         say(_summary(audit, argv, python_child, result.native_execs, result.child_activated))
     audit.close()
     return result.returncode
+
+
+def _take_credentials(policy: Policy, env: dict[str, str], *, resolve: bool) -> Any:
+    """The run's live credentials (``capgate.credentials``), or None. Their values are read
+    from ``env`` (or their files) here, and every variable that held one leaves ``env`` (what
+    the backends build the child's environment from), ``os.environ`` and this process's
+    ``/proc/<pid>/environ`` before any child starts (``capgate._sys.secret_env``). Without
+    ``capgate[proxy-tls]`` a credential or request rule is a ``PolicyError`` naming the extra."""
+    net = policy.network
+    if not net.enabled or not (net.credentials or net.request_rules):
+        return None
+    from capgate.inspection import require_extra
+
+    require_extra(net.credentials[0].key if net.credentials else net.request_rules[0].key)
+    if not resolve or not net.credentials:
+        return None
+    from capgate._sys.secret_env import drop_secret_variables
+    from capgate.credentials import resolve_credentials
+
+    live = resolve_credentials(policy, env)
+    names = live.source_env_names()
+    for name in names:
+        env.pop(name, None)
+    drop_secret_variables(names)
+    return live
+
+
+def _run_ender(policy: Policy, audit: AuditLog, stop: _StopOnSignals, say: Callable[[str], None]) -> Any:
+    """With ``network.endRunOnCredentialMisuse``: what the proxy calls when a placeholder went
+    to another host — the run ends as on SIGTERM (tree killed, summary, ``run.end``), which is
+    how this launcher already stops a run from any thread. None otherwise."""
+    if not policy.network.end_run_on_credential_misuse:
+        return None
+    import signal
+
+    def end(reason: str) -> None:
+        if not stop.armed:
+            return
+        audit.event("run.ending", reason=f"network.endRunOnCredentialMisuse: {reason}")
+        say(f"ending the run (network.endRunOnCredentialMisuse): {reason}")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    return end
+
+
+def _inspection_lines(policy: Policy) -> list[str]:
+    """What the proxy inspects, and which placeholders the child holds (design.md: say so)."""
+    net = policy.network
+    if not net.enabled:
+        return []
+    lines = [f"  credential: ${c.child_env} holds a placeholder; the egress proxy puts the real value into the "
+             f"{c.header} header of requests to {c.host}:{c.port} only ({c.key})" for c in net.credentials]
+    hosts = sorted({f"{c.host}:{c.port}" for c in net.credentials} | {f"{r.host}:{r.port}" for r in net.request_rules})
+    if hosts:
+        lines.append(f"  TLS inspected (run CA, Host/SNI checked, requests logged) for: {', '.join(hosts)}; every "
+                     "other host is a plain tunnel")
+    return lines
 
 
 def _native_execs(backend: Any) -> int | None:

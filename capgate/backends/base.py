@@ -30,6 +30,9 @@ class LaunchRequest:
     python_child: bool
     environ: dict[str, str] = field(default_factory=dict)  # the caller's environment
     confine: Any = None  # a capgate._sys.landlock.Plan for the child tree, or None (no Landlock)
+    credentials: Any = None  # a capgate.credentials.CredentialSet (real values: the proxy's alone)
+    upstream_ca: tuple[str, ...] = ()  # extra roots for the proxy's TLS to inspected hosts
+    on_misuse: Any = None  # called (reason) when a placeholder goes elsewhere and the policy ends the run
 
 
 @dataclass

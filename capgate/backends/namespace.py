@@ -155,7 +155,7 @@ class NamespaceBackend(SoftBackend):
         """The proxy listens on a Unix socket in the run directory; inside, the forwarder
         offers it on loopback (there is no other network in the view)."""
         path = os.path.join(request.run_dir, "proxy.sock")
-        proxy = _start_proxy(request.policy, audit, unix_path=path)
+        proxy = _start_proxy(request.policy, audit, unix_path=path, inspection=self._inspection)
         return proxy, "127.0.0.1", INNER_PROXY_PORT
 
     def _command(self, request: LaunchRequest, argv: list[str], confine: Any, proxy: Any,

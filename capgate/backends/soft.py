@@ -172,6 +172,7 @@ class SoftBackend:
 
     def __init__(self) -> None:
         self._reader: ChildReportReader | None = None
+        self._inspection: Any = None
 
     def native_execs(self) -> int | None:
         """How many non-Python programs the (Python part of the) child tree was seen to start
@@ -212,6 +213,16 @@ class SoftBackend:
 
         env.update(GIT_ENV)
         _check_launched_git(request.argv, policy.workspace, env, audit)
+        self._inspection = _inspection(request)
+        if self._inspection is not None:
+            # The child trusts the run CA (plus the system's CAs) through every usual variable, and
+            # holds the placeholders where its code expects the secrets.
+            bundle = self._inspection.ca.write_bundle(os.path.join(request.run_dir, "ca-bundle.pem"))
+            for name in CA_BUNDLE_VARIABLES:
+                env[name] = bundle
+            env.update(self._inspection.credentials.child_env())
+            audit.event("proxy.inspection", hosts=sorted(self._inspection.hosts()),
+                        credentials=[c.credential.key for c in self._inspection.credentials.items])
         if policy.network.enabled:
             proxy, host, port = self._start_egress(request, audit)
             url = f"http://{host}:{port}"
@@ -271,7 +282,7 @@ class SoftBackend:
     # -- what the namespace backend changes (capgate.backends.namespace) ----------------
     def _start_egress(self, request: LaunchRequest, audit: AuditLog) -> tuple[Any, str, int]:
         """Start the egress proxy; return it and the ``host``, ``port`` the child is told."""
-        proxy = _start_proxy(request.policy, audit)
+        proxy = _start_proxy(request.policy, audit, inspection=self._inspection)
         return proxy, str(proxy.address[0]), int(proxy.address[1])
 
     def _command(self, request: LaunchRequest, argv: list[str], confine: Any, proxy: Any,
@@ -340,7 +351,26 @@ def _check_launched_git(argv: tuple[str, ...], cwd: str, env: dict[str, str], au
     raise PermissionDenied(ops.PROC_EXEC, target, why, GIT_CONFIG_RULE)
 
 
-def _start_proxy(policy: Any, audit: AuditLog, *, unix_path: str | None = None) -> Any:
+CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+                       "GIT_SSL_CAINFO", "PIP_CERT")
+
+
+def _inspection(request: LaunchRequest) -> Any:
+    """The proxy's TLS inspection for this run (``capgate.inspection``), or None when no host
+    needs it (no credentials, no request rules, or the network is off)."""
+    net = request.policy.network
+    if not net.enabled or not (net.credentials or net.request_rules):
+        return None
+    from capgate.credentials import CredentialSet
+    from capgate.inspection.relay import Inspection
+
+    credentials = request.credentials if request.credentials is not None else CredentialSet()
+    if net.credentials and not credentials:
+        raise BackendUnavailable("the policy has credentials but the launcher read none; refusing to start")
+    return Inspection(credentials, net.request_rules, request.upstream_ca, request.on_misuse)
+
+
+def _start_proxy(policy: Any, audit: AuditLog, *, unix_path: str | None = None, inspection: Any = None) -> Any:
     try:
         from capgate.proxy import EgressProxy  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
@@ -349,7 +379,8 @@ def _start_proxy(policy: Any, audit: AuditLog, *, unix_path: str | None = None) 
     from capgate.gate import Gate
 
     gate = Gate(policy, audit=audit)
-    proxy = EgressProxy(gate) if unix_path is None else EgressProxy(gate, unix_path=unix_path)
+    proxy = EgressProxy(gate, inspection=inspection) if unix_path is None else EgressProxy(
+        gate, unix_path=unix_path, inspection=inspection)
     proxy.start()
     return proxy
 
