@@ -178,7 +178,8 @@ class Upstream:
             return True
         if path == "/gzip-echo":
             data = gzip.compress(echo)
-            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(data), data))
             return True
         if method == "HEAD":
             tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(echo))

@@ -367,7 +367,8 @@ class InspectedConnection:
             headers.append((b"x-capgate-rule", rule.encode("ascii", "replace")[:300]))
         try:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                tls.sendall(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+                reason = {400: b"Bad Request", 403: b"Forbidden", 502: b"Bad Gateway"}.get(status, b"Error")
+                tls.sendall(conn.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b"")
                 tls.sendall(conn.send(h11.Data(data=body)) or b"")
                 tls.sendall(conn.send(h11.EndOfMessage()) or b"")
         except (OSError, h11.LocalProtocolError):
