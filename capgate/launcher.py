@@ -1216,6 +1216,11 @@ def _prepare_run_dir(run_dir: str, policy: Policy, policy_file: str, boot_dir: s
     with open(os.path.join(boot_dir, "sitecustomize.py"), "x", encoding="utf-8") as fh:
         fh.write(SITECUSTOMIZE)
     os.chmod(os.path.join(boot_dir, "sitecustomize.py"), 0o400)
+    from capgate._node_boot import NODE_PRELOAD, NODE_PRELOAD_NAME
+
+    with open(os.path.join(boot_dir, NODE_PRELOAD_NAME), "x", encoding="utf-8") as fh:
+        fh.write(NODE_PRELOAD)
+    os.chmod(os.path.join(boot_dir, NODE_PRELOAD_NAME), 0o400)
     # capgate itself, for a child interpreter that is not the one capgate is installed in
     # (the system python3, another version): this package alone, never its site-packages
     # neighbours (the hooks import only the standard library).

@@ -230,6 +230,11 @@ class SoftBackend:
                 env[name] = url
             env["NO_PROXY"] = env["no_proxy"] = ""
             env["CAPGATE_PROXY"] = f"{host}:{port}"
+            # Node's fetch: NODE_USE_ENV_PROXY where Node has it, the preload below 22.21 (_node_boot).
+            from capgate._node_boot import NODE_PRELOAD_NAME
+
+            env["NODE_USE_ENV_PROXY"] = "1"
+            env["NODE_OPTIONS"] = f'--require "{os.path.join(request.run_dir, "boot", NODE_PRELOAD_NAME)}"'
             audit.event("proxy.started", address=f"{host}:{port}")
         confine = request.confine
         if confine is not None and proxy is not None:  # the kernel layer lets TCP reach the proxy alone
