@@ -96,6 +96,7 @@ class Upstream:
         self.port = self.sock.getsockname()[1]
         self.requests: list[dict[str, Any]] = []
         self.connections = 0
+        self.release = threading.Event()  # (/wait sends its second event once this is set)
         self._stop = False
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -175,6 +176,12 @@ class Upstream:
                 piece = echo[i:i + 7]
                 tls.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
             tls.sendall(b"0\r\n\r\n")
+            return True
+        if path == "/wait":
+            tls.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
+                        b"a\r\ndata: one\n\r\n")
+            second = b"data: two\n" if self.release.wait(10) else b"data: late\n"
+            tls.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(second), second))
             return True
         if path == "/gzip-echo":
             data = gzip.compress(echo)

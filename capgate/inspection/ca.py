@@ -19,13 +19,14 @@ import os
 import ssl
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["RunCA", "system_ca_file"]
+__all__ = ["SNI_ATTRIBUTE", "RunCA", "system_ca_file"]
 
 _VALIDITY = datetime.timedelta(days=2)
 _BACKDATE = datetime.timedelta(hours=1)  # (clock skew between the proxy and the child: none, but be kind)
@@ -103,6 +104,7 @@ class RunCA:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_alpn_protocols(["http/1.1"])
+        ctx.sni_callback = _sni_check(host)
         fd = os.memfd_create("capgate-leaf", os.MFD_CLOEXEC)  # (OpenSSL loads keys from paths only)
         try:
             os.write(fd, pem)
@@ -124,6 +126,25 @@ class RunCA:
         with os.fdopen(fd, "wb") as fh:
             fh.write(system + self.pem)
         return path
+
+
+SNI_ATTRIBUTE = "capgate_sni"
+
+
+def _sni_check(host: str) -> Any:
+    """The server-name callback of ``host``'s context: records what the client asked for on
+    the socket (``SNI_ATTRIBUTE``; per connection, so concurrent handshakes do not mix) and
+    ends the handshake when it is not ``host`` — a certificate for one name is never shown to
+    a client asking for another. An IP host has no SNI to compare."""
+    literal = _general_name(host).__class__ is x509.IPAddress
+
+    def check(sock: Any, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        setattr(sock, SNI_ATTRIBUTE, name)
+        if literal or (name or "").lower().rstrip(".") == host:
+            return None
+        return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+
+    return check
 
 
 def system_ca_file() -> str | None:

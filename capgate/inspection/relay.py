@@ -28,7 +28,7 @@ import h11
 
 from capgate import ops
 from capgate.decision import Decision
-from capgate.inspection.ca import RunCA
+from capgate.inspection.ca import SNI_ATTRIBUTE, RunCA
 from capgate.inspection.rules import check_request, request_path
 from capgate.inspection.scrub import StreamReplacer, StreamScanner, replace_all
 
@@ -121,32 +121,23 @@ class InspectedConnection:
                     self._tls.close()
 
     def _handshake(self) -> ssl.SSLSocket | None:
-        seen: list[str | None] = []
-        base = self.inspection.ca.server_context(self.host)
-
-        def on_sni(_sock: Any, name: str | None, _ctx: ssl.SSLContext) -> int | None:
-            seen.append(name)
-            if (name or "").lower().rstrip(".") != self.host and not _is_ip(self.host):
-                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-            return None
-
-        base.sni_callback = on_sni  # (one context per host: the callback's host is this one)
+        ctx = self.inspection.ca.server_context(self.host)  # (its SNI callback refuses another name)
         self.client.settimeout(self.header_timeout)
-        tls = base.wrap_socket(self.client, server_side=True, do_handshake_on_connect=False)
+        tls = ctx.wrap_socket(self.client, server_side=True, do_handshake_on_connect=False)
+        unset = object()
         try:
             tls.do_handshake()
         except (ssl.SSLError, OSError) as exc:
-            if seen and (seen[-1] or "").lower().rstrip(".") != self.host:
-                self._deny_connect(f"TLS server name {seen[-1]!r} is not the CONNECT host {self.host} (domain "
+            sni = getattr(tls, SNI_ATTRIBUTE, unset)
+            if isinstance(sni, str) and sni.lower().rstrip(".") != self.host:
+                self._deny_connect(f"TLS server name {sni!r} is not the CONNECT host {self.host} (domain "
                                    "fronting)", "proxy.sni")
-            elif not seen and not _is_ip(self.host):
-                self._deny_connect("no TLS server name (SNI) sent for an inspected host", "proxy.sni")
             else:
                 self.gate.audit.warning("proxy.client_tls", target=f"{self.host}:{self.port}", error=str(exc)[:200])
             with contextlib.suppress(OSError):
                 tls.close()
             return None
-        if not seen and not _is_ip(self.host):
+        if not isinstance(getattr(tls, SNI_ATTRIBUTE, None), str) and not _is_ip(self.host):
             self._deny_connect("no TLS server name (SNI) sent for an inspected host", "proxy.sni")
             tls.close()
             return None

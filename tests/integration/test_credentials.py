@@ -296,3 +296,18 @@ def test_without_the_extra_a_credential_is_an_error_naming_it(ws: Path, home: Pa
                      cwd=ws, env_extra={"TESTTOKEN": SECRET})
     assert ok.returncode == 0, ok.stderr
     assert any("TLS inspected" in m and "api.example.com:443" in m for m in launcher_messages(ok.stderr))
+
+
+def test_end_run_switch_stops_the_run_on_a_misused_placeholder(ws: Path, home: Path, tls_upstream: Any) -> None:
+    ca, server = tls_upstream
+    (home / ".config" / "capgate").mkdir(parents=True, exist_ok=True)
+    (home / ".config" / "capgate" / "permissions.json").write_text(
+        json.dumps({"network": {"endRunOnCredentialMisuse": True}}))
+    (ws / "agent-permissions.json").write_text(json.dumps({"network": {"requestRules": [
+        {"host": f"{OTHER_HOST}:{server.port}"}]}}))
+    lines, done = run_probe(ws, home, server, ca.ca_file, "elsewhere", "1")
+    assert done.returncode == 128 + 15, done.stderr[-2000:]
+    assert any("ending the run (network.endRunOnCredentialMisuse)" in m for m in launcher_messages(done.stderr))
+    assert len(lines) <= 1  # (the child was stopped at its first misuse)
+    assert any(e.get("op") == "net.credential" for e in done.audit)
+    assert done.audit[-1]["event"] == "run.end"
