@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from capgate.errors import PolicyError
 from capgate.policy.model import Credential, Policy
 
-__all__ = ["PLACEHOLDER_PREFIX", "CredentialSet", "LiveCredential", "resolve_credentials"]
+__all__ = ["PLACEHOLDER_PREFIX", "CredentialSet", "LiveCredential", "make_placeholder", "resolve_credentials"]
 
 PLACEHOLDER_PREFIX = "capgate-placeholder-"
 MIN_SECRET_LENGTH = 8
@@ -82,9 +82,25 @@ def resolve_credentials(policy: Policy, environ: Mapping[str, str]) -> Credentia
     for cred in policy.network.credentials:
         value = _read_value(cred, policy, environ)
         _check_value(cred, value)
-        placeholder = (PLACEHOLDER_PREFIX + secrets.token_hex(16)).encode("ascii")
+        placeholder = make_placeholder(len(value))
         items.append(LiveCredential(cred, value, placeholder))
     return CredentialSet(items)
+
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+MIN_RANDOM = 16  # base-36 characters after the prefix: 82 random bits at least
+
+
+def make_placeholder(length: int) -> bytes:
+    """A fresh placeholder: ``PLACEHOLDER_PREFIX`` and random characters, as long as the
+    secret when that leaves at least ``MIN_RANDOM`` of them (the proxy then swaps one for the
+    other in a response without changing its length, so ``Content-Length`` stays and nothing
+    is re-framed), else 32 random characters. (Its length tells the child the secret's, which
+    an API's key format tells anyway.)"""
+    random_part = length - len(PLACEHOLDER_PREFIX)
+    if random_part < MIN_RANDOM:
+        random_part = 32
+    return (PLACEHOLDER_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(random_part))).encode("ascii")
 
 
 def _read_value(cred: Credential, policy: Policy, environ: Mapping[str, str]) -> bytes:

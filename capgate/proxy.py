@@ -350,6 +350,8 @@ class EgressProxy:
         self._track(upstream)
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if method == "CONNECT":
+            with contextlib.suppress(OSError):  # (no Nagle stall on small TLS records; not on Unix sockets)
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             if rest:
                 upstream.sendall(rest)

@@ -116,6 +116,7 @@ class Upstream:
     def _client(self, raw: socket.socket) -> None:
         try:
             raw.settimeout(20)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (no Nagle stall between head and body)
             tls = self.ctx.wrap_socket(raw, server_side=True)
             reader = tls.makefile("rb")
             while True:
@@ -209,3 +210,11 @@ def upstream(tmp_path: Path, names: list[str] | None = None, **kind: bool) -> It
         yield ca, server
     finally:
         server.close()
+
+
+if __name__ == "__main__":  # (benchmarks run the upstream in its own process: no shared GIL)
+    import sys
+
+    with upstream(Path(sys.argv[1])) as (test_ca, server):
+        print(server.port, test_ca.ca_file, flush=True)
+        sys.stdin.read()

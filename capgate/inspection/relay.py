@@ -42,7 +42,8 @@ __all__ = ["InspectedConnection", "Inspection"]
 
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"te",
         b"trailer", b"upgrade", b"expect"}
-_READ = 64 * 1024
+_READ = 256 * 1024
+_TLS_RECORD = 16 * 1024  # (the largest TLS plaintext record)
 
 
 @dataclass
@@ -59,11 +60,7 @@ class Inspection:
 
     def __post_init__(self) -> None:
         self.ca = RunCA(sorted(self.hosts()))
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        for path in self.upstream_ca:
-            ctx.load_verify_locations(cafile=path)
-        ctx.set_alpn_protocols(["http/1.1"])
-        self.upstream = ctx
+        self.upstream = upstream_context(self.upstream_ca)
 
     def hosts(self) -> set[str]:
         return {c.host for c in self.credentials.items} | {r.host for r in self.rules}
@@ -75,6 +72,46 @@ class Inspection:
 
     def placeholders(self) -> list[bytes]:
         return [c.placeholder for c in self.credentials.items]
+
+
+def upstream_context(extra_cas: Sequence[str] = ()) -> ssl.SSLContext:
+    """TLS to inspected upstreams: certificate and host-name verification (TLS 1.2 or newer)
+    against the system's trust store plus ``extra_cas`` (``--upstream-ca``). The store is
+    taken as OpenSSL's hashed certificate directory when there is one — looked up per
+    certificate, where ``create_default_context`` parses the whole bundle first (30-150 ms
+    here, on the first request's path) — and as the default files otherwise; a
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` the launcher was given is loaded as well."""
+    import os
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # (check_hostname, CERT_REQUIRED)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    paths = ssl.get_default_verify_paths()
+    hashed = next((d for d in (paths.capath, paths.openssl_capath) if d and _has_hash_links(d)), None)
+    if hashed is None:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        ctx.load_verify_locations(capath=hashed)
+        # The default bundle file is the same store as the hashed directory (update-ca-certificates
+        # writes both): loading it again, when SSL_CERT_FILE names it, would undo the saving.
+        defaults = {os.path.realpath(f) for f in (paths.cafile, paths.openssl_cafile) if f}
+        defaults.add(os.path.realpath(hashed))
+        for name, kind in ((paths.openssl_cafile_env, "cafile"), (paths.openssl_capath_env, "capath")):
+            value = os.environ.get(name)
+            if value and os.path.exists(value) and os.path.realpath(value) not in defaults:
+                ctx.load_verify_locations(**{kind: value})
+    for path in extra_cas:
+        ctx.load_verify_locations(cafile=path)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _has_hash_links(directory: str) -> bool:
+    import os
+
+    try:
+        return any(name.endswith(".0") and len(name) == 10 for name in os.listdir(directory))
+    except OSError:
+        return False
 
 
 class _Refused(Exception):
@@ -102,6 +139,7 @@ class InspectedConnection:
         self._dial = dial
         self.mine: tuple[LiveCredential, ...] = inspection.credentials.for_host(self.host, self.port)
         self.foreign = [c.placeholder for c in inspection.credentials.items if c not in self.mine]
+        self._pending: list[tuple[socket.socket, bytearray]] = []  # (writes held until a read would wait)
         self._up_sock: ssl.SSLSocket | None = None
         self._up: h11.Connection | None = None
         self._tls: ssl.SSLSocket | None = None
@@ -123,6 +161,10 @@ class InspectedConnection:
     def _handshake(self) -> ssl.SSLSocket | None:
         ctx = self.inspection.ca.server_context(self.host)  # (its SNI callback refuses another name)
         self.client.settimeout(self.header_timeout)
+        # (a response goes out as head, body pieces and end: small writes that Nagle's algorithm
+        # would hold for the client's delayed ACK, 40 ms per keep-alive request)
+        with contextlib.suppress(OSError):  # (a Unix socket, from the namespace backend's forwarder)
+            self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tls = ctx.wrap_socket(self.client, server_side=True, do_handshake_on_connect=False)
         unset = object()
         try:
@@ -192,21 +234,21 @@ class InspectedConnection:
         headers = self._request_headers(request, target)
         if conn.they_are_waiting_for_100_continue:
             # (answered here: Expect is not sent on)
-            tls.sendall(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+            tls.sendall(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")  # (at once)
         up, up_sock = self._upstream()
-        up_sock.sendall(up.send(h11.Request(method=request.method, target=request.target, headers=headers)) or b"")
+        self._out(up_sock, up.send(h11.Request(method=request.method, target=request.target, headers=headers)))
         scanner = StreamScanner(self.foreign)
         while True:
-            event = _next_event(conn, tls)
+            event = self._next(conn, tls)
             if isinstance(event, h11.Data):
                 found = scanner.feed(bytes(event.data))
                 if found:
                     self._misuse(found[0], "the request body")
                     self._close_upstream()
                     raise _Refused(403, self._misuse_text("the request body"), "net.credential")
-                up_sock.sendall(up.send(h11.Data(data=event.data)) or b"")
+                self._out(up_sock, up.send(h11.Data(data=event.data)))
             elif isinstance(event, h11.EndOfMessage):
-                up_sock.sendall(up.send(h11.EndOfMessage()) or b"")
+                self._out(up_sock, up.send(h11.EndOfMessage()))
                 break
             else:
                 raise OSError("client went away in the middle of a request")
@@ -271,7 +313,7 @@ class InspectedConnection:
                         up_sock: ssl.SSLSocket, method: str) -> bool:
         pairs = [(c.value, c.placeholder) for c in self.mine]
         while True:
-            event = _next_event(up, up_sock)
+            event = self._next(up, up_sock)
             if isinstance(event, h11.InformationalResponse):
                 continue  # (100 was answered here; 101 cannot happen: Upgrade is refused)
             if isinstance(event, h11.Response):
@@ -290,12 +332,15 @@ class InspectedConnection:
                                     "cannot scrub of the credential; refused")
             if encodings and encodings[0] != b"identity":
                 decoder = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)
-            headers = [(n, v) for n, v in headers if n not in (b"content-length", b"content-encoding")]
+            # Same-length placeholders (credentials.make_placeholder) keep an identity body's
+            # length; otherwise the body goes out chunked (h11 frames it: no Content-Length).
+            resized = decoder is not None or any(len(old) != len(new) for old, new in pairs)
+            dropped = (b"content-length", b"content-encoding") if resized else (b"content-encoding",)
+            headers = [(n, v) for n, v in headers if n not in dropped]
             replacer = StreamReplacer(pairs)
-        tls.sendall(conn.send(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason))
-                    or b"")
+        self._out(tls, conn.send(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)))
         while True:
-            event = _next_event(up, up_sock)
+            event = self._next(up, up_sock)
             if isinstance(event, h11.Data):
                 data = bytes(event.data)
                 if decoder is not None:
@@ -303,7 +348,7 @@ class InspectedConnection:
                 if replacer is not None:
                     data = replacer.feed(data)
                 if data:
-                    tls.sendall(conn.send(h11.Data(data=data)) or b"")
+                    self._out(tls, conn.send(h11.Data(data=data)))
             elif isinstance(event, h11.EndOfMessage):
                 tail = b""
                 if decoder is not None:
@@ -311,8 +356,9 @@ class InspectedConnection:
                 if replacer is not None:
                     tail = replacer.feed(tail) + replacer.flush()
                 if tail:
-                    tls.sendall(conn.send(h11.Data(data=tail)) or b"")
-                tls.sendall(conn.send(h11.EndOfMessage()) or b"")
+                    self._out(tls, conn.send(h11.Data(data=tail)))
+                self._out(tls, conn.send(h11.EndOfMessage()))
+                self._flush()
                 break
             else:
                 raise OSError("upstream closed in the middle of a response")
@@ -321,6 +367,32 @@ class InspectedConnection:
         else:
             self._close_upstream()
         return True
+
+    # -- writes: coalesced until a read would block (one TLS record per burst, not per piece) --
+    def _out(self, sock: socket.socket, data: bytes | None) -> None:
+        if not data:
+            return
+        for held, buf in self._pending:
+            if held is sock:
+                buf += data
+                if len(buf) >= _READ:
+                    self._flush()
+                return
+        self._pending.append((sock, bytearray(data)))
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for sock, buf in pending:
+            sock.sendall(buf)
+
+    def _next(self, conn: h11.Connection, sock: socket.socket) -> Any:
+        """The next event of ``conn``; what is held goes out first if reading must wait (so a
+        streamed response keeps flowing and the upstream sees the request before we wait)."""
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            self._flush()
+            return _next_event(conn, sock)
+        return h11.ConnectionClosed() if event is h11.PAUSED else event
 
     # -- the upstream -------------------------------------------------------------------
     def _upstream(self) -> tuple[h11.Connection, ssl.SSLSocket]:
@@ -344,6 +416,7 @@ class InspectedConnection:
         return self._up, sock
 
     def _close_upstream(self) -> None:
+        self._pending = [(sock, buf) for sock, buf in self._pending if sock is not self._up_sock]
         if self._up_sock is not None:
             with contextlib.suppress(OSError):
                 self._up_sock.close()
@@ -370,15 +443,39 @@ def _next_event(conn: h11.Connection, sock: socket.socket) -> Any:
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            try:
-                data = sock.recv(_READ)
-            except ssl.SSLError:  # (an unclean close: as good as an end of stream here)
-                data = b""
-            conn.receive_data(data)
+            conn.receive_data(_read_burst(sock))
             continue
         if event is h11.PAUSED:
             return h11.ConnectionClosed()
         return event
+
+
+def _read_burst(sock: socket.socket) -> bytes:
+    """Wait for data, then take what else has already arrived (up to ``_READ``) without
+    waiting: a TLS socket returns one record (16 KiB) per ``recv``, and one pass of the relay
+    per record would cap a download at the relay's per-pass cost. An unclean TLS close reads
+    as the end of the stream."""
+    try:
+        data = sock.recv(_READ)
+    except ssl.SSLError:
+        return b""
+    if len(data) < _TLS_RECORD or not isinstance(sock, ssl.SSLSocket):
+        return data  # (a short record: a small message, most likely all there is)
+    parts, total = [data], len(data)
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        while total < _READ:
+            more = sock.recv(_READ - total)
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+    except (ssl.SSLWantReadError, BlockingIOError, ssl.SSLError, OSError):
+        pass  # (nothing more yet; an error shows again on the next, blocking read)
+    finally:
+        sock.settimeout(timeout)
+    return b"".join(parts)
 
 
 def _same_host(value: str, host: str, port: int) -> bool:
