@@ -138,7 +138,9 @@ def _read_file(path: str, key: str, policy: Policy) -> bytes:
         os.close(fd)
     real = os.path.realpath(path)
     fs = policy.filesystem
-    for root in (*fs.read, *fs.write, *fs.runtime_read, policy.workspace):
+    from capgate.launcher import system_read_roots  # (what the kernel layer lets every child read)
+
+    for root in (*fs.read, *fs.write, *fs.runtime_read, policy.workspace, *system_read_roots()):
         if is_within(real, root):
             raise PolicyError(f"{key}: {path} lies beneath {root}, which the child can read; keep the secret "
                               "outside every read and write root", key)

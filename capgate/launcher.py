@@ -70,6 +70,7 @@ __all__ = [
     "runtime_read_roots",
     "soft_sandbox_forced",
     "system_files",
+    "system_read_roots",
 ]
 
 EXIT_USAGE = 2
@@ -955,7 +956,7 @@ def _take_credentials(policy: Policy, env: dict[str, str], *, resolve: bool) -> 
     ``/proc/<pid>/environ`` before any child starts (``capgate._sys.secret_env``). Without
     ``capgate[proxy-tls]`` a credential or request rule is a ``PolicyError`` naming the extra."""
     net = policy.network
-    if not net.enabled or not (net.credentials or net.request_rules):
+    if not (net.credentials or net.request_rules):
         return None
     from capgate.inspection import require_extra
 
@@ -965,12 +966,14 @@ def _take_credentials(policy: Policy, env: dict[str, str], *, resolve: bool) -> 
     from capgate._sys.secret_env import drop_secret_variables
     from capgate.credentials import resolve_credentials
 
+    # (read even with the network off: the same checks, and then the variables go whatever
+    # happens — an --allow-env of the same name must not hand the value over an offline run)
     live = resolve_credentials(policy, env)
     names = live.source_env_names()
     for name in names:
         env.pop(name, None)
     drop_secret_variables(names)
-    return live
+    return live if net.enabled else None
 
 
 def _run_ender(policy: Policy, audit: AuditLog, stop: _StopOnSignals, say: Callable[[str], None]) -> Any:
@@ -1158,7 +1161,7 @@ _ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers",
                           "krb5.keytab", "docker", "containers", "wireguard", "NetworkManager", "ppp", "openvpn"})
 
 
-def _system_read_roots() -> list[str]:
+def system_read_roots() -> list[str]:
     """Landlock's read roots for the system: the directories above and /etc entry by entry
     without ``_ETC_SECRETS``, plus the reviewed ``SYSTEM_FILES`` (the public parts of the
     secret directories, such as the certificates in /etc/ssl and /etc/pki). Every file the
@@ -1175,7 +1178,7 @@ def _system_read_roots() -> list[str]:
 def soft_plan(policy: Policy, argv: Sequence[str], *, extra_read: Sequence[str] = ()) -> Any:
     """The Landlock plan for a soft-sandboxed tree (None without Landlock): write only beneath
     ``filesystem.write`` (never device nodes); read only beneath the read roots, the runtime
-    read roots, the write roots and the system's own files (``_system_read_roots``); no TCP
+    read roots, the write roots and the system's own files (``system_read_roots``); no TCP
     connect (the proxy's port is added by the backend when the network is on); no signals to
     processes outside the tree; with ``allowShell: false`` ``execve`` only of the command
     itself (and what its exec needs: loader, ``#!`` interpreter) and the allowed commands.
@@ -1191,7 +1194,7 @@ def soft_plan(policy: Policy, argv: Sequence[str], *, extra_read: Sequence[str] 
     if exec_allow is not None:
         exec_allow = (*exec_allow, *launched)
     fs = policy.filesystem
-    reads = [*fs.read, *fs.runtime_read, *_system_read_roots(), *extra_read, *launched]
+    reads = [*fs.read, *fs.runtime_read, *system_read_roots(), *extra_read, *launched]
     return plan(exec_allow, fs.write, read_roots=reads, connect_ports=(), scope=True)
 
 

@@ -235,7 +235,7 @@ def _empties(run_dir: str) -> tuple[str, str]:
 
 def _system_view() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...], tuple[str, ...]]:
     """The system part of the view: the same files Landlock lets the tree read
-    (``launcher._system_read_roots``), built as whole directories with the secrets covered —
+    (``launcher.system_read_roots``), built as whole directories with the secrets covered —
     ``/etc`` bound once, ``/etc/shadow``, ``/etc/ssh``, ``/etc/ssl/private``... covered. A
     secret directory holding one of the reviewed public system files (``/etc/ssl/certs``) is
     covered entry by entry around it instead of whole."""

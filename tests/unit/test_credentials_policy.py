@@ -172,3 +172,45 @@ def test_request_rules_decide_and_name_the_rule(workspace: Path, fake_home: Path
         decision = check_request(rules, "api.github.com", 443, method, path)
         assert not decision.allowed and decision.rule == "network.requestRules[0]", (method, path)
     assert check_request(rules, "other.example.com", 443, "DELETE", "/x").allowed  # (no rules there)
+
+
+def test_file_secret_in_a_system_read_root_is_refused(workspace: Path, fake_home: Path, tmp_path: Path) -> None:
+    """/opt is readable by every child (the kernel layer's system roots): a secret kept there,
+    even mode 0600 and the user's own, is readable by a child running as the same user."""
+    from capgate.launcher import system_read_roots
+
+    root = next(r for r in system_read_roots() if r in ("/opt", "/usr"))
+    policy = _with_secret(workspace, fake_home, f"file:{root}/capgate-test-token-{os.getpid()}")
+    secret_file = Path(policy.network.credentials[0].secret[5:])
+    try:
+        secret_file.write_text(SECRET)
+    except OSError:
+        pytest.skip(f"cannot write to {root} here")
+    try:
+        secret_file.chmod(0o600)
+        with pytest.raises(PolicyError, match="the child can read"):
+            resolve_credentials(policy, {})
+    finally:
+        secret_file.unlink()
+
+
+def test_offline_run_still_drops_the_variable(workspace: Path) -> None:
+    """--allow-env of the credential's own variable with the network off: the launcher still
+    removes it from what the child's environment is built from. (In a subprocess: the launcher
+    step makes its process non-dumpable, which the test runner must not become.)"""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, json, capgate\n"
+        "from capgate.launcher import _take_credentials\n"
+        "from capgate.policy.sources import Grants\n"
+        "p = capgate.load_policy(None, workspace=sys.argv[1], grants=Grants(credential=("
+        "'TOKEN@api.example.com/Authorization',), env=('TOKEN',), offline=True))\n"
+        "env = {'TOKEN': os.environ['TOKEN'], 'OTHER': 'x'}\n"
+        "live = _take_credentials(p, env, resolve=True)\n"
+        "print(json.dumps([live is None, env, 'TOKEN' in os.environ]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(workspace)], capture_output=True, text=True,
+                          env={**os.environ, "TOKEN": SECRET}, timeout=60)
+    assert json.loads(done.stdout) == [True, {"OTHER": "x"}, False], done.stderr
