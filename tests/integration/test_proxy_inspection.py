@@ -32,12 +32,14 @@ class _Run:
                  misuse: list[str]) -> None:
         self.proxy, self.inspection, self.server, self.audit, self.misuse = proxy, inspection, server, audit, misuse
         self.placeholder = inspection.credentials.items[0].placeholder.decode()
+        self.clients: list[http.client.HTTPSConnection] = []  # (closed at teardown: no thread left waiting)
 
     def client(self, host: str = TEST_HOST, timeout: float = 10) -> http.client.HTTPSConnection:
         assert isinstance(self.proxy.address, tuple)
         ctx = ssl.create_default_context(cadata=self.inspection.ca.pem.decode())
         conn = http.client.HTTPSConnection(*self.proxy.address, context=ctx, timeout=timeout)
         conn.set_tunnel(host, self.server.port)
+        self.clients.append(conn)
         return conn
 
     def audit_lines(self) -> list[dict[str, Any]]:
@@ -54,14 +56,19 @@ def run(tmp_path: Path, workspace: Path) -> Iterator[_Run]:
                         f"{OTHER_HOST}:{port}"), resolve=(f"{TEST_HOST}:{port}:127.0.0.1",
                                                           f"{OTHER_HOST}:{port}:127.0.0.1"))
         policy = capgate.load_policy(rules, workspace=workspace, grants=grants)
-        policy = capgate.load_policy(rules, workspace=workspace, grants=grants)
         audit = io.StringIO()
         gate = capgate.Gate(policy, audit=AuditLog(audit))
         misuse: list[str] = []
         inspection = Inspection(resolve_credentials(policy, {"TOKEN": SECRET}), policy.network.request_rules,
                                 (str(ca.ca_file),), misuse.append)
         with EgressProxy(gate, inspection=inspection) as proxy:
-            yield _Run(proxy, inspection, server, audit, misuse)
+            state = _Run(proxy, inspection, server, audit, misuse)
+            try:
+                yield state
+            finally:
+                server.release.set()
+                for conn in state.clients:
+                    conn.close()
 
 
 def test_keep_alive_one_client_connection_one_upstream_connection(run: _Run) -> None:
