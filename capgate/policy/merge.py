@@ -266,6 +266,20 @@ def exact_host(entry: str, key: str) -> tuple[str, int]:
     return canonical, 443
 
 
+_LAUNCHER_SET = frozenset({"SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                           "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "PIP_CERT", "NODE_OPTIONS", "NODE_USE_ENV_PROXY",
+                           "AGENT_IN_SANDBOX", "SOFT_SANDBOX", "NO_PROXY"})
+
+
+def _reserved_child_env(name: str) -> bool:
+    """A name the placeholder must not take: one the child's environment never passes on
+    (``clean_env``: LD_*, PYTHON*, proxy variables, PATH, HOME...) or the launcher sets."""
+    from capgate._sys.clean_env import is_never_passed
+
+    upper = name.upper()
+    return is_never_passed(name) or upper in _LAUNCHER_SET or upper.startswith("CAPGATE_")
+
+
 def _merge_credentials(m: _Merge, given: Sequence[CredentialEntry]) -> tuple[tuple[Credential, ...], list[str]]:
     """Credentials from a trusted layer, appended to the base's; refused from any other. Returns
     them and the ``host:port`` entries they allow."""
@@ -295,6 +309,10 @@ def _merge_credentials(m: _Merge, given: Sequence[CredentialEntry]) -> tuple[tup
 
             secret = "file:" + os.path.join(m.base.home, where[2:])
         child_env = item.child_env
+        if _reserved_child_env(child_env):
+            raise PolicyError(f"{key}.childEnv {child_env!r}: a variable the launcher sets or never passes to a child "
+                              "(loader, interpreter, proxy, certificate, capgate's own); name another",
+                              f"{key}.childEnv")
         if any(c.child_env == child_env for c in out):
             raise PolicyError(f"{key}.childEnv {child_env!r}: another credential already uses this variable",
                               f"{key}.childEnv")

@@ -73,6 +73,15 @@ def test_bad_credential_grants_are_refused(workspace: Path, fake_home: Path, bad
     assert info.value.key == "--credential"
 
 
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "PYTHONPATH", "HTTPS_PROXY", "SSL_CERT_FILE", "NODE_OPTIONS",
+                                  "CAPGATE_POLICY", "PATH"])
+def test_placeholder_may_not_take_a_reserved_variable(workspace: Path, fake_home: Path, name: str) -> None:
+    _user_file(fake_home, {"network": {"credentials": [{**ENTRY, "childEnv": name}]}})
+    with pytest.raises(PolicyError) as info:
+        _load(workspace, fake_home)
+    assert info.value.key == "network.credentials[0].childEnv"
+
+
 def test_credential_grant_and_resolve(workspace: Path, fake_home: Path) -> None:
     policy = _load(workspace, fake_home, grants=Grants(credential=("TOKEN@api.example.com:8443/X-Key",),
                                                        resolve=("api.example.com:8443:127.0.0.1",)))
