@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--audit-log", metavar="PATH",
                      help="where to write the JSON-lines audit log (default "
                           "$XDG_STATE_HOME/capgate/audit/run-<time>-<pid>.jsonl); must be outside write roots")
+    run.add_argument("--upstream-ca", action="append", default=[], metavar="FILE",
+                     help="also trust these CA certificates (PEM) for the proxy's TLS to inspected hosts "
+                          "(private endpoints, tests); the system's store stays trusted")
     run.add_argument("--audit-allowed", choices=("on", "off"), default="on",
                      help="off: leave allowed decisions out of the audit log (denials are always logged)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
@@ -253,6 +256,11 @@ def _policy_args(parser: argparse.ArgumentParser) -> None:
                         help="allow running CMD (a name on the sanitized PATH, or an absolute path)")
     grants.add_argument("--allow-env", action="append", default=[], metavar="NAME",
                         help="pass the environment variable NAME through to the child")
+    grants.add_argument("--credential", action="append", default=[], metavar="NAME@HOST[:PORT]/HEADER",
+                        help="the egress proxy puts your $NAME into HEADER of HOST's requests; the child's $NAME "
+                             "holds only a placeholder (needs capgate[proxy-tls]; docs/credentials.md)")
+    grants.add_argument("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR",
+                        help="resolve HOST on PORT to ADDR (as curl's); ADDR still passes the address rules")
     grants.add_argument("--offline", action="store_true",
                         help="force the network off, whatever a policy file or grant says")
 
@@ -265,7 +273,7 @@ def _grants(args: argparse.Namespace) -> Grants:
     return Grants(read=tuple(os.path.abspath(p) for p in args.allow_read),
                   write=tuple(os.path.abspath(p) for p in args.allow_write),
                   net=tuple(args.allow_net), run=tuple(args.allow_run), env=tuple(args.allow_env),
-                  offline=args.offline)
+                  offline=args.offline, credential=tuple(args.credential), resolve=tuple(args.resolve))
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -305,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dry_run_policy=args.dry_run_policy, dev=args.dev, audit_log=args.audit_log,
             grants=_grants(args), quiet=args.quiet, internal=args.internal,
             audit_allowed=args.audit_allowed == "on", runtime=args.runtime, image=args.image,
+            upstream_ca=tuple(os.path.abspath(p) for p in args.upstream_ca),
         )
         return launcher.run(options)
     if args.command == "image":

@@ -70,6 +70,7 @@ __all__ = [
     "runtime_read_roots",
     "soft_sandbox_forced",
     "system_files",
+    "system_read_roots",
 ]
 
 EXIT_USAGE = 2
@@ -179,6 +180,7 @@ class RunOptions:
     audit_allowed: bool = True  # False: allowed decisions are left out of the audit log
     runtime: str | None = None  # container backend: podman or docker (None: podman, else docker)
     image: str | None = None  # container backend: the image (None: the one `capgate image build` makes)
+    upstream_ca: tuple[str, ...] = ()  # extra roots for the proxy's TLS to inspected hosts
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,7 +215,8 @@ def _load(policy_path: str | None, workspace: str | None, allow_user_expansion: 
                               "CAPGATE_POLICY")
         base = load_effective_policy(inherited)
         allow_user_expansion = False  # never widen what the sandbox was given
-        if grants is not None and any((grants.read, grants.write, grants.net, grants.run, grants.env)):
+        if grants is not None and any((grants.read, grants.write, grants.net, grants.run, grants.env,
+                                       grants.credential, grants.resolve)):
             raise PolicyError("inside a sandbox (AGENT_IN_SANDBOX=1) the --allow-* grants are refused: nothing "
                               "widens the policy a sandbox was given", "--allow-*")
         workspace = base.workspace
@@ -836,6 +839,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
                           extra_read=script_roots, user_home=home_real,
                           image_roots=(IMAGE_ROOT,) if container else ())
+    credentials = _take_credentials(policy, env, resolve=bool(options.command) and not options.dry_run_policy)
     _check_outside_writes(policy, audit_path, "the audit log (--audit-log)",
                           exempt=(sandbox_home, tmpdir, "/dev/null"))
     _check_outside_writes(policy, run_dir, "the launcher's run directory (TMPDIR)",
@@ -873,6 +877,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
             "contain a determined attacker (use the container backend for that)")
     note(f"policy: {source} — {_expansion(policy)}")
     for line in _widening_lines(policy):
+        note(line)
+    for line in _inspection_lines(policy):
         note(line)
     if options.command:
         if python_child:
@@ -930,7 +936,9 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                 os=_os_info(), python=_python_info(), policy=policy.to_dict(redact=True))
     request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
-                            confine=confine, mount_read=tuple(script_roots) if container else ())
+                            confine=confine, mount_read=tuple(script_roots) if container else (),
+                            credentials=credentials, upstream_ca=options.upstream_ca,
+                            on_misuse=_run_ender(policy, audit, stop, say))
     backend = chosen if chosen is not None else get_backend(backend_name)
     try:
         if warmup is not None:
@@ -979,6 +987,65 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         say(_summary(audit, argv, python_child, result.native_execs, result.child_activated))
     audit.close()
     return result.returncode
+
+
+def _take_credentials(policy: Policy, env: dict[str, str], *, resolve: bool) -> Any:
+    """The run's live credentials (``capgate.credentials``), or None. Their values are read
+    from ``env`` (or their files) here, and every variable that held one leaves ``env`` (what
+    the backends build the child's environment from), ``os.environ`` and this process's
+    ``/proc/<pid>/environ`` before any child starts (``capgate._sys.secret_env``). Without
+    ``capgate[proxy-tls]`` a credential or request rule is a ``PolicyError`` naming the extra."""
+    net = policy.network
+    if not (net.credentials or net.request_rules):
+        return None
+    from capgate.inspection import require_extra
+
+    require_extra(net.credentials[0].key if net.credentials else net.request_rules[0].key)
+    if not resolve or not net.credentials:
+        return None
+    from capgate._sys.secret_env import drop_secret_variables
+    from capgate.credentials import resolve_credentials
+
+    # (read even with the network off: the same checks, and then the variables go whatever
+    # happens — an --allow-env of the same name must not hand the value over an offline run)
+    live = resolve_credentials(policy, env)
+    names = live.source_env_names()
+    for name in names:
+        env.pop(name, None)
+    drop_secret_variables(names)
+    return live if net.enabled else None
+
+
+def _run_ender(policy: Policy, audit: AuditLog, stop: _StopOnSignals, say: Callable[[str], None]) -> Any:
+    """With ``network.endRunOnCredentialMisuse``: what the proxy calls when a placeholder went
+    to another host — the run ends as on SIGTERM (tree killed, summary, ``run.end``), which is
+    how this launcher already stops a run from any thread. None otherwise."""
+    if not policy.network.end_run_on_credential_misuse:
+        return None
+    import signal
+
+    def end(reason: str) -> None:
+        if not stop.armed:
+            return
+        audit.event("run.ending", reason=f"network.endRunOnCredentialMisuse: {reason}")
+        say(f"ending the run (network.endRunOnCredentialMisuse): {reason}")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    return end
+
+
+def _inspection_lines(policy: Policy) -> list[str]:
+    """What the proxy inspects, and which placeholders the child holds (design.md: say so)."""
+    net = policy.network
+    if not net.enabled:
+        return []
+    lines = [f"  credential: ${c.child_env} holds a placeholder; the egress proxy puts the real value into the "
+             f"{c.header} header of requests to {c.host}:{c.port} only ({c.key})" for c in net.credentials]
+    hosts = sorted({f"{c.host}:{c.port}" for c in net.credentials} | {f"{r.host}:{r.port}" for r in net.request_rules})
+    if hosts:
+        lines.append(f"  TLS inspected (run CA, Host/SNI checked, requests logged) for: {', '.join(hosts)}; every "
+                     "other host is a plain tunnel")
+    return lines
 
 
 def _native_execs(backend: Any) -> int | None:
@@ -1135,7 +1202,7 @@ _ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers",
                           "krb5.keytab", "docker", "containers", "wireguard", "NetworkManager", "ppp", "openvpn"})
 
 
-def _system_read_roots() -> list[str]:
+def system_read_roots() -> list[str]:
     """Landlock's read roots for the system: the directories above and /etc entry by entry
     without ``_ETC_SECRETS``, plus the reviewed ``SYSTEM_FILES`` (the public parts of the
     secret directories, such as the certificates in /etc/ssl and /etc/pki). Every file the
@@ -1152,7 +1219,7 @@ def _system_read_roots() -> list[str]:
 def soft_plan(policy: Policy, argv: Sequence[str], *, extra_read: Sequence[str] = ()) -> Any:
     """The Landlock plan for a soft-sandboxed tree (None without Landlock): write only beneath
     ``filesystem.write`` (never device nodes); read only beneath the read roots, the runtime
-    read roots, the write roots and the system's own files (``_system_read_roots``); no TCP
+    read roots, the write roots and the system's own files (``system_read_roots``); no TCP
     connect (the proxy's port is added by the backend when the network is on); no signals to
     processes outside the tree; with ``allowShell: false`` ``execve`` only of the command
     itself (and what its exec needs: loader, ``#!`` interpreter) and the allowed commands.
@@ -1168,7 +1235,7 @@ def soft_plan(policy: Policy, argv: Sequence[str], *, extra_read: Sequence[str] 
     if exec_allow is not None:
         exec_allow = (*exec_allow, *launched)
     fs = policy.filesystem
-    reads = [*fs.read, *fs.runtime_read, *_system_read_roots(), *extra_read, *launched]
+    reads = [*fs.read, *fs.runtime_read, *system_read_roots(), *extra_read, *launched]
     return plan(exec_allow, fs.write, read_roots=reads, connect_ports=(), scope=True)
 
 
@@ -1193,6 +1260,11 @@ def _prepare_run_dir(run_dir: str, policy: Policy, policy_file: str, boot_dir: s
     with open(os.path.join(boot_dir, "sitecustomize.py"), "x", encoding="utf-8") as fh:
         fh.write(SITECUSTOMIZE)
     os.chmod(os.path.join(boot_dir, "sitecustomize.py"), 0o400)
+    from capgate._node_boot import NODE_PRELOAD, NODE_PRELOAD_NAME
+
+    with open(os.path.join(boot_dir, NODE_PRELOAD_NAME), "x", encoding="utf-8") as fh:
+        fh.write(NODE_PRELOAD)
+    os.chmod(os.path.join(boot_dir, NODE_PRELOAD_NAME), 0o400)
     # capgate itself, for a child interpreter that is not the one capgate is installed in
     # (the system python3, another version): this package alone, never its site-packages
     # neighbours (the hooks import only the standard library).

@@ -41,7 +41,7 @@ from capgate.decision import Decision
 from capgate.hosts import DomainRules, HostError, normalize_hostname
 
 if TYPE_CHECKING:
-    from capgate.policy.model import Policy
+    from capgate.policy.model import Policy, ResolveEntry
 
 __all__ = ["Endpoint", "NetworkRules", "Target", "TargetError", "normalize_host", "parse_target"]
 
@@ -204,6 +204,8 @@ class NetworkRules:
             from capgate.resolver import SystemResolver
 
             resolver = SystemResolver()
+        if network.resolve:
+            resolver = _Pinned(network.resolve, resolver)
         self.resolver = resolver
 
     # -- TCP ----------------------------------------------------------------------------
@@ -332,6 +334,18 @@ class NetworkRules:
             )
         except Exception as exc:
             return Decision.deny(f"error while deciding: {exc}", "network.error", "unix:?")
+
+
+class _Pinned:
+    """``--resolve`` entries first (exact name and port), the given resolver for the rest."""
+
+    def __init__(self, entries: Sequence[ResolveEntry], fallback: Callable[[str, int], Sequence[str]]) -> None:
+        self.table = {(e.host, e.port): e.address for e in entries}
+        self.fallback = fallback
+
+    def __call__(self, host: str, port: int) -> Sequence[str]:
+        address = self.table.get((host.lower().rstrip("."), port))
+        return [address] if address is not None else self.fallback(host, port)
 
 
 def _offline(shown: str) -> Decision:

@@ -26,9 +26,17 @@ What it enforces besides the rules:
   forwarded, so a request cannot be smuggled to another virtual host. Plain HTTP is forwarded
   one request per connection (``Connection: close`` upstream).
 
-Not enforced: what travels inside a CONNECT tunnel (TLS: the SNI and Host inside it are not
-inspected, so domain fronting on a shared front end is outside a connect-level gate), and who
-the local client is — any local process that can reach the loopback port gets the same rules.
+- **Inspection where the policy needs it.** With an ``inspection``
+  (``capgate.inspection.relay.Inspection``), a CONNECT to a host with a credential or request
+  rules is answered with TLS from the per-run CA and relayed request by request (SNI and
+  ``Host`` checked, rules applied, the placeholder swapped for the secret); see
+  ``capgate.inspection``. A credential placeholder in a plain-HTTP request (target, header or
+  body) is never replaced: a ``net.credential`` denial.
+
+Not enforced: what travels inside any other CONNECT tunnel (TLS: the SNI and Host inside it are
+not inspected, so domain fronting on a shared front end is outside a connect-level gate, and a
+placeholder in it is only a meaningless token), and who the local client is — any local
+process that can reach the loopback port gets the same rules.
 """
 
 from __future__ import annotations
@@ -101,8 +109,10 @@ class EgressProxy:
         max_header_bytes: int = 32 * 1024,
         listen_any: bool = False,
         upstream: tuple[str, int] | None = None,
+        inspection: Any = None,
     ) -> None:
         self.gate = gate
+        self.inspection = inspection
         self.unix_path = unix_path
         if unix_path is None:
             try:
@@ -339,6 +349,14 @@ class EgressProxy:
         except _Denied as denied:
             _send_denied(client, denied)
             return None
+        if method == "CONNECT" and self.inspection is not None and self.inspection.inspects(endpoint.host,
+                                                                                             endpoint.port):
+            if rest:
+                raise _BadRequest(400, "data sent before the CONNECT was answered")
+            self._inspect(client, endpoint)
+            return None
+        if method != "CONNECT" and self.inspection is not None:
+            self._check_placeholders(target_text, headers, endpoint)
         try:
             if self.upstream is not None:
                 upstream = _tunnel(self.upstream, endpoint, self.connect_timeout)
@@ -353,6 +371,8 @@ class EgressProxy:
         self._track(upstream)
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if method == "CONNECT":
+            with contextlib.suppress(OSError):  # (no Nagle stall on small TLS records; not on Unix sockets)
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             if rest:
                 upstream.sendall(rest)
@@ -409,12 +429,63 @@ class EgressProxy:
             name.lower() == "expect" and value.strip().lower() == "100-continue" for name, value in headers
         ):
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        reader = _Reader(client, rest, self.idle_timeout)
+        reader = _Reader(client, rest, self.idle_timeout, self._body_watch(endpoint))
         if encodings:
             _copy_chunked(reader, upstream)
         elif length:
             _copy_exact(reader, upstream, length)
         self._relay_one_way(upstream, client)
+
+    # -- credentials and inspection -----------------------------------------------------
+    def _inspect(self, client: socket.socket, endpoint: Endpoint) -> None:
+        from capgate.inspection.relay import InspectedConnection
+
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        InspectedConnection(self.inspection, self.gate, client, endpoint, idle_timeout=self.idle_timeout,
+                            header_timeout=self.header_timeout, connect_timeout=self.connect_timeout,
+                            max_header_bytes=self.max_header_bytes, dial=self._dialer()).serve()
+
+    def _dialer(self) -> Any:
+        """How an inspected connection reaches its host: directly, or — chained to an upstream
+        egress proxy — through a CONNECT there (a pod's only way out is the cluster's proxy)."""
+        upstream = self.upstream
+        if upstream is None:
+            return dial
+        return lambda endpoint, timeout: _tunnel(upstream, endpoint, timeout)
+
+    def _misuse(self, endpoint: Endpoint, where: str, placeholder: bytes) -> _BadRequest:
+        creds = self.inspection.credentials.items
+        owner = next((c for c in creds if c.placeholder == placeholder), None)
+        name = owner.credential.child_env if owner else "?"
+        target = f"{endpoint.host}:{endpoint.port}"
+        reason = f"the placeholder of ${name} was sent to {target} in {where} (plain HTTP); it is never replaced there"
+        rule = owner.credential.key if owner else "network.credentials"
+        self.gate.record(ops.NET_CREDENTIAL, target, Decision.deny(reason, rule, target), via="proxy", credential=name)
+        if self.inspection.on_misuse is not None:
+            self.inspection.on_misuse(reason)
+        return _BadRequest(403, f"net.credential denied: {reason} [rule {rule}]")
+
+    def _check_placeholders(self, target_text: str, headers: list[tuple[str, str]], endpoint: Endpoint) -> None:
+        for placeholder in self.inspection.placeholders():
+            text = placeholder.decode("ascii")
+            if text in target_text:
+                raise self._misuse(endpoint, "the request target", placeholder)
+            if any(text in value for _name, value in headers):
+                raise self._misuse(endpoint, "a request header", placeholder)
+
+    def _body_watch(self, endpoint: Endpoint) -> Any:
+        if self.inspection is None or not self.inspection.placeholders():
+            return None
+        from capgate.inspection.scrub import StreamScanner
+
+        scanner = StreamScanner(self.inspection.placeholders())
+
+        def watch(data: bytes) -> None:
+            found = scanner.feed(data)
+            if found:
+                raise self._misuse(endpoint, "the request body", found[0])
+
+        return watch
 
     # -- byte relays --------------------------------------------------------------------
     def _relay(self, a: socket.socket, b: socket.socket) -> None:
@@ -464,15 +535,20 @@ class _Denied(Exception):
 class _Reader:
     """Buffered reads from the client after the head (with what arrived along with it)."""
 
-    def __init__(self, sock: socket.socket, initial: bytes, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, initial: bytes, timeout: float, watch: Any = None) -> None:
         self.sock = sock
         self.buf = bytearray(initial)
+        self.watch = watch  # sees every byte of the body before it is sent on (placeholders)
         sock.settimeout(timeout)
+        if watch is not None and initial:
+            watch(initial)
 
     def _fill(self) -> None:
         chunk = self.sock.recv(_RELAY_CHUNK)
         if not chunk:
             raise _BadRequest(400, "client closed in the middle of the body")
+        if self.watch is not None:
+            self.watch(chunk)
         self.buf += chunk
 
     def read_some(self, limit: int) -> bytes:

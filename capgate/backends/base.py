@@ -31,6 +31,9 @@ class LaunchRequest:
     environ: dict[str, str] = field(default_factory=dict)  # the caller's environment
     confine: Any = None  # a capgate._sys.landlock.Plan for the child tree, or None (no Landlock)
     mount_read: tuple[str, ...] = ()  # host files outside the read roots the child must see (its script)
+    credentials: Any = None  # a capgate.credentials.CredentialSet (real values: the proxy's alone)
+    upstream_ca: tuple[str, ...] = ()  # extra roots for the proxy's TLS to inspected hosts
+    on_misuse: Any = None  # called (reason) when a placeholder goes elsewhere and the policy ends the run
 
 
 @dataclass

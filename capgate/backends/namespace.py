@@ -155,7 +155,7 @@ class NamespaceBackend(SoftBackend):
         """The proxy listens on a Unix socket in the run directory; inside, the forwarder
         offers it on loopback (there is no other network in the view)."""
         path = os.path.join(request.run_dir, "proxy.sock")
-        proxy = _start_proxy(request.policy, audit, unix_path=path)
+        proxy = _start_proxy(request.policy, audit, unix_path=path, inspection=self._inspection)
         return proxy, "127.0.0.1", INNER_PROXY_PORT
 
     def _command(self, request: LaunchRequest, argv: list[str], confine: Any, proxy: Any,
@@ -235,7 +235,7 @@ def _empties(run_dir: str) -> tuple[str, str]:
 
 def _system_view() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...], tuple[str, ...]]:
     """The system part of the view: the same files Landlock lets the tree read
-    (``launcher._system_read_roots``), built as whole directories with the secrets covered —
+    (``launcher.system_read_roots``), built as whole directories with the secrets covered —
     ``/etc`` bound once, ``/etc/shadow``, ``/etc/ssh``, ``/etc/ssl/private``... covered. A
     secret directory holding one of the reviewed public system files (``/etc/ssl/certs``) is
     covered entry by entry around it instead of whole."""

@@ -175,6 +175,7 @@ class SoftBackend:
 
     def __init__(self) -> None:
         self._reader: ChildReportReader | None = None
+        self._inspection: Any = None
 
     def native_execs(self) -> int | None:
         """How many non-Python programs the (Python part of the) child tree was seen to start
@@ -215,6 +216,16 @@ class SoftBackend:
 
         env.update(GIT_ENV)
         _check_launched_git(request.argv, policy.workspace, env, audit)
+        self._inspection = _inspection(request)
+        if self._inspection is not None:
+            # The child trusts the run CA (plus the system's CAs) through every usual variable, and
+            # holds the placeholders where its code expects the secrets.
+            bundle = self._inspection.ca.write_bundle(os.path.join(request.run_dir, "ca-bundle.pem"))
+            for name in CA_BUNDLE_VARIABLES:
+                env[name] = bundle
+            env.update(self._inspection.credentials.child_env())
+            audit.event("proxy.inspection", hosts=sorted(self._inspection.hosts()),
+                        credentials=[c.credential.key for c in self._inspection.credentials.items])
         if policy.network.enabled:
             proxy, host, port = self._start_egress(request, audit)
             url = f"http://{host}:{port}"
@@ -222,6 +233,11 @@ class SoftBackend:
                 env[name] = url
             env["NO_PROXY"] = env["no_proxy"] = ""
             env["CAPGATE_PROXY"] = f"{host}:{port}"
+            # Node's fetch: NODE_USE_ENV_PROXY where Node has it, the preload below 22.21 (_node_boot).
+            from capgate._node_boot import NODE_PRELOAD_NAME
+
+            env["NODE_USE_ENV_PROXY"] = "1"
+            env["NODE_OPTIONS"] = f'--require "{os.path.join(request.run_dir, "boot", NODE_PRELOAD_NAME)}"'
             audit.event("proxy.started", address=f"{host}:{port}")
         confine = request.confine
         if confine is not None and proxy is not None:  # the kernel layer lets TCP reach the proxy alone
@@ -274,7 +290,7 @@ class SoftBackend:
     # -- what the namespace backend changes (capgate.backends.namespace) ----------------
     def _start_egress(self, request: LaunchRequest, audit: AuditLog) -> tuple[Any, str, int]:
         """Start the egress proxy; return it and the ``host``, ``port`` the child is told."""
-        proxy = _start_proxy(request.policy, audit)
+        proxy = _start_proxy(request.policy, audit, inspection=self._inspection)
         return proxy, str(proxy.address[0]), int(proxy.address[1])
 
     def _command(self, request: LaunchRequest, argv: list[str], confine: Any, proxy: Any,
@@ -359,7 +375,26 @@ def upstream_proxy(environ: Any) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def _start_proxy(policy: Any, audit: AuditLog, *, unix_path: str | None = None) -> Any:
+CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+                       "GIT_SSL_CAINFO", "PIP_CERT")
+
+
+def _inspection(request: LaunchRequest) -> Any:
+    """The proxy's TLS inspection for this run (``capgate.inspection``), or None when no host
+    needs it (no credentials, no request rules, or the network is off)."""
+    net = request.policy.network
+    if not net.enabled or not (net.credentials or net.request_rules):
+        return None
+    from capgate.credentials import CredentialSet
+    from capgate.inspection.relay import Inspection
+
+    credentials = request.credentials if request.credentials is not None else CredentialSet()
+    if net.credentials and not credentials:
+        raise BackendUnavailable("the policy has credentials but the launcher read none; refusing to start")
+    return Inspection(credentials, net.request_rules, request.upstream_ca, request.on_misuse)
+
+
+def _start_proxy(policy: Any, audit: AuditLog, *, unix_path: str | None = None, inspection: Any = None) -> Any:
     try:
         from capgate.proxy import EgressProxy  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
@@ -369,8 +404,8 @@ def _start_proxy(policy: Any, audit: AuditLog, *, unix_path: str | None = None) 
 
     gate = Gate(policy, audit=audit)
     upstream = upstream_proxy(os.environ)
-    proxy = EgressProxy(gate, unix_path=unix_path, upstream=upstream) if unix_path is not None else \
-        EgressProxy(gate, upstream=upstream)
+    proxy = EgressProxy(gate, unix_path=unix_path, upstream=upstream, inspection=inspection) if unix_path is not None \
+        else EgressProxy(gate, upstream=upstream, inspection=inspection)
     if upstream is not None:
         audit.event("proxy.upstream", address=f"{upstream[0]}:{upstream[1]}")
     proxy.start()

@@ -87,6 +87,7 @@ def policy_to_file_dict(policy: Policy) -> dict[str, Any]:
             "allowedAddresses": list(net.allowed_addresses),
             "allowedPorts": list(net.allowed_ports),
             "allowedUnixSockets": list(net.allowed_unix_sockets),
+            **_credential_keys(net),
         },
         "process": {
             "allowedCommands": list(proc.allowed_commands),
@@ -96,6 +97,22 @@ def policy_to_file_dict(policy: Policy) -> dict[str, Any]:
         },
         "limits": {_camel(f.name): getattr(limits, f.name) for f in dataclasses.fields(limits)},
     }
+
+
+def _credential_keys(net: model.NetworkPolicy) -> dict[str, Any]:
+    """The credential and request-rule keys, when set (a file without them stays one a
+    workspace may use; one with credentials is user-level-file material). Each credential
+    shows where the launcher reads the secret, never its value."""
+    out: dict[str, Any] = {}
+    if net.credentials:
+        out["credentials"] = [{"host": f"{c.host}:{c.port}", "header": c.header, "secret": c.secret,
+                               "childEnv": c.child_env} for c in net.credentials]
+    if net.request_rules:
+        out["requestRules"] = [{"host": f"{r.host}:{r.port}", "methods": list(r.methods), "paths": list(r.paths)}
+                               for r in net.request_rules]
+    if net.end_run_on_credential_misuse:
+        out["endRunOnCredentialMisuse"] = True
+    return out
 
 
 @cache

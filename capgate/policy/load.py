@@ -356,7 +356,7 @@ def load_policy(
         except PolicyError as exc:
             raise PolicyError(f"{user_real}: {exc}", exc.key) from None
         base = merge(_protect(base, user_real), layer, allow_user_expansion=True, source=user_real,
-                     label=f"user-level file {user_real}", keep_source=True)
+                     label=f"user-level file {user_real}", keep_source=True, trusted=True)
     if grants:
         base = _apply_grants(base, grants)
     if path is not None:
@@ -366,11 +366,23 @@ def load_policy(
         except PolicyError as exc:
             raise PolicyError(exc.args[0] if source in str(exc) else f"{source}: {exc}", exc.key) from None
         base = merge(_protect(base, source), user, allow_user_expansion=allow_user_expansion, source=source)
+    if grants is not None and grants.resolve:
+        base = _apply_resolve(base, grants.resolve)
     if grants is not None and grants.offline and base.network.enabled:
         base = replace(base, network=replace(base.network, enabled=False))
     if user_real is not None:
         check_user_config_outside_writes(user_real, base.filesystem.write)
     return base
+
+
+def _apply_resolve(policy: Policy, values: Sequence[str]) -> Policy:
+    """``--resolve HOST:PORT:ADDR`` (trusted: typed by the user): the gate and the proxy resolve
+    HOST on PORT to ADDR, which the address rules then judge like any resolver's answer."""
+    from capgate.policy.model import ResolveEntry
+    from capgate.policy.sources import parse_resolve
+
+    entries = [ResolveEntry(*parse_resolve(v)) for v in values]
+    return replace(policy, network=replace(policy.network, resolve=(*policy.network.resolve, *entries)))
 
 
 def _protect(policy: Policy, *paths: str) -> Policy:
@@ -390,7 +402,7 @@ def _apply_grants(policy: Policy, grants: Grants) -> Policy:
         try:
             layer = PolicyFile.model_validate(body)
             policy = merge(policy, layer, allow_user_expansion=True, source=policy.source, label=label,
-                           keep_source=True)
+                           keep_source=True, trusted=True)
         except PolicyError as exc:
             detail = str(exc).split(": ", 1)[-1] if ": " in str(exc) else str(exc)
             raise PolicyError(f"{label}: {detail}", flag) from None

@@ -23,6 +23,7 @@ from capgate.errors import ExpansionRefused, PolicyError
 from capgate.paths import anchor_pattern, glob_regexes, is_within, resolve_root
 from capgate.policy.defaults import MANDATORY_DENY_WRITE
 from capgate.policy.model import (
+    Credential,
     DeniedDomain,
     DenyPattern,
     FilesystemPolicy,
@@ -30,10 +31,11 @@ from capgate.policy.model import (
     NetworkPolicy,
     Policy,
     ProcessPolicy,
+    RequestRule,
 )
 
 if TYPE_CHECKING:
-    from capgate.policy.schema import PolicyFile
+    from capgate.policy.schema import CredentialEntry, PolicyFile
 
 __all__ = ["build_deny_patterns", "merge", "spell"]
 
@@ -44,9 +46,10 @@ def spell(value: object) -> str:
 
 
 class _Merge:
-    def __init__(self, base: Policy, expand: bool, label: str) -> None:
+    def __init__(self, base: Policy, expand: bool, label: str, trusted: bool = False) -> None:
         self.base = base
         self.expand = expand
+        self.trusted = trusted  # the user-level file or a grant (never the workspace file)
         self.label = label
         self.expanded = False
         self.widened: list[tuple[str, str]] = []
@@ -208,6 +211,33 @@ def _merge_network(m: _Merge, user: PolicyFile) -> NetworkPolicy:
     sockets = base.allowed_unix_sockets
     if section.allowed_unix_sockets is not None:
         sockets = m.roots("network.allowedUnixSockets", section.allowed_unix_sockets, base.allowed_unix_sockets)
+    credentials = base.credentials
+    if section.credentials is not None:
+        credentials, new_hosts = _merge_credentials(m, section.credentials)
+        for entry in new_hosts:
+            if not hosts.domain_entry_within(entry, allowed_domains, ports):
+                allowed_domains = (*allowed_domains, entry)
+        if new_hosts and section.enabled is None:
+            enabled = True  # (a credential allows its host, as --allow-net does: the network is on)
+    rules = list(base.request_rules)
+    for i, rule in enumerate(section.request_rules or ()):
+        key = f"network.requestRules[{len(rules)}]"
+        host, port = exact_host(rule.host, f"network.requestRules[{i}].host")
+        methods = tuple(dict.fromkeys(rule.methods or ()))
+        if any(not method.isupper() for method in methods):
+            raise PolicyError(f"network.requestRules[{i}].methods: methods are upper-case ({list(methods)})",
+                              f"network.requestRules[{i}].methods")
+        for j, path in enumerate(rule.paths or ()):
+            if not path.startswith("/"):
+                raise PolicyError(f"network.requestRules[{i}].paths[{j}] {path!r}: a path pattern starts with /",
+                                  f"network.requestRules[{i}].paths[{j}]")
+        rules.append(RequestRule(host, port, methods, tuple(dict.fromkeys(rule.paths or ())), key))
+    end_run = base.end_run_on_credential_misuse
+    given = section.end_run_on_credential_misuse
+    if given is not None:
+        if end_run and not given:
+            m.widen("network.endRunOnCredentialMisuse", given, "lets a run go on after a misused placeholder")
+        end_run = given
     return NetworkPolicy(
         enabled=enabled,
         allowed_domains=allowed_domains,
@@ -215,7 +245,82 @@ def _merge_network(m: _Merge, user: PolicyFile) -> NetworkPolicy:
         allowed_addresses=allowed_addresses,
         allowed_ports=ports,
         allowed_unix_sockets=sockets,
+        credentials=credentials,
+        request_rules=tuple(rules),
+        resolve=base.resolve,
+        end_run_on_credential_misuse=end_run,
     )
+
+
+def exact_host(entry: str, key: str) -> tuple[str, int]:
+    """``host[:port]`` (an exact name, port 443 by default) as ``(host, port)``, or a
+    ``PolicyError`` naming ``key`` (a wildcard has no single certificate name to inspect)."""
+    from capgate import hosts
+
+    canonical = hosts.normalize_domain_entry(entry, key)
+    if canonical.startswith("*"):
+        raise PolicyError(f"{key} {entry!r}: an exact host name, not a wildcard", key)
+    host, sep, port = canonical.rpartition(":")
+    if sep and port.isdigit() and "]" not in port:
+        return host, int(port)
+    return canonical, 443
+
+
+_LAUNCHER_SET = frozenset({"SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                           "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "PIP_CERT", "NODE_OPTIONS", "NODE_USE_ENV_PROXY",
+                           "AGENT_IN_SANDBOX", "SOFT_SANDBOX", "NO_PROXY"})
+
+
+def _reserved_child_env(name: str) -> bool:
+    """A name the placeholder must not take: one the child's environment never passes on
+    (``clean_env``: LD_*, PYTHON*, proxy variables, PATH, HOME...) or the launcher sets."""
+    from capgate._sys.clean_env import is_never_passed
+
+    upper = name.upper()
+    return is_never_passed(name) or upper in _LAUNCHER_SET or upper.startswith("CAPGATE_")
+
+
+def _merge_credentials(m: _Merge, given: Sequence[CredentialEntry]) -> tuple[tuple[Credential, ...], list[str]]:
+    """Credentials from a trusted layer, appended to the base's; refused from any other. Returns
+    them and the ``host:port`` entries they allow."""
+    from capgate.policy.sources import user_config_display
+
+    if not m.trusted:
+        key = "network.credentials[0]" if given else "network.credentials"
+        shown = f" (${given[0].child_env} for {given[0].host})" if given else ""
+        raise PolicyError(
+            f"{key}{shown}: a workspace policy file may never add, change or redirect a credential (not even with "
+            f"--allow-user-expansion); list credentials in your user-level file, {user_config_display()}, or "
+            "grant one with --credential NAME@HOST/HEADER", key)
+    out = list(m.base.network.credentials)
+    allowed: list[str] = []
+    for item in given:
+        key = f"network.credentials[{len(out)}]"
+        host, port = exact_host(item.host, f"{key}.host")
+        secret = item.secret
+        kind, _, where = secret.partition(":")
+        if kind not in ("env", "file") or not where:
+            raise PolicyError(f"{key}.secret: 'env:NAME' or 'file:PATH' (where the launcher reads the real value)",
+                              f"{key}.secret")
+        if kind == "file" and not where.startswith(("/", "~/")):
+            raise PolicyError(f"{key}.secret {secret!r}: the file's path must be absolute", f"{key}.secret")
+        if kind == "file" and where.startswith("~/"):
+            import os
+
+            secret = "file:" + os.path.join(m.base.home, where[2:])
+        child_env = item.child_env
+        if _reserved_child_env(child_env):
+            raise PolicyError(f"{key}.childEnv {child_env!r}: a variable the launcher sets or never passes to a child "
+                              "(loader, interpreter, proxy, certificate, capgate's own); name another",
+                              f"{key}.childEnv")
+        if any(c.child_env == child_env for c in out):
+            raise PolicyError(f"{key}.childEnv {child_env!r}: another credential already uses this variable",
+                              f"{key}.childEnv")
+        out.append(Credential(host, port, item.header, secret, child_env, key))
+        m.widened.append((f"{key}: {spell(f'{host}:{port}/{item.header}')} (placeholder in ${child_env}; the "
+                          "host is allowed)", m.label))
+        allowed.append(f"{host}:{port}")
+    return tuple(out), allowed
 
 
 def _check_command_entry(entry: str, key: str) -> None:
@@ -258,13 +363,16 @@ def _merge_limits(m: _Merge, user: PolicyFile) -> Limits:
 
 
 def merge(base: Policy, user: PolicyFile, *, allow_user_expansion: bool, source: str | None,
-          label: str | None = None, keep_source: bool = False) -> Policy:
+          label: str | None = None, keep_source: bool = False, trusted: bool = False) -> Policy:
     """Apply ``user`` on top of ``base``; see the module docstring for the rules.
 
     ``label`` names the source in ``Policy.widened`` (default: the workspace file under
     ``--allow-user-expansion``). ``keep_source``: a trusted layer (the user-level file, a grant)
-    leaves ``origin`` and ``source``, which describe the workspace file, as they were."""
-    m = _Merge(base, allow_user_expansion, label or f"{source or 'the policy file'} (--allow-user-expansion)")
+    leaves ``origin`` and ``source``, which describe the workspace file, as they were.
+    ``trusted``: the layer is the user-level file or a grant, the only ones that may hold
+    ``network.credentials`` (from any other it is a ``PolicyError``, expansion or not)."""
+    m = _Merge(base, allow_user_expansion, label or f"{source or 'the policy file'} (--allow-user-expansion)",
+               trusted)
     ws, home = base.workspace, base.home
     fs_base = base.filesystem
     fs_user = user.filesystem

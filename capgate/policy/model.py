@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "Credential",
     "DeniedDomain",
     "DenyPattern",
     "FilesystemPolicy",
@@ -20,6 +21,8 @@ __all__ = [
     "Origin",
     "Policy",
     "ProcessPolicy",
+    "RequestRule",
+    "ResolveEntry",
 ]
 
 Origin = Literal["defaults", "restrict-only", "expanded"]
@@ -67,6 +70,42 @@ class DeniedDomain:
 
 
 @dataclass(frozen=True)
+class Credential:
+    """A secret the egress proxy puts into requests to one host (design.md, "Credentials"):
+    the child only ever holds a placeholder in ``child_env``. ``secret`` says where the launcher
+    reads the real value (``env:NAME`` or ``file:PATH``) — never the value itself, so this
+    object may be printed, logged and handed to the child. ``key``: the entry it came from."""
+
+    host: str
+    port: int
+    header: str
+    secret: str
+    child_env: str
+    key: str
+
+
+@dataclass(frozen=True)
+class RequestRule:
+    """Per-request limits on an inspected host: allowed ``methods`` (empty: any) and path
+    ``*``-globs (empty: any). Every rule naming a host must pass (rules only narrow)."""
+
+    host: str
+    port: int
+    methods: tuple[str, ...]
+    paths: tuple[str, ...]
+    key: str
+
+
+@dataclass(frozen=True)
+class ResolveEntry:
+    """``--resolve HOST:PORT:ADDR``: the gate and the proxy resolve HOST (on PORT) to ADDR."""
+
+    host: str
+    port: int
+    address: str
+
+
+@dataclass(frozen=True)
 class NetworkPolicy:
     """Outbound connections: off unless enabled; then allowed hosts, addresses and ports."""
 
@@ -76,6 +115,10 @@ class NetworkPolicy:
     allowed_addresses: tuple[str, ...] = ()  # "ip", "cidr", optionally ":port" / "[v6]:port"
     allowed_ports: tuple[int, ...] = (443,)
     allowed_unix_sockets: tuple[str, ...] = ()  # canonical absolute paths
+    credentials: tuple[Credential, ...] = ()  # trusted sources only (the user-level file, --credential)
+    request_rules: tuple[RequestRule, ...] = ()
+    resolve: tuple[ResolveEntry, ...] = ()  # --resolve only
+    end_run_on_credential_misuse: bool = False
 
 
 @dataclass(frozen=True)

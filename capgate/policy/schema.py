@@ -14,12 +14,14 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 __all__ = [
+    "CredentialEntry",
     "DeniedDomain",
     "FilesystemSection",
     "LimitsSection",
     "NetworkSection",
     "PolicyFile",
     "ProcessSection",
+    "RequestRuleEntry",
 ]
 
 
@@ -77,6 +79,42 @@ class DeniedDomain(_Strict):
     reason: Annotated[StrictStr, Field(min_length=1, max_length=500), AfterValidator(_no_control)]
 
 
+def _token(value: str) -> str:
+    # An HTTP field name / method: RFC 9110 "token" characters only (no header injection).
+    if not value or any(not (ch.isascii() and (ch.isalnum() or ch in "!#$%&'*+-.^_`|~")) for ch in value):
+        raise ValueError("must be an HTTP token (letters, digits and !#$%&'*+-.^_`|~)")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not (value[0].isalpha() or value[0] == "_") or not all(ch.isascii() and (ch.isalnum() or ch == "_")
+                                                              for ch in value):
+        raise ValueError("must be an environment variable name (letters, digits, _)")
+    return value
+
+
+TokenEntry = Annotated[StrictStr, Field(min_length=1, max_length=100), AfterValidator(_token)]
+EnvName = Annotated[StrictStr, Field(min_length=1, max_length=255), AfterValidator(_env_name)]
+
+
+class CredentialEntry(_Strict):
+    """A secret the proxy injects; only the user-level file (and ``--credential``) may hold one."""
+
+    host: HostEntry = Field(description="Exact host name, optional :port (443 by default).")
+    header: TokenEntry = Field(description="The request header in which the placeholder is replaced.")
+    secret: Annotated[StrictStr, Field(min_length=5, max_length=4096), AfterValidator(_no_nul)] = Field(
+        description="env:NAME (the launcher's environment) or file:PATH (not group/world-readable).")
+    child_env: EnvName = Field(alias="childEnv", description="The child's variable holding the placeholder.")
+
+
+class RequestRuleEntry(_Strict):
+    """Allowed methods and path globs on one (inspected) host; rules only narrow."""
+
+    host: HostEntry
+    methods: list[TokenEntry] | None = None
+    paths: list[Annotated[StrictStr, Field(min_length=1, max_length=1000), AfterValidator(_no_control)]] | None = None
+
+
 class NetworkSection(_Strict):
     enabled: StrictBool | None = None
     allowed_domains: list[HostEntry] | None = Field(None, alias="allowedDomains")
@@ -84,6 +122,9 @@ class NetworkSection(_Strict):
     allowed_addresses: list[HostEntry] | None = Field(None, alias="allowedAddresses")
     allowed_ports: list[Port] | None = Field(None, alias="allowedPorts")
     allowed_unix_sockets: list[PathEntry] | None = Field(None, alias="allowedUnixSockets")
+    credentials: list[CredentialEntry] | None = None
+    request_rules: list[RequestRuleEntry] | None = Field(None, alias="requestRules")
+    end_run_on_credential_misuse: StrictBool | None = Field(None, alias="endRunOnCredentialMisuse")
 
 
 class ProcessSection(_Strict):

@@ -9,7 +9,9 @@ capgate widens in two places the workspace cannot change:
    write it could widen every run);
 2. command-line grants, Deno-style: ``--allow-read PATH``, ``--allow-write PATH``,
    ``--allow-net HOST[:PORT]`` (also turns the network on), ``--allow-run CMD``,
-   ``--allow-env NAME``; ``--offline`` forces the network off whatever a file says.
+   ``--allow-env NAME``, ``--credential NAME@HOST[:PORT]/HEADER`` (a secret the egress proxy
+   puts into HOST's requests; the child's ``$NAME`` holds a placeholder), ``--resolve
+   HOST:PORT:ADDR``; ``--offline`` forces the network off whatever a file says.
 
 Order: defaults, user-level file, grants, workspace file. ``load_policy`` applies them.
 """
@@ -101,9 +103,12 @@ class Grants:
     run: tuple[str, ...] = ()
     env: tuple[str, ...] = ()
     offline: bool = False
+    credential: tuple[str, ...] = ()
+    resolve: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.read or self.write or self.net or self.run or self.env or self.offline)
+        return bool(self.read or self.write or self.net or self.run or self.env or self.offline or self.credential
+                    or self.resolve)
 
 
 def _is_address(entry: str) -> bool:
@@ -120,7 +125,8 @@ def grant_items(grants: Grants) -> list[tuple[str, str, str]]:
     """``(flag, value, label)`` for every grant, in a fixed order."""
     items: list[tuple[str, str, str]] = []
     for flag, values in (("--allow-read", grants.read), ("--allow-write", grants.write), ("--allow-net", grants.net),
-                         ("--allow-run", grants.run), ("--allow-env", grants.env)):
+                         ("--allow-run", grants.run), ("--allow-env", grants.env),
+                         ("--credential", grants.credential)):
         items.extend((flag, value, f"{flag} {value}") for value in values)
     return items
 
@@ -141,4 +147,35 @@ def grant_body(flag: str, value: str, current: Any) -> dict[str, Any]:
         return {"process": {"allowedCommands": [*proc.allowed_commands, value]}}
     if flag == "--allow-env":
         return {"process": {"envPassthrough": [*proc.env_passthrough, value]}}
+    if flag == "--credential":
+        return {"network": {"credentials": [parse_credential_grant(value)]}}
     raise ValueError(f"unknown grant {flag}")  # pragma: no cover - grant_items names them all
+
+
+def parse_credential_grant(value: str) -> dict[str, str]:
+    """``NAME@HOST[:PORT]/HEADER`` as a ``network.credentials`` entry: the secret from the
+    launcher's ``$NAME``, the placeholder in the child's ``$NAME``."""
+    name, at, rest = value.partition("@")
+    host, slash, header = rest.partition("/")
+    if not (at and slash and name and host and header):
+        raise PolicyError(f"--credential {value}: expected NAME@HOST[:PORT]/HEADER "
+                          "(e.g. EXAMPLE_TOKEN@api.example.com/Authorization)", "--credential")
+    return {"host": host, "header": header, "secret": f"env:{name}", "childEnv": name}
+
+
+def parse_resolve(value: str) -> tuple[str, int, str]:
+    """``HOST:PORT:ADDR`` (curl's ``--resolve``; ADDR may be ``[v6]``) as ``(host, port, addr)``."""
+    import ipaddress
+
+    host, sep1, rest = value.partition(":")
+    port, sep2, addr = rest.partition(":")
+    addr = addr[1:-1] if addr.startswith("[") and addr.endswith("]") else addr
+    try:
+        ip = ipaddress.ip_address(addr)
+        number = int(port) if port.isdigit() else -1
+    except ValueError:
+        ip, number = None, -1
+    if not (sep1 and sep2 and host) or ip is None or not 0 < number < 65536:
+        raise PolicyError(f"--resolve {value}: expected HOST:PORT:ADDR (an IP address), e.g. "
+                          "api.example.com:443:127.0.0.1", "--resolve")
+    return host.lower().rstrip("."), number, str(ip)

@@ -33,7 +33,7 @@ def test_every_reviewed_system_file_is_readable_to_both_layers_and_no_secret_is(
     """One list feeds the hooks' runtime read roots and Landlock's system roots: what the
     hooks allow, the kernel allows; what is secret, neither does."""
     hooks = launcher.runtime_read_roots()
-    kernel = launcher._system_read_roots()
+    kernel = launcher.system_read_roots()
     files = launcher.system_files()
     assert "/etc/pip.conf" in files or not os.path.exists("/etc/pip.conf")
     for path in files:
