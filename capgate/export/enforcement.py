@@ -70,6 +70,12 @@ ENFORCEMENT: tuple[Row, ...] = (
     Row("network.allowedUnixSockets",
         "a pod never mounts host sockets (no hostPath): a policy listing one is refused at export",
         "the gate in the pod"),
+    Row("network.credentials", "— (refused at export: no secret is carried into the cluster)", "—"),
+    Row("network.requestRules", "—",
+        "the gate's own proxy in the pod inspects TLS to those hosts (per-run CA; needs capgate[proxy-tls] in "
+        "the image) and refuses other methods and paths"),
+    Row("network.endRunOnCredentialMisuse", "—", "the gate in the pod (without credentials it has nothing to watch)"),
+    Row("network.resolve", "— (refused at export: the pod resolves through the cluster's DNS)", "—"),
     Row("process.allowedCommands", "—", "the gate: the resolved executable is checked for every exec"),
     Row("process.allowShell", "—", "the gate: `shell=True`, `os.system`, `sh -c` are denied"),
     Row("process.envPassthrough",

@@ -61,6 +61,13 @@ def check_egress(policy: Policy, egress: str) -> None:
     if net.allowed_unix_sockets:
         raise PolicyError("network.allowedUnixSockets: a pod has no host sockets (the export never mounts "
                           "hostPath); remove the entries to export this policy", "network.allowedUnixSockets")
+    if net.credentials:
+        raise PolicyError("network.credentials: the export does not carry secrets into the cluster (the pod's "
+                          "proxy would have to hold them, and no Kubernetes Secret wiring is built); remove the "
+                          "credentials to export this policy", "network.credentials")
+    if net.resolve:
+        raise PolicyError("network.resolve: --resolve maps names on this machine only; a pod resolves through "
+                          "the cluster's DNS — drop --resolve to export this policy", "network.resolve")
     if egress == "none" and lets_anything_out(policy):
         key = "network.allowedDomains" if net.allowed_domains else "network.allowedAddresses"
         raise PolicyError(f"{key}: --egress none lets nothing out of the pod, so it cannot enforce what this "

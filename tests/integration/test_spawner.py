@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import errno
 import os
 import signal
 import subprocess
@@ -96,7 +97,14 @@ def test_exec_failure_raises_the_matching_oserror(limits, workspace: Path) -> No
 def test_child_gets_only_its_descriptors_and_pass_fds_keep_their_numbers(limits, workspace: Path) -> None:  # type: ignore[no-untyped-def]
     r, w = os.pipe()
     high = 57
-    os.dup2(w, high)
+    for _attempt in range(50):  # (EBUSY: another thread of this process is opening a file as fd 57 right now)
+        try:
+            os.dup2(w, high)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            time.sleep(0.01)
     os.close(w)
     try:
         code = """

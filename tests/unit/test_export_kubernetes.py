@@ -282,3 +282,22 @@ def test_cli_writes_yaml_and_enforcement(tmp_path: Path, monkeypatch: pytest.Mon
                  "-o", str(refused), "--", "x"])
     assert code == 2 and not refused.exists()
     assert "--egress none" in capsys.readouterr().err
+
+
+
+def test_credentials_and_resolve_are_refused_at_export(tmp_path: Path) -> None:
+    """No secret is carried into the cluster, and ``--resolve`` maps names on this machine
+    only: both are refused, naming the key; the control: the same policy without them."""
+    import dataclasses
+
+    from capgate.policy.model import Credential, ResolveEntry
+
+    policy = _policy(tmp_path, ("api.example.com",))
+    assert kubernetes(policy, image="i", command=["true"], egress="proxy")
+    credential = Credential("api.example.com", 443, "Authorization", "env:TOKEN", "TOKEN", "--credential")
+    for field, value, key in (("credentials", (credential,), "network.credentials"),
+                              ("resolve", (ResolveEntry("api.example.com", 443, "127.0.0.1"),), "network.resolve")):
+        changed = dataclasses.replace(policy, network=dataclasses.replace(policy.network, **{field: value}))
+        with pytest.raises(PolicyError) as info:
+            kubernetes(changed, image="i", command=["true"], egress="proxy")
+        assert info.value.key == key
