@@ -26,16 +26,19 @@ image to start from), and copying the files already on disk takes a few seconds 
 
 from __future__ import annotations
 
-import importlib.metadata
-import io
-import json
+import functools
 import os
 import re
-import subprocess
 import sys
-import tarfile
 from collections.abc import Iterable
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import importlib.metadata
+    import tarfile
+
+# (importlib.metadata, tarfile, subprocess and json load only when an image is built: the
+# launcher imports this module for ``image_key`` on every container run)
 
 __all__ = ["IMAGE_PREFIX", "TOOLS", "base_python", "image_key", "write_rootfs"]
 
@@ -94,6 +97,8 @@ def _requirement_names(dist: importlib.metadata.Distribution) -> list[str]:
 
 def _dependency_files() -> list[tuple[str, str]]:
     """(host file, path in the image) for every installed distribution capgate needs."""
+    import importlib.metadata
+
     site = os.path.join(sys.base_prefix, "lib", f"python{_version()}", "site-packages")
     seen: set[str] = set()
     todo = _requirement_names(importlib.metadata.distribution("capgate"))
@@ -120,6 +125,7 @@ def _dependency_files() -> list[tuple[str, str]]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def image_key() -> str:
     """What the image depends on: this Python, capgate's files (names, sizes, times) and the
     shim. A different key means the image is stale: ``capgate image build`` again."""
@@ -143,11 +149,15 @@ class _Tar:
     """A tar being written: each path once, parent directories first."""
 
     def __init__(self, fileobj: IO[bytes]) -> None:
+        import tarfile
+
         self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.GNU_FORMAT)
         self.done: set[str] = {"/"}
         self.shared: list[str] = []  # host files of the shared objects written (for ldd)
 
     def _info(self, name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+        import tarfile
+
         info = tarfile.TarInfo(name.lstrip("/"))
         info.type, info.mode, info.uid, info.gid, info.mtime = kind, mode, 0, 0, 0
         return info
@@ -157,14 +167,14 @@ class _Tar:
             return
         self.directory(os.path.dirname(path))
         self.done.add(path)
-        self.tar.addfile(self._info(path, tarfile.DIRTYPE, mode))
+        self.tar.addfile(self._info(path, b"5", mode))  # (tarfile.DIRTYPE)
 
     def symlink(self, path: str, target: str) -> None:
         if path in self.done:
             return
         self.directory(os.path.dirname(path))
         self.done.add(path)
-        info = self._info(path, tarfile.SYMTYPE, 0o777)
+        info = self._info(path, b"2", 0o777)  # (tarfile.SYMTYPE)
         info.linkname = target
         self.tar.addfile(info)
 
@@ -173,7 +183,9 @@ class _Tar:
             return
         self.directory(os.path.dirname(path))
         self.done.add(path)
-        info = self._info(path, tarfile.REGTYPE, mode)
+        import io
+
+        info = self._info(path, b"0", mode)  # (tarfile.REGTYPE)
         info.size = len(data)
         self.tar.addfile(info, io.BytesIO(data))
 
@@ -187,7 +199,7 @@ class _Tar:
         self.done.add(path)
         if ".so" in os.path.basename(source):
             self.shared.append(source)
-        info = self._info(path, tarfile.REGTYPE, st.st_mode & 0o755)
+        info = self._info(path, b"0", st.st_mode & 0o755)  # (tarfile.REGTYPE)
         info.size = st.st_size
         with open(source, "rb") as fh:
             self.tar.addfile(info, fh)
@@ -227,6 +239,8 @@ class _Tar:
 
 def _libraries(files: Iterable[str]) -> list[str]:
     """The shared libraries (and loader) the ELF ``files`` load, by ``ldd``."""
+    import subprocess
+
     candidates = [f for f in files if os.path.isfile(f)]
     found: list[str] = []
     for start in range(0, len(candidates), 200):
@@ -242,6 +256,7 @@ def _libraries(files: Iterable[str]) -> list[str]:
 def write_rootfs(fileobj: IO[bytes], *, key: str) -> dict[str, str]:
     """Write the image's root file system as a tar stream to ``fileobj``; returns the facts
     recorded in ``/opt/capgate/image.json``."""
+    import json
     import shutil
 
     from capgate._soft_boot import SITECUSTOMIZE
