@@ -110,12 +110,15 @@ def test_a_native_child_meets_every_refusal_in_the_container(world: dict[str, ob
                   "create", str(ws / "output" / ".git" / "hooks" / "pre-commit"),
                   "read", str(home / ".ssh" / "id_rsa"),
                   "tcp", str(tcp.port),
-                  "write", str(ws / "src" / "new.txt"), "x")
+                  "write", str(ws / "src" / "new.txt"), "x",
+                  "exec", "/bin/sh",
+                  "exec", "/usr/bin/cat",
+                  "exec", str(world["probe"]))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 14, lines
+    assert len(lines) == 17, lines
     (control_read, control_write, env, planted_read, planted_write, host_sock, ws_sock, environ, chmod,
-     bashrc, hook, key, tcp_line, outside_write) = lines
+     bashrc, hook, key, tcp_line, outside_write, shell, tool, control_exec) = lines
     assert control_read == "read OK 12 [print('hi') ]"
     assert control_write == "write OK 6" and (ws / "output" / "ok.txt").read_text() == "benign"
     assert env == "read OK 0 []"  # covered: an empty read-only file
@@ -137,6 +140,10 @@ def test_a_native_child_meets_every_refusal_in_the_container(world: dict[str, ob
     assert key.startswith("read ERR")  # the real HOME is not in the container
     assert tcp_line.startswith("tcp ERR") and tcp.connections == 0  # --network=none
     assert outside_write.startswith("write ERR") and not (ws / "src" / "new.txt").exists()
+    # shells and unlisted tools: in the image, refused (Landlock, allowShell: false); the
+    # launched program itself may run again (the control)
+    assert shell == "exec ERR EACCES" and tool == "exec ERR EACCES"
+    assert control_exec == "exec OK 0"
     events = audit_lines(home)
     assert events[0]["event"] == "run.start" and events[0]["backend"] == "container"
     # created during the run by a program no hook sees: reported as a denial at exit, never silent
