@@ -30,11 +30,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from capgate.backends.base import LaunchRequest, LaunchResult
-from capgate.backends.container_argv import ContainerSpec, UnmountablePath, container_argv, container_mounts
+from capgate.backends.container_argv import ContainerSpec, Mount, UnmountablePath, container_argv, container_mounts
 from capgate.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from capgate.audit import AuditLog
+    from capgate.backends.namespace_view import View
     from capgate.backends.soft import ChildReportReader
 
 __all__ = ["CACHE_VOLUME", "IMAGE_ROOT", "INNER_PROXY_PORT", "ContainerBackend", "exit_limits"]
@@ -50,11 +51,13 @@ _available_cache: dict[tuple[str | None, str | None, bool], tuple[bool, str, str
 def exit_limits(returncode: int, timed_out: bool) -> tuple[str, ...]:
     """Which limit a container's exit status points at (the container is gone by then, so
     this is read from the signal that ended it): SIGXCPU is ``cpuSeconds``, SIGXFSZ
-    ``maxFileSizeMb``; SIGKILL outside the wall time is the memory limit's OOM kill."""
+    ``maxFileSizeMb``; SIGKILL outside the wall time is most likely the memory limit's OOM
+    kill (nothing else in the container sends it; the runtime's own record is gone with
+    ``--rm``)."""
     if timed_out:
         return ("wall_time",)
     return {128 + 24: ("cpuSeconds",), 128 + 25: ("maxFileSizeMb",),
-            128 + 9: ("memoryMb (killed: out of memory)",)}.get(returncode, ())
+            128 + 9: ("memoryMb (SIGKILL in the container: most likely the memory limit)",)}.get(returncode, ())
 
 
 def _probe(runtime: str | None, image: str | None, auto: bool) -> tuple[bool, str, str, str, str]:
@@ -97,6 +100,9 @@ def _probe(runtime: str | None, image: str | None, auto: bool) -> tuple[bool, st
             reasons.append(f"{name}: the image {wanted} is not there ({hint})")
         else:
             reasons.append(f"{name} did not answer ({text})")
+    if auto and image is None and all("no image built" in r or "not installed" in r for r in reasons):
+        # (the usual case on a machine that never built one: one short reason, not one a runtime)
+        return False, "no container image built for this capgate (`capgate image build`)", "", "", wanted
     return False, "; ".join(reasons), "", "", wanted
 
 
@@ -141,7 +147,7 @@ class ContainerBackend:
         _ok, _why, runtime, exe, image = self._found
         from capgate.backends.namespace import _count_reasons, _empties
         from capgate.backends.namespace_view import View, created_denials, scan
-        from capgate.backends.soft import ChildReportReader, _check_launched_git, _reported_write_roots, _start_proxy
+        from capgate.backends.soft import ChildReportReader, _check_launched_git, _reported_write_roots
         from capgate.gate import Gate
 
         policy = request.policy
@@ -161,68 +167,28 @@ class ContainerBackend:
         _check_launched_git(request.argv, policy.workspace, {**env, "PATH": IMAGE_PATH}, audit)
         fifo = os.path.join(run_dir, "audit.fifo")
         os.mkfifo(fifo, 0o600)
-        inner = [f"{IMAGE_ROOT}/bin/python", "-I", "-S", f"{IMAGE_ROOT}/shim/entrypoint.py"]
-        confine = request.confine
-        run_binds = [(request.policy_file, False), (fifo, False)]
-        proxy = None
-        if policy.network.enabled:
-            sock = os.path.join(run_dir, "proxy.sock")
-            proxy = _start_proxy(policy, audit, unix_path=sock)
-            url = f"http://127.0.0.1:{INNER_PROXY_PORT}"
-            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
-                env[name] = url
-            env["CAPGATE_PROXY"] = f"127.0.0.1:{INNER_PROXY_PORT}"
-            audit.event("proxy.started", address=f"unix:{sock} -> 127.0.0.1:{INNER_PROXY_PORT} in the container")
-            run_binds.append((sock, False))
-            if confine is not None:
-                confine = confine.with_connect_ports((INNER_PROXY_PORT,))
-        inner.append("-" if confine is None else confine.encode())
-        inner += ["--audit", fifo]
-        if proxy is not None:
-            inner += ["--forward", str(INNER_PROXY_PORT), os.path.join(run_dir, "proxy.sock")]
-        inner += ["--", *request.argv]
-        name = f"capgate-{os.urandom(6).hex()}"  # (not uuid: its import alone is ~5 ms of start-up)
-        env_file = os.path.join(run_dir, "container.env")
+        proxies: list[Any] = []  # (the egress proxy, once started: stopped whatever fails after)
         try:
-            mounts = container_mounts(view, run_binds=run_binds, tmpfs=("/tmp", request.home, request.tmpdir),
-                                      volumes=((CACHE_VOLUME, os.path.join(request.home, ".cache")),))
-            _write_env_file(env_file, env)
-            limits = policy.limits
-            from capgate._sys.rlimits import user_process_count
-
-            spec = ContainerSpec(
-                runtime=runtime,  # type: ignore[arg-type]
-                executable=exe, image=image, name=name, mounts=mounts, env_file=env_file,
-                workdir=policy.workspace, user=f"{os.getuid()}:{os.getgid()}", limits=limits,
-                # RLIMIT_NPROC counts the uid's processes on the whole host: the pids limit binds
-                nproc=user_process_count() + limits.max_processes + 16,
-                command=tuple(inner), rootless=runtime == "podman" and os.geteuid() != 0,
-                oci_runtime=_runc() if runtime == "podman" else None,
-                labels=(("capgate.run", os.path.basename(run_dir)),), interactive=_stdin_wanted(),
-            )
-            argv = container_argv(spec)
-        except UnmountablePath as exc:
-            if proxy is not None:
-                proxy.stop()
-            raise BackendUnavailable(str(exc)) from None
-        audit.event("container.view", runtime=runtime, image=image, container=name, mounts=len(mounts),
-                    hidden=len(found.hidden_files) + len(found.hidden_dirs), readonly=len(found.readonly),
-                    scanned=found.entries, reasons=_count_reasons(found))
-        read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        keep_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)  # EOF only once we let go, after the container
-        os.set_blocking(read_fd, True)
-        reader = self._reader = ChildReportReader(read_fd, audit)
-        reader.start()
-        start_import = getattr(audit, "start_import", None)
-        if start_import is not None:
-            start_import()
-        runner = _ContainerRun(exe, name, argv, dict(request.environ), float(limits.wall_time_seconds))
-        try:
-            returncode, timed_out, duration = runner.run()
+            argv, name, mounts = self._argv(request, audit, view, env, fifo, runtime, exe, image, proxies)
+            audit.event("container.view", runtime=runtime, image=image, container=name, mounts=len(mounts),
+                        hidden=len(found.hidden_files) + len(found.hidden_dirs), readonly=len(found.readonly),
+                        scanned=found.entries, reasons=_count_reasons(found))
+            read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            keep_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)  # EOF only once we let go, after the container
+            os.set_blocking(read_fd, True)
+            reader = self._reader = ChildReportReader(read_fd, audit)
+            reader.start()
+            start_import = getattr(audit, "start_import", None)
+            if start_import is not None:
+                start_import()
+            runner = _ContainerRun(exe, name, argv, dict(request.environ), float(policy.limits.wall_time_seconds))
+            try:
+                returncode, timed_out, duration = runner.run()
+            finally:
+                os.close(keep_fd)
+                reader.join(timeout=5.0)
         finally:
-            os.close(keep_fd)
-            reader.join(timeout=5.0)
-            if proxy is not None:
+            for proxy in proxies:
                 proxy.stop()
         started = getattr(reader, "container_started", False)
         if not started and not timed_out:
@@ -239,6 +205,57 @@ class ContainerBackend:
         return LaunchResult(returncode=returncode, timed_out=timed_out, duration=duration,
                             limits_fired=exit_limits(returncode, timed_out), child_activated=reader.activated,
                             native_execs=reader.native_execs)
+
+    def _argv(self, request: LaunchRequest, audit: AuditLog, view: View, env: dict[str, str], fifo: str,
+              runtime: str, exe: str, image: str, proxy_holder: list[Any]) -> tuple[list[str], str, tuple[Mount, ...]]:
+        """The runtime's command line (and, network on, the egress proxy started, handed back
+        in ``proxy_holder`` at once so the caller stops it whatever fails after)."""
+        from capgate._sys.rlimits import user_process_count
+        from capgate.backends.soft import _start_proxy
+
+        policy = request.policy
+        run_dir = request.run_dir
+        inner = [f"{IMAGE_ROOT}/bin/python", "-I", "-S", f"{IMAGE_ROOT}/shim/entrypoint.py"]
+        confine = request.confine
+        run_binds = [(request.policy_file, False), (fifo, False)]
+        sock = os.path.join(run_dir, "proxy.sock")
+        if policy.network.enabled:
+            proxy_holder.append(_start_proxy(policy, audit, unix_path=sock))
+            url = f"http://127.0.0.1:{INNER_PROXY_PORT}"
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+                env[name] = url
+            env["CAPGATE_PROXY"] = f"127.0.0.1:{INNER_PROXY_PORT}"
+            audit.event("proxy.started", address=f"unix:{sock} -> 127.0.0.1:{INNER_PROXY_PORT} in the container")
+            run_binds.append((sock, False))
+            if confine is not None:
+                confine = confine.with_connect_ports((INNER_PROXY_PORT,))
+        inner += ["-" if confine is None else confine.encode(), "--audit", fifo]
+        if policy.network.enabled:
+            inner += ["--forward", str(INNER_PROXY_PORT), sock]
+        inner += ["--", *request.argv]
+        name = f"capgate-{os.urandom(6).hex()}"  # (not uuid: its import alone is ~5 ms of start-up)
+        env_file = os.path.join(run_dir, "container.env")
+        try:
+            mounts = container_mounts(view, run_binds=run_binds, tmpfs=("/tmp", request.home, request.tmpdir),
+                                      volumes=((CACHE_VOLUME, os.path.join(request.home, ".cache")),))
+        except UnmountablePath as exc:
+            raise BackendUnavailable(str(exc)) from None
+        _write_env_file(env_file, env)
+        limits = policy.limits
+        spec = ContainerSpec(
+            runtime=runtime,  # type: ignore[arg-type]
+            executable=exe, image=image, name=name, mounts=mounts, env_file=env_file,
+            workdir=policy.workspace, user=f"{os.getuid()}:{os.getgid()}", limits=limits,
+            # RLIMIT_NPROC counts the uid's processes on the whole host: the pids limit binds
+            nproc=user_process_count() + limits.max_processes + 16,
+            command=tuple(inner), rootless=runtime == "podman" and os.geteuid() != 0,
+            oci_runtime=_runc() if runtime == "podman" else None,
+            labels=(("capgate.run", os.path.basename(run_dir)),), interactive=_stdin_wanted(),
+        )
+        try:
+            return container_argv(spec), name, mounts
+        except UnmountablePath as exc:
+            raise BackendUnavailable(str(exc)) from None
 
     def _environment(self, request: LaunchRequest) -> dict[str, str]:
         """The child's whole environment: the clean one (``build_child_env``), the image's

@@ -26,7 +26,7 @@ def test_auto_asks_no_runtime_where_no_image_was_built(state: Path, monkeypatch:
     asked: list[object] = []
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: asked.append(a))
     ok, why = container.ContainerBackend(auto=True).available()
-    assert not ok and "no image built for this capgate" in why and "capgate image build" in why
+    assert not ok and why == "no container image built for this capgate (`capgate image build`)"
     assert asked == []
 
 
