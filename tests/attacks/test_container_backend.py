@@ -337,3 +337,35 @@ def test_auto_picks_the_container_when_its_image_is_ready(world: dict[str, objec
                          "--workspace", str(ws), "--dry-run-policy", "--", "true"], home=home,
                         cwd=Path(str(world["tmp"])))
     assert other.returncode == 0 and "backend: container" not in other.stderr
+
+
+def test_a_stopped_launcher_leaves_no_container_running(world: dict[str, object]) -> None:
+    """SIGTERM to the launcher (``timeout``, CI cancellation) kills the container by name: the
+    runtime's client alone going away would leave it running under Docker."""
+    import signal
+
+    ws, home, tmp = Path(str(world["ws"])), Path(str(world["home"])), Path(str(world["tmp"]))
+    (ws / "sleep.py").write_text("import time\nprint('ready', flush=True)\ntime.sleep(120)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPGATE_", "AGENT_IN_SANDBOX", "SOFT_SANDBOX"))}
+    env.pop("XDG_STATE_HOME", None)
+    env["HOME"] = str(home)
+    proc = subprocess.Popen([sys.executable, "-m", "capgate", "run", "--backend", "container", "--runtime",
+                             str(world["runtime"]), "--image", str(world["image"]), "--workspace", str(ws), "--",
+                             "python3", str(ws / "sleep.py")], cwd=tmp, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        exe = require_runtime(str(world["runtime"]))
+        ours = [n for n in leftovers(exe)[0] if n.startswith("capgate-")]
+        assert ours, "the run's container was not running"  # (the control: it was there)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert time.monotonic() - started < 30
+    assert "stopped by SIGTERM" in err
+    assert not set(ours) & set(leftovers(exe)[0])
