@@ -7,8 +7,10 @@ inside the container as outside):
 * this host's Python installation (the interpreter ``capgate`` runs under, resolved through a
   virtual environment to the real one): the binary, ``libpython``, the standard library
   without its test suites, IDLE, tkinter and ensurepip;
-* capgate (with ``capgate.wrappers``) and the distributions it requires, installed into that
-  Python's ``site-packages``: a plain ``python3`` in the image can ``import capgate``;
+* capgate (with ``capgate.wrappers``) and the distributions it requires, in
+  ``/opt/capgate/site`` (on the ``PYTHONPATH`` every capgate run sets, after the boot
+  directory): the same place whatever the interpreter's own layout (Debian's Python has no
+  ``lib/python3.N/site-packages`` on its path);
 * a handful of ordinary programs (``sh``, ``true``, ``cat``, ``ls``...) so that shells and
   tools exist to be refused by the policy, not merely missing;
 * every shared library those need (from ``ldd``), the dynamic loader, and the root symlinks
@@ -40,9 +42,10 @@ if TYPE_CHECKING:
 # (importlib.metadata, tarfile, subprocess and json load only when an image is built: the
 # launcher imports this module for ``image_key`` on every container run)
 
-__all__ = ["IMAGE_PREFIX", "TOOLS", "base_python", "image_key", "write_rootfs"]
+__all__ = ["IMAGE_PREFIX", "IMAGE_SITE", "TOOLS", "base_python", "image_key", "write_rootfs"]
 
 IMAGE_PREFIX = "/opt/capgate"
+IMAGE_SITE = f"{IMAGE_PREFIX}/site"  # capgate and its dependencies
 # Programs put in the image from this host (when present): enough for scripts, and a shell
 # for the policy to refuse.
 TOOLS = ("sh", "dash", "bash", "true", "false", "cat", "ls", "env", "echo", "sleep", "id", "mkdir", "rm", "touch",
@@ -71,7 +74,7 @@ def _capgate_dirs() -> list[tuple[str, str]]:
     """(host directory, path in the image) for capgate and capgate.wrappers."""
     import capgate
 
-    site = os.path.join(sys.base_prefix, "lib", f"python{_version()}", "site-packages")
+    site = IMAGE_SITE
     pkg = os.path.dirname(os.path.realpath(capgate.__file__))
     out = [(pkg, os.path.join(site, "capgate"))]
     import importlib.util
@@ -99,7 +102,7 @@ def _dependency_files() -> list[tuple[str, str]]:
     """(host file, path in the image) for every installed distribution capgate needs."""
     import importlib.metadata
 
-    site = os.path.join(sys.base_prefix, "lib", f"python{_version()}", "site-packages")
+    site = IMAGE_SITE
     seen: set[str] = set()
     todo = _requirement_names(importlib.metadata.distribution("capgate"))
     out: list[tuple[str, str]] = []
@@ -282,7 +285,7 @@ def write_rootfs(fileobj: IO[bytes], *, key: str) -> dict[str, str]:
         tar.symlink(f"/usr/local/bin/{alias}", python)
     tar.symlink(f"{IMAGE_PREFIX}/bin/python", python)
     tar.tree(stdlib, stdlib, skip=_STDLIB_SKIP)
-    site = os.path.join(prefix, "lib", f"python{version}", "site-packages")
+    site = IMAGE_SITE
     for source, target in _capgate_dirs():
         tar.tree(source, target, skip=("tests",))
     for source, target in _dependency_files():

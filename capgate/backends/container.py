@@ -217,7 +217,11 @@ class ContainerBackend:
         run_dir = request.run_dir
         inner = [f"{IMAGE_ROOT}/bin/python", "-I", "-S", f"{IMAGE_ROOT}/shim/entrypoint.py"]
         confine = request.confine
-        run_binds = [(request.policy_file, False), (fifo, False)]
+        # The run directory whole, read-only (the effective policy, the audit FIFO, the proxy
+        # socket): the gate inside checks that the policy file and its directory are this
+        # user's, which a mount point the runtime made would not be. Its HOME and TMPDIR are
+        # private tmpfs on top.
+        run_binds = [(run_dir, False)]
         sock = os.path.join(run_dir, "proxy.sock")
         if policy.network.enabled:
             proxy_holder.append(_start_proxy(policy, audit, unix_path=sock))
@@ -226,7 +230,6 @@ class ContainerBackend:
                 env[name] = url
             env["CAPGATE_PROXY"] = f"127.0.0.1:{INNER_PROXY_PORT}"
             audit.event("proxy.started", address=f"unix:{sock} -> 127.0.0.1:{INNER_PROXY_PORT} in the container")
-            run_binds.append((sock, False))
             if confine is not None:
                 confine = confine.with_connect_ports((INNER_PROXY_PORT,))
         inner += ["-" if confine is None else confine.encode(), "--audit", fifo]
@@ -242,13 +245,20 @@ class ContainerBackend:
             raise BackendUnavailable(str(exc)) from None
         _write_env_file(env_file, env)
         limits = policy.limits
+        rootless = runtime == "podman" and os.geteuid() != 0
+        if rootless:
+            # Rootless podman cannot always apply the memory and pids cgroups (on cgroup v1 it
+            # ignores --memory and --pids-limit with a warning): the shim also sets
+            # RLIMIT_AS = memoryMb, as the soft backend does; RLIMIT_NPROC bounds the processes.
+            split = inner.index("--")
+            inner[split:split] = ["--rlimit-as", str(limits.memory_mb * 1024 * 1024)]
         spec = ContainerSpec(
             runtime=runtime,  # type: ignore[arg-type]
             executable=exe, image=image, name=name, mounts=mounts, env_file=env_file,
             workdir=policy.workspace, user=f"{os.getuid()}:{os.getgid()}", limits=limits,
             # RLIMIT_NPROC counts the uid's processes on the whole host: the pids limit binds
             nproc=user_process_count() + limits.max_processes + 16,
-            command=tuple(inner), rootless=runtime == "podman" and os.geteuid() != 0,
+            command=tuple(inner), rootless=rootless,
             oci_runtime=_runc() if runtime == "podman" else None,
             labels=(("capgate.run", os.path.basename(run_dir)),), interactive=_stdin_wanted(),
         )
@@ -268,7 +278,7 @@ class ContainerBackend:
         env = build_child_env(request.policy, home=request.home, tmpdir=request.tmpdir, extra=extra,
                               base_env=request.environ, cwd=request.policy.workspace, path_dirs=(IMAGE_PATH,))
         env["PATH"] = IMAGE_PATH
-        env["PYTHONPATH"] = f"{IMAGE_ROOT}/boot"
+        env["PYTHONPATH"] = f"{IMAGE_ROOT}/boot:{IMAGE_ROOT}/site"  # (the gate's boot stub, then capgate itself)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PYTHONNOUSERSITE"] = "1"
         env.update(GIT_ENV)
