@@ -524,7 +524,9 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
     except UsageError as exc:
         say(f"usage error: {exc}")
         return EXIT_USAGE
-    prestarted = bool(options.command) and not options.dry_run_policy and sys.platform.startswith("linux")
+    # (not for --backend container: the runtime starts the tree, a spawner would only cost CPU)
+    prestarted = (bool(options.command) and not options.dry_run_policy and sys.platform.startswith("linux")
+                  and options.backend != "container")
     with _StopOnSignals() as stop:
         run_dir: _RunDir | None = None
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 
 from capgate.errors import BackendUnavailable
 
@@ -88,6 +87,8 @@ def build_image(runtime: str = "podman", *, tag: str | None = None) -> str:
         raise ValueError(f"unknown container runtime {runtime!r} (podman or docker)")
     key = image_key()
     name = tag or f"{IMAGE_REPOSITORY}:k{key}"
+    import tempfile
+
     argv = [*runtime_command(runtime), "import", "--change", "WORKDIR /", "-", name]
     with tempfile.TemporaryFile() as output:  # (a file, not a pipe: the import cannot block on it)
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=output)

@@ -2,7 +2,8 @@
 
 The runtime has built the container's view (the launcher's mounts of the policy) and runs
 this as the container's entrypoint, from the image's ``/opt/capgate/shim`` (run as
-``python -I -S entrypoint.py PLAN [--audit FIFO] [--forward PORT SOCKET] -- COMMAND...``;
+``python -I -S entrypoint.py PLAN [--audit FIFO] [--forward PORT SOCKET] [--rlimit-as BYTES]
+-- COMMAND...``;
 standard library and the sibling ``landlock`` and ``forwarder`` modules only, ~10 ms):
 
 1. ``--audit FIFO``: opens the launcher's audit FIFO (bind-mounted from the run directory)
@@ -14,7 +15,8 @@ standard library and the sibling ``landlock`` and ``forwarder`` modules only, ~1
 3. Resolves the command on the container's ``PATH`` (the image's programs, not the host's)
    and, when the Landlock ``PLAN`` restricts execution (``allowShell: false``), adds exactly
    that program and its loader or ``#!`` interpreter to it; applies the plan.
-4. Sets ``AGENT_IN_SANDBOX=1`` (a launcher inside refuses to nest) and reports
+4. ``--rlimit-as BYTES``: sets ``RLIMIT_AS`` (rootless podman, where the memory cgroup may
+   not apply). Then sets ``AGENT_IN_SANDBOX=1`` (a launcher inside refuses to nest) and reports
    ``container.started`` on the audit FIFO, then ``execve``s the command; a Python command
    gets the gate through the image's boot directory (``PYTHONPATH``, set by the launcher).
 
@@ -45,27 +47,29 @@ def _resolve(name: str, path: str) -> str:
     raise AssertionError  # (unreachable)
 
 
-def _parse(argv: list[str]) -> tuple[str, str | None, tuple[int, str] | None, list[str]]:
+def _parse(argv: list[str]) -> tuple[str, str | None, tuple[int, str] | None, int | None, list[str]]:
     if "--" not in argv or len(argv) < 3:
-        _die("usage: entrypoint.py PLAN [--audit FIFO] [--forward PORT SOCKET] -- COMMAND...")
+        _die("usage: entrypoint.py PLAN [--audit FIFO] [--forward PORT SOCKET] [--rlimit-as BYTES] -- COMMAND...")
     split = argv.index("--")
     head, command = argv[1:split], argv[split + 1 :]
     if not command:
         _die("no command")
-    plan, audit, forward = head[0], None, None
+    plan, audit, forward, address_space = head[0], None, None, None
     rest = head[1:]
     while rest:
         if rest[0] == "--audit" and len(rest) >= 2:
             audit, rest = rest[1], rest[2:]
+        elif rest[0] == "--rlimit-as" and len(rest) >= 2 and rest[1].isdigit():
+            address_space, rest = int(rest[1]), rest[2:]
         elif rest[0] == "--forward" and len(rest) >= 3 and rest[1].isdigit():
             forward, rest = (int(rest[1]), rest[2]), rest[3:]
         else:
             _die(f"unexpected arguments {rest!r}")
-    return plan, audit, forward, command
+    return plan, audit, forward, address_space, command
 
 
 def main(argv: list[str]) -> None:
-    plan_text, audit, forward, command = _parse(argv)
+    plan_text, audit, forward, address_space, command = _parse(argv)
     env = dict(os.environ)
     env["AGENT_IN_SANDBOX"] = "1"
     fd = -1
@@ -86,6 +90,13 @@ def main(argv: list[str]) -> None:
         except OSError as exc:
             _die(f"cannot start the egress forwarder: {exc.strerror or exc}")
     program = _resolve(command[0], env.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
+    if address_space is not None:
+        import resource
+
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        except (OSError, ValueError) as exc:
+            _die(f"cannot set the memory limit: {exc}")
     if plan_text != "-":
         import landlock  # type: ignore[import-not-found]  # the sibling stdlib-only module
 

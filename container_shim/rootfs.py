@@ -7,8 +7,10 @@ inside the container as outside):
 * this host's Python installation (the interpreter ``capgate`` runs under, resolved through a
   virtual environment to the real one): the binary, ``libpython``, the standard library
   without its test suites, IDLE, tkinter and ensurepip;
-* capgate (with ``capgate.wrappers``) and the distributions it requires, installed into that
-  Python's ``site-packages``: a plain ``python3`` in the image can ``import capgate``;
+* capgate (with ``capgate.wrappers``) and the distributions it requires, in
+  ``/opt/capgate/site`` (on the ``PYTHONPATH`` every capgate run sets, after the boot
+  directory): the same place whatever the interpreter's own layout (Debian's Python has no
+  ``lib/python3.N/site-packages`` on its path);
 * a handful of ordinary programs (``sh``, ``true``, ``cat``, ``ls``...) so that shells and
   tools exist to be refused by the policy, not merely missing;
 * every shared library those need (from ``ldd``), the dynamic loader, and the root symlinks
@@ -26,20 +28,24 @@ image to start from), and copying the files already on disk takes a few seconds 
 
 from __future__ import annotations
 
-import importlib.metadata
-import io
-import json
+import functools
 import os
 import re
-import subprocess
 import sys
-import tarfile
 from collections.abc import Iterable
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-__all__ = ["IMAGE_PREFIX", "TOOLS", "base_python", "image_key", "write_rootfs"]
+if TYPE_CHECKING:
+    import importlib.metadata
+    import tarfile
+
+# (importlib.metadata, tarfile, subprocess and json load only when an image is built: the
+# launcher imports this module for ``image_key`` on every container run)
+
+__all__ = ["IMAGE_PREFIX", "IMAGE_SITE", "TOOLS", "base_python", "image_key", "write_rootfs"]
 
 IMAGE_PREFIX = "/opt/capgate"
+IMAGE_SITE = f"{IMAGE_PREFIX}/site"  # capgate and its dependencies
 # Programs put in the image from this host (when present): enough for scripts, and a shell
 # for the policy to refuse.
 TOOLS = ("sh", "dash", "bash", "true", "false", "cat", "ls", "env", "echo", "sleep", "id", "mkdir", "rm", "touch",
@@ -68,7 +74,7 @@ def _capgate_dirs() -> list[tuple[str, str]]:
     """(host directory, path in the image) for capgate and capgate.wrappers."""
     import capgate
 
-    site = os.path.join(sys.base_prefix, "lib", f"python{_version()}", "site-packages")
+    site = IMAGE_SITE
     pkg = os.path.dirname(os.path.realpath(capgate.__file__))
     out = [(pkg, os.path.join(site, "capgate"))]
     import importlib.util
@@ -94,7 +100,9 @@ def _requirement_names(dist: importlib.metadata.Distribution) -> list[str]:
 
 def _dependency_files() -> list[tuple[str, str]]:
     """(host file, path in the image) for every installed distribution capgate needs."""
-    site = os.path.join(sys.base_prefix, "lib", f"python{_version()}", "site-packages")
+    import importlib.metadata
+
+    site = IMAGE_SITE
     seen: set[str] = set()
     todo = _requirement_names(importlib.metadata.distribution("capgate"))
     out: list[tuple[str, str]] = []
@@ -120,6 +128,7 @@ def _dependency_files() -> list[tuple[str, str]]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def image_key() -> str:
     """What the image depends on: this Python, capgate's files (names, sizes, times) and the
     shim. A different key means the image is stale: ``capgate image build`` again."""
@@ -143,11 +152,15 @@ class _Tar:
     """A tar being written: each path once, parent directories first."""
 
     def __init__(self, fileobj: IO[bytes]) -> None:
+        import tarfile
+
         self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.GNU_FORMAT)
         self.done: set[str] = {"/"}
         self.shared: list[str] = []  # host files of the shared objects written (for ldd)
 
     def _info(self, name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+        import tarfile
+
         info = tarfile.TarInfo(name.lstrip("/"))
         info.type, info.mode, info.uid, info.gid, info.mtime = kind, mode, 0, 0, 0
         return info
@@ -157,14 +170,14 @@ class _Tar:
             return
         self.directory(os.path.dirname(path))
         self.done.add(path)
-        self.tar.addfile(self._info(path, tarfile.DIRTYPE, mode))
+        self.tar.addfile(self._info(path, b"5", mode))  # (tarfile.DIRTYPE)
 
     def symlink(self, path: str, target: str) -> None:
         if path in self.done:
             return
         self.directory(os.path.dirname(path))
         self.done.add(path)
-        info = self._info(path, tarfile.SYMTYPE, 0o777)
+        info = self._info(path, b"2", 0o777)  # (tarfile.SYMTYPE)
         info.linkname = target
         self.tar.addfile(info)
 
@@ -173,7 +186,9 @@ class _Tar:
             return
         self.directory(os.path.dirname(path))
         self.done.add(path)
-        info = self._info(path, tarfile.REGTYPE, mode)
+        import io
+
+        info = self._info(path, b"0", mode)  # (tarfile.REGTYPE)
         info.size = len(data)
         self.tar.addfile(info, io.BytesIO(data))
 
@@ -187,7 +202,7 @@ class _Tar:
         self.done.add(path)
         if ".so" in os.path.basename(source):
             self.shared.append(source)
-        info = self._info(path, tarfile.REGTYPE, st.st_mode & 0o755)
+        info = self._info(path, b"0", st.st_mode & 0o755)  # (tarfile.REGTYPE)
         info.size = st.st_size
         with open(source, "rb") as fh:
             self.tar.addfile(info, fh)
@@ -227,6 +242,8 @@ class _Tar:
 
 def _libraries(files: Iterable[str]) -> list[str]:
     """The shared libraries (and loader) the ELF ``files`` load, by ``ldd``."""
+    import subprocess
+
     candidates = [f for f in files if os.path.isfile(f)]
     found: list[str] = []
     for start in range(0, len(candidates), 200):
@@ -242,6 +259,7 @@ def _libraries(files: Iterable[str]) -> list[str]:
 def write_rootfs(fileobj: IO[bytes], *, key: str) -> dict[str, str]:
     """Write the image's root file system as a tar stream to ``fileobj``; returns the facts
     recorded in ``/opt/capgate/image.json``."""
+    import json
     import shutil
 
     from capgate._soft_boot import SITECUSTOMIZE
@@ -267,7 +285,7 @@ def write_rootfs(fileobj: IO[bytes], *, key: str) -> dict[str, str]:
         tar.symlink(f"/usr/local/bin/{alias}", python)
     tar.symlink(f"{IMAGE_PREFIX}/bin/python", python)
     tar.tree(stdlib, stdlib, skip=_STDLIB_SKIP)
-    site = os.path.join(prefix, "lib", f"python{version}", "site-packages")
+    site = IMAGE_SITE
     for source, target in _capgate_dirs():
         tar.tree(source, target, skip=("tests",))
     for source, target in _dependency_files():

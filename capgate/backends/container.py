@@ -27,15 +27,15 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from capgate.backends.base import LaunchRequest, LaunchResult
-from capgate.backends.container_argv import ContainerSpec, UnmountablePath, container_argv, container_mounts
+from capgate.backends.container_argv import ContainerSpec, Mount, UnmountablePath, container_argv, container_mounts
 from capgate.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from capgate.audit import AuditLog
+    from capgate.backends.namespace_view import View
     from capgate.backends.soft import ChildReportReader
 
 __all__ = ["CACHE_VOLUME", "IMAGE_ROOT", "INNER_PROXY_PORT", "ContainerBackend", "exit_limits"]
@@ -51,18 +51,21 @@ _available_cache: dict[tuple[str | None, str | None, bool], tuple[bool, str, str
 def exit_limits(returncode: int, timed_out: bool) -> tuple[str, ...]:
     """Which limit a container's exit status points at (the container is gone by then, so
     this is read from the signal that ended it): SIGXCPU is ``cpuSeconds``, SIGXFSZ
-    ``maxFileSizeMb``; SIGKILL outside the wall time is the memory limit's OOM kill."""
+    ``maxFileSizeMb``; SIGKILL outside the wall time is most likely the memory limit's OOM
+    kill (nothing else in the container sends it; the runtime's own record is gone with
+    ``--rm``)."""
     if timed_out:
         return ("wall_time",)
     return {128 + 24: ("cpuSeconds",), 128 + 25: ("maxFileSizeMb",),
-            128 + 9: ("memoryMb (killed: out of memory)",)}.get(returncode, ())
+            128 + 9: ("memoryMb (SIGKILL in the container: most likely the memory limit)",)}.get(returncode, ())
 
 
 def _probe(runtime: str | None, image: str | None, auto: bool) -> tuple[bool, str, str, str, str]:
     """(ok, why not, runtime, its client binary, image): the first runtime that answers and
     holds the image. One ``image inspect`` per runtime proves both (~50-100 ms); for
     ``auto`` without ``--image``, only a runtime ``capgate image build`` made this
-    capgate's image with is asked at all."""
+    capgate's image with is asked at all; ``--backend container --runtime R`` with that
+    image trusts the record and lets the run be the check."""
     build = _shim_build()
     default_image, find_runtime = build.default_image, build.find_runtime
     wanted = default_image() if image is None else image
@@ -72,10 +75,16 @@ def _probe(runtime: str | None, image: str | None, auto: bool) -> tuple[bool, st
         if exe is None:
             reasons.append(f"{name} is not installed")
             continue
-        if auto and image is None and build.built_image(name) is None:
+        built = build.built_image(name) if image is None else None
+        if auto and image is None and built is None:
             hint = "capgate image build" + (f" --runtime {name}" if name != "podman" else "")
             reasons.append(f"{name}: no image built for this capgate (`{hint}`)")
             continue
+        if not auto and built is not None:
+            # Asked for by name, and `capgate image build` made this capgate's image here: the
+            # run itself is the check (~70 ms saved; an image removed since makes the run stop
+            # with 125 and the runtime's message, never run anything weaker).
+            return True, "", name, exe, wanted
         try:
             done = subprocess.run([exe, "image", "inspect", "--format", "{{.Id}}", wanted], capture_output=True,
                                   timeout=20, stdin=subprocess.DEVNULL)
@@ -91,6 +100,9 @@ def _probe(runtime: str | None, image: str | None, auto: bool) -> tuple[bool, st
             reasons.append(f"{name}: the image {wanted} is not there ({hint})")
         else:
             reasons.append(f"{name} did not answer ({text})")
+    if auto and image is None and all("no image built" in r or "not installed" in r for r in reasons):
+        # (the usual case on a machine that never built one: one short reason, not one a runtime)
+        return False, "no container image built for this capgate (`capgate image build`)", "", "", wanted
     return False, "; ".join(reasons), "", "", wanted
 
 
@@ -135,7 +147,7 @@ class ContainerBackend:
         _ok, _why, runtime, exe, image = self._found
         from capgate.backends.namespace import _count_reasons, _empties
         from capgate.backends.namespace_view import View, created_denials, scan
-        from capgate.backends.soft import ChildReportReader, _check_launched_git, _reported_write_roots, _start_proxy
+        from capgate.backends.soft import ChildReportReader, _check_launched_git, _reported_write_roots
         from capgate.gate import Gate
 
         policy = request.policy
@@ -155,68 +167,28 @@ class ContainerBackend:
         _check_launched_git(request.argv, policy.workspace, {**env, "PATH": IMAGE_PATH}, audit)
         fifo = os.path.join(run_dir, "audit.fifo")
         os.mkfifo(fifo, 0o600)
-        inner = [f"{IMAGE_ROOT}/bin/python", "-I", "-S", f"{IMAGE_ROOT}/shim/entrypoint.py"]
-        confine = request.confine
-        run_binds = [(request.policy_file, False), (fifo, False)]
-        proxy = None
-        if policy.network.enabled:
-            sock = os.path.join(run_dir, "proxy.sock")
-            proxy = _start_proxy(policy, audit, unix_path=sock)
-            url = f"http://127.0.0.1:{INNER_PROXY_PORT}"
-            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
-                env[name] = url
-            env["CAPGATE_PROXY"] = f"127.0.0.1:{INNER_PROXY_PORT}"
-            audit.event("proxy.started", address=f"unix:{sock} -> 127.0.0.1:{INNER_PROXY_PORT} in the container")
-            run_binds.append((sock, False))
-            if confine is not None:
-                confine = confine.with_connect_ports((INNER_PROXY_PORT,))
-        inner.append("-" if confine is None else confine.encode())
-        inner += ["--audit", fifo]
-        if proxy is not None:
-            inner += ["--forward", str(INNER_PROXY_PORT), os.path.join(run_dir, "proxy.sock")]
-        inner += ["--", *request.argv]
-        name = f"capgate-{uuid.uuid4().hex[:12]}"
-        env_file = os.path.join(run_dir, "container.env")
+        proxies: list[Any] = []  # (the egress proxy, once started: stopped whatever fails after)
         try:
-            mounts = container_mounts(view, run_binds=run_binds, tmpfs=("/tmp", request.home, request.tmpdir),
-                                      volumes=((CACHE_VOLUME, os.path.join(request.home, ".cache")),))
-            _write_env_file(env_file, env)
-            limits = policy.limits
-            from capgate._sys.rlimits import user_process_count
-
-            spec = ContainerSpec(
-                runtime=runtime,  # type: ignore[arg-type]
-                executable=exe, image=image, name=name, mounts=mounts, env_file=env_file,
-                workdir=policy.workspace, user=f"{os.getuid()}:{os.getgid()}", limits=limits,
-                # RLIMIT_NPROC counts the uid's processes on the whole host: the pids limit binds
-                nproc=user_process_count() + limits.max_processes + 16,
-                command=tuple(inner), rootless=runtime == "podman" and os.geteuid() != 0,
-                oci_runtime=_runc() if runtime == "podman" else None,
-                labels=(("capgate.run", os.path.basename(run_dir)),),
-            )
-            argv = container_argv(spec)
-        except UnmountablePath as exc:
-            if proxy is not None:
-                proxy.stop()
-            raise BackendUnavailable(str(exc)) from None
-        audit.event("container.view", runtime=runtime, image=image, container=name, mounts=len(mounts),
-                    hidden=len(found.hidden_files) + len(found.hidden_dirs), readonly=len(found.readonly),
-                    scanned=found.entries, reasons=_count_reasons(found))
-        read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        keep_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)  # EOF only once we let go, after the container
-        os.set_blocking(read_fd, True)
-        reader = self._reader = ChildReportReader(read_fd, audit)
-        reader.start()
-        start_import = getattr(audit, "start_import", None)
-        if start_import is not None:
-            start_import()
-        runner = _ContainerRun(exe, name, argv, dict(request.environ), float(limits.wall_time_seconds))
-        try:
-            returncode, timed_out, duration = runner.run()
+            argv, name, mounts = self._argv(request, audit, view, env, fifo, runtime, exe, image, proxies)
+            audit.event("container.view", runtime=runtime, image=image, container=name, mounts=len(mounts),
+                        hidden=len(found.hidden_files) + len(found.hidden_dirs), readonly=len(found.readonly),
+                        scanned=found.entries, reasons=_count_reasons(found))
+            read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            keep_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)  # EOF only once we let go, after the container
+            os.set_blocking(read_fd, True)
+            reader = self._reader = ChildReportReader(read_fd, audit)
+            reader.start()
+            start_import = getattr(audit, "start_import", None)
+            if start_import is not None:
+                start_import()
+            runner = _ContainerRun(exe, name, argv, dict(request.environ), float(policy.limits.wall_time_seconds))
+            try:
+                returncode, timed_out, duration = runner.run()
+            finally:
+                os.close(keep_fd)
+                reader.join(timeout=5.0)
         finally:
-            os.close(keep_fd)
-            reader.join(timeout=5.0)
-            if proxy is not None:
+            for proxy in proxies:
                 proxy.stop()
         started = getattr(reader, "container_started", False)
         if not started and not timed_out:
@@ -234,6 +206,67 @@ class ContainerBackend:
                             limits_fired=exit_limits(returncode, timed_out), child_activated=reader.activated,
                             native_execs=reader.native_execs)
 
+    def _argv(self, request: LaunchRequest, audit: AuditLog, view: View, env: dict[str, str], fifo: str,
+              runtime: str, exe: str, image: str, proxy_holder: list[Any]) -> tuple[list[str], str, tuple[Mount, ...]]:
+        """The runtime's command line (and, network on, the egress proxy started, handed back
+        in ``proxy_holder`` at once so the caller stops it whatever fails after)."""
+        from capgate._sys.rlimits import user_process_count
+        from capgate.backends.soft import _start_proxy
+
+        policy = request.policy
+        run_dir = request.run_dir
+        inner = [f"{IMAGE_ROOT}/bin/python", "-I", "-S", f"{IMAGE_ROOT}/shim/entrypoint.py"]
+        confine = request.confine
+        # The run directory whole, read-only (the effective policy, the audit FIFO, the proxy
+        # socket): the gate inside checks that the policy file and its directory are this
+        # user's, which a mount point the runtime made would not be. Its HOME and TMPDIR are
+        # private tmpfs on top.
+        run_binds = [(run_dir, False)]
+        sock = os.path.join(run_dir, "proxy.sock")
+        if policy.network.enabled:
+            proxy_holder.append(_start_proxy(policy, audit, unix_path=sock))
+            url = f"http://127.0.0.1:{INNER_PROXY_PORT}"
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+                env[name] = url
+            env["CAPGATE_PROXY"] = f"127.0.0.1:{INNER_PROXY_PORT}"
+            audit.event("proxy.started", address=f"unix:{sock} -> 127.0.0.1:{INNER_PROXY_PORT} in the container")
+            if confine is not None:
+                confine = confine.with_connect_ports((INNER_PROXY_PORT,))
+        inner += ["-" if confine is None else confine.encode(), "--audit", fifo]
+        if policy.network.enabled:
+            inner += ["--forward", str(INNER_PROXY_PORT), sock]
+        inner += ["--", *request.argv]
+        name = f"capgate-{os.urandom(6).hex()}"  # (not uuid: its import alone is ~5 ms of start-up)
+        env_file = os.path.join(run_dir, "container.env")
+        try:
+            mounts = container_mounts(view, run_binds=run_binds, tmpfs=("/tmp", request.home, request.tmpdir),
+                                      volumes=((CACHE_VOLUME, os.path.join(request.home, ".cache")),))
+        except UnmountablePath as exc:
+            raise BackendUnavailable(str(exc)) from None
+        _write_env_file(env_file, env)
+        limits = policy.limits
+        rootless = runtime == "podman" and os.geteuid() != 0
+        if rootless:
+            # Rootless podman cannot always apply the memory and pids cgroups (on cgroup v1 it
+            # ignores --memory and --pids-limit with a warning): the shim also sets
+            # RLIMIT_AS = memoryMb, as the soft backend does; RLIMIT_NPROC bounds the processes.
+            split = inner.index("--")
+            inner[split:split] = ["--rlimit-as", str(limits.memory_mb * 1024 * 1024)]
+        spec = ContainerSpec(
+            runtime=runtime,  # type: ignore[arg-type]
+            executable=exe, image=image, name=name, mounts=mounts, env_file=env_file,
+            workdir=policy.workspace, user=f"{os.getuid()}:{os.getgid()}", limits=limits,
+            # RLIMIT_NPROC counts the uid's processes on the whole host: the pids limit binds
+            nproc=user_process_count() + limits.max_processes + 16,
+            command=tuple(inner), rootless=rootless,
+            oci_runtime=_runc() if runtime == "podman" else None,
+            labels=(("capgate.run", os.path.basename(run_dir)),), interactive=_stdin_wanted(),
+        )
+        try:
+            return container_argv(spec), name, mounts
+        except UnmountablePath as exc:
+            raise BackendUnavailable(str(exc)) from None
+
     def _environment(self, request: LaunchRequest) -> dict[str, str]:
         """The child's whole environment: the clean one (``build_child_env``), the image's
         PATH and boot directory, git's overrides, proxy variables empty unless the network
@@ -245,7 +278,7 @@ class ContainerBackend:
         env = build_child_env(request.policy, home=request.home, tmpdir=request.tmpdir, extra=extra,
                               base_env=request.environ, cwd=request.policy.workspace, path_dirs=(IMAGE_PATH,))
         env["PATH"] = IMAGE_PATH
-        env["PYTHONPATH"] = f"{IMAGE_ROOT}/boot"
+        env["PYTHONPATH"] = f"{IMAGE_ROOT}/boot:{IMAGE_ROOT}/site"  # (the gate's boot stub, then capgate itself)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PYTHONNOUSERSITE"] = "1"
         env.update(GIT_ENV)
@@ -253,6 +286,19 @@ class ContainerBackend:
                      "NO_PROXY", "no_proxy"):
             env[name] = ""
         return env
+
+
+def _stdin_wanted() -> bool:
+    """Whether to attach the launcher's stdin (``--interactive``): not when it is closed or
+    ``/dev/null`` (attaching costs the runtime a stream, ~tens of ms, for nothing)."""
+    import stat
+
+    try:
+        st = os.fstat(0)
+        null = os.stat(os.devnull)
+    except OSError:
+        return False
+    return not (stat.S_ISCHR(st.st_mode) and st.st_rdev == null.st_rdev)
 
 
 def _runc() -> str | None:
@@ -288,25 +334,29 @@ class _ContainerRun:
                 pass
 
     def run(self) -> tuple[int, bool, float]:
+        """Start the client and wait for it (a blocking wait: ``Popen.wait(timeout)`` polls,
+        up to 50 ms late); a timer thread kills the container at the wall time."""
         started = time.monotonic()
         proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
-        timed_out = False
+        fired = threading.Event()
+
+        def wall_time() -> None:
+            fired.set()
+            self._kill()
+            if proc.poll() is None:  # (a client that outlives its container: nothing left to wait for)
+                proc.kill()
+
+        timer = threading.Timer(self.wall, wall_time)
+        timer.daemon = True
+        timer.start()
         finished = False
         try:
-            try:
-                rc = proc.wait(timeout=self.wall)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                self._kill()
-                try:
-                    rc = proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    rc = proc.wait()
-            finished = not timed_out
+            rc = proc.wait()
+            finished = True
         finally:
-            if not finished:
-                killer = threading.Thread(target=self._kill)  # (also on RunInterrupted)
+            timer.cancel()
+            if not finished:  # a stopping signal (RunInterrupted) or an error while waiting
+                killer = threading.Thread(target=self._kill)
                 killer.start()
                 if proc.poll() is None:
                     proc.terminate()
@@ -315,6 +365,8 @@ class _ContainerRun:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        timed_out = fired.is_set()
         if timed_out:
+            timer.join(30)  # (the container is gone once _kill returned)
             rc = 128 + 9
         return (rc if rc >= 0 else 128 - rc), timed_out, time.monotonic() - started

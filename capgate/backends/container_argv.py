@@ -15,9 +15,10 @@ runtime, so ``container_mounts`` refuses it (``UnmountablePath``): fail closed, 
 mount at a different place than the one the gate judged.
 
 Order: both runtimes sort mounts by the depth of their destination, so a cover (deeper)
-always lands on top of the root that holds it whatever the list order; the list is still
-written in the namespace backend's order (roots from the outermost in, read-only re-binds,
-then covers) and each destination appears once (the last, most restrictive, wins).
+always lands on top of the root that holds it; the list is built in the namespace backend's
+order (roots from the outermost in, read-only re-binds, then covers), each destination kept
+once (the last, most restrictive, wins), then sorted by depth the same way, so what the
+runtime does is what the list says.
 """
 
 from __future__ import annotations
@@ -117,7 +118,10 @@ def container_mounts(view: View, *, run_binds: Sequence[tuple[str, bool]] = (), 
     out += [Mount(_check(path), _check(view.empty_dir)) for path in view.scan.hidden_dirs]
     out += [Mount(_check(path), _check(view.empty_file)) for path in view.scan.hidden_files]
     last: dict[str, int] = {m.target: i for i, m in enumerate(out)}
-    return tuple(m for i, m in enumerate(out) if last[m.target] == i)
+    unique = [m for i, m in enumerate(out) if last[m.target] == i]
+    # By depth, as both runtimes apply them (stable: at one depth, the order above): a mount
+    # always lands on top of every mount that holds it.
+    return tuple(sorted(unique, key=lambda m: m.target.rstrip("/").count("/")))
 
 
 def container_argv(spec: ContainerSpec) -> list[str]:

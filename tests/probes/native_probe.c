@@ -2,7 +2,8 @@
  * action, "OK <detail>" or "ERR <errno name>", so the test can judge from the host side what a
  * program the audit hooks cannot see managed to do.
  *   native_probe read PATH | write PATH TEXT | append PATH TEXT | create PATH | chmod PATH OCTAL
- *                | unix PATH | tcp PORT | list PATH | ... (several actions in a row)           */
+ *                | unix PATH | tcp PORT | list PATH | exec PATH (run it with no arguments: "exec OK
+ *                <exit status>" or "exec ERR <errno of execve>") | ... (several actions in a row) */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -16,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void err(const char *action) { printf("%s ERR %s\n", action, strerrorname_np(errno)); }
@@ -78,6 +80,26 @@ int main(int argc, char **argv) {
             while (readdir(d)) n++;
             closedir(d);
             printf("list OK %d\n", n);
+        } else if (!strcmp(a, "exec") && i + 1 < argc) {
+            const char *p = argv[++i];
+            int fds[2];
+            if (pipe2(fds, O_CLOEXEC) < 0) { err(a); continue; }
+            pid_t pid = fork();
+            if (pid < 0) { err(a); close(fds[0]); close(fds[1]); continue; }
+            if (pid == 0) {
+                close(fds[0]);
+                execl(p, p, (char *)NULL);
+                int e = errno; /* only reached when execve failed: tell the parent why */
+                if (write(fds[1], &e, sizeof e) < 0) _exit(126);
+                _exit(127);
+            }
+            close(fds[1]);
+            int e = 0, status = 0;
+            ssize_t got = read(fds[0], &e, sizeof e);
+            close(fds[0]);
+            waitpid(pid, &status, 0);
+            if (got == (ssize_t)sizeof e) { errno = e; err(a); continue; }
+            printf("exec OK %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
         } else if (!strcmp(a, "environ") && i + 1 < argc) {
             /* Search every /proc/PID/environ this process can read for a needle. */
             const char *needle = argv[++i];
