@@ -49,7 +49,8 @@ def _backend(name: str) -> str:
 
 
 def run_probe(ws: Path, home: Path, server: Upstream, ca_file: Path, action: str, *args: str, backend: str = "soft",
-              extra: list[str] | None = None, env: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], Any]:
+              extra: list[str] | None = None, env: dict[str, str] | None = None,
+              python: str = PY) -> tuple[list[dict[str, Any]], Any]:
     shutil.copy(PROBE, ws / "probe.py")
     port = server.port
     audit = ws.parent / f"audit-{action}-{backend}.jsonl"
@@ -57,7 +58,7 @@ def run_probe(ws: Path, home: Path, server: Upstream, ca_file: Path, action: str
            "--credential", f"TESTTOKEN@{TEST_HOST}:{port}/Authorization",
            "--resolve", f"{TEST_HOST}:{port}:127.0.0.1", "--resolve", f"{OTHER_HOST}:{port}:127.0.0.1",
            "--allow-net", f"127.0.0.1:{port}", "--allow-net", f"{OTHER_HOST}:{port}",
-           "--upstream-ca", str(ca_file), *(extra or []), "--", PY, "probe.py", action, str(port), *args]
+           "--upstream-ca", str(ca_file), *(extra or []), "--", python, "probe.py", action, str(port), *args]
     done = capgate_run(cmd, home=home, cwd=ws, env_extra={"TESTTOKEN": SECRET, **(env or {})}, timeout=120)
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert SECRET not in done.stdout and SECRET not in done.stderr
@@ -311,3 +312,26 @@ def test_end_run_switch_stops_the_run_on_a_misused_placeholder(ws: Path, home: P
     assert len(lines) <= 1  # (the child was stopped at its first misuse)
     assert any(e.get("op") == "net.credential" for e in done.audit)
     assert done.audit[-1]["event"] == "run.end"
+
+
+@pytest.fixture(scope="module")
+def podman_image() -> Iterator[str]:
+    from _container_helpers import build_test_image
+
+    yield from build_test_image("podman")
+
+
+@pytest.mark.container
+def test_the_container_backend_injects_too_and_the_child_holds_only_the_placeholder(
+        ws: Path, home: Path, tls_upstream: Any, podman_image: str) -> None:
+    """The proxy outside the container inspects the credential's host; the child in the
+    container trusts the run CA (the run directory is bound at the same path) and holds the
+    placeholder. Without the inspection wired in, the child has no placeholder and the
+    upstream sees no credential."""
+    ca, server = tls_upstream
+    lines, done = run_probe(ws, home, server, ca.ca_file, "urllib", backend="container",
+                            extra=["--runtime", "podman", "--image", podman_image], python="python3")
+    assert [line["status"] for line in lines] == [200, 200, 200, 200], done.stderr[-3000:]
+    assert _auth_seen(server) and all(v == f"Bearer {SECRET}" for v in _auth_seen(server))
+    assert all("capgate-placeholder-" in line["body"] and SECRET[:20] not in line["body"] for line in lines[:3])
+    assert any(e.get("event") == "proxy.inspection" for e in done.audit)
