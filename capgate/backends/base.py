@@ -30,6 +30,9 @@ class LaunchRequest:
     python_child: bool
     environ: dict[str, str] = field(default_factory=dict)  # the caller's environment
     confine: Any = None  # a capgate._sys.landlock.Plan for the child tree, or None (no Landlock)
+    # A capgate.staging.store.StagedRun for ``--staged``: the backend mounts an overlay of the
+    # workspace (lower) with its ``upper``/``work`` directories, and writes nothing else there.
+    staging: Any = None
 
 
 @dataclass

@@ -19,6 +19,9 @@ __all__ = ["ContainerBackend"]
 
 class ContainerBackend:
     name = "container"
+    # (To support --staged: mount an overlay of the workspace with the run's upper/work
+    # directories, ``capgate.staging.store.StagedRun``, in place of the workspace bind.)
+    staging_refusal: str | None = "staged writes are not yet supported by the container backend"
 
     def available(self) -> tuple[bool, str]:
         return False, "not built yet"
