@@ -182,7 +182,7 @@ def test_file_changed_in_the_workspace_during_the_run_is_a_conflict(world: dict[
     try:
         _wait_for_staged(home, "src/b.txt")
         (ws / "src" / "a.txt").write_text("the user's edit\n")  # meanwhile, in the real workspace
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
