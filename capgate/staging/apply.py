@@ -119,8 +119,10 @@ def check_changes(changes: Sequence[Change], run: StagedRun, gate: Gate, *, forc
             path = os.path.join(workspace, change.path)
             op = FS_DELETE if change.status == "D" else FS_WRITE
             decision = gate.peek_path(op, path)
-            if log:
+            if log and not decision.allowed:
                 gate.record(op, gate.show(path), decision, source="apply")
+            elif log:
+                gate.audit.count_allowed()  # (the applied paths are logged as one event at the end)
             if not decision.allowed:
                 refusals.append(Refusal(change.path, decision.reason, decision.rule))
                 continue
@@ -268,13 +270,13 @@ def _write_temp(change: Change, dirs: _Dirs) -> _Temp:
         dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
         try:
             remaining = sst.st_size
+            if sst.st_size != change.size:
+                raise OSError(errno.EIO, f"{change.path}: the staged file changed since the change list was made")
             while remaining > 0:
                 copied = os.copy_file_range(src, dst, remaining)
                 if copied == 0:
-                    break
+                    raise OSError(errno.EIO, f"{change.path}: the staged file shrank while it was copied")
                 remaining -= copied
-            if remaining or os.fstat(dst).st_size != change.size:
-                raise OSError(errno.EIO, f"{change.path}: the staged file changed while it was copied")
             os.fchmod(dst, change.mode & 0o777)
         except BaseException:
             os.close(dst)
@@ -315,15 +317,19 @@ def apply_changes(run: StagedRun, gate: Gate, *, force: bool = False,
             new_dirs = [c for c in changes if c.status != "D" and c.kind == "dir"]
             contents = [c for c in changes if c.status != "D" and c.kind != "dir"]
             # 1. every new content, beside its target where that directory exists already
+            # (not beneath a directory the run adds or replaces: those after step 3)
+            made = {c.path for c in new_dirs if c.status == "A"}
             later = []
             for change in contents:
                 current = change.path
+                parent = os.path.dirname(change.path)
+                if parent in made:
+                    later.append(change)
+                    continue
                 try:
                     temps.append(_write_temp(change, dirs))
-                except FileNotFoundError:
-                    later.append(change)  # its directory is one the run made: after step 3
                 except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
                         later.append(change)  # beneath a name the run replaces
                     else:
                         raise
@@ -382,6 +388,8 @@ def apply_changes(run: StagedRun, gate: Gate, *, force: bool = False,
     finally:
         dirs.close()
     result.pending = len(changes) - len(result.applied)
+    gate.audit.event("staging.apply", run=run.run_id, applied=len(result.applied), pending=result.pending,
+                     failed=result.failed[0] if result.failed else None, paths=result.applied[:1000])
     return result
 
 

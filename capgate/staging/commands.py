@@ -140,7 +140,8 @@ def _apply_gate(run: StagedRun, env: Mapping[str, str]) -> tuple[object, str]:
     policy = load_effective_policy(run.policy_file)
     if policy.workspace != run.workspace:
         raise StagingError(f"run {run.run_id}: its policy is for {policy.workspace}, not {run.workspace}")
-    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    home = env.get("HOME") or os.path.expanduser("~")
+    state = env.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
     audit_dir = os.path.join(state, "capgate", "audit")
     os.makedirs(audit_dir, mode=0o700, exist_ok=True)
     path = os.path.join(audit_dir, f"apply-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.jsonl")

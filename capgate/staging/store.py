@@ -46,7 +46,8 @@ STAMP_SLACK_NS = 50_000_000
 def staging_root(environ: Mapping[str, str] | None = None) -> str:
     """The parent of every run's staging directory."""
     env = os.environ if environ is None else environ
-    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    home = env.get("HOME") or os.path.expanduser("~")
+    state = env.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
     return os.path.join(os.path.abspath(state), "capgate", "staging")
 
 
