@@ -99,13 +99,18 @@ def private_mounts(libc: ctypes.CDLL) -> None:
 def mount_overlay(libc: ctypes.CDLL, lower: str, upper: str, work: str) -> None:
     """Mount the overlay on ``lower`` itself. The three directories are named to the kernel
     as ``/proc/self/fd/N`` of descriptors opened here without following a symlink: no path
-    with a comma or colon can break the option string, and none can be swapped meanwhile."""
+    with a comma or colon can break the option string, and none can be swapped meanwhile.
+    Options: ``userxattr`` (the overlay's marks as ``user.overlay.*``, the only kind a user
+    namespace may set; the child cannot set them through the overlay), no directory
+    redirects (a rename of a workspace directory is copied instead, so the upper directory
+    says plainly what changed) and no metadata-only copy-up (every changed file's bytes are
+    in the upper directory: ``changes`` reads them)."""
     fds = []
     try:
         for path in (lower, upper, work):
             fds.append(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
         options = (f"lowerdir=/proc/self/fd/{fds[0]},upperdir=/proc/self/fd/{fds[1]},"
-                   f"workdir=/proc/self/fd/{fds[2]},userxattr").encode()
+                   f"workdir=/proc/self/fd/{fds[2]},userxattr,redirect_dir=nofollow,metacopy=off,index=off").encode()
         if libc.mount(b"overlay", os.fsencode(lower), b"overlay", 0, options) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"cannot mount the overlay on {lower}: {os.strerror(err)}")

@@ -35,6 +35,10 @@ _OPAQUE = ("user.overlay.opaque", "trusted.overlay.opaque")
 _WHITEOUT_XATTR = ("user.overlay.whiteout", "trusted.overlay.whiteout")
 _REDIRECT = ("user.overlay.redirect", "trusted.overlay.redirect")
 _ORIGIN = ("user.overlay.origin", "trusted.overlay.origin")
+# A metadata-only copy-up (``metacopy=on``) leaves the data in the lower file: reading the
+# upper one would apply an empty file. capgate mounts with ``metacopy=off``; an upper made by
+# another mount that has one is refused rather than misread.
+_METACOPY = ("user.overlay.metacopy", "trusted.overlay.metacopy")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 16
 
@@ -209,6 +213,9 @@ def _walk(upper_dir: str, rel_dir: str, real_fd: int | None, opaque: bool, out: 
                     os.close(real_sub)
             continue
         kind = _kind(st.st_mode)
+        if kind == "file" and _has_xattr(entry.path, _METACOPY):
+            raise StagingError(f"{rel}: a metadata-only copy-up (metacopy), whose data is not in the staging; "
+                               "refusing to guess its content")
         size = st.st_size if kind == "file" else 0
         target = os.readlink(entry.path) if kind == "symlink" else None
         if real is None:
