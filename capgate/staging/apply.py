@@ -309,7 +309,7 @@ def apply_changes(run: StagedRun, gate: Gate, *, force: bool = False,
         return result
     _raise_nofile()
     dirs = _Dirs(gate)
-    temps: list[_Temp] = []
+    temps: list[_Temp | None] = []
     current = ""
     try:
         try:
@@ -349,24 +349,21 @@ def apply_changes(run: StagedRun, gate: Gate, *, force: bool = False,
                 else:
                     os.unlink(name, dir_fd=dirfd)
                 result.applied.append(change.path)
-            # 3. directories, outermost first
+            # 3. new directories, outermost first (private until their mode is set in step 5)
             for change in sorted(new_dirs, key=lambda c: c.path.count("/")):
                 current = change.path
-                rel_dir, name = os.path.split(change.path)
-                dirfd = dirs.get(rel_dir)
                 if change.status == "A":
-                    os.mkdir(name, 0o700, dir_fd=dirfd)
-                sub = dirs.get(change.path)
-                os.fchmod(sub, change.mode & 0o777)
-                result.applied.append(change.path)
+                    rel_dir, name = os.path.split(change.path)
+                    os.mkdir(name, 0o700, dir_fd=dirs.get(rel_dir))
             if later:
                 for change in later:
                     current = change.path
                     temps.append(_write_temp(change, dirs))
                 _syncfs(dirs.get(""))
             # 4. the new contents take their names, one rename each
-            while temps:
-                temp = temps[0]
+            for index, temp in enumerate(temps):
+                if temp is None:
+                    continue
                 current = temp.change.path
                 dirs.confirm(temp.rel_dir)
                 dirfd = dirs.get(temp.rel_dir)
@@ -374,15 +371,21 @@ def apply_changes(run: StagedRun, gate: Gate, *, force: bool = False,
                 if existing is not None and stat.S_ISDIR(existing.st_mode):
                     raise OSError(errno.EISDIR, f"{temp.change.path} is a directory in the workspace")
                 os.replace(temp.tmp, temp.name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-                temps.pop(0)
+                temps[index] = None
                 result.applied.append(temp.change.path)
-            for fd in set(dirs.fds.values()):
-                os.fsync(fd)
+            # 5. directory modes, innermost first (a read-only directory last of all)
+            for change in sorted(new_dirs, key=lambda c: -c.path.count("/")):
+                current = change.path
+                os.fchmod(dirs.get(change.path), change.mode & 0o777)
+                result.applied.append(change.path)
+            _syncfs(dirs.get(""))  # the renames, durable (one call, not an fsync per directory)
         except OSError as exc:
             result.failed = (current, exc.strerror or str(exc))
-            for temp in temps:
+            for left in temps:
+                if left is None:
+                    continue
                 try:
-                    _unlink_quietly(dirs.get(temp.rel_dir), temp.tmp)
+                    _unlink_quietly(dirs.get(left.rel_dir), left.tmp)
                 except OSError:
                     pass
     finally:

@@ -70,10 +70,12 @@ def _run_as(user: pwd.struct_passwd, base: Path) -> None:
     w = str(ws)
     done = subprocess.run([*as_user, "run", "--backend", "namespace", "--staged", "--workspace", w, "--",
                            f"{w}/tools/probe", "append", f"{w}/src/mine.txt", "more\n", "write", f"{w}/new.txt", "n",
-                           "append", f"{w}/src/roots.txt", "evil", "unlink", f"{w}/src/roots.txt"],
+                           "append", f"{w}/src/roots.txt", "evil", "unlink", f"{w}/src/roots.txt",
+                           "mkdir", f"{w}/ro", "write", f"{w}/ro/f", "f", "chmod", f"{w}/ro", "555"],
                           cwd=ws, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["append OK", "write OK", "append ERR EROFS", "unlink ERR EBUSY"]
+    assert done.stdout.splitlines() == ["append OK", "write OK", "append ERR EROFS", "unlink ERR EBUSY", "mkdir OK",
+                                        "write OK", "chmod OK"]
     assert "belong to another user or group: read-only in this staged run" in done.stderr
     assert snapshot(ws) == before
     staging = home / ".local" / "state" / "capgate" / "staging"
@@ -85,3 +87,20 @@ def _run_as(user: pwd.struct_passwd, base: Path) -> None:
     assert (ws / "src" / "mine.txt").read_text() == "mine\nmore\n"
     assert (ws / "new.txt").read_text() == "n" and (ws / "new.txt").stat().st_uid == user.pw_uid
     assert (ws / "src" / "roots.txt").read_text() == "root's file\n"
+    # a read-only directory the run made gets its mode after its files are in
+    assert (ws / "ro" / "f").read_text() == "f" and (ws / "ro").stat().st_mode & 0o777 == 0o555
+    # a failure half-way (a directory made unwritable after the run: a conflict, forced): nothing
+    # partial, and said so
+    (ws / "late").mkdir()
+    os.chown(ws / "late", user.pw_uid, user.pw_gid)
+    second = subprocess.run([*as_user, "run", "--backend", "namespace", "--staged", "--workspace", w, "--",
+                             f"{w}/tools/probe", "append", f"{w}/src/mine.txt", "again\n", "write", f"{w}/late/x", "x"],
+                            cwd=ws, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    os.chmod(ws / "late", 0o555)
+    before = snapshot(ws)
+    failed = subprocess.run([*as_user, "apply", "--force", "--workspace", w], cwd=ws, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert failed.returncode == 1
+    assert "failed at late/x" in failed.stderr and "0 changes were applied" in failed.stderr
+    assert snapshot(ws) == before  # src/mine.txt still old, no temp file left anywhere
