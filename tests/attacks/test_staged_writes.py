@@ -306,3 +306,14 @@ def test_apply_and_discard_refuse_inside_a_sandbox(world: dict[str, Path]) -> No
         assert inside.returncode == 125 and "refused inside a capgate sandbox" in inside.stderr
     assert statuses(changes(ws, world["home"])) == {"n": "A"}
     assert json.loads(capgate(ws, world["home"], "changes", "--json").stdout)["state"] == "finished"
+
+
+def test_on_exit_apply_refuses_a_denied_change_and_keeps_the_run(world: dict[str, Path]) -> None:
+    ws = world["ws"]
+    before = snapshot(ws)
+    done = staged(ws, world["home"], [str(world["probe"]), "write", f"{ws}/.bashrc", "evil", "write",
+                                      f"{ws}/fine", "fine"], "--on-exit", "apply")
+    assert done.returncode == 1  # the child's 0, made 1 by the refused apply
+    assert "nothing was applied" in done.stderr and ".bashrc: mandatory denyWrite" in done.stderr
+    assert snapshot(ws) == before
+    assert statuses(changes(ws, world["home"])) == {".bashrc": "A", "fine": "A"}  # kept for review
