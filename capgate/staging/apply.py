@@ -103,9 +103,11 @@ def _link_refusal(change: Change, workspace: str, real_fd: int) -> str | None:
 
 
 def check_changes(changes: Sequence[Change], run: StagedRun, gate: Gate, *, force: bool,
-                  log: bool = True) -> list[Refusal]:
+                  log: bool = True, workspace_checks: bool = True) -> list[Refusal]:
     """Every reason not to apply ``changes`` (empty: go ahead). Logs each decision (unless
-    ``log`` is False: the launcher's preview records its refusals itself)."""
+    ``log`` is False: the launcher's preview records its refusals itself).
+    ``workspace_checks=False`` leaves out what depends on the real workspace at apply time
+    (conflicts, symlinks on the way): the launcher's preview of what the policy refuses."""
     workspace = gate.policy.workspace
     limits = gate.policy.limits
     refusals: list[Refusal] = []
@@ -146,7 +148,7 @@ def check_changes(changes: Sequence[Change], run: StagedRun, gate: Gate, *, forc
         if total > limits.output_quota_mb * 1024 * 1024:
             refusals.append(Refusal(".", f"{total} staged bytes: more than outputQuotaMb={limits.output_quota_mb}",
                                     "limits.outputQuotaMb"))
-        for change in changes:
+        for change in changes if workspace_checks else ():
             refusals.extend(_reach_and_conflict(change, run, real_root, force, staged_paths))
     finally:
         os.close(real_root)

@@ -55,8 +55,7 @@ def finish_staged_run(run: StagedRun, lock: RunLock, policy: Policy, audit: Audi
         say(f"limit reached: outputQuotaMb ({policy.limits.output_quota_mb} MB of staged writes): the child's tree "
             "was stopped")
     gate = Gate(policy, audit=audit)
-    checked = check_changes(changes, run, gate, force=True, log=False)
-    refused = [r for r in checked if r.rule != "staging.symlinkOnTheWay"]
+    refused = check_changes(changes, run, gate, force=True, log=False, workspace_checks=False)
     for refusal in refused:
         path = os.path.join(run.workspace, refusal.path)
         audit.record(ops.FS_WRITE, gate.show(path), Decision.deny(f"staged by the run, refused at apply: "
