@@ -13,11 +13,14 @@ import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from capgate.errors import PolicyError, StagingError
 from capgate.staging.changes import Change, compute_changes, iter_lines
 from capgate.staging.store import StagedRun, find_run, remove_run
+
+if TYPE_CHECKING:
+    from capgate.gate import Gate
 
 __all__ = ["RUN_ID", "apply_command", "changes_command", "discard_command", "split_run_id"]
 
@@ -131,7 +134,7 @@ def _read_real(workspace: str, rel: str) -> bytes:
         return fh.read(64 * 1024 * 1024)
 
 
-def _apply_gate(run: StagedRun, env: Mapping[str, str]) -> tuple[object, str]:
+def _apply_gate(run: StagedRun, env: Mapping[str, str]) -> Gate:
     """The gate of the policy the run was given, logging to an audit file of its own."""
     from capgate.audit import AuditLog
     from capgate.gate import Gate
@@ -145,12 +148,13 @@ def _apply_gate(run: StagedRun, env: Mapping[str, str]) -> tuple[object, str]:
     audit_dir = os.path.join(state, "capgate", "audit")
     os.makedirs(audit_dir, mode=0o700, exist_ok=True)
     path = os.path.join(audit_dir, f"apply-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.jsonl")
-    return Gate(policy, audit=AuditLog(path)), path
+    return Gate(policy, audit=AuditLog(path))
 
 
 def apply_command(run_id: str | None, paths: Sequence[str] = (), *, workspace: str | None = None,
                   force: bool = False, environ: Mapping[str, str] | None = None, stdout: IO[str] | None = None,
                   stderr: IO[str] | None = None) -> int:
+    """``capgate apply``: the run (default: the workspace's last), all of it or ``paths``."""
     env = os.environ if environ is None else environ
     out, err = stdout or sys.stdout, stderr or sys.stderr
     if _refuse_in_sandbox(env, err, "apply"):
@@ -165,15 +169,13 @@ def apply_run(run: StagedRun, paths: Sequence[str] = (), *, force: bool, environ
               out: IO[str], err: IO[str], own_run: bool = False) -> int:
     """Apply ``run`` and say what happened; ``own_run``: the launcher of this very run
     (``--on-exit apply``), which still holds its lock."""
-    from capgate.gate import Gate
     from capgate.staging.apply import apply_changes
 
     if not own_run and run.running():
         err.write(f"capgate apply: run {run.run_id} is still going; apply it when it has ended\n")
         return EXIT_USAGE
     try:
-        gate, _audit_path = _apply_gate(run, environ)
-        assert isinstance(gate, Gate)
+        gate = _apply_gate(run, environ)
         result = apply_changes(run, gate, force=force, only=paths)
     except (StagingError, PolicyError, OSError) as exc:
         err.write(f"capgate apply: {exc}\n")
