@@ -11,8 +11,13 @@ This module turns that into a list of ``Change``:
   byte-for-byte the same, same mode, is no change);
 * ``D``: a name the run deleted that the workspace still has — a deleted directory gives a
   ``D`` for everything beneath it, deepest last in the list, so that ``apply`` can empty it
-  first. A renamed file is its old name's ``D`` and its new name's ``A`` (the overlay keeps no
-  rename record without ``redirect_dir``, which an unprivileged mount does not use).
+  first.
+
+The overlay keeps no record of a rename (no ``redirect_dir``): a renamed file is its old
+name's ``D`` and its new name's ``A``, and that is what ``apply`` works on. For people,
+``with_renames`` shows such a pair as one ``R`` (``from`` the old name) when it is certain: the
+new file was copied up from the workspace (it existed there), and exactly one deleted file has
+its very bytes and mode.
 
 The real workspace is only read, one name at a time beneath a directory descriptor opened
 without following a symlink (a symlink swapped into the workspace is seen as a symlink, never
@@ -57,10 +62,13 @@ class Change:
     mode: int
     target: str | None = None
     staged: str | None = None
+    source: str | None = None  # ``R`` only: the old name
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"path": self.path, "status": self.status, "kind": self.kind, "size": self.size,
                                   "mode": f"{self.mode:04o}"}
+        if self.source is not None:
+            out["from"] = self.source
         if self.target is not None:
             out["target"] = self.target
         return out
@@ -235,6 +243,51 @@ def _walk(upper_dir: str, rel_dir: str, real_fd: int | None, opaque: bool, out: 
         out.append(Change(rel, "M", kind, size, mode, target, entry.path))
 
 
+def with_renames(changes: list[Change], workspace: str) -> list[Change]:
+    """``changes`` for people: each certain rename's ``D`` + ``A`` pair as one ``R``."""
+    deleted: dict[tuple[int, int], list[Change]] = {}
+    for change in changes:
+        if change.status == "D" and change.kind == "file":
+            deleted.setdefault((change.size, change.mode), []).append(change)
+    if not deleted:
+        return changes
+    renamed: dict[str, Change] = {}  # new path -> its R entry
+    gone: set[str] = set()
+    for change in changes:
+        if change.status != "A" or change.kind != "file" or change.staged is None:
+            continue
+        candidates = [d for d in deleted.get((change.size, change.mode), ()) if d.path not in gone]
+        if not candidates or not copied_up(change.staged):
+            continue
+        same = [d for d in candidates if _same_as_real(change.staged, workspace, d.path)]
+        if len(same) != 1:
+            continue
+        gone.add(same[0].path)
+        renamed[change.path] = Change(change.path, "R", "file", change.size, change.mode, staged=change.staged,
+                                      source=same[0].path)
+    return [renamed.get(c.path, c) for c in changes if not (c.status == "D" and c.path in gone)]
+
+
+def _same_as_real(staged: str, workspace: str, rel: str) -> bool:
+    """Whether the workspace's ``rel`` (opened step by step, never through a symlink) holds
+    exactly the bytes of ``staged``."""
+    parts = rel.split("/")
+    try:
+        fd = os.open(workspace, _DIR_FLAGS)
+    except OSError:
+        return False
+    try:
+        for part in parts[:-1]:
+            nxt = _open_child(fd, part)
+            if nxt is None:
+                return False
+            os.close(fd)
+            fd = nxt
+        return _same_bytes(staged, fd, parts[-1])
+    finally:
+        os.close(fd)
+
+
 def total_staged_bytes(changes: list[Change]) -> int:
     return sum(c.size for c in changes if c.status in ("A", "M") and c.kind == "file")
 
@@ -243,6 +296,8 @@ def iter_lines(changes: list[Change]) -> Iterator[str]:
     """``A       1234  path`` lines, as the launcher and ``capgate changes`` print them."""
     for change in changes:
         shown = change.path + ("/" if change.kind == "dir" else "")
+        if change.source is not None:
+            shown = f"{change.source} -> {shown}"
         if change.kind == "symlink":
             shown += f" -> {change.target}"
         yield f"  {change.status} {change.size:>10}  {shown}"

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING
 
 from capgate.errors import PolicyError, StagingError
-from capgate.staging.changes import Change, compute_changes, iter_lines
+from capgate.staging.changes import Change, compute_changes, iter_lines, with_renames
 from capgate.staging.store import StagedRun, find_run, remove_run
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def changes_command(run_id: str | None, *, workspace: str | None = None, diff: b
     if run is None:
         return EXIT_USAGE
     try:
-        changes = compute_changes(run.upper, run.workspace)
+        changes = with_renames(compute_changes(run.upper, run.workspace), run.workspace)
     except (StagingError, OSError) as exc:
         err.write(f"capgate changes: {exc}\n")
         return EXIT_USAGE
@@ -96,6 +96,8 @@ def _diff(run: StagedRun, change: Change) -> str:
 
     if change.kind != "file":
         return ""
+    if change.status == "R":
+        return f"rename {change.source} -> {change.path} (same bytes)\n"
     old = b""
     if change.status in ("M", "D"):
         old = _read_real(run.workspace, change.path)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING
 
-from capgate.staging.changes import compute_changes, iter_lines
+from capgate.staging.changes import compute_changes, iter_lines, with_renames
 from capgate.staging.commands import apply_run, summary_line
 from capgate.staging.store import RunLock, StagedRun, remove_run
 
@@ -45,10 +45,11 @@ def finish_staged_run(run: StagedRun, lock: RunLock, policy: Policy, audit: Audi
     except OSError as exc:
         say(f"staged run {run.run_id}: the change list could not be read ({exc}); the staging is kept at {run.path}")
         return None
-    err.write(summary_line(run, changes) + "\n")
-    for i, line in enumerate(iter_lines(changes)):
+    shown = with_renames(changes, run.workspace)
+    err.write(summary_line(run, shown) + "\n")
+    for i, line in enumerate(iter_lines(shown)):
         if i == MAX_LISTED:
-            err.write(f"  ... and {len(changes) - MAX_LISTED} more: capgate changes {run.run_id}\n")
+            err.write(f"  ... and {len(shown) - MAX_LISTED} more: capgate changes {run.run_id}\n")
             break
         err.write(line + "\n")
     if run.quota_exceeded:

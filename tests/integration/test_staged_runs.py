@@ -63,10 +63,13 @@ def _check_staged_then_applied(ws: Path, home: Path, before: dict[str, tuple[obj
     assert done.returncode == 0, done.stderr
     assert snapshot(ws) == before  # nothing landed
     data = changes(ws, home)
-    assert statuses(data) == {"src/a.txt": "M", "new.txt": "A", "hard": "A", "src/b.txt": "D", "old.txt": "D",
-                              "renamed.txt": "A", "mode.txt": "M", "link": "A", "made": "A", "made/x": "A",
-                              "gone/g.txt": "D", "gone": "D"}
-    assert f"staged run {data['run']}: 12 changes" in done.stderr
+    assert statuses(data) == {"src/a.txt": "M", "new.txt": "A", "hard": "A", "src/b.txt": "D", "renamed.txt": "R",
+                              "mode.txt": "M", "link": "A", "made": "A", "made/x": "A", "gone/g.txt": "D", "gone": "D"}
+    entries = data["changes"]
+    assert isinstance(entries, list)
+    assert [c.get("from") for c in entries if c["status"] == "R"] == ["old.txt"]
+    assert f"staged run {data['run']}: 11 changes" in done.stderr
+    assert "  R          4  old.txt -> renamed.txt" in done.stderr
     applied = capgate(ws, home, "apply")
     assert applied.returncode == 0, applied.stderr
     assert snapshot(ws) == _expected_after(before)
