@@ -39,7 +39,7 @@ from capgate.errors import StagingError
 from capgate.gate import Gate
 from capgate.ops import FS_DELETE, FS_WRITE
 from capgate.paths import is_within
-from capgate.staging.changes import Change, compute_changes, copied_up
+from capgate.staging.changes import Change, compute_changes, copied_up, with_renames
 from capgate.staging.store import StagedRun
 
 __all__ = ["ApplyResult", "Refusal", "apply_changes", "check_changes"]
@@ -303,6 +303,13 @@ def apply_changes(run: StagedRun, gate: Gate, *, force: bool = False,
     changes = compute_changes(run.upper, gate.policy.workspace)
     if only:
         wanted = [p.strip("/") for p in only]
+        # a rename named by its new name takes its old name's deletion along (and the other way)
+        for shown in with_renames(changes, gate.policy.workspace):
+            if shown.source is not None:
+                if shown.path in wanted and shown.source not in wanted:
+                    wanted.append(shown.source)
+                elif shown.source in wanted and shown.path not in wanted:
+                    wanted.append(shown.path)
         changes = [c for c in changes if any(c.path == w or c.path.startswith(w + "/") for w in wanted)]
     result = ApplyResult()
     result.refused = check_changes(changes, run, gate, force=force)

@@ -236,3 +236,14 @@ def test_changes_json_names_run_workspace_and_staging(tmp_path: Path) -> None:
     assert data["changes"] == [{"path": "n.txt", "status": "A", "kind": "file", "size": 5, "mode": "0644"}]
     assert json.loads(capgate(ws, home, "changes", "--json").stdout) == data
     assert os.path.isdir(str(data["staging"]))
+
+
+def test_applying_a_rename_by_its_new_name_moves_the_file(tmp_path: Path) -> None:
+    ws, home = _workspace(tmp_path)
+    done = staged(ws, home, [PY, "-c", "import os; os.rename('old.txt', 'renamed.txt'); open('n', 'w').write('n')"])
+    assert done.returncode == 0, done.stderr
+    applied = capgate(ws, home, "apply", "renamed.txt")
+    assert applied.returncode == 0, applied.stderr
+    assert not (ws / "old.txt").exists() and (ws / "renamed.txt").read_text() == "old\n"
+    assert not (ws / "n").exists()  # not named: still pending
+    assert statuses(changes(ws, home)) == {"n": "A"}
