@@ -163,11 +163,11 @@ def create_run(workspace: str, policy_json: str, *, backend: str,
 
 
 def _write_new(path: str, text: str) -> None:
+    """A new file of ours. Not fsynced: the staging outlives a killed launcher (the page cache
+    does), and after a machine crash the overlay's own upper files are no more durable."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def load_run(path: str) -> StagedRun:
