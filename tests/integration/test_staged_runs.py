@@ -247,3 +247,24 @@ def test_applying_a_rename_by_its_new_name_moves_the_file(tmp_path: Path) -> Non
     assert not (ws / "old.txt").exists() and (ws / "renamed.txt").read_text() == "old\n"
     assert not (ws / "n").exists()  # not named: still pending
     assert statuses(changes(ws, home)) == {"n": "A"}
+
+
+_TYPE_CHANGES = """
+import os, shutil
+shutil.rmtree("gone")
+open("gone", "w").write("a file now")
+os.remove("old.txt")
+os.mkdir("old.txt")
+open("old.txt/inside", "w").write("i")
+"""
+
+
+def test_type_changes_land_whole(tmp_path: Path) -> None:
+    ws, home = _workspace(tmp_path)
+    done = staged(ws, home, [PY, "-c", _TYPE_CHANGES])
+    assert done.returncode == 0, done.stderr
+    applied = capgate(ws, home, "apply")
+    assert applied.returncode == 0, applied.stderr
+    assert (ws / "gone").read_text() == "a file now"
+    assert (ws / "old.txt" / "inside").read_text() == "i"
+    assert staging_dirs(home) == []
