@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     chg = sub.add_parser("changes", help="list the pending changes of a staged run (default: the last one)",
                          formatter_class=_formatter, epilog=_EPILOG_STAGED,
                          description="The changes a staged run (capgate run --staged) made: A added, M modified "
-                                     "(content or mode), D deleted; path and size. Nothing is applied.")
+                                     "(content or mode), D deleted, R renamed; path and size. Nothing is applied.")
     chg.add_argument("run_id", metavar="RUN_ID", nargs="?", help="the run (default: the workspace's last staged run)")
     chg.add_argument("--workspace", metavar="DIR", help="workspace root (default: the current directory)")
     chg.add_argument("--diff", action="store_true", help="also print a unified diff of each text file")
