@@ -268,3 +268,16 @@ def test_type_changes_land_whole(tmp_path: Path) -> None:
     assert (ws / "gone").read_text() == "a file now"
     assert (ws / "old.txt" / "inside").read_text() == "i"
     assert staging_dirs(home) == []
+
+
+def test_staging_inside_the_workspace_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "user"
+    (home / "src").mkdir(parents=True)
+    # the workspace is HOME: the state directory is inside it (the audit log put elsewhere, or it
+    # would be refused first for the same reason)
+    done = staged(home, home, ["/bin/true"], "--audit-log", str(tmp_path / "audit.jsonl"))
+    assert done.returncode == 2
+    assert "the staging directory" in " ".join(launcher_messages(done.stderr))
+    assert not (home / ".local" / "state" / "capgate" / "staging").exists()
+    ws, home2 = _workspace(tmp_path)  # control: a workspace beside HOME
+    assert staged(ws, home2, ["/bin/true"]).returncode == 0
