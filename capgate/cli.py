@@ -68,6 +68,18 @@ exit codes: 0 valid, 2 usage or policy error.
 """
 
 
+_EPILOG_STAGED = """\
+examples:
+  capgate run --staged -- python agent.py     # the agent edits; nothing lands yet
+  capgate changes --diff                      # review the last staged run of this workspace
+  capgate apply                               # land it (or: capgate apply RUN_ID src/)
+  capgate discard                             # drop it
+
+exit codes: 0 done; 1 apply refused or failed (each path named); 2 no such run or usage error;
+125 inside a sandbox (the agent does not apply its own changes).
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -132,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "(private endpoints, tests); the system's store stays trusted")
     run.add_argument("--audit-allowed", choices=("on", "off"), default="on",
                      help="off: leave allowed decisions out of the audit log (denials are always logged)")
+    run.add_argument("--staged", action="store_true",
+                     help="stage every change to the workspace (namespace backend): nothing lands until "
+                          "capgate apply")
+    run.add_argument("--on-exit", choices=("keep", "apply", "discard"), default="keep",
+                     help="with --staged, at the end: keep the changes for review (default), apply them (only "
+                          "after a clean exit 0), or discard them")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
 
     img = sub.add_parser("image", help="build the container backend's default image (no registry needed)",
@@ -226,6 +244,31 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--output", "-o", metavar="FILE", help="where to write it (default ./agent-permissions.json)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
 
+    chg = sub.add_parser("changes", help="list the pending changes of a staged run (default: the last one)",
+                         formatter_class=_formatter, epilog=_EPILOG_STAGED,
+                         description="The changes a staged run (capgate run --staged) made: A added, M modified "
+                                     "(content or mode), D deleted, R renamed; path and size. Nothing is applied.")
+    chg.add_argument("run_id", metavar="RUN_ID", nargs="?", help="the run (default: the workspace's last staged run)")
+    chg.add_argument("--workspace", metavar="DIR", help="workspace root (default: the current directory)")
+    chg.add_argument("--diff", action="store_true", help="also print a unified diff of each text file")
+    chg.add_argument("--json", action="store_true", help="print the changes as one JSON object")
+
+    app = sub.add_parser("apply", help="apply a staged run's changes to the workspace",
+                         formatter_class=_formatter, epilog=_EPILOG_STAGED,
+                         description="Re-check every change against the run's policy, refuse conflicts (the real "
+                                     "file changed since the run began) unless --force, then write each file "
+                                     "atomically, never through a symlink. On any refusal nothing is applied.")
+    app.add_argument("words", metavar="[RUN_ID] [PATH...]", nargs="*",
+                     help="the run (default: the workspace's last staged run), then the paths to apply (default: all)")
+    app.add_argument("--workspace", metavar="DIR", help="workspace root (default: the current directory)")
+    app.add_argument("--force", action="store_true",
+                     help="apply over conflicts (the policy checks and the no-symlink rule still hold)")
+
+    dis = sub.add_parser("discard", help="remove a staged run's staging (nothing of it lands)",
+                         formatter_class=_formatter, epilog=_EPILOG_STAGED)
+    dis.add_argument("run_id", metavar="RUN_ID", nargs="?", help="the run (default: the workspace's last staged run)")
+    dis.add_argument("--workspace", metavar="DIR", help="workspace root (default: the current directory)")
+
     aud = sub.add_parser("audit", help="summarize a run's audit log (default: the last run)",
                          formatter_class=_formatter,
                          description="Denials by operation and target, limits that fired, the exit status and "
@@ -314,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             grants=_grants(args), quiet=args.quiet, internal=args.internal,
             audit_allowed=args.audit_allowed == "on", runtime=args.runtime, image=args.image,
             upstream_ca=tuple(os.path.abspath(p) for p in args.upstream_ca),
+            staged=args.staged, on_exit=args.on_exit,
         )
         return launcher.run(options)
     if args.command == "image":
@@ -333,6 +377,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return launcher.check_command(args.op, args.target, policy=args.policy, workspace=args.workspace,
                                       allow_user_expansion=args.allow_user_expansion, grants=_grants(args),
                                       as_json=args.json)
+    if args.command in ("changes", "apply", "discard"):
+        from capgate.staging import commands
+
+        if args.command == "changes":
+            return commands.changes_command(args.run_id, workspace=args.workspace, diff=args.diff, as_json=args.json)
+        if args.command == "discard":
+            return commands.discard_command(args.run_id, workspace=args.workspace)
+        run_id, paths = commands.split_run_id(args.words)
+        return commands.apply_command(run_id, paths, workspace=args.workspace, force=args.force)
     if args.command == "audit":
         from capgate import audit_summary
 

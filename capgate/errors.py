@@ -7,6 +7,7 @@ The tree::
     ├── PolicyError                   (also ValueError) bad, oversized or expanding config
     │   └── ExpansionRefused          a restrict-only file would widen the permissions
     ├── BackendUnavailable            (also RuntimeError) a requested sandbox backend cannot run
+    ├── StagingError                  (also RuntimeError) a staged run cannot be found, read or changed
     └── UnsupportedPlatform           (also OSError) a mechanism capgate refuses to weaken
 
 ``Gate.check`` never raises for a denial; the acting APIs (``fs``, ``net``, ``proc``)
@@ -23,6 +24,7 @@ __all__ = [
     "ExpansionRefused",
     "PermissionDenied",
     "PolicyError",
+    "StagingError",
     "UnsupportedPlatform",
 ]
 
@@ -82,3 +84,9 @@ class BackendUnavailable(CapgateError, RuntimeError):
 
 class UnsupportedPlatform(CapgateError, OSError):
     """Raised where capgate would otherwise have to run with weaker checks than on Linux."""
+
+
+class StagingError(CapgateError, RuntimeError):
+    """Raised when a staged run (``capgate run --staged``, ``changes``, ``apply``, ``discard``)
+    cannot be found, read or changed: no such run, a staging directory that is not the user's
+    alone, a run whose launcher still holds it."""

@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from capgate.errors import BackendUnavailable, PermissionDenied, PolicyError
+from capgate.errors import BackendUnavailable, PermissionDenied, PolicyError, StagingError
 from capgate.policy.sources import Grants
 from capgate.soft import is_python_command
 
@@ -181,6 +181,8 @@ class RunOptions:
     runtime: str | None = None  # container backend: podman or docker (None: podman, else docker)
     image: str | None = None  # container backend: the image (None: the one `capgate image build` makes)
     upstream_ca: tuple[str, ...] = ()  # extra roots for the proxy's TLS to inspected hosts
+    staged: bool = False  # --staged: every change to the workspace lands in a staging layer
+    on_exit: str = "keep"  # --on-exit keep|apply|discard (staged runs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -521,6 +523,10 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
         return EXIT_USAGE
     try:
         soft_sandbox_forced(env, options.backend)  # (a usage error before anything starts)
+        if options.on_exit != "keep" and not options.staged:
+            raise UsageError(f"--on-exit {options.on_exit} is for staged runs: add --staged")
+        if options.on_exit not in ("keep", "apply", "discard"):
+            raise UsageError(f"--on-exit {options.on_exit!r}: keep, apply or discard")
     except UsageError as exc:
         say(f"usage error: {exc}")
         return EXIT_USAGE
@@ -537,7 +543,7 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
                 # policy; the warm-up thread hands it its limits and Landlock plan (``configure``).
                 spawner.prestart()
             run_dir = _RunDir.create()
-            return _run(options, env, out, say, run_dir.path, stop)
+            return _run(options, env, out, say, run_dir.path, stop, err)
         except PolicyError as exc:
             err.write(policy_error_text(exc))
             err.flush()
@@ -545,6 +551,12 @@ def run(options: RunOptions, *, environ: Mapping[str, str] | None = None,
         except (SandboxRefused, BackendUnavailable) as exc:
             say(f"sandbox refused to start: {exc}")
             return EXIT_SANDBOX_REFUSED
+        except UsageError as exc:
+            say(f"usage error: {exc}")
+            return EXIT_USAGE
+        except StagingError as exc:
+            say(f"cannot stage this run: {exc}")
+            return EXIT_USAGE
         except RunInterrupted as exc:  # before the audit log existed: nothing ran
             say(f"stopped by {exc.name} before the child started")
             return exc.exit_code
@@ -791,12 +803,57 @@ def _choose_backend(requested: str, env: Mapping[str, str], *, runtime: str | No
     return "soft", f"auto: no container backend ({why}); no namespace backend ({ns_why})", None
 
 
+def _choose_staged_backend(requested: str, env: Mapping[str, str], *, runtime: str | None = None,
+                           image: str | None = None) -> tuple[str, str, Any]:
+    """The backend for ``--staged``: as ``_choose_backend``, but ``auto`` takes the first one
+    that can stage, and one that cannot is a usage error (exit 2) that says why."""
+    from capgate.backends import get_backend
+
+    if requested == "auto" and not soft_sandbox_forced(env, requested):
+        reasons = []
+        for name in ("container", "namespace"):
+            backend = get_backend(name, runtime=runtime, image=image) if name == "container" else get_backend(name)
+            refusal = getattr(backend, "staging_refusal", "it cannot stage writes")
+            if refusal is not None:  # (asked first: probing a runtime costs tens of ms)
+                reasons.append(f"{name}: {refusal}")
+                continue
+            ok, why = backend.available()
+            if ok:
+                return name, f"auto, --staged: {name} can stage writes", backend if name == "container" else None
+            reasons.append(f"{name}: {why}")
+        raise UsageError("--staged needs a backend that can stage writes, and none can run here ("
+                         + "; ".join(reasons) + ")")
+    name, why, chosen = _choose_backend(requested, env, runtime=runtime, image=image)
+    backend = chosen if chosen is not None else get_backend(name)
+    refusal = getattr(backend, "staging_refusal", "it cannot stage writes")
+    if refusal is not None:
+        raise UsageError(f"--staged: {refusal}")
+    return name, why, chosen
+
+
+def _staged_policy(policy: Policy) -> Policy:
+    """The policy of a staged run: the workspace is a write root (its writes land in the
+    staging layer), everything else as it was; deny lists untouched. The workspace must be
+    readable as a whole: the overlay shows all of it."""
+    from capgate.paths import is_within
+
+    fs = policy.filesystem
+    ws = policy.workspace
+    if not any(is_within(ws, root) for root in fs.read):
+        raise UsageError(f"--staged: the workspace {ws} is not a read root of the policy (filesystem.read), and a "
+                         "staged run shows all of it; read the whole workspace or run without --staged")
+    if ws in fs.write:
+        return policy
+    return dataclasses.replace(policy, filesystem=dataclasses.replace(fs, write=(*fs.write, ws)))
+
+
 def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_dir: str,
-         stop: _StopOnSignals) -> int:
+         stop: _StopOnSignals, err: IO[str] | None = None) -> int:
     from capgate.policy.model import Policy  # noqa: F401  (type only, imported for dataclasses.replace)
 
-    backend_name, why_backend, chosen = _choose_backend(options.backend, env, runtime=options.runtime,
-                                                        image=options.image)
+    backend_name, why_backend, chosen = (
+        _choose_staged_backend(options.backend, env, runtime=options.runtime, image=options.image) if options.staged
+        else _choose_backend(options.backend, env, runtime=options.runtime, image=options.image))
     namespace = backend_name == "namespace"
     container = backend_name == "container"
 
@@ -838,6 +895,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                    protected=(os.path.realpath(audit_path), policy_file), grants=options.grants)
     from capgate.backends.container import IMAGE_ROOT
 
+    if options.staged:
+        policy = _staged_policy(policy)
     policy = _soft_policy(policy, dev=options.dev, boot_dir=boot_dir, home=sandbox_home, tmpdir=tmpdir,
                           extra_read=script_roots, user_home=home_real,
                           image_roots=(IMAGE_ROOT,) if container else ())
@@ -846,6 +905,11 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                           exempt=(sandbox_home, tmpdir, "/dev/null"))
     _check_outside_writes(policy, run_dir, "the launcher's run directory (TMPDIR)",
                           exempt=(sandbox_home, tmpdir, "/dev/null"))
+    if options.staged:
+        from capgate.staging.store import staging_root
+
+        _check_outside_writes(policy, staging_root(env), "the staging directory ($XDG_STATE_HOME/capgate/staging)",
+                              exempt=(sandbox_home, tmpdir, "/dev/null"))
     warmup = None
     container_plan: Any = None
     if options.command and not options.dry_run_policy and container:
@@ -856,7 +920,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     elif options.command and not options.dry_run_policy:
         # The kernel layer under the hooks (soft_plan) is worked out on the warm-up thread,
         # which then starts the supervisor's spawner under it while we finish here.
-        _make_write_roots(policy, sandbox_home, tmpdir)
+        _make_write_roots(policy, sandbox_home, tmpdir, staged=options.staged)
         # (policy.json, boot/: the child reads them.) In the namespace backend, the spawner
         # itself stays unconfined: bubblewrap must mount, and ns_exec applies the plan inside.
         warmup = _SpawnerWarmup(policy, argv, extra_read=(run_dir,), confine_spawner=not namespace)
@@ -878,6 +942,10 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         say("SOFT_SANDBOX=true: a seat belt, not isolation: it reduces accidental damage, it does not "
             "contain a determined attacker (use the container backend for that)")
     note(f"policy: {source} — {_expansion(policy)}")
+    if options.staged:
+        note("staged: the workspace is writable inside the run, but every change lands in a staging layer under "
+             "your state directory; the real workspace is not touched until capgate apply (deny lists and the "
+             f"mandatory write-deny list still hold; --on-exit {options.on_exit})")
     for line in _widening_lines(policy):
         note(line)
     for line in _inspection_lines(policy):
@@ -936,12 +1004,33 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                           "connect": bool(confine and confine.restricts_connect),
                           "signals": bool(confine and confine.scoped)},
                 os=_os_info(), python=_python_info(), policy=policy.to_dict(redact=True))
+    staged_run = staged_lock = None
+    if options.staged:
+        from capgate.staging.store import create_run
+
+        staged_run, staged_lock = create_run(policy.workspace, policy.to_json(), backend=backend_name, environ=env)
+        audit.event("staging.start", run=staged_run.run_id, staging=staged_run.path)
+        note(f"staging: {_home_relative(staged_run.path, home_real)} (run {staged_run.run_id})")
     request = LaunchRequest(argv=argv, policy=policy, policy_file=policy_file, run_dir=run_dir,
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
                             confine=confine, mount_read=tuple(script_roots) if container else (),
                             credentials=credentials, upstream_ca=options.upstream_ca,
-                            on_misuse=_run_ender(policy, audit, stop, say))
+                            on_misuse=_run_ender(policy, audit, stop, say), staging=staged_run)
     backend = chosen if chosen is not None else get_backend(backend_name)
+
+    def finish_staged(returncode: int, clean_end: bool) -> int | None:
+        if staged_run is None or staged_lock is None:
+            return None
+        from capgate.staging.report import finish_staged_run
+
+        try:
+            return finish_staged_run(staged_run, staged_lock, policy, audit, on_exit=options.on_exit,
+                                     returncode=returncode, clean_end=clean_end, environ=env,
+                                     err=err or sys.stderr, say=say)
+        except (OSError, StagingError) as exc:
+            say(f"staged run {staged_run.run_id}: {exc}; the staging is kept at {staged_run.path}")
+            return None
+
     try:
         if warmup is not None:
             warmup.join(timeout=5.0)
@@ -952,6 +1041,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                     duration_s=None, limits_fired=[], child_activated=None, denied=audit.denied,
                     allowed=audit.allowed)
         say(f"stopped by {exc.name}: the child's process tree was killed")
+        finish_staged(exc.exit_code, False)
         say(_summary(audit, argv, python_child, _native_execs(backend)))
         audit.close()
         return exc.exit_code
@@ -960,17 +1050,20 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                     duration_s=0.0, limits_fired=[], child_activated=False, denied=audit.denied,
                     allowed=audit.allowed)
         say(f"sandbox refused to start: {exc}")
+        finish_staged(EXIT_SANDBOX_REFUSED, False)
         say(_summary(audit, argv, True, 0, None))  # (nothing ran: the table is all there is)
         audit.close()
         return EXIT_SANDBOX_REFUSED
     except BackendUnavailable as exc:
         audit.event("run.refused", reason=str(exc))
+        finish_staged(EXIT_SANDBOX_REFUSED, False)
         audit.close()
         raise
     except OSError as exc:  # the supervising side failed mid-run (e.g. the child killed its spawner)
         audit.event("run.failed", reason=str(exc))
         say(f"the run was stopped: the sandbox's supervision failed ({exc}); the child's process tree was "
             "killed")
+        finish_staged(EXIT_SANDBOX_REFUSED, False)
         say(_summary(audit, argv, python_child, _native_execs(backend)))
         audit.close()
         return EXIT_SANDBOX_REFUSED
@@ -985,10 +1078,12 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     for fired in result.limits_fired:
         if fired not in ("wall_time", "wallTimeSeconds"):  # (said just above)
             say(f"limit reached: {fired}")
+    clean = not result.timed_out and not result.limits_fired and not (staged_run and staged_run.quota_exceeded)
+    instead = finish_staged(result.returncode, clean)
     if not options.quiet or audit.denied:
         say(_summary(audit, argv, python_child, result.native_execs, result.child_activated))
     audit.close()
-    return result.returncode
+    return result.returncode if instead is None or result.returncode != 0 else instead
 
 
 def _take_credentials(policy: Policy, env: dict[str, str], *, resolve: bool) -> Any:
@@ -1172,7 +1267,7 @@ def _soft_policy(policy: Policy, *, dev: bool, boot_dir: str, home: str, tmpdir:
     return dataclasses.replace(policy, filesystem=dataclasses.replace(fs, runtime_read=runtime, write=write))
 
 
-def _make_write_roots(policy: Policy, home: str, tmpdir: str) -> None:
+def _make_write_roots(policy: Policy, home: str, tmpdir: str, *, staged: bool = False) -> None:
     """Create the sandbox HOME and TMPDIR, and write roots missing inside the workspace whose
     parent exists.
 
@@ -1185,6 +1280,8 @@ def _make_write_roots(policy: Policy, home: str, tmpdir: str) -> None:
 
     os.makedirs(home, mode=0o700, exist_ok=True)
     os.makedirs(tmpdir, mode=0o700, exist_ok=True)
+    if staged:
+        return  # (the real workspace is not written; the child makes them in its overlay)
     for root in policy.filesystem.write:
         if (root != policy.workspace and is_within(root, policy.workspace) and not os.path.lexists(root)
                 and os.path.isdir(os.path.dirname(root))):

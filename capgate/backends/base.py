@@ -34,6 +34,9 @@ class LaunchRequest:
     credentials: Any = None  # a capgate.credentials.CredentialSet (real values: the proxy's alone)
     upstream_ca: tuple[str, ...] = ()  # extra roots for the proxy's TLS to inspected hosts
     on_misuse: Any = None  # called (reason) when a placeholder goes elsewhere and the policy ends the run
+    # A capgate.staging.store.StagedRun for ``--staged``: the backend mounts an overlay of the
+    # workspace (lower) with its ``upper``/``work`` directories, and writes nothing else there.
+    staging: Any = None
 
 
 @dataclass

@@ -116,6 +116,9 @@ def _shim_build() -> Any:
 
 class ContainerBackend:
     name = "container"
+    # (To support --staged: mount an overlay of the workspace with the run's upper/work
+    # directories, ``capgate.staging.store.StagedRun``, in place of the workspace bind.)
+    staging_refusal: str | None = "staged writes are not yet supported by the container backend"
 
     def __init__(self, runtime: str | None = None, image: str | None = None, *, auto: bool = False) -> None:
         self.runtime = runtime

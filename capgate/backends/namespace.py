@@ -29,8 +29,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from capgate.backends.base import LaunchRequest
-from capgate.backends.namespace_view import Scan, View, bwrap_argv, scan
+from capgate.backends.namespace_view import FOREIGN_OWNER_RULE, Scan, View, bwrap_argv, scan
 from capgate.backends.soft import SoftBackend, _start_proxy
+from capgate.paths import is_within
 
 if TYPE_CHECKING:
     from capgate.audit import AuditLog
@@ -132,6 +133,7 @@ def _forget_probe() -> None:
 
 class NamespaceBackend(SoftBackend):
     name = "namespace"
+    staging_refusal = None  # --staged: an overlay of the workspace (capgate._sys.stage_mount)
 
     def __init__(self) -> None:
         super().__init__()
@@ -173,17 +175,29 @@ class NamespaceBackend(SoftBackend):
         fs = policy.filesystem
         rules = Gate(policy, audit=audit).path_rules
         sockets = tuple(getattr(policy.network, "allowed_unix_sockets", ()) or ())
-        found = scan(rules, (*fs.read,), (*fs.write,), sockets)
+        staging = request.staging
+        # A staged run started unprivileged: files of other owners cannot be copied up (see
+        # stage_mount), so they are bound read-only. Root maps every id: nothing to do.
+        owner = (os.getuid(), os.getgid()) if staging is not None and os.getuid() != 0 else None
+        found = scan(rules, (*fs.read,), (*fs.write,), sockets, owner=owner)
         self._rules, self._before = rules, found
         empty_file, empty_dir = _empties(request.run_dir)
         system, links, hidden_files, hidden_dirs = _system_view()
+        read = (*fs.read, *fs.runtime_read, request.run_dir)  # (boot/, policy.json, the proxy socket)
+        write = tuple(w for w in fs.write if w != "/dev/null")
+        if staging is not None:
+            # The workspace path is the overlay (mounted by stage_mount before bubblewrap
+            # starts): bound read-write as one root; nothing beneath it is bound from the host.
+            ws = policy.workspace
+            read = tuple(r for r in read if not is_within(r, ws))
+            write = (*(w for w in write if not is_within(w, ws)), ws)
         view = View(
             system=system,
             system_links=links,
             system_hidden_files=hidden_files,
             system_hidden_dirs=hidden_dirs,
-            read=(*fs.read, *fs.runtime_read, request.run_dir),  # (boot/, policy.json, the proxy socket)
-            write=tuple(w for w in fs.write if w != "/dev/null"),
+            read=read,
+            write=write,
             sockets=sockets,
             scan=found,
             empty_file=empty_file,
@@ -199,7 +213,20 @@ class NamespaceBackend(SoftBackend):
         audit.event("namespace.view", hidden=len(found.hidden_files) + len(found.hidden_dirs),
                     readonly=len(found.readonly), scanned=found.entries,
                     reasons=_count_reasons(found))
-        return bwrap_argv(self._bwrap, view, [*inner, "--", *argv]), None
+        command = bwrap_argv(self._bwrap, view, [*inner, "--", *argv])
+        if staging is None:
+            return command, None
+        foreign = _count_reasons(found).get(FOREIGN_OWNER_RULE, 0)
+        if foreign:
+            audit.warning("staging.foreign", count=foreign)
+            os.write(2, (f"capgate: {foreign} entr{'ies' if foreign != 1 else 'y'} of the workspace belong to "
+                         "another user or group: read-only in this staged run (an unprivileged overlay cannot "
+                         "copy them up)\n").encode())
+        mount = os.path.join(os.path.dirname(shim), "stage_mount.py")
+        quota = policy.limits.output_quota_mb * 1024 * 1024
+        audit.event("staging.overlay", run=staging.run_id, upper=staging.upper, lower=policy.workspace)
+        return [sys.executable, "-I", "-S", mount, policy.workspace, staging.upper, staging.work, str(quota),
+                "--", *command], None
 
     def _after(self, request: LaunchRequest, audit: AuditLog) -> None:
         """A run whose view never came up (bubblewrap refused: user namespaces switched off

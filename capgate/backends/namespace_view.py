@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from capgate.ops import FS_READ, FS_WRITE
 from capgate.paths import PathRules, is_within
 
-__all__ = ["GIT_REDIRECT_RULE", "MAX_SCAN_ENTRIES", "Scan", "View", "bwrap_argv", "created_denials", "scan",
-           "snapshot_write_roots"]
+__all__ = ["FOREIGN_OWNER_RULE", "GIT_REDIRECT_RULE", "MAX_SCAN_ENTRIES", "Scan", "View", "bwrap_argv",
+           "created_denials", "scan", "snapshot_write_roots"]
 
 # A walk that would take longer than the run is refused rather than half done (the view
 # would then show what it had not looked at).
@@ -98,6 +98,8 @@ _MAX_BIND_PATH = 3800
 # The name git follows: a ``.git`` that is a symlink or a ``gitdir:`` file points git at a
 # directory whose ``hooks/`` and ``config`` the mandatory list does not see by name.
 GIT_REDIRECT_RULE = "filesystem.gitRedirect"
+# A staged run's file of another owner, read-only in the view (see ``scan``'s ``owner``).
+FOREIGN_OWNER_RULE = "staging.foreignOwner"
 
 
 def _git_redirect(entry: os.DirEntry[str]) -> bool:
@@ -108,13 +110,19 @@ def _git_redirect(entry: os.DirEntry[str]) -> bool:
 
 
 def scan(rules: PathRules, read_roots: Sequence[str], write_roots: Sequence[str],
-         allowed_sockets: Sequence[str] = (), *, limit: int = MAX_SCAN_ENTRIES) -> Scan:
+         allowed_sockets: Sequence[str] = (), *, limit: int = MAX_SCAN_ENTRIES,
+         owner: tuple[int, int] | None = None) -> Scan:
     """Walk the read and write roots (never following a symlink) and sort out what to cover.
 
     Fails closed: a directory that cannot be listed, or is too deep to bind, is covered whole;
     past ``limit`` entries it raises ``OSError(E2BIG)`` and the view is not built at all. A
     write-denied directory (``output/.vscode``) is bound read-only *and* still walked: a
-    ``.env`` or a planted hard link inside it is covered like anywhere else."""
+    ``.env`` or a planted hard link inside it is covered like anywhere else.
+
+    ``owner`` (uid, gid), for a staged run started unprivileged: an entry in a write root
+    that belongs to another user or group is bound read-only too (rule
+    ``FOREIGN_OWNER_RULE``): the overlay could not copy it up (``EOVERFLOW``), so it fails
+    plainly with ``EROFS`` instead."""
     hidden_files: list[str] = []
     hidden_dirs: list[str] = []
     readonly: list[str] = []
@@ -182,6 +190,10 @@ def scan(rules: PathRules, read_roots: Sequence[str], write_roots: Sequence[str]
                         readonly.append(path)
                         reasons[path] = denial.rule if denial is not None else GIT_REDIRECT_RULE
                         here_readonly = True
+                elif owner is not None and not here_readonly and (st.st_uid, st.st_gid) != owner:
+                    readonly.append(path)
+                    reasons[path] = FOREIGN_OWNER_RULE
+                    here_readonly = True
             if is_dir:
                 if len(os.fsencode(path)) > _MAX_BIND_PATH:
                     cover(directory, True, "fs.tooDeep", None, False)

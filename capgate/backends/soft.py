@@ -172,6 +172,11 @@ def _widen_pipe(fd: int) -> None:
 
 class SoftBackend:
     name = "soft"
+    # Why ``--staged`` cannot run here (None: it can). Staging needs an overlay of the
+    # workspace, which needs a mount namespace; hooks cannot redirect a native child's writes.
+    staging_refusal: str | None = ("the soft backend cannot stage writes: it has no mount namespace to put an "
+                                   "overlay of the workspace in, and its hooks cannot redirect a native program's "
+                                   "writes (use --backend namespace where user namespaces work)")
 
     def __init__(self) -> None:
         self._reader: ChildReportReader | None = None
@@ -324,8 +329,15 @@ class SoftBackend:
 
 
 def _reported_write_roots(request: LaunchRequest) -> list[str]:
-    """The write roots whose contents outlive the run (not the run's private HOME and TMPDIR)."""
-    return [w for w in request.policy.filesystem.write if w not in (request.home, request.tmpdir, "/dev/null")]
+    """The write roots whose contents outlive the run (not the run's private HOME and TMPDIR;
+    in a staged run not the workspace either: the real one is untouched, and what the run
+    staged is judged from its change list, ``capgate.staging.report``)."""
+    from capgate.paths import is_within
+
+    roots = [w for w in request.policy.filesystem.write if w not in (request.home, request.tmpdir, "/dev/null")]
+    if request.staging is not None:
+        roots = [w for w in roots if not is_within(w, request.policy.workspace)]
+    return roots
 
 
 def _check_launched_git(argv: tuple[str, ...], cwd: str, env: dict[str, str], audit: AuditLog) -> None:
