@@ -160,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--output", "-o", metavar="FILE", help="where to write it (default ./agent-permissions.json)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
 
+    doc = sub.add_parser("doctor", help="report what this machine offers the sandbox and which backend auto picks",
+                         formatter_class=_formatter,
+                         description="The container runtimes and their versions (warning below the tested "
+                                     "minimum), whether a daemon answers, user namespaces (and why not), the "
+                                     "Landlock ABI, openat2, the cgroup layout with the pids and memory "
+                                     "controllers, the Python, and the backend auto picks and why. Changes nothing.")
+    doc.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
     aud = sub.add_parser("audit", help="summarize a run's audit log (default: the last run)",
                          formatter_class=_formatter,
                          description="Denials by operation and target, limits that fired, the exit status and "
@@ -263,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from capgate import audit_summary
 
         return audit_summary.audit_command(args.file, as_json=args.json)
+    if args.command == "doctor":
+        from capgate import doctor
+
+        return doctor.doctor_command(as_json=args.json)
     if args.command == "mcp":
         import importlib
 
