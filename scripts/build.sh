@@ -6,8 +6,9 @@
 # and print the sha256 of each, to publish beside them (docs/distribution.md: verifying).
 #
 # Every third-party file is checked against the hash locks in requirements/: the build tools
-# (build.txt) and, for capgate.pyz, each target's wheels (runtime.txt), downloaded with pip
-# --require-hashes into a fresh wheelhouse that pex then builds from, offline. pex, not shiv
+# (build.txt) and, for capgate.pyz, each target's wheels (pyz.txt: capgate's dependencies and
+# the mcp extra, so `capgate mcp` works too), downloaded with pip --require-hashes into a fresh
+# wheelhouse that pex then builds from, offline, held to the lock's version for each target. pex, not shiv
 # or a hand-made zipapp: pydantic-core and psutil are compiled, so the file must carry a wheel
 # per interpreter and machine and pick one at start (pex resolves for many --platform targets
 # at once and installs the right wheels into a cache, ~/.cache/pex, on first run).
@@ -43,6 +44,10 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "== creating $venv ($python)"
     "$python" -m venv "$venv"
 fi
+stamp=.cache/wheelhouse/.fetched-for
+if [ $fetch_only = 1 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$(sha256sum requirements/pyz.txt)" ]; then
+    exit 0  # already fetched for this lock
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 wheels=$work/wheels
@@ -56,12 +61,13 @@ echo "== fetching each target's wheels, hash-checked (CPython $pythons; $machine
 mkdir -p "$wheels"
 for py in $pythons; do
     for machine in $machines; do
-        "$venv/bin/python" scripts/pyz_targets.py requirements/runtime.txt "$py" "$machine" >"$work/lock.txt"
+        "$venv/bin/python" scripts/pyz_targets.py filter requirements/pyz.txt "$py" "$machine" >"$work/lock.txt"
         "${pip[@]}" download "${index[@]}" --require-hashes --no-deps --only-binary :all: -d "$wheels" \
             --implementation cp --python-version "$py" --platform "manylinux2014_$machine" -r "$work/lock.txt"
     done
 done
 if [ $fetch_only = 1 ]; then
+    sha256sum requirements/pyz.txt >"$stamp"
     exit 0
 fi
 # Reproducible: the same commit builds the same wheel and capgate.pyz (file times inside are
@@ -76,13 +82,17 @@ echo "== building $pyz (pex, from the hash-checked wheels only)"
 platforms=()
 for py in $pythons; do
     for machine in $machines; do
-        platforms+=(--platform "manylinux2014_$machine-cp-${py/./}-cp${py/./}")
+        "$venv/bin/python" scripts/pyz_targets.py platform "$py" "$machine" >"$work/platform-$py-$machine.json"
+        platforms+=(--complete-platform "$work/platform-$py-$machine.json")
     done
 done
-# pex gets capgate's wheel alone: the wheelhouse holds only the locked version of each
-# dependency for each target, so that is what each target resolves to (the 2020 resolver
-# skips a version whose Requires-Python excludes the target).
-"$venv/bin/pex" "$dist"/capgate-*.whl \
+# capgate[mcp] from its wheel and the hash-checked wheelhouse only, each target held to the
+# version the lock pins for it (the constraints carry the lock's markers).
+cp "$dist"/capgate-*.whl "$wheels"/
+"$venv/bin/python" scripts/pyz_targets.py constraints requirements/pyz.txt >"$work/constraints.txt"
+version=$("$venv/bin/python" -c 'import sys, tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])' 2>/dev/null \
+    || sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
+"$venv/bin/pex" "capgate[mcp]==$version" --constraints "$work/constraints.txt" \
     --no-pypi --find-links "$wheels" --no-build --resolver-version pip-2020-resolver "${platforms[@]}" \
     --entry-point capgate.cli:console_main --python-shebang '/usr/bin/env python3' \
     --venv --no-emit-warnings --output-file "$pyz" >/dev/null

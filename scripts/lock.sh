@@ -6,8 +6,9 @@
 # wheel and sdist of it, so the same file installs on x86_64 and aarch64, 3.10 to 3.13.
 #   test.txt     capgate's dependencies + the `test` extra + the build tools (scripts/test.sh)
 #   runtime.txt  capgate's dependencies only (scripts/demo.sh, `pip install` for users)
+#   pyz.txt      capgate's dependencies + the `mcp` extra: what capgate.pyz carries (scripts/build.sh)
 #   build.txt    the build tools only: pip, setuptools, build, pex (scripts/build.sh)
-# runtime.txt and build.txt are constrained to test.txt, so all three agree on every version.
+# The others are constrained to test.txt, so all of them agree on every version.
 # uv itself comes from requirements/lock-tools.txt (hash-locked too).
 #   usage: bash scripts/lock.sh [--upgrade]
 set -euo pipefail
@@ -22,5 +23,6 @@ export UV_CUSTOM_COMPILE_COMMAND="bash scripts/lock.sh"
 compile=("$tools/bin/uv" pip compile --quiet --universal --python-version 3.10 --generate-hashes "$@")
 "${compile[@]}" pyproject.toml --extra test requirements/build.in -o requirements/test.txt
 "${compile[@]}" pyproject.toml -c requirements/test.txt -o requirements/runtime.txt
+"${compile[@]}" pyproject.toml --extra mcp -c requirements/test.txt -o requirements/pyz.txt
 "${compile[@]}" requirements/build.in -c requirements/test.txt -o requirements/build.txt
-echo "locked: requirements/test.txt requirements/runtime.txt requirements/build.txt"
+echo "locked: requirements/test.txt requirements/runtime.txt requirements/pyz.txt requirements/build.txt"

@@ -27,6 +27,10 @@ if ! ls .cache/test-workloads/six-1.16.0.tar.gz >/dev/null 2>&1; then
     .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
         --require-hashes -r requirements/test-workloads.txt -d .cache/test-workloads
 fi
+# capgate.pyz's wheels for every target (tests/integration/test_distribution.py builds the
+# file from them, offline): fetched and hash-checked here, once per change of the lock.
+echo "== fetching capgate.pyz's wheels (requirements/pyz.txt, hash-checked) into .cache/wheelhouse"
+BUILD_VENV=.venv bash scripts/build.sh --fetch-only
 echo "== ruff"
 .venv/bin/ruff check capgate wrappers tests benchmarks examples
 echo "== mypy (strict)"

@@ -77,8 +77,8 @@ def runtime_requirements() -> list[Requirement]:
     return [Requirement(r) for r in pyproject()["dependencies"]]  # type: ignore[attr-defined]
 
 
-def extra_test_requirements() -> list[Requirement]:
-    return [Requirement(r) for r in pyproject()["optional-dependencies"]["test"]]  # type: ignore[index]
+def extra_requirements(extra: str) -> list[Requirement]:
+    return [Requirement(r) for r in pyproject()["optional-dependencies"][extra]]  # type: ignore[index]
 
 
 def build_in_requirements() -> list[Requirement]:
@@ -102,7 +102,8 @@ def direct_names(pins: list[Pin], via: str) -> set[str]:
     return {pin.name for pin in pins if via in pin.via}
 
 
-@pytest.mark.parametrize("name", ["runtime.txt", "test.txt", "build.txt", "lock-tools.txt", "test-workloads.txt"])
+@pytest.mark.parametrize("name", ["runtime.txt", "test.txt", "pyz.txt", "build.txt", "lock-tools.txt",
+                                  "test-workloads.txt"])
 def test_every_pin_is_exact_and_hashed(name: str) -> None:
     pins = lock(name)
     assert pins
@@ -121,11 +122,18 @@ def test_runtime_lock_is_exactly_the_declared_dependencies() -> None:
 
 def test_test_lock_holds_the_runtime_the_test_extra_and_the_build_tools() -> None:
     pins = lock("test.txt")
-    wanted = runtime_requirements() + extra_test_requirements()
+    wanted = runtime_requirements() + extra_requirements("test")
     assert_satisfied(pins, wanted, "test.txt")
     assert_satisfied(pins, build_in_requirements(), "test.txt")
     assert direct_names(pins, VIA_PYPROJECT) == {canonicalize_name(r.name) for r in wanted}
     assert direct_names(pins, VIA_BUILD_IN) == {canonicalize_name(r.name) for r in build_in_requirements()}
+
+
+def test_pyz_lock_holds_the_runtime_and_the_mcp_extra() -> None:
+    pins = lock("pyz.txt")
+    wanted = runtime_requirements() + extra_requirements("mcp")
+    assert_satisfied(pins, wanted, "pyz.txt")
+    assert direct_names(pins, VIA_PYPROJECT) == {canonicalize_name(r.name) for r in wanted}
 
 
 def test_build_lock_holds_the_build_tools() -> None:
@@ -142,7 +150,7 @@ def test_the_locks_agree_on_every_version() -> None:
     versions: dict[str, set[Version]] = {}
     for pin in everything:
         versions.setdefault(pin.name, set()).add(pin.version)
-    for name in ("runtime.txt", "build.txt"):
+    for name in ("runtime.txt", "pyz.txt", "build.txt"):
         for pin in lock(name):
             assert pin.version in versions.get(pin.name, set()), (
                 f"requirements/{name} pins {pin.name}=={pin.version}; test.txt has {versions.get(pin.name)}")
