@@ -8,10 +8,10 @@
 # Every third-party file is checked against the hash locks in requirements/: the build tools
 # (build.txt) and, for capgate.pyz, each target's wheels (pyz.txt: capgate's dependencies and
 # the mcp extra, so `capgate mcp` works too), downloaded with pip --require-hashes into a fresh
-# wheelhouse that pex then builds from, offline, held to the lock's version for each target. pex, not shiv
-# or a hand-made zipapp: pydantic-core and psutil are compiled, so the file must carry a wheel
-# per interpreter and machine and pick one at start (pex resolves for many --platform targets
-# at once and installs the right wheels into a cache, ~/.cache/pex, on first run).
+# wheelhouse that pex then builds from, offline, held to the lock's version for each target.
+# pex, not shiv or a hand-made zipapp: pydantic-core and psutil are compiled, so the file must
+# carry a wheel per interpreter and machine and pick one at start (pex resolves for many
+# platforms at once and installs the right wheels into a cache, ~/.cache/pex, on first run).
 #
 #   usage: bash scripts/build.sh [--fetch-only] [--offline] [--out DIR]
 #     --fetch-only  only download and hash-check every target's wheels into .cache/wheelhouse
@@ -19,10 +19,12 @@
 #     --out DIR     write the wheel, the sdist and capgate.pyz into DIR (default: dist/ and .)
 #   BUILD_VENV=DIR  the environment with the locked build tools (default .cache/build-venv,
 #                   made and filled from requirements/build.txt)
+#   WHEELHOUSE=DIR  where --fetch-only puts, and --offline takes, the wheels (.cache/wheelhouse)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 venv=${BUILD_VENV:-.cache/build-venv}
+wheelhouse=${WHEELHOUSE:-.cache/wheelhouse}
 pythons="3.10 3.11 3.12 3.13 3.14"
 machines="x86_64 aarch64"
 fetch_only=0 offline=0 dist=dist pyz=capgate.pyz
@@ -37,14 +39,14 @@ while [ $# -gt 0 ]; do
 done
 index=()
 if [ $offline = 1 ]; then
-    index=(--no-index --find-links .cache/wheelhouse)
+    index=(--no-index --find-links "$wheelhouse")
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 if [ ! -x "$venv/bin/python" ]; then
     echo "== creating $venv ($python)"
     "$python" -m venv "$venv"
 fi
-stamp=.cache/wheelhouse/.fetched-for
+stamp=$wheelhouse/.fetched-for
 if [ $fetch_only = 1 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$(sha256sum requirements/pyz.txt)" ]; then
     exit 0  # already fetched for this lock
 fi
@@ -52,7 +54,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 wheels=$work/wheels
 if [ $fetch_only = 1 ]; then
-    wheels=.cache/wheelhouse
+    wheels=$wheelhouse
 else
     echo "== installing the locked build tools (requirements/build.txt, --require-hashes)"
     "${pip[@]}" install "${index[@]}" --require-hashes -r requirements/build.txt

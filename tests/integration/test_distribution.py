@@ -120,7 +120,7 @@ def test_the_pyz_runs_the_demo_with_pythons_that_have_nothing_installed(built: P
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPGATE_", "SOFT_SANDBOX", "PEX_", "PYTHON"))}
     env.pop("XDG_STATE_HOME", None)
     env.pop("XDG_CONFIG_HOME", None)
-    env.update(HOME=str(fake_home), PEX_ROOT=str(tmp_path / "pex-root"))  # a first run: nothing cached
+    env["HOME"] = str(fake_home)  # a first run, nothing cached: the file unpacks itself under ~/.cache/pex
     ws = tmp_path / "demo_ws"
     shutil.copytree(ROOT / "examples" / "demo_ws", ws)
 
@@ -197,3 +197,27 @@ def test_the_development_install_prints_no_warning(tmp_path: Path) -> None:
         assert len(pth) == 1 and not [n for n in whl.namelist() if n.endswith("finder.py")]
         # One path on sys.path, holding capgate alone (not the repository's root).
         assert whl.read(pth[0]).decode().strip() == str(ROOT / "src")
+
+
+def test_a_wheel_that_is_not_the_locked_one_stops_the_build(tmp_path: Path) -> None:
+    """A tampered (or substituted) file in the wheelhouse fails pip's hash check before
+    anything is built; the untouched wheelhouse (the ``built`` fixture) is the control."""
+    if not any(WHEELHOUSE.glob("idna-*.whl")):
+        pytest.skip("no .cache/wheelhouse (scripts/test.sh fetches it)")
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    for path in WHEELHOUSE.iterdir():
+        if path.name.startswith("idna-"):
+            (wheelhouse / path.name).write_bytes(path.read_bytes() + b"\0")  # one byte more, still a zip
+        elif path.is_file():
+            try:
+                os.link(path, wheelhouse / path.name)
+            except OSError:  # another file system
+                shutil.copy2(path, wheelhouse / path.name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPGATE_", "SOFT_SANDBOX", "PEX_"))}
+    env.update(BUILD_VENV=sys.prefix, WHEELHOUSE=str(wheelhouse))
+    done = subprocess.run(["bash", "scripts/build.sh", "--offline", "--out", str(tmp_path / "out")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode != 0
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in done.stderr and "idna" in done.stderr, done.stderr
+    assert not (tmp_path / "out" / "capgate.pyz").exists()
