@@ -269,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("run_id", metavar="RUN_ID", nargs="?", help="the run (default: the workspace's last staged run)")
     dis.add_argument("--workspace", metavar="DIR", help="workspace root (default: the current directory)")
 
+    doc = sub.add_parser("doctor", help="report what this machine offers the sandbox and which backend auto picks",
+                         formatter_class=_formatter,
+                         description="The container runtimes and their versions (warning below the tested "
+                                     "minimum), whether a daemon answers, user namespaces (and why not), the "
+                                     "Landlock ABI, openat2, the cgroup layout with the pids and memory "
+                                     "controllers, the Python, and the backend auto picks and why. Changes nothing.")
+    doc.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
     aud = sub.add_parser("audit", help="summarize a run's audit log (default: the last run)",
                          formatter_class=_formatter,
                          description="Denials by operation and target, limits that fired, the exit status and "
@@ -403,6 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cmd and cmd[0] == "--":
             cmd = cmd[1:]
         return export_command(args, cmd, grants=_grants(args))
+    if args.command == "doctor":
+        from capgate import doctor
+
+        return doctor.doctor_command(as_json=args.json)
     if args.command == "mcp":
         import importlib
 

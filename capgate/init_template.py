@@ -1,8 +1,10 @@
 """The ``agent-permissions.json`` template written by ``capgate init``.
 
-JSON has no comments, so the template documents by example: it spells out every key with the
-built-in default value, so it loads as exactly the defaults (``restrict-only``, nothing
-widened). Narrow any entry freely; adding a permission needs ``--allow-user-expansion``.
+JSON has no comments, so the template documents by example: it spells out every key of the
+policy file (tests/unit/test_init_template.py checks it against the schema) with the built-in
+default value, so it loads as exactly the defaults (``restrict-only``, nothing widened).
+docs/policy.md ("Keys") explains each one. Narrow any entry freely; adding a permission needs
+``--allow-user-expansion``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def template_data() -> dict[str, object]:
             "write": list(d.DEFAULT_WRITE),
             "denyRead": list(d.DEFAULT_DENY_READ),
             "denyWrite": list(d.DEFAULT_DENY_WRITE),
+            "recursiveDelete": [],
         },
         "network": {
             "enabled": False,
@@ -36,6 +39,7 @@ def template_data() -> dict[str, object]:
             "allowedCommands": [],
             "allowShell": False,
             "envPassthrough": list(d.DEFAULT_ENV_PASSTHROUGH),
+            "deniedArguments": {},
         },
         "limits": dict(d.DEFAULT_LIMITS),
     }

@@ -11,7 +11,11 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e .
+# The locked dependencies, hash-checked (requirements/runtime.txt; build.txt brings the
+# setuptools that builds capgate from this checkout, with nothing else fetched).
+.venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes \
+    -r requirements/runtime.txt -r requirements/build.txt
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 # Byte-compile now: with PYTHONDONTWRITEBYTECODE=1 (CI sets it) every capgate start would
 # otherwise recompile the package from source (~100 ms per sandboxed run).
 .venv/bin/python -m compileall -q capgate >/dev/null

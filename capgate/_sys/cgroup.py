@@ -31,7 +31,8 @@ import signal
 import threading
 import time
 
-__all__ = ["PidsCgroup", "cgroup_home_procs_fd", "cgroup_parent", "create_pids_cgroup", "keep_migrations_warm"]
+__all__ = ["PidsCgroup", "cgroup_home_procs_fd", "cgroup_parent", "create_pids_cgroup", "keep_migrations_warm",
+           "layout"]
 
 _counter = itertools.count()
 _probe_lock = threading.Lock()
@@ -58,25 +59,14 @@ def _find_parent() -> tuple[str | None, int]:
     """The directory under which this process may create pids cgroups, and the version."""
     global _home_membership
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-            mounts = fh.read().splitlines()
+        mounts = _cgroup_mounts()
         with open("/proc/self/cgroup", encoding="utf-8") as fh:
             _home_membership = fh.read()
         memberships = _home_membership.splitlines()
     except OSError:
         return None, 0
-    v1_mount = v2_mount = None
-    for line in mounts:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        rfields = right.split()
-        if len(fields) < 5 or len(rfields) < 3:
-            continue
-        fstype, options = rfields[0], rfields[2].split(",")
-        if fstype == "cgroup" and "pids" in options and v1_mount is None:
-            v1_mount = fields[4]
-        elif fstype == "cgroup2" and v2_mount is None:
-            v2_mount = fields[4]
+    v1_mount = next((point for fstype, point, options in mounts if fstype == "cgroup" and "pids" in options), None)
+    v2_mount = next((point for fstype, point, _options in mounts if fstype == "cgroup2"), None)
     for line in memberships:
         _hid, controllers, rel = [*line.split(":", 2), "", ""][:3]
         if v1_mount and "pids" in controllers.split(","):
@@ -93,6 +83,61 @@ def _find_parent() -> tuple[str | None, int]:
                 if "pids" in enabled:
                     return _usable(base, 2)
     return None, 0
+
+
+_V1_CONTROLLERS = frozenset({"blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "hugetlb", "memory", "misc",
+                             "net_cls", "net_prio", "perf_event", "pids", "rdma"})
+
+
+def _cgroup_mounts() -> list[tuple[str, str, list[str]]]:
+    """The cgroup file systems mounted here, from ``/proc/self/mountinfo``: (type — cgroup or
+    cgroup2 —, mount point, super options: a v1 hierarchy's controllers are among them)."""
+    out: list[tuple[str, str, list[str]]] = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        for line in fh.read().splitlines():
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(fields) >= 5 and len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
+                out.append((rfields[0], fields[4], rfields[2].split(",")))
+    return out
+
+
+def layout() -> dict[str, object]:
+    """The cgroup layout as ``capgate doctor`` reports it: ``version`` (v1, v2, hybrid — v1
+    controllers beside an empty v2 tree — or none), the mounts, where the ``pids`` and
+    ``memory`` controllers are for this process, and the directory capgate would create its
+    per-run pids cgroups under (``perRunPids``; None: runs use rlimits only). Read-only: this
+    sweeps nothing and creates nothing."""
+    try:
+        mounts = _cgroup_mounts()
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            memberships = fh.read().splitlines()
+    except OSError as exc:
+        return {"version": "none", "why": f"cannot read the cgroup mounts: {exc}", "mounts": [],
+                "controllers": {}, "perRunPids": None}
+    v1 = {c: point for fstype, point, options in mounts if fstype == "cgroup" for c in options}
+    v2 = next((point for fstype, point, _options in mounts if fstype == "cgroup2"), None)
+    v2_controllers: list[str] = []
+    if v2 is not None:
+        own = next((line[3:] for line in memberships if line.startswith("0::")), "/")
+        try:
+            with open(os.path.join(v2, own.lstrip("/"), "cgroup.controllers"), encoding="utf-8") as fh:
+                v2_controllers = fh.read().split()
+        except OSError:
+            v2_controllers = []
+    controllers: dict[str, str | None] = {}
+    for name in ("pids", "memory"):
+        if name in v1:
+            controllers[name] = f"v1 at {v1[name]}"
+        elif name in v2_controllers:
+            controllers[name] = f"v2 at {v2}"
+        else:
+            controllers[name] = None
+    has_v1 = bool(_V1_CONTROLLERS.intersection(v1))  # (a ``name=systemd`` hierarchy alone has none)
+    version = "hybrid" if has_v1 and v2 else "v1" if has_v1 else "v2" if v2 else "none"
+    parent, _version_found = _find_parent()
+    return {"version": version, "mounts": [f"{fstype} {point}" for fstype, point, _options in mounts],
+            "controllers": controllers, "perRunPids": parent}
 
 
 def _usable(base: str, version: int) -> tuple[str | None, int]:

@@ -206,8 +206,14 @@ class NamespaceBackend(SoftBackend):
             uid=os.getuid(),
             gid=os.getgid(),
         )
-        shim = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_sys", "ns_exec.py")
-        inner = [sys.executable, "-I", "-S", shim, "-" if confine is None else confine.encode()]
+        # Both by their real directories: the view binds the read roots at their real paths, so
+        # a path through a symbolic link to a directory (capgate.pyz's environment under
+        # ~/.cache/pex/venvs/.../s/HASH/venv, a venv reached through a link) does not exist inside.
+        # The interpreter keeps its own name (a venv's bin/python stays the venv's).
+        shim = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_sys", "ns_exec.py")
+        python = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(sys.executable))),
+                              os.path.basename(sys.executable))
+        inner = [python, "-I", "-S", shim, "-" if confine is None else confine.encode()]
         if proxy is not None:
             inner += ["--forward", str(INNER_PROXY_PORT), str(proxy.address)]
         audit.event("namespace.view", hidden=len(found.hidden_files) + len(found.hidden_dirs),

@@ -1,8 +1,10 @@
-"""wrappers/ is installed as ``capgate.wrappers`` only, and pyproject's explicit package list
-(find cannot see a mapped folder) names every package folder on disk."""
+"""wrappers/ is installed as ``capgate.wrappers`` only (through the capgate/wrappers link), and
+pyproject's explicit package list (find does not follow the link) names every package folder on
+disk."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,13 @@ def test_package_list_matches_the_folders() -> None:
                 for p in (ROOT / "wrappers").rglob("*.py") if p.parent != ROOT / "wrappers"}
     on_disk |= {"capgate.wrappers", "capgate.testing.corpus", "capgate.container_shim"}
     assert listed == on_disk
-    assert config["package-dir"] == {"capgate.wrappers": "wrappers", "capgate.container_shim": "container_shim"}
+    # The simple layout setuptools' editable mode installs with a plain .pth (see pyproject.toml).
+    assert config["package-dir"] == {"": "src"}
+    assert os.readlink(ROOT / "capgate" / "wrappers") == "../wrappers"
+    assert os.readlink(ROOT / "capgate" / "container_shim") == "../container_shim"
+    assert os.readlink(ROOT / "src" / "capgate") == "../capgate"
+    # Nothing else on sys.path (setuptools writes its capgate.egg-info there: metadata, not code).
+    assert [p.name for p in (ROOT / "src").iterdir() if not p.name.endswith(".egg-info")] == ["capgate"]
 
 
 def test_importable_as_capgate_wrappers_never_bare(tmp_path: Path) -> None:
@@ -36,5 +44,5 @@ def test_importable_as_capgate_wrappers_never_bare(tmp_path: Path) -> None:
                          env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.splitlines()
-    assert Path(first) == ROOT / "wrappers" / "__init__.py"
+    assert Path(first).resolve() == ROOT / "wrappers" / "__init__.py"
     assert second == "no bare wrappers"
