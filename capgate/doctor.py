@@ -93,7 +93,7 @@ def _backend(env: Mapping[str, str]) -> dict[str, str | None]:
     from capgate.launcher import UsageError, _choose_backend
 
     try:
-        name, why = _choose_backend("auto", env)
+        name, why, _chosen = _choose_backend("auto", env)
     except (CapgateError, UsageError) as exc:
         return {"auto": None, "why": str(exc)}
     return {"auto": name, "why": why.removeprefix("auto: ")}
