@@ -13,11 +13,16 @@ import json
 
 from capgate.policy import defaults as d
 
-__all__ = ["TEMPLATE", "template_data"]
+__all__ = ["TEMPLATE", "TRUSTED_ONLY_KEYS", "template_data"]
+
+
+TRUSTED_ONLY_KEYS = frozenset({"network.credentials"})
+"""Keys a workspace file may never carry (the user-level file and the command line only):
+the template, written into the workspace, leaves them out."""
 
 
 def template_data() -> dict[str, object]:
-    """The template as data: every key, with the built-in default."""
+    """The template as data: every key a workspace file may hold, with the built-in default."""
     return {
         "version": 1,
         "filesystem": {
@@ -34,6 +39,8 @@ def template_data() -> dict[str, object]:
             "allowedAddresses": [],
             "allowedPorts": list(d.DEFAULT_PORTS),
             "allowedUnixSockets": [],
+            "requestRules": [],
+            "endRunOnCredentialMisuse": False,
         },
         "process": {
             "allowedCommands": [],

@@ -18,6 +18,7 @@ import pytest
 
 from capgate import runtimes
 from capgate._sys import landlock, openat2
+from tests.integration._soft_helpers import launcher_messages
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +45,8 @@ def test_json_report_matches_the_probes_the_sandbox_uses(tmp_path: Path) -> None
     dry = subprocess.run([sys.executable, "-m", "capgate", "run", "--workspace", str(tmp_path), "--dry-run-policy",
                           "--", "true"], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert dry.returncode == 0, dry.stderr
-    assert f"capgate: backend: {report['backend']['auto']} (auto: {report['backend']['why']})" in dry.stderr
+    messages = "\n".join(launcher_messages(dry.stderr))  # (the banner wraps at 100 columns)
+    assert f"capgate: backend: {report['backend']['auto']} (auto: {report['backend']['why']})" in messages
 
 
 def test_text_report_has_a_line_per_topic() -> None:
