@@ -18,7 +18,7 @@ import subprocess
 
 from capgate.errors import BackendUnavailable
 
-from .rootfs import image_key, write_rootfs
+from .rootfs import IMAGE_SITE, image_key, write_rootfs
 
 __all__ = ["IMAGE_REPOSITORY", "build_image", "built_image", "default_image", "find_runtime", "runtime_command"]
 
@@ -89,7 +89,11 @@ def build_image(runtime: str = "podman", *, tag: str | None = None) -> str:
     name = tag or f"{IMAGE_REPOSITORY}:k{key}"
     import tempfile
 
-    argv = [*runtime_command(runtime), "import", "--change", "WORKDIR /", "-", name]
+    # PYTHONPATH: ``/opt/capgate/bin/python -m capgate`` works in the image on its own (the
+    # Kubernetes export's entrypoint), as in an image built from the Containerfile; a capgate
+    # run sets its own PYTHONPATH (boot directory first) over it.
+    argv = [*runtime_command(runtime), "import", "--change", "WORKDIR /", "--change",
+            f"ENV PYTHONPATH={IMAGE_SITE}", "-", name]
     with tempfile.TemporaryFile() as output:  # (a file, not a pipe: the import cannot block on it)
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=output)
         assert proc.stdin is not None

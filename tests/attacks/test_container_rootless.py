@@ -56,8 +56,6 @@ def _copy(site: Path) -> None:
     repo = Path(capgate.__file__).resolve().parent.parent
     skip = shutil.ignore_patterns("__pycache__")
     shutil.copytree(repo / "capgate", site / "capgate", ignore=skip)
-    shutil.copytree(repo / "wrappers", site / "capgate" / "wrappers", ignore=skip)
-    shutil.copytree(repo / "container_shim", site / "capgate" / "container_shim", ignore=skip)
     wanted = {n.removesuffix(".py").lower() for n in _PACKAGES}
     for base in (Path(p) for p in sys.path if p and os.path.isdir(p)):
         for name in _PACKAGES:

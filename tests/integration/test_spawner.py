@@ -96,8 +96,8 @@ def test_exec_failure_raises_the_matching_oserror(limits, workspace: Path) -> No
 
 def test_child_gets_only_its_descriptors_and_pass_fds_keep_their_numbers(limits, workspace: Path) -> None:  # type: ignore[no-untyped-def]
     r, w = os.pipe()
-    high = 57
-    for _attempt in range(50):  # (EBUSY: another thread of this process is opening a file as fd 57 right now)
+    high = 757  # (high and unusual: no leftover thread of an earlier test holds or closes this number)
+    for _attempt in range(50):  # (EBUSY: another thread of this process is opening a file as fd 757 right now)
         try:
             os.dup2(w, high)
             break
@@ -109,7 +109,7 @@ def test_child_gets_only_its_descriptors_and_pass_fds_keep_their_numbers(limits,
     try:
         code = """
             import os
-            os.write(57, b'through 57')
+            os.write(757, b'through 57')
             print(sorted(int(fd) for fd in os.listdir('/proc/self/fd')))
         """
         result = _run_py(code, limits, workspace, pass_fds=(high,))
@@ -118,7 +118,7 @@ def test_child_gets_only_its_descriptors_and_pass_fds_keep_their_numbers(limits,
     assert os.read(r, 100) == b"through 57"
     os.close(r)
     fds = eval(result.stdout.decode())
-    assert set(fds) - {3} == {0, 1, 2, 57}, fds  # 3: the listdir handle itself
+    assert set(fds) - {3} == {0, 1, 2, 757}, fds  # 3: the listdir handle itself
 
 
 def test_limits_cgroup_and_session_apply_before_exec(limits, workspace: Path) -> None:  # type: ignore[no-untyped-def]
