@@ -54,12 +54,17 @@ def main(argv: list[str]) -> None:
         import landlock  # type: ignore[import-not-found]  # the sibling stdlib-only module
 
         try:
-            ruleset = landlock.Ruleset(landlock.Plan.decode(plan_text))
+            plan = landlock.Plan.decode(plan_text)
+            ruleset = landlock.Ruleset(plan)
             failed = ruleset.restrict_self()
         except (OSError, ValueError) as exc:
             _die(f"cannot apply the Landlock plan: {exc}")
         if failed:
             _die(f"cannot apply the Landlock plan: {os.strerror(failed)}")
+        if plan.restricts_write:
+            # The hooks of a Python child may rely on it (capgate._sys.frozen_dirs.CONFINED_ENV):
+            # said only now that the plan is in force for this process and all it starts.
+            os.environ["CAPGATE_LANDLOCK"] = "writes"
     _report_started()
     try:
         os.execv(command[0], command)  # noqa: S606 (the agent command, already decided by the launcher)
