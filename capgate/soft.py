@@ -36,6 +36,14 @@ What is routed, and how:
   target. ``sqlite3.connect`` is a write of the database file.
 * Paths are canonicalized first (symlinks, ``..``, ``/proc/self/fd/N``): an ``O_PATH`` open
   and a ``readlink`` of its ``/proc/self/fd`` entry, else ``os.path.realpath``.
+* Remembered reads: when the process that applied the run's Landlock plan says it confines
+  the tree's writes to the write roots (``CAPGATE_LANDLOCK=writes``), a read ``open`` of a
+  path the no-symlink lookup confirmed as written, naming a file with one link, in a directory
+  no process of the tree can change (``capgate._sys.frozen_dirs``: outside every write root,
+  through every mount), reuses that decision without the lookup next time (logged again).
+  Relative paths use a remembered cwd while the cwd is such a directory; ``os.chdir`` and
+  ``os.fchdir`` are wrapped to invalidate it around the call, and a chdir seen only by its
+  event (the real function reached another way) turns the remembered cwd off for good.
 * An event argument is read as the C code that raised the event read it, never converted a
   second time (``_event_text``): ``str``/``bytes`` by content (a subclass's ``__str__`` or
   ``__fspath__`` is not called), the standard library's own ``pathlib`` objects through their
