@@ -76,4 +76,4 @@ def test_this_machines_mount_table_parses() -> None:
 def test_the_stdlib_only_processes_announce_confinement_with_the_same_words() -> None:
     assert (spawner.LANDLOCK_ENV, spawner.LANDLOCK_WRITES) == (frozen_dirs.CONFINED_ENV, frozen_dirs.CONFINED_WRITES)
     with open(os.path.join(os.path.dirname(spawner.__file__), "ns_exec.py")) as fh:
-        assert f'os.environ["{frozen_dirs.CONFINED_ENV}"] = "{frozen_dirs.CONFINED_WRITES}"' in fh.read()
+        assert f'env[b"{frozen_dirs.CONFINED_ENV}"] = b"{frozen_dirs.CONFINED_WRITES}"' in fh.read()
