@@ -122,7 +122,7 @@ def _confine(plan_text: str) -> bool:
     try:
         try:
             failed = _apply(plan_text)
-        except (ImportError, AttributeError):  # a _ctypes without what _apply uses
+        except (ImportError, AttributeError, TypeError):  # a _ctypes without what _apply uses
             failed = _apply_with_landlock_module(plan_text)
     except (OSError, ValueError) as exc:
         _die(f"cannot apply the Landlock plan: {exc}")
