@@ -238,8 +238,8 @@ class SoftBackend:
         confine = request.confine
         if confine is not None and proxy is not None:  # the kernel layer lets TCP reach the proxy alone
             confine = confine.with_connect_ports((port,))
-        # The command before anything runs beside this thread: the namespace backend's scan is
-        # CPU work, and with the audit writer's import thread going it took 4x as long.
+        # The command before anything runs beside this thread (the child-report reader): the
+        # namespace backend's scan is CPU work.
         try:
             argv, confine = self._command(request, list(request.argv), confine, proxy, audit)
         except BaseException:
@@ -251,13 +251,6 @@ class SoftBackend:
         env["CAPGATE_AUDIT_FD"] = str(write_fd)
         reader = self._reader = ChildReportReader(read_fd, audit)
         reader.start()
-        try:
-            import capgate.supervisor  # noqa: F401  (before the audit writer's import thread starts)
-        except ImportError:
-            pass
-        start_import = getattr(audit, "start_import", None)
-        if start_import is not None:
-            start_import()  # structlog loads while the child starts
         started = time.monotonic()
         try:
             result = _supervise(argv, policy=policy, env=env, cwd=policy.workspace,
