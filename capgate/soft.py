@@ -314,7 +314,7 @@ class SoftHooks:
         self._stable: dict[str, Callable[[], None]] = {}
         self._frozen: FrozenDirs | None = None
         self._stable_on = os.environ.get(CONFINED_ENV) == CONFINED_WRITES and _nosym_state >= 0
-        # The cwd, remembered for relative reads (``_frozen_cwd``): (generation, path).
+        # The cwd, remembered for relative reads (``_frozen_cwd``): (generation, path + "/").
         self._cwd: tuple[int, str] | None = None
         self._cwd_gen = 0
         self._chdirs: set[int] = set()  # threads inside the os.chdir/os.fchdir wrappers
@@ -333,19 +333,21 @@ class SoftHooks:
 
         stable = self._stable
         chdirs = self._chdirs
+        read_modes = _READ_MODES
+        not_plain = _NOT_PLAIN_READ
 
         def hook(event: str, args: tuple[Any, ...]) -> None:
-            if event == "open" and stable and not busy:
+            if event == "open" and stable and not busy and len(args) == 3:
                 # A read seen before in a frozen directory (``_on_stable_read``), answered
                 # before the general machinery: only dict lookups and the audit line, nothing
                 # that could raise an event of its own.
                 path, mode, flags = args
-                if type(path) is str and mode in _READ_MODES and not flags & _NOT_PLAIN_READ:
+                if type(path) is str and mode in read_modes and type(flags) is int and not flags & not_plain:
                     if path[:1] == "/":
                         log = stable.get(path)
                     else:
                         cwd = self._cwd
-                        log = (stable.get(cwd[1] + "/" + path)
+                        log = (stable.get(cwd[1] + path)
                                if cwd is not None and cwd[0] == self._cwd_gen and not chdirs else None)
                     if log is not None:
                         log()
@@ -518,13 +520,13 @@ class SoftHooks:
         wrappers) turns this off for good."""
         cached = self._cwd
         if cached is not None and cached[0] == self._cwd_gen and not self._chdirs:
-            return cached[1]
+            return cached[1][:-1]
         generation = self._cwd_gen
         cwd = os.getcwd()
         if self._cwd_cache_ok and not self._chdirs:
             frozen = self._frozen_dirs()
             if frozen is not None and frozen.frozen(cwd):
-                self._cwd = (generation, cwd)
+                self._cwd = (generation, cwd + "/")
         return cwd
 
     def chdir_guard(self, real: Callable[[Any], None]) -> Callable[[Any], None]:
