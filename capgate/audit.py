@@ -1,8 +1,11 @@
 """The audit log: one JSON line per decision or event, plus a bounded denial summary.
 
 Every decision goes through ``AuditLog.record``: allowed ones at ``info``, denials at
-``warning``. Lines are written by structlog (JSON, UTC ISO timestamps); ``record_many``
-writes the same lines for a batch without structlog's per-call overhead. The summary keeps a
+``warning``. Lines are structlog's JSON lines (UTC ISO timestamps; the same keys and order as
+its ``add_log_level`` + JSON renderer chain), written here directly (``_JsonLines``):
+importing structlog costs ~40 ms (it pulls in asyncio), which every ``capgate run`` paid, on
+a background thread competing with the child and then waited for at exit. ``record_many``
+writes the same lines for a batch with one timestamp and one write. The summary keeps a
 count per (operation, target) — at most ``MAX_DISTINCT`` distinct pairs, the rest counted
 in ``overflow`` — so a hostile loop of denials cannot grow memory without bound.
 
@@ -22,7 +25,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterable, Sequence
-from typing import IO, TYPE_CHECKING, Any, TextIO, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from capgate.decision import Decision
@@ -32,38 +35,12 @@ __all__ = ["LOGGER_NAME", "MAX_DISTINCT", "AuditLog", "DenialCount"]
 LOGGER_NAME = "capgate"
 
 MAX_DISTINCT = 1000
-# The standard logging levels by name (``logging``'s numbers, which structlog's filtering
+# The standard logging levels by name (``logging``'s numbers, as structlog's filtering
 # logger takes), without importing ``logging`` (~3 ms) on the launcher's start-up path.
 _LEVELS = {"notset": 0, "debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50,
            "fatal": 50}
 
 DenialCount = tuple[str, str, int]
-
-# ``import structlog`` costs ~40 ms (it pulls in asyncio). A launcher that must start its
-# child quickly passes ``deferred=True``: the import runs on a background thread while the
-# child starts, and the few lines logged before it finishes wait in memory, in order, with
-# the time they happened.
-_STRUCTLOG_READY = threading.Event()
-_import_lock = threading.Lock()
-_import_started = False
-_MAX_PENDING = 10_000
-
-
-def _start_structlog_import() -> None:
-    global _import_started
-    with _import_lock:
-        if _import_started:
-            return
-        _import_started = True
-
-    def run() -> None:
-        try:
-            import structlog  # noqa: F401
-        finally:
-            _STRUCTLOG_READY.set()
-
-    threading.Thread(target=run, name="capgate-audit-import", daemon=True).start()
-
 
 # One encoder for every line: ``json.dumps(..., default=repr)`` builds a new encoder per
 # call (~3 us), and a child's forwarded decisions are written one line each.
@@ -85,10 +62,30 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _keep_timestamp(_logger: Any, _name: str, event: Any) -> Any:
-    """structlog processor: stamp the event unless it already carries its own time."""
-    event.setdefault("timestamp", _now())
-    return event
+class _JsonLines:
+    """What structlog's ``wrap_logger(WriteLogger(stream), processors=[add_log_level,
+    <stamp unless stamped>, JSONRenderer()], wrapper_class=make_filtering_bound_logger(level))``
+    writes — ``{**fields, "event", "level", "timestamp"}`` as ``json.dumps`` renders it, one
+    line each, flushed — without importing structlog (``tests/unit/test_audit_lines.py``
+    compares the two line for line)."""
+
+    def __init__(self, stream: IO[str], level: int) -> None:
+        self._stream = stream
+        self._level = level
+
+    def _log(self, level: str, name: str, fields: dict[str, Any]) -> None:
+        if _LEVELS[level] < self._level:
+            return
+        event = {**fields, "event": name, "level": level}
+        event.setdefault("timestamp", _now())
+        self._stream.write(_dumps(event) + "\n")
+        self._stream.flush()
+
+    def info(self, name: str, **fields: Any) -> None:
+        self._log("info", name, fields)
+
+    def warning(self, name: str, **fields: Any) -> None:
+        self._log("warning", name, fields)
 
 
 class _LoggingStream:
@@ -134,8 +131,7 @@ class AuditLog:
     ``Gate`` without ``audit=`` uses (see the module docstring)."""
 
     def __init__(
-        self, sink: str | os.PathLike[str] | IO[str] | None = None, *, level: str = "info", deferred: bool = False,
-        start_import: bool = True, log_allowed: bool = True,
+        self, sink: str | os.PathLike[str] | IO[str] | None = None, *, level: str = "info", log_allowed: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self._owned: IO[str] | None = None
@@ -154,15 +150,8 @@ class AuditLog:
             self._level = _LEVELS[level.lower()]
         except KeyError:
             raise ValueError(f"unknown audit level {level!r} (one of {', '.join(_LEVELS)})") from None
-        self._logger: Any = None
-        self._pending: list[tuple[str, str, dict[str, Any]]] = []
         self._write_lock = threading.RLock()
-        self._deferred = deferred
-        if deferred:
-            if start_import:
-                _start_structlog_import()
-        else:
-            self._build_logger()
+        self._logger = _JsonLines(stream, self._level)
         # Allowed decisions are the hot path (every file read): when the log does not keep
         # them, count and return without building an event.
         # (``log_allowed=False``: ``capgate run --audit-allowed off`` — events and denials stay.)
@@ -172,49 +161,12 @@ class AuditLog:
         self.overflow = 0
         self._denials: collections.Counter[tuple[str, str]] = collections.Counter()
 
-    def _build_logger(self) -> None:
-        import structlog
-
-        self._logger = structlog.wrap_logger(
-            structlog.WriteLogger(cast("TextIO", self._stream)),
-            processors=[
-                structlog.processors.add_log_level,
-                _keep_timestamp,
-                structlog.processors.JSONRenderer(sort_keys=False),
-            ],
-            wrapper_class=structlog.make_filtering_bound_logger(self._level),
-            cache_logger_on_first_use=True,
-        )
-
     def _emit(self, level: str, name: str, fields: dict[str, Any]) -> None:
         with self._write_lock:
-            if self._logger is None:
-                if self._deferred and not _STRUCTLOG_READY.is_set() and len(self._pending) < _MAX_PENDING:
-                    self._pending.append((level, name, {**fields, "timestamp": _now()}))
-                    return
-                self._flush_pending()
             try:
                 getattr(self._logger, level)(name, **fields)
             except (OSError, ValueError):
                 pass  # a closed or full log never turns a denial into an allow, nor crashes the caller
-
-    def _flush_pending(self) -> None:
-        with self._write_lock:
-            if self._logger is None:
-                self._build_logger()
-            pending, self._pending = self._pending, []
-            for level, name, fields in pending:
-                try:
-                    getattr(self._logger, level)(name, **fields)
-                except (OSError, ValueError):
-                    pass
-
-    def start_import(self) -> None:
-        """With ``deferred=True, start_import=False``: begin loading structlog now, on a
-        background thread (a launcher calls this once its own start-up work is done, so the
-        import runs while the child starts instead of competing with it)."""
-        if self._deferred:
-            _start_structlog_import()
 
     @classmethod
     def from_environment(cls) -> AuditLog:
@@ -250,8 +202,8 @@ class AuditLog:
     def record_many(self, rows: Sequence[tuple[str, str, Decision, dict[str, Any]]]) -> None:
         """Log and count several decisions at once — ``(op, target, decision, extra)`` rows, as
         ``record`` takes them — with one timestamp and one write for the batch. For bulk
-        forwarding (a sandboxed child's report): the lines are the ones structlog's JSON
-        renderer writes for ``record``, built here without its per-call overhead."""
+        forwarding (a sandboxed child's report): the lines are the ones ``_JsonLines``
+        writes for ``record``, built here without its per-call overhead."""
         self._count((op, target, decision.allowed) for op, target, decision, _extra in rows)
         self._write_decisions([_entry(op, target, decision.allowed, decision.rule, decision.reason, extra)
                                for op, target, decision, extra in rows
@@ -275,15 +227,7 @@ class AuditLog:
         if not entries:
             return
         with self._write_lock:
-            if self._logger is None:
-                if (self._deferred and not _STRUCTLOG_READY.is_set()
-                        and len(self._pending) + len(entries) <= _MAX_PENDING):
-                    self._pending.extend((lvl, "decision", {**fields, "timestamp": stamp}) for lvl, fields in entries)
-                    return
-                self._flush_pending()
-            elif self._pending:
-                self._flush_pending()
-            # What structlog's chain makes of ``record``: add_log_level, _keep_timestamp, JSONRenderer.
+            # What ``_JsonLines`` makes of ``record``, with one timestamp for the batch.
             text = "".join(
                 _dumps({**fields, "event": "decision", "level": level, "timestamp": stamp}) + "\n"
                 for level, fields in entries
@@ -305,10 +249,6 @@ class AuditLog:
             return
         stamp = _now()
         with self._write_lock:
-            if self._logger is None or self._pending:  # (structlog still loading: the general path)
-                self._write_decisions([_entry(op, target, allowed, rule, reason, {"source": "child", "child_pid": pid})
-                                       for op, target, allowed, rule, reason, pid in keep], stamp)
-                return
             tail = '", "timestamp": "' + stamp + '"}\n'
             text = "".join(
                 '{"op": ' + _quote(op) + ', "target": ' + _quote(target)
@@ -333,9 +273,12 @@ class AuditLog:
         self._emit("warning", name, fields)
 
     def flush(self) -> None:
-        """Write whatever waits for the deferred structlog import (waits for it)."""
-        if self._pending or (self._logger is None and self._deferred):
-            self._flush_pending()
+        """Every line is written and flushed as it is logged; kept for callers that flush."""
+        with self._write_lock:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass
 
     def summary(self) -> list[DenialCount]:
         """Denials as (operation, target, count), most frequent first."""

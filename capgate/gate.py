@@ -67,7 +67,7 @@ class Gate:
             raise TypeError(f"Gate needs a capgate.Policy, not {type(policy).__name__}")
         self.policy = policy
         if audit is None:
-            from capgate.audit import AuditLog  # structlog costs start-up time: load on need
+            from capgate.audit import AuditLog  # (on need: most embedders pass their own)
 
             audit = AuditLog.from_environment()
         self.audit = audit

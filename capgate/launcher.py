@@ -991,9 +991,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
         from capgate.audit_summary import prune_run_logs
 
         prune_run_logs(os.path.dirname(audit_path), env, keep_room_for_one=True)
-    # structlog loads on a background thread once the child is being started (SoftBackend
-    # calls audit.start_import): earlier, it would compete with this thread for the GIL.
-    audit = AuditLog(audit_path, deferred=True, start_import=False, log_allowed=options.audit_allowed)
+    audit = AuditLog(audit_path, log_allowed=options.audit_allowed)
     _prepare_run_dir(run_dir, policy, policy_file, boot_dir, sandbox_home, tmpdir)
     audit.event("run.start", backend=backend_name, soft_sandbox=backend_name == "soft", backend_reason=why_backend,
                 expansion=policy.origin, policy_source=source, command=list(argv), python_child=python_child,

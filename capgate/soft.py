@@ -36,6 +36,14 @@ What is routed, and how:
   target. ``sqlite3.connect`` is a write of the database file.
 * Paths are canonicalized first (symlinks, ``..``, ``/proc/self/fd/N``): an ``O_PATH`` open
   and a ``readlink`` of its ``/proc/self/fd`` entry, else ``os.path.realpath``.
+* Remembered reads: when the process that applied the run's Landlock plan says it confines
+  the tree's writes to the write roots (``CAPGATE_LANDLOCK=writes``), a read ``open`` of a
+  path the no-symlink lookup confirmed as written, naming a file with one link, in a directory
+  no process of the tree can change (``capgate._sys.frozen_dirs``: outside every write root,
+  through every mount), reuses that decision without the lookup next time (logged again).
+  Relative paths use a remembered cwd while the cwd is such a directory; ``os.chdir`` and
+  ``os.fchdir`` are wrapped to invalidate it around the call, and a chdir seen only by its
+  event (the real function reached another way) turns the remembered cwd off for good.
 * An event argument is read as the C code that raised the event read it, never converted a
   second time (``_event_text``): ``str``/``bytes`` by content (a subclass's ``__str__`` or
   ``__fspath__`` is not called), the standard library's own ``pathlib`` objects through their
@@ -137,6 +145,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from capgate import ops
+from capgate._sys.frozen_dirs import CONFINED_ENV, CONFINED_WRITES, FrozenDirs
 from capgate.decision import Decision
 from capgate.errors import PermissionDenied
 from capgate.gate import hard_link_denial
@@ -168,6 +177,10 @@ _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
 _MODULES_DENIED_AFTER_BOOT = frozenset({"_posixsubprocess", "posix", "_signal"})
 _FS_READ = ops.FS_READ
+# The hook's fast path (a read seen before, see ``SoftHooks._on_stable_read``) takes only the
+# modes and flags of a plain read; anything else goes the general way.
+_READ_MODES = frozenset({"r", "rb", "rt", "br", "tr"})
+_NOT_PLAIN_READ = _WRITE_FLAGS | _O_PATH
 _FS_WRITE = ops.FS_WRITE
 _MEMO_MAX = 16384  # remembered allowed decisions; the table is emptied when full
 _ENV_PREFIXES = ("PYTHON", "CAPGATE_", "GIT_")  # (GIT_: _check_exec_git_env)
@@ -270,6 +283,7 @@ class SoftHooks:
             "import": self._on_import,
             "fcntl.ioctl": self._on_ioctl,
             "os.kill": self._on_kill,
+            "os.chdir": self._on_chdir,
             "os.killpg": self._on_kill,
             "os.putenv": self._on_putenv,
             "os.unsetenv": self._on_unsetenv,
@@ -290,6 +304,21 @@ class SoftHooks:
         # audit is a ``ChildAudit``, else a ``gate.record`` call. Cleared in a forked child
         # (the lines carry the pid).
         self._memo: dict[tuple[str, str], Callable[[], None]] = {}
+        # Reads of files whose directory chain the tree cannot change (``FrozenDirs``), keyed by
+        # the absolute path as the open will resolve it: the lookup (symlinks, link count)
+        # found nothing to refuse the first time, and under Landlock no process of the tree can
+        # make it find anything else later, so only the memo's log is reused (the same
+        # decision, logged again). Only when the launcher's tree is confined to the policy's
+        # write roots (``CAPGATE_LANDLOCK=writes``, set by whoever applied the plan, after it
+        # took effect); None until the first open decides whether it can be used.
+        self._stable: dict[str, Callable[[], None]] = {}
+        self._frozen: FrozenDirs | None = None
+        self._stable_on = os.environ.get(CONFINED_ENV) == CONFINED_WRITES and _nosym_state >= 0
+        # The cwd, remembered for relative reads (``_frozen_cwd``): (generation, path + "/").
+        self._cwd: tuple[int, str] | None = None
+        self._cwd_gen = 0
+        self._chdirs: set[int] = set()  # threads inside the os.chdir/os.fchdir wrappers
+        self._cwd_cache_ok = True
         self._encode: Callable[..., bytes] | None = getattr(gate.audit, "encode", None)
         self._append: Callable[[bytes], None] | None = getattr(gate.audit, "append_allowed", None)
         self.hook = self._make_hook()
@@ -302,7 +331,27 @@ class SoftHooks:
         busy = self._busy
         deny = self._deny
 
+        stable = self._stable
+        chdirs = self._chdirs
+        read_modes = _READ_MODES
+        not_plain = _NOT_PLAIN_READ
+
         def hook(event: str, args: tuple[Any, ...]) -> None:
+            if event == "open" and stable and not busy and len(args) == 3:
+                # A read seen before in a frozen directory (``_on_stable_read``), answered
+                # before the general machinery: only dict lookups and the audit line, nothing
+                # that could raise an event of its own.
+                path, mode, flags = args
+                if type(path) is str and mode in read_modes and type(flags) is int and not flags & not_plain:
+                    if path[:1] == "/":
+                        log = stable.get(path)
+                    else:
+                        cwd = self._cwd
+                        log = (stable.get(cwd[1] + path)
+                               if cwd is not None and cwd[0] == self._cwd_gen and not chdirs else None)
+                    if log is not None:
+                        log()
+                        return
             handler = handlers.get(event)
             if handler is None:
                 return
@@ -408,6 +457,9 @@ class SoftHooks:
         if mode is None and not text.startswith("/"):
             self._on_relative_os_open(op, path, text)
             return
+        if self._stable_on and op is _FS_READ:
+            self._on_stable_read(text, mode is None)
+            return
         # The common case (builtin open, io.open_code, absolute os.open): resolve the name
         # as the open will, relative to the real cwd, without building an absolute path.
         canonical, links = _lookup_here(text)
@@ -419,6 +471,93 @@ class SoftHooks:
                 log()
                 return
         self._decide(op, canonical, links)
+
+    def _on_stable_read(self, text: str, os_open: bool) -> None:
+        """A read ``open`` while the stable reads are on (see ``_stable``): a path seen before
+        in a frozen directory costs a dict lookup; any other is resolved once, decided, and
+        remembered when it may be: written the way the no-symlink lookup confirmed it (no
+        symlink, no ``.``/``..``/``//`` on the way), a file with one link, in a frozen directory."""
+        if text.startswith("/"):
+            absolute = text
+        else:
+            cwd = self._frozen_cwd()
+            absolute = (cwd if cwd != "/" else "") + "/" + text
+        log = self._stable.get(absolute)
+        if log is not None:
+            if os_open:  # its wrapper checks the descriptor against this path
+                self._open_judged[self._get_ident()] = absolute
+            log()
+            return
+        found = _lexical_canonical(absolute)
+        confirmed = found is not None and found[0] == absolute and found[1] == 1
+        canonical, links = found if found is not None else _resolved_fallback(absolute)
+        if os_open:
+            self._open_judged[self._get_ident()] = canonical
+        self._decide(_FS_READ, canonical, links)  # (raises for a denial)
+        if not confirmed or "/./" in absolute or "/../" in absolute or absolute.endswith(("/.", "/..")):
+            return
+        frozen = self._frozen_dirs()
+        if frozen is not None and frozen.frozen(absolute.rsplit("/", 1)[0] or "/"):
+            log = self._memo.get((_FS_READ, absolute))
+            if log is not None:
+                if len(self._stable) >= _MEMO_MAX:
+                    self._stable.clear()
+                self._stable[absolute] = log
+
+    def _frozen_dirs(self) -> FrozenDirs | None:
+        frozen = self._frozen
+        if frozen is None:
+            frozen = self._frozen = _frozen_dirs(self.policy.filesystem.write)
+            if frozen is None:
+                self._stable_on = False
+        return frozen
+
+    def _frozen_cwd(self) -> str:
+        """``os.getcwd()``, remembered while it cannot change under us: the directory is
+        frozen (no process of the tree can rename it or a parent), and it changes only through
+        ``os.chdir``/``os.fchdir``, which this process's wrappers (``chdir_guard``) count
+        around the real call. A chdir reached another way (the ``os.chdir`` event outside the
+        wrappers) turns this off for good."""
+        cached = self._cwd
+        if cached is not None and cached[0] == self._cwd_gen and not self._chdirs:
+            return cached[1][:-1]
+        generation = self._cwd_gen
+        cwd = os.getcwd()
+        if self._cwd_cache_ok and not self._chdirs:
+            frozen = self._frozen_dirs()
+            if frozen is not None and frozen.frozen(cwd):
+                self._cwd = (generation, cwd + "/")
+        return cwd
+
+    def chdir_guard(self, real: Callable[[Any], None]) -> Callable[[Any], None]:
+        """``os.chdir``/``os.fchdir`` for ``_frozen_cwd``: the remembered cwd is invalid from
+        before the call until after it returned (a generation bumped on both sides)."""
+        get_ident = self._get_ident
+        chdirs = self._chdirs
+
+        def chdir(path: Any) -> None:
+            ident = get_ident()
+            chdirs.add(ident)
+            self._cwd_gen += 1
+            try:
+                real(path)
+            finally:
+                self._cwd_gen += 1
+                chdirs.discard(ident)
+
+        chdir.__name__ = chdir.__qualname__ = getattr(real, "__name__", "chdir")
+        chdir.__doc__ = getattr(real, "__doc__", None)
+        return chdir
+
+    def _on_chdir(self, args: tuple[Any, ...]) -> None:
+        if self._get_ident() not in self._chdirs:
+            self._cwd_cache_ok = False
+            self._cwd = None
+
+    def forget(self) -> None:
+        """Drop the remembered decisions (after a fork: their audit lines carry the pid)."""
+        self._memo.clear()
+        self._stable.clear()
 
     def _on_relative_os_open(self, op: str, path: Any, text: str) -> None:
         """``os.open`` of a relative name. The event does not say which ``dir_fd`` was given;
@@ -1542,6 +1681,25 @@ def _lookup_here(text: str) -> tuple[str, int]:
     return canonical, _stat_links(canonical)
 
 
+def _frozen_dirs(write_roots: Sequence[str]) -> FrozenDirs | None:
+    """``FrozenDirs`` for this process's mount table, or None when it cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            table = fh.read()
+        return FrozenDirs([os.path.realpath(root) for root in write_roots], table)
+    except (OSError, ValueError):
+        return None
+
+
+def _resolved_fallback(absolute: str) -> tuple[str, int]:
+    """``_lookup_here`` of an absolute path after its no-symlink lookup found nothing."""
+    opened = _opened(absolute)
+    if opened is not None:
+        return opened
+    canonical = os.path.realpath(absolute)
+    return canonical, _stat_links(canonical)
+
+
 def _canonical_nofollow(absolute: str) -> str:
     """The canonical path of ``absolute``'s directory plus its last name (the name itself
     is what a remove, rename or link acts on, not what a symlink there points to)."""
@@ -1605,6 +1763,10 @@ def install(gate: Gate, *, proxy: tuple[str, int] | None = None,
         module = sys.modules.get(module_name)
         if module is not None and getattr(module, "open", None) is _os_open:
             setattr(module, "open", os_open)  # noqa: B010 (a module type has no "open" for mypy)
+        for name in ("chdir", "fchdir"):
+            real = getattr(module, name, None) if module is not None else None
+            if real is not None:
+                setattr(module, name, hooks.chdir_guard(real))
     guarded = types.ModuleType("_posixsubprocess", "capgate guard around _posixsubprocess")
     guarded.fork_exec = hooks.fork_exec_guard(_posixsubprocess.fork_exec)  # type: ignore[attr-defined]
     guarded.__spec__ = getattr(_posixsubprocess, "__spec__", None)
@@ -1613,7 +1775,7 @@ def install(gate: Gate, *, proxy: tuple[str, int] | None = None,
     # first use, inside the hook: the import's own events are skipped by the re-entrancy
     # guard, and an import that fails there is a denial (fail closed). Most children never
     # start a process or touch a unix socket.
-    os.register_at_fork(after_in_child=hooks._memo.clear)
+    os.register_at_fork(after_in_child=hooks.forget)
     sys.addaudithook(hooks.hook)
     _installed = hooks
     return hooks

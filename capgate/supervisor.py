@@ -593,6 +593,10 @@ def _run_popen(
         except LandlockUnavailable:
             ruleset = None
     tree.confined = ruleset is not None
+    env = dict(env)
+    if ruleset is not None and tree.confine is not None and tree.confine.restricts_write and "CAPGATE_POLICY" in env:
+        # The preexec applies the plan or the child never runs (capgate._sys.frozen_dirs).
+        env[_spawner.LANDLOCK_ENV] = _spawner.LANDLOCK_WRITES
     start = time.monotonic()
     timed_out = False
     out = _Capped(cap)
@@ -610,7 +614,7 @@ def _run_popen(
             stdout=pipe_out,
             stderr=pipe_out,
             cwd=cwd,
-            env=dict(env),
+            env=env,
             start_new_session=True,
             close_fds=True,
             pass_fds=passed,

@@ -92,6 +92,10 @@ CGROUP_PROCS = -1
 HOME_PROCS = -2
 CGROUP_CURRENT = -3  # the run cgroup's pids.current (read-only): is the tree gone at exit?
 _PR_SET_CHILD_SUBREAPER = 36
+# What a soft-sandboxed child is told when the Landlock plan holds its tree's writes to the
+# write roots (``capgate._sys.frozen_dirs``, whose CONFINED_ENV/CONFINED_WRITES these equal).
+LANDLOCK_ENV = "CAPGATE_LANDLOCK"
+LANDLOCK_WRITES = "writes"
 _EXEC_ERRORS = frozenset(
     {errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG,
      errno.ETXTBSY, errno.EISDIR, errno.EPERM, errno.E2BIG}
@@ -593,6 +597,7 @@ class _Server:
         self._worn_calls = 0
         self._worn = False
         self.confined = False
+        self.confined_writes = False  # and that plan confines writes to the write roots
         self.configured = False  # limits and plan are set once, before the first child
         if limits or confine:
             self.configure(limits, confine)
@@ -616,6 +621,7 @@ class _Server:
                     self.cpu_hard = hard
             self.own_limits = table
         self.confined = bool(confine) and _confine(confine)
+        self.confined_writes = self.confined and _restricts_write(confine)
         return True
 
     # -- main loop ------------------------------------------------------------------------
@@ -839,6 +845,11 @@ class _Server:
         self, req: dict[str, object], moved: list[tuple[int, int]], procs: int | None, home: int | None
     ) -> tuple[str, int | None, tuple[int, str, str | None] | None]:
         table = [tuple(x) for x in req["limits"]]  # type: ignore[attr-defined]
+        env = req.get("env")
+        if self.confined_writes and isinstance(env, dict) and "CAPGATE_POLICY" in env:
+            # A soft-sandboxed child: tell its hooks the kernel holds its writes to the write
+            # roots (said here, by the process that applied the plan, once it took effect).
+            req["env"] = {**env, LANDLOCK_ENV: LANDLOCK_WRITES}
         fast = (
             self.own_limits is not None
             and table == self.own_limits
@@ -984,6 +995,15 @@ def _confine(encoded: str) -> bool:
         return bool(ruleset.restrict_self() == 0)
     finally:
         ruleset.close()
+
+
+def _restricts_write(encoded: str) -> bool:
+    import landlock  # (on sys.path: _confine put it there)
+
+    try:
+        return bool(landlock.Plan.decode(encoded).restricts_write)
+    except ValueError:
+        return False
 
 
 def _close_all(fds: list[int]) -> None:

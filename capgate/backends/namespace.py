@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +58,8 @@ def find_bwrap() -> str | None:
 def _probe(bwrap: str) -> tuple[bool, str]:
     """Whether bwrap can make the namespaces here (a real try: seccomp filters and AppArmor
     refuse at unshare time, which no sysctl shows)."""
+    import subprocess  # (here: most runs read the remembered answer, and the launcher's start-up is short)
+
     try:
         done = subprocess.run(
             [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",

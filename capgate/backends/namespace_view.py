@@ -251,6 +251,23 @@ def snapshot_write_roots(rules: PathRules, write_roots: Sequence[str]) -> Scan:
     return scan(rules, (), write_roots)
 
 
+def _shown_already(path: str, shown_ro: Sequence[str], covers: Sequence[str]) -> bool:
+    """Whether a read-only bind of ``path`` onto itself would change nothing: a read-only bind
+    made before it already shows that same directory there (``/etc/hosts`` under ``/etc``, a
+    runtime read root under ``/usr``). Each mount costs bubblewrap time at every start (the
+    runtime read roots hold dozens of such files). Kept whenever it could differ: a path with
+    a symlink on the way (the bind shows its target; through the parent it may dangle), or a
+    system cover around or beneath it (the order of the two mounts decides what is seen)."""
+    if not any(is_within(path, shown) and path != shown for shown in shown_ro):
+        return False
+    if any(is_within(path, c) or is_within(c, path) for c in covers):
+        return False
+    try:
+        return os.path.realpath(path) == path
+    except (OSError, ValueError):
+        return False
+
+
 def bwrap_argv(bwrap: str, view: View, command: Sequence[str], *, disable_userns: bool = True) -> list[str]:
     """bubblewrap's command line for ``view``, ending in ``command``.
 
@@ -279,11 +296,17 @@ def bwrap_argv(bwrap: str, view: View, command: Sequence[str], *, disable_userns
     for path in view.system_hidden_files:
         argv += ["--ro-bind", view.empty_file, path]
     writable = tuple(view.write)
+    shown_ro = list(_roots(view.system))  # read-only binds that show their whole tree
+    covers = (*view.system_hidden_dirs, *view.system_hidden_files)
     for path in sorted(set(view.read) | set(writable), key=lambda p: (p.count("/"), p)):
         if any(is_within(path, k) for k in _KERNEL_MADE):
             continue
         rw = any(is_within(path, w) for w in writable)  # a read root inside a write root stays writable
+        if not rw and _shown_already(path, shown_ro, covers):
+            continue
         argv += ["--bind-try" if rw else "--ro-bind-try", path, path]  # (a missing one: ENOENT inside)
+        if not rw:
+            shown_ro.append(path)
     for path in view.sockets:
         argv += ["--bind-try", path, path]
     for path in view.scan.readonly:  # before the covers: a cover inside one must stay on top

@@ -38,6 +38,7 @@ MAX_CHILD_LINE = 8192
 MAX_CHILD_LINES = 1_000_000
 _CHILD_FIELDS = ("op", "target", "decision", "rule", "reason")
 _decode = json.JSONDecoder().decode
+_ROWS_MAX = 8192
 
 
 class ChildReportReader(threading.Thread):
@@ -56,6 +57,10 @@ class ChildReportReader(threading.Thread):
         # Allowed execs of programs that are not Python (their own actions are unhooked: what
         # the kernel layer refuses them is not observable, and the summary must say so).
         self.native_execs = 0
+        # Decision lines already parsed and validated, by their exact bytes: a child re-reading
+        # files sends the same line again (capgate.soft keeps the encoded line of an allowed
+        # decision), and a dict lookup is a fraction of a JSON decode. Same bytes, same row.
+        self._rows: dict[bytes, tuple[str, str, bool, str, str, int | None]] = {}
 
     def run(self) -> None:
         pending = b""
@@ -88,6 +93,7 @@ class ChildReportReader(threading.Thread):
         """One read's worth of lines. Decisions go to the log as one batch (one write, one
         timestamp: the time they arrived), in order with the events between them."""
         batch: list[tuple[str, str, bool, str, str, int | None]] = []
+        rows = self._rows
         for line in lines:
             if not line:
                 continue
@@ -95,13 +101,22 @@ class ChildReportReader(threading.Thread):
                 self.dropped += 1
                 continue
             self.lines += 1
+            row = rows.get(line)
+            if row is not None:
+                batch.append(row)
+                continue
             data = _parse(line)
             if data is not None and "event" not in data:
                 pid = data.get("pid")
                 if data["op"] == "proc.exec" and data["decision"] == "allow" and not is_python_command(data["target"]):
                     self.native_execs += 1
-                batch.append((data["op"], data["target"], data["decision"] == "allow", data["rule"], data["reason"],
-                              pid if type(pid) is int else None))
+                row = (data["op"], data["target"], data["decision"] == "allow", data["rule"], data["reason"],
+                       pid if type(pid) is int else None)
+                batch.append(row)
+                if data["op"] != "proc.exec":  # (an exec is counted above each time it comes)
+                    if len(rows) >= _ROWS_MAX:
+                        rows.clear()
+                    rows[line] = row
                 continue
             if batch:
                 self.audit.record_child(batch)
@@ -247,8 +262,8 @@ class SoftBackend:
         confine = request.confine
         if confine is not None and proxy is not None:  # the kernel layer lets TCP reach the proxy alone
             confine = confine.with_connect_ports((port,))
-        # The command before anything runs beside this thread: the namespace backend's scan is
-        # CPU work, and with the audit writer's import thread going it took 4x as long.
+        # The command before anything runs beside this thread (the child-report reader): the
+        # namespace backend's scan is CPU work.
         try:
             argv, confine = self._command(request, list(request.argv), confine, proxy, audit)
         except BaseException:
@@ -260,13 +275,6 @@ class SoftBackend:
         env["CAPGATE_AUDIT_FD"] = str(write_fd)
         reader = self._reader = ChildReportReader(read_fd, audit)
         reader.start()
-        try:
-            import capgate.supervisor  # noqa: F401  (before the audit writer's import thread starts)
-        except ImportError:
-            pass
-        start_import = getattr(audit, "start_import", None)
-        if start_import is not None:
-            start_import()  # structlog loads while the child starts
         started = time.monotonic()
         try:
             result = _supervise(argv, policy=policy, env=env, cwd=policy.workspace,

@@ -108,3 +108,25 @@ def test_bwrap_argv_isolates_and_orders_mounts_so_covers_come_last() -> None:
     secret = at("--ro-bind", "/run/d", "/ws/.secret")
     bashrc = at("--ro-bind", "/ws/output/.bashrc", "/ws/output/.bashrc")
     assert at("--tmpfs", "/tmp", "--ro-bind-try") < ws < output < inner < min(env, secret, bashrc)
+
+
+def test_a_read_only_bind_already_shown_by_an_outer_one_is_left_out(tmp_path: Path) -> None:
+    """Each mount costs bubblewrap time at start; a read-only path under a read-only bind that
+    already shows it is not bound again, except where the second bind could change what is
+    seen (a symlink on the way, a cover around or beneath it, a write root)."""
+    root = tmp_path / "sys"
+    (root / "ssl" / "private").mkdir(parents=True)
+    (root / "hosts").write_text("h")
+    (root / "real.conf").write_text("r")
+    (root / "link.conf").symlink_to(root / "real.conf")
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "output" / "keep").mkdir(parents=True)
+    s, w = str(root), str(ws)
+    view = View(system=(s,), read=(f"{s}/hosts", f"{s}/link.conf", f"{s}/ssl", w, f"{w}/src", f"{w}/output/keep"),
+                write=(f"{w}/output",), sockets=(), scan=Scan(), empty_file="/e", empty_dir="/d", workspace=w,
+                uid=0, gid=0, system_hidden_dirs=(f"{s}/ssl/private",))
+    argv = bwrap_argv("/usr/bin/bwrap", view, ["true"])
+    bound = {argv[i + 1] for i, word in enumerate(argv) if word in ("--ro-bind-try", "--bind-try")}
+    assert f"{s}/hosts" not in bound and f"{w}/src" not in bound  # shown by /sys and by the workspace
+    assert {s, w, f"{w}/output", f"{s}/link.conf", f"{s}/ssl", f"{w}/output/keep"} <= bound  # the controls
