@@ -28,7 +28,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from capgate.backends.base import LaunchRequest
-from capgate.backends.namespace_view import FOREIGN_OWNER_RULE, Scan, View, bwrap_argv, scan
+from capgate.backends.namespace_view import FOREIGN_OWNER_RULE, Scan, View, bwrap_argv, command_links, scan
 from capgate.backends.soft import SoftBackend, _start_proxy
 from capgate.paths import is_within
 
@@ -195,6 +195,7 @@ class NamespaceBackend(SoftBackend):
         view = View(
             system=system,
             system_links=links,
+            command_links=command_links(request.argv, (*system, *read, *write, *(t for _t, t in links))),
             system_hidden_files=hidden_files,
             system_hidden_dirs=hidden_dirs,
             read=read,

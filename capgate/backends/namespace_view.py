@@ -80,6 +80,23 @@ class View:
     system_links: tuple[tuple[str, str], ...] = ()  # (target as the link holds it, link path)
     system_hidden_files: tuple[str, ...] = ()
     system_hidden_dirs: tuple[str, ...] = ()
+    # The command as the user named it, when that path runs through a symlink no root shows
+    # (a venv's ``bin/python3 -> /usr/bin/python3.11`` outside the read roots): made the same
+    # symlink to the real file the launcher resolved, which a read root shows. Python finds
+    # its venv (``pyvenv.cfg``) from the name it was run by, so the name must exist inside.
+    command_links: tuple[tuple[str, str], ...] = ()  # (resolved target, link path)
+
+
+def command_links(command: Sequence[str], roots: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """``View.command_links`` for ``command``: its program, when named by an absolute path that
+    resolves elsewhere and lies under none of ``roots`` (inside one, the bind shows it)."""
+    if not command or not os.path.isabs(command[0]):
+        return ()
+    exe = os.path.normpath(command[0])
+    real = os.path.realpath(exe)
+    if real == exe or any(is_within(exe, root) for root in roots) or not os.path.isfile(real):
+        return ()
+    return ((real, exe),)
 
 
 def _roots(paths: Iterable[str]) -> list[str]:
@@ -309,6 +326,8 @@ def bwrap_argv(bwrap: str, view: View, command: Sequence[str], *, disable_userns
             shown_ro.append(path)
     for path in view.sockets:
         argv += ["--bind-try", path, path]
+    for target, link in view.command_links:
+        argv += ["--symlink", target, link]
     for path in view.scan.readonly:  # before the covers: a cover inside one must stay on top
         argv += ["--ro-bind", path, path]
     for path in view.scan.hidden_dirs:
