@@ -9,7 +9,7 @@ target, a header or the body is a ``net.credential`` denial; this host's placeho
 replaced by the real value in the credential's header only. The request then goes over a kept-
 alive TLS connection to the address the gate pinned, verified against the system store and
 ``--upstream-ca``; the answer comes back streamed, and for a host with credentials with every
-real value replaced by its placeholder (headers and body; the upstream is asked for
+real value replaced by its placeholder (status line, headers and body; the upstream is asked for
 ``Accept-Encoding: identity``, gzip/deflate are decoded, any other encoding is refused as
 unscrubbable). ``Expect: 100-continue`` is answered here. Bodies are never buffered whole.
 """
@@ -338,7 +338,9 @@ class InspectedConnection:
             dropped = (b"content-length", b"content-encoding") if resized else (b"content-encoding",)
             headers = [(n, v) for n, v in headers if n not in dropped]
             replacer = StreamReplacer(pairs)
-        self._out(tls, conn.send(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)))
+        # (the reason phrase is the upstream's text too: a server may name the credential it refused)
+        reason = replace_all(bytes(event.reason), pairs) if pairs else event.reason
+        self._out(tls, conn.send(h11.Response(status_code=event.status_code, headers=headers, reason=reason)))
         while True:
             event = self._next(up, up_sock)
             if isinstance(event, h11.Data):

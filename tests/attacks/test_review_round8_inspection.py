@@ -1,0 +1,91 @@
+"""Review round 8, the inspecting proxy (real loopback TLS, the proxy in process): what the
+request rules judged must be what the upstream is sent, and what the upstream answers must
+come back scrubbed in every part of the response, the status line included."""
+
+from __future__ import annotations
+
+import io
+import json
+import ssl
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import capgate
+from capgate.audit import AuditLog
+from capgate.credentials import resolve_credentials
+from capgate.inspection.relay import Inspection
+from capgate.policy.sources import Grants
+from capgate.proxy import EgressProxy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _tls_upstream import OTHER_HOST, SECRET, TEST_HOST, Upstream, upstream
+
+
+class _Run:
+    def __init__(self, proxy: EgressProxy, inspection: Inspection, server: Upstream) -> None:
+        self.proxy, self.inspection, self.server = proxy, inspection, server
+        self.placeholder = inspection.credentials.items[0].placeholder.decode()
+
+    def raw(self, host: str, request: bytes) -> bytes:
+        """``request`` sent as is through an inspected tunnel to ``host``; the whole answer."""
+        import socket
+
+        assert isinstance(self.proxy.address, tuple)
+        sock = socket.create_connection(self.proxy.address, timeout=10)
+        try:
+            sock.sendall(f"CONNECT {host}:{self.server.port} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            ctx = ssl.create_default_context(cadata=self.inspection.ca.pem.decode())
+            with ctx.wrap_socket(sock, server_hostname=host) as tls:
+                tls.sendall(request)
+                out = b""
+                while True:
+                    try:
+                        data = tls.recv(65536)
+                    except (ssl.SSLError, OSError):
+                        break
+                    if not data:
+                        break
+                    out += data
+                return out
+        finally:
+            sock.close()
+
+    def get(self, host: str, target: str, extra: str = "") -> bytes:
+        port = self.server.port
+        return self.raw(host, f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Connection: close\r\n\r\n"
+                        .encode())
+
+
+@pytest.fixture
+def run(tmp_path: Path, workspace: Path) -> Iterator[_Run]:
+    with upstream(tmp_path) as (ca, server):
+        port = server.port
+        rules = workspace / "agent-permissions.json"
+        rules.write_text(json.dumps({"network": {"requestRules": [
+            {"host": f"{OTHER_HOST}:{port}", "methods": ["GET"], "paths": ["/repos/acme/*"]}]}}))
+        grants = Grants(credential=(f"TOKEN@{TEST_HOST}:{port}/Authorization",), net=(f"127.0.0.1:{port}",
+                        f"{OTHER_HOST}:{port}"), resolve=(f"{TEST_HOST}:{port}:127.0.0.1",
+                                                          f"{OTHER_HOST}:{port}:127.0.0.1"))
+        policy = capgate.load_policy(rules, workspace=workspace, grants=grants)
+        gate = capgate.Gate(policy, audit=AuditLog(io.StringIO()))
+        inspection = Inspection(resolve_credentials(policy, {"TOKEN": SECRET}), policy.network.request_rules,
+                                (str(ca.ca_file),))
+        with EgressProxy(gate, inspection=inspection) as proxy:
+            try:
+                yield _Run(proxy, inspection, server)
+            finally:
+                server.release.set()
+
+
+def test_status_line_is_scrubbed(run: _Run) -> None:
+    answer = run.get(TEST_HOST, "/reason-echo", f"Authorization: Bearer {run.placeholder}\r\n")
+    head = answer.split(b"\r\n", 1)[0]
+    assert SECRET.encode() not in answer, head
+    assert head.startswith(b"HTTP/1.1 401 ") and run.placeholder.encode() in head
+    # control: the upstream did receive the real value
+    assert [v for n, v in run.server.requests[-1]["headers"] if n.lower() == "authorization"] == \
+        [f"Bearer {SECRET}"]
