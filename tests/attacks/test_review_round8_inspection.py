@@ -10,6 +10,7 @@ import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,25 @@ def run(tmp_path: Path, workspace: Path) -> Iterator[_Run]:
                 yield _Run(proxy, inspection, server)
             finally:
                 server.release.set()
+
+
+def _targets(server: Upstream) -> list[Any]:
+    return [r["target"] for r in server.requests]
+
+
+@pytest.mark.parametrize("target", [
+    "/repos/acme/..;/other/issues",        # Tomcat, Spring, Jetty: `..;` is `..` with a path parameter
+    "/repos/acme/.;/../other/issues",
+    "/repos/acme/x#/../../other/issues",   # a fragment is never sent; checked without it, sent with it
+])
+def test_request_rules_judge_what_is_sent(run: _Run, target: str) -> None:
+    answer = run.get(OTHER_HOST, target)
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert _targets(run.server) == []
+    # control: a plain path the rule allows goes through
+    ok = run.get(OTHER_HOST, "/repos/acme/issues;page=2")
+    assert ok.startswith(b"HTTP/1.1 200"), ok[:200]
+    assert _targets(run.server) == ["/repos/acme/issues;page=2"]
 
 
 def test_status_line_is_scrubbed(run: _Run) -> None:
