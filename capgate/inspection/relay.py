@@ -311,6 +311,16 @@ class InspectedConnection:
     # -- the response -------------------------------------------------------------------
     def _relay_response(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
                         up_sock: ssl.SSLSocket, method: str) -> bool:
+        try:
+            return self._relay_response_events(conn, tls, up, up_sock, method)
+        except h11.RemoteProtocolError:
+            # (h11's message quotes the upstream's offending line, which may hold the real
+            # value: never passed on, and never taken for the client's malformed request)
+            self._close_upstream()
+            raise _Refused(502, f"{self.host}:{self.port} sent a malformed HTTP response; refused") from None
+
+    def _relay_response_events(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
+                               up_sock: ssl.SSLSocket, method: str) -> bool:
         pairs = [(c.value, c.placeholder) for c in self.mine]
         while True:
             event = self._next(up, up_sock)
@@ -426,7 +436,9 @@ class InspectedConnection:
 
     # -- answers ------------------------------------------------------------------------
     def _answer(self, conn: h11.Connection, tls: ssl.SSLSocket, status: int, text: str, rule: str = "") -> None:
-        body = f"capgate egress proxy: {text}\n".encode("utf-8", "replace")
+        # (every answer of the proxy's own is scrubbed too: whatever text it quotes, no value leaves)
+        body = replace_all(f"capgate egress proxy: {text}\n".encode("utf-8", "replace"),
+                           [(c.value, c.placeholder) for c in self.inspection.credentials.items])
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         if rule:

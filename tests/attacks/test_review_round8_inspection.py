@@ -109,3 +109,15 @@ def test_status_line_is_scrubbed(run: _Run) -> None:
     # control: the upstream did receive the real value
     assert [v for n, v in run.server.requests[-1]["headers"] if n.lower() == "authorization"] == \
         [f"Bearer {SECRET}"]
+
+
+def test_malformed_upstream_answer_is_not_echoed_back(run: _Run) -> None:
+    """h11's error for a malformed response quotes the offending line; the proxy sent that text
+    to the child as its own 400 — upstream bytes, the credential included, unscrubbed."""
+    answer = run.get(TEST_HOST, "/bad-header-echo", f"Authorization: Bearer {run.placeholder}\r\n")
+    assert SECRET.encode() not in answer, answer[:300]
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:300]
+    # control: the upstream did receive the real value, and a good answer still passes
+    assert [v for n, v in run.server.requests[-1]["headers"] if n.lower() == "authorization"] == \
+        [f"Bearer {SECRET}"]
+    assert run.get(TEST_HOST, "/echo", f"Authorization: Bearer {run.placeholder}\r\n").startswith(b"HTTP/1.1 200")
