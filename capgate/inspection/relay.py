@@ -275,9 +275,13 @@ class InspectedConnection:
         found = [p for p in self.foreign if p in request.target]
         out: list[tuple[bytes, bytes]] = []
         listed = {item.strip().lower() for n, v in request.headers if n == b"connection" for item in v.split(b",")}
+        # h11 framed the body by Transfer-Encoding and sends it on chunked: a Content-Length
+        # beside it would let a server that frames by length read the rest as a request the
+        # rules never saw (RFC 9112 6.3: an intermediary removes it).
+        chunked = any(n == b"transfer-encoding" for n, _ in request.headers)
         for name, value in request.headers:
             found += [p for p in self.foreign if p in value]
-            if name in _HOP or name in listed:
+            if name in _HOP or name in listed or (chunked and name == b"content-length"):
                 continue
             if name == b"accept-encoding" and self.mine:
                 continue

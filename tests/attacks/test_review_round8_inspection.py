@@ -121,3 +121,24 @@ def test_malformed_upstream_answer_is_not_echoed_back(run: _Run) -> None:
     assert [v for n, v in run.server.requests[-1]["headers"] if n.lower() == "authorization"] == \
         [f"Bearer {SECRET}"]
     assert run.get(TEST_HOST, "/echo", f"Authorization: Bearer {run.placeholder}\r\n").startswith(b"HTTP/1.1 200")
+
+
+def test_request_with_both_lengths_is_not_smuggled_past_the_rules(run: _Run) -> None:
+    """Transfer-Encoding and Content-Length both: h11 frames by the first, but both were sent on,
+    and a server that frames by Content-Length (the test upstream does) reads the chunked body
+    as a second request the rules never saw (RFC 9112 6.3: an intermediary MUST drop the
+    Content-Length before forwarding such a message)."""
+    port = run.server.port
+    hidden = (f"DELETE /repos/other/everything HTTP/1.1\r\nHost: {OTHER_HOST}:{port}\r\n"
+              "Content-Length: 7\r\n\r\n").encode()
+    head = (f"GET /repos/acme/x HTTP/1.1\r\nHost: {OTHER_HOST}:{port}\r\nContent-Length: 4\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    run.raw(OTHER_HOST, head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(hidden), hidden))
+    assert [r["method"] for r in run.server.requests if r["method"] == "DELETE"] == [], run.server.requests
+    # control: a chunked request alone is relayed whole
+    body = b"hello"
+    ok = run.raw(OTHER_HOST, (f"GET /repos/acme/y HTTP/1.1\r\nHost: {OTHER_HOST}:{port}\r\n"
+                              "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+                 + b"5\r\nhello\r\n0\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200"), ok[:200]
+    assert run.server.requests[-1]["target"] == "/repos/acme/y" and run.server.requests[-1]["body"] == body.decode()
