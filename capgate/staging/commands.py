@@ -112,7 +112,17 @@ def _diff(run: StagedRun, change: Change) -> str:
     lines = difflib.unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True),
                                  "/dev/null" if change.status == "A" else f"a/{safe_name(change.path)}",
                                  "/dev/null" if change.status == "D" else f"b/{safe_name(change.path)}")
-    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+    return "".join(_visible(line) if line.endswith("\n") else _visible(line) + "\n\\ No newline at end of file\n"
+                   for line in lines)
+
+
+def _visible(line: str) -> str:
+    """A diff line with its control characters (not tabs) escaped: the agent wrote the content,
+    and ``ESC [1A ESC [2K`` on the line after ``+evil()`` would erase it from the review."""
+    body, end = (line[:-1], "\n") if line.endswith("\n") else (line, "")
+    if body.isprintable():
+        return line
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in body) + end
 
 
 def _read_real(workspace: str, rel: str) -> bytes:

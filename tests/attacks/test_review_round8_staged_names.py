@@ -43,3 +43,17 @@ def test_control_characters_in_staged_names_are_shown_escaped(ws: Path, tmp_path
         assert len(changed) == 3, repr(text)  # one line per change: none hidden, none made up
         assert any(line.endswith("src/evil.py") for line in changed)  # control: the plain name as it is
         assert any("\\x1b" in line for line in changed) and any("\\n" in line for line in changed)
+
+
+def test_control_characters_in_staged_content_are_escaped_in_the_diff(ws: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (ws / "src" / "a.py").write_text("print('a')\n")
+    probe = str(ws / "tools" / "staged_probe")
+    done = staged(ws, home, [probe, "append", f"{ws}/src/a.py", "evil()\n\x1b[1A\x1b[2K# fine\n\tindented\n"])
+    assert done.returncode == 0, done.stderr
+    diff = capgate(ws, home, "changes", "--diff")
+    assert diff.returncode == 0, diff.stderr
+    assert "\x1b" not in diff.stdout, repr(diff.stdout)
+    assert "+evil()\n" in diff.stdout and "+\\x1b[1A\\x1b[2K# fine\n" in diff.stdout
+    assert "+\tindented\n" in diff.stdout and "+print('a')" not in diff.stdout  # control: tabs, context as is
