@@ -192,6 +192,19 @@ class Upstream:
             tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
                         % (len(data), data))
             return True
+        if path == "/short-echo":  # (a server that quotes the start of a bad header, cut at 20 characters)
+            auth = dict((n.lower(), v) for n, v in record["headers"]).get("authorization", "").encode()
+            body = b"bad authorization: " + auth[:20]
+            tls.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return True
+        if path == "/bad-header-echo":  # (a broken server: the credential on a header line of its own)
+            auth = dict((n.lower(), v) for n, v in record["headers"]).get("authorization", "").encode()
+            tls.sendall(b"HTTP/1.1 200 OK\r\n" + auth + b"\r\nContent-Length: 0\r\n\r\n")
+            return True
+        if path == "/reason-echo":  # (a server that names the credential it refused in its status line)
+            auth = dict((n.lower(), v) for n, v in record["headers"]).get("authorization", "").encode()
+            tls.sendall(b"HTTP/1.1 401 Bad credential " + auth + b"\r\nContent-Length: 0\r\n\r\n")
+            return True
         if method == "HEAD":
             tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(echo))
             return True

@@ -79,7 +79,8 @@ ENFORCEMENT: tuple[Row, ...] = (
     Row("process.allowedCommands", "—", "the gate: the resolved executable is checked for every exec"),
     Row("process.allowShell", "—", "the gate: `shell=True`, `os.system`, `sh -c` are denied"),
     Row("process.envPassthrough",
-        "the container's environment holds only HOME, TMPDIR and (proxy mode) the proxy address; "
+        "the container's environment holds only HOME, TMPDIR, PYTHONPATH (the capgate image's site) and (proxy mode) "
+        "the proxy address; "
         "`enableServiceLinks: false` keeps Service variables out",
         "the gate's clean environment for every child"),
     Row("process.deniedArguments", "—", "the gate, per command"),

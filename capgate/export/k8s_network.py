@@ -102,6 +102,11 @@ def _ports(policy: Policy) -> list[int]:
 
 
 def _tcp(ports: list[int]) -> list[dict[str, Any]]:
+    """A NetworkPolicy ``ports`` list. Never empty: an empty (or missing) ``ports`` matches every
+    port, in Kubernetes and in Cilium alike, so a rule for no port must be left out, not written
+    with none (``allowedPorts: []`` lets nothing out; ``ports: []`` would let everything)."""
+    if not ports:
+        raise ValueError("a rule with no port would allow every port")
     return [{"protocol": "TCP", "port": port} for port in ports]
 
 
@@ -132,15 +137,15 @@ def proxy_egress_rules(policy: Policy) -> list[dict[str, Any]]:
     ports = _ports(policy)
     v4 = [c for c in special_networks() if ":" not in c]
     v6 = [c for c in special_networks() if ":" in c]
-    rules: list[dict[str, Any]] = [
-        dns_egress_rule(),
-        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}}, {"ipBlock": {"cidr": "::/0", "except": v6}}],
-         "ports": _tcp(ports)},
-    ]
+    rules: list[dict[str, Any]] = [dns_egress_rule()]
+    if ports:  # (no port at all: nothing goes out, and the rule is left out — see _tcp)
+        rules.append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}},
+                             {"ipBlock": {"cidr": "::/0", "except": v6}}], "ports": _tcp(ports)})
     for text in policy.network.allowed_addresses:
         entry = parse_address_entry(text)
-        rules.append({"to": [{"ipBlock": {"cidr": str(entry.network)}}],
-                      "ports": _tcp([entry.port] if entry.port is not None else list(policy.network.allowed_ports))})
+        entry_ports = [entry.port] if entry.port is not None else list(policy.network.allowed_ports)
+        if entry_ports:
+            rules.append({"to": [{"ipBlock": {"cidr": str(entry.network)}}], "ports": _tcp(entry_ports)})
     return rules
 
 
@@ -153,6 +158,8 @@ def cilium_spec(policy: Policy, pod_labels: dict[str, str]) -> dict[str, Any]:
     for entry in _domains(policy):
         selector = {"matchPattern": f"**.{entry.host}"} if entry.wildcard else {"matchName": entry.host}
         ports = (entry.port,) if entry.port is not None else default_ports
+        if not ports:
+            continue  # (no port: the name is reachable on none; an empty toPorts would mean all)
         names_by_port.setdefault(ports, []).append(selector)
         if selector not in dns_names:
             dns_names.append(selector)
@@ -170,6 +177,8 @@ def cilium_spec(policy: Policy, pod_labels: dict[str, str]) -> dict[str, Any]:
     for text in policy.network.allowed_addresses:
         address = parse_address_entry(text)
         ports = (address.port,) if address.port is not None else default_ports
+        if not ports:
+            continue
         egress.append({"toCIDR": [str(address.network)],
                        "toPorts": [{"ports": [{"port": str(p), "protocol": "TCP"} for p in ports]}]})
         # (a listed address inside a metadata range is the user's explicit choice: keep it reachable)

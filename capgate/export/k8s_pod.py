@@ -64,6 +64,19 @@ def agent_container_command(command: list[str], entrypoint: list[str]) -> list[s
             "--allow-user-expansion", "--", *command]
 
 
+IMAGE_SITE = "/opt/capgate/site"
+
+
+def _base_env(entrypoint: list[str]) -> list[dict[str, str]]:
+    """HOME and TMPDIR; with the capgate image's own interpreter (``capgate image build``:
+    ``/opt/capgate/bin/python``), also ``PYTHONPATH`` to where that image keeps capgate — its
+    interpreter has no site-packages of its own, so ``-m capgate`` finds nothing without it."""
+    env = [{"name": "HOME", "value": POD_HOME}, {"name": "TMPDIR", "value": "/tmp"}]
+    if entrypoint and entrypoint[0].startswith("/opt/capgate/"):
+        env.append({"name": "PYTHONPATH", "value": IMAGE_SITE})
+    return env
+
+
 def _empty_dir(name: str, policy: Policy) -> dict[str, Any]:
     return {"name": name, "emptyDir": {"sizeLimit": f"{policy.limits.output_quota_mb}Mi"}}
 
@@ -137,7 +150,7 @@ def pod_spec(policy: Policy, *, image: str, command: list[str], entrypoint: list
     """The run's pod spec."""
     volumes, mounts = _volumes(policy, policy_configmap=policy_configmap, workspace_claim=workspace_claim,
                                agent=True)
-    env = [{"name": "HOME", "value": POD_HOME}, {"name": "TMPDIR", "value": "/tmp"}]
+    env = _base_env(entrypoint)
     if proxy_url is not None:
         env.append({"name": "CAPGATE_UPSTREAM_PROXY", "value": proxy_url})
     container = {
@@ -166,7 +179,7 @@ def proxy_pod_spec(policy: Policy, *, image: str, entrypoint: list[str], policy_
         "command": [*entrypoint, "proxy", "--workspace", POD_WORKSPACE, "--policy", POD_POLICY_FILE,
                     "--allow-user-expansion", "--listen", f"0.0.0.0:{port}"],
         "workingDir": POD_WORKSPACE,
-        "env": [{"name": "HOME", "value": POD_HOME}, {"name": "TMPDIR", "value": "/tmp"}],
+        "env": _base_env(entrypoint),
         "ports": [{"name": "proxy", "containerPort": port, "protocol": "TCP"}],
         "resources": resources(policy, "500m"),
         "securityContext": container_security_context(),

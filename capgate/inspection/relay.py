@@ -9,7 +9,7 @@ target, a header or the body is a ``net.credential`` denial; this host's placeho
 replaced by the real value in the credential's header only. The request then goes over a kept-
 alive TLS connection to the address the gate pinned, verified against the system store and
 ``--upstream-ca``; the answer comes back streamed, and for a host with credentials with every
-real value replaced by its placeholder (headers and body; the upstream is asked for
+real value replaced by its placeholder (status line, headers and body; the upstream is asked for
 ``Accept-Encoding: identity``, gzip/deflate are decoded, any other encoding is refused as
 unscrubbable). ``Expect: 100-continue`` is answered here. Bodies are never buffered whole.
 """
@@ -275,9 +275,13 @@ class InspectedConnection:
         found = [p for p in self.foreign if p in request.target]
         out: list[tuple[bytes, bytes]] = []
         listed = {item.strip().lower() for n, v in request.headers if n == b"connection" for item in v.split(b",")}
+        # h11 framed the body by Transfer-Encoding and sends it on chunked: a Content-Length
+        # beside it would let a server that frames by length read the rest as a request the
+        # rules never saw (RFC 9112 6.3: an intermediary removes it).
+        chunked = any(n == b"transfer-encoding" for n, _ in request.headers)
         for name, value in request.headers:
             found += [p for p in self.foreign if p in value]
-            if name in _HOP or name in listed:
+            if name in _HOP or name in listed or (chunked and name == b"content-length"):
                 continue
             if name == b"accept-encoding" and self.mine:
                 continue
@@ -311,6 +315,16 @@ class InspectedConnection:
     # -- the response -------------------------------------------------------------------
     def _relay_response(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
                         up_sock: ssl.SSLSocket, method: str) -> bool:
+        try:
+            return self._relay_response_events(conn, tls, up, up_sock, method)
+        except h11.RemoteProtocolError:
+            # (h11's message quotes the upstream's offending line, which may hold the real
+            # value: never passed on, and never taken for the client's malformed request)
+            self._close_upstream()
+            raise _Refused(502, f"{self.host}:{self.port} sent a malformed HTTP response; refused") from None
+
+    def _relay_response_events(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
+                               up_sock: ssl.SSLSocket, method: str) -> bool:
         pairs = [(c.value, c.placeholder) for c in self.mine]
         while True:
             event = self._next(up, up_sock)
@@ -338,7 +352,9 @@ class InspectedConnection:
             dropped = (b"content-length", b"content-encoding") if resized else (b"content-encoding",)
             headers = [(n, v) for n, v in headers if n not in dropped]
             replacer = StreamReplacer(pairs)
-        self._out(tls, conn.send(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)))
+        # (the reason phrase is the upstream's text too: a server may name the credential it refused)
+        reason = replace_all(bytes(event.reason), pairs) if pairs else event.reason
+        self._out(tls, conn.send(h11.Response(status_code=event.status_code, headers=headers, reason=reason)))
         while True:
             event = self._next(up, up_sock)
             if isinstance(event, h11.Data):
@@ -424,7 +440,9 @@ class InspectedConnection:
 
     # -- answers ------------------------------------------------------------------------
     def _answer(self, conn: h11.Connection, tls: ssl.SSLSocket, status: int, text: str, rule: str = "") -> None:
-        body = f"capgate egress proxy: {text}\n".encode("utf-8", "replace")
+        # (every answer of the proxy's own is scrubbed too: whatever text it quotes, no value leaves)
+        body = replace_all(f"capgate egress proxy: {text}\n".encode("utf-8", "replace"),
+                           [(c.value, c.placeholder) for c in self.inspection.credentials.items])
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         if rule:

@@ -4,8 +4,12 @@ Every rule naming the host must pass (rules only narrow: a workspace file may ad
 method among its ``methods`` (none listed: any) and the path matching one of its ``paths``
 (``*`` matches any run of characters, ``/`` included; none listed: any). The path is the
 request target without its query; a path whose meaning a server could read differently from
-its spelling (dot segments, encoded ``.``, ``/`` or ``\\``, a backslash, ``//``) is refused
-outright on a host with rules, so ``/repos/acme/../other`` cannot pass for ``/repos/acme/*``.
+its spelling (dot segments — also with a path parameter, ``..;``, which Tomcat, Jetty and
+Spring read as ``..`` —, encoded ``.``, ``/`` or ``\\``, a backslash, ``//``, a ``#``) is
+refused outright on a host with rules, so ``/repos/acme/../other`` cannot pass for
+``/repos/acme/*``. The path judged is the very text sent on (up to the query): a fragment is
+not cut off first (a client never sends one; ``/repos/acme/x#/../../other`` must not be judged
+as ``/repos/acme/x`` and sent whole).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from capgate.policy.model import RequestRule
 
 __all__ = ["check_request", "request_path"]
 
-_AMBIGUOUS = re.compile(r"%2e|%2f|%5c|\\|//", re.IGNORECASE)
+_AMBIGUOUS = re.compile(r"%2e|%2f|%5c|\\|//|#", re.IGNORECASE)
 
 
 def request_path(target: str) -> str:
-    """The path of an origin-form request target (no query, no fragment)."""
-    return target.split("?", 1)[0].split("#", 1)[0]
+    """The path of an origin-form request target: everything before the query, exactly as it
+    is sent (a ``#`` stays, for ``check_request`` to refuse)."""
+    return target.split("?", 1)[0]
 
 
 @lru_cache(maxsize=256)
@@ -38,10 +43,10 @@ def check_request(rules: Sequence[RequestRule], host: str, port: int, method: st
     mine = [r for r in rules if r.host == host and r.port == port]
     if not mine:
         return Decision.allow("no request rules for this host", "network.requestRules", shown)
-    segments = path.split("/")
-    if _AMBIGUOUS.search(path) or "." in segments or ".." in segments:
-        return Decision.deny(f"ambiguous request path {path!r} (dot segments or encoded separators) on a host with "
-                             "request rules", mine[0].key, shown)
+    dots = {segment.split(";", 1)[0] for segment in path.split("/")} & {".", ".."}
+    if _AMBIGUOUS.search(path) or dots:
+        return Decision.deny(f"ambiguous request path {path!r} (dot segments, encoded separators or a fragment) "
+                             "on a host with request rules", mine[0].key, shown)
     for rule in mine:
         if rule.methods and method not in rule.methods:
             return Decision.deny(f"method {method} is not among {list(rule.methods)}", rule.key, shown)

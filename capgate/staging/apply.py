@@ -66,39 +66,46 @@ class ApplyResult:
         return not self.refused and self.failed is None
 
 
-def _link_refusal(change: Change, workspace: str, real_fd: int) -> str | None:
-    """Why a staged symlink may not land, or None. Its target is resolved as the kernel
-    would, without trusting any symlink on the way (the workspace's or the run's own): it
-    must stay beneath the workspace."""
+def _link_refusal(change: Change, workspace: str, real_fd: int, staged_links: set[str]) -> str | None:
+    """Why a staged symlink may not land, or None. Its target is walked as the kernel walks it,
+    one component at a time (never ``normpath`` first: that would take ``s/..`` as a step down
+    and back, where the kernel follows ``s``), and every directory on the way must be a real
+    directory in the workspace — not a symlink there, nor one the run staged (``staged_links``:
+    they do not exist yet when this runs, and ``s -> ..`` then ``s/../x`` leads out). Where the
+    walk ends must be beneath the workspace."""
     target = change.target or ""
     if not target:
         return "an empty symlink"
-    base = os.path.dirname(os.path.join(workspace, change.path))
-    resolved = os.path.normpath(target if target.startswith("/") else os.path.join(base, target))
+    ws_parts = [p for p in workspace.split("/") if p]
+    if target.startswith("/"):
+        stack: list[str] = []
+    else:
+        stack = [*ws_parts, *[p for p in change.path.split("/")[:-1] if p]]
+    parts = [p for p in target.split("/") if p and p != "."]
+    for i, part in enumerate(parts):
+        if part == "..":
+            if stack:
+                stack.pop()
+            continue
+        stack.append(part)
+        if i == len(parts) - 1 or len(stack) <= len(ws_parts) or stack[: len(ws_parts)] != ws_parts:
+            continue  # (the last component is the link's own target; outside: judged at the end)
+        rel = "/".join(stack[len(ws_parts):])
+        if rel in staged_links:
+            return f"its target passes through a symlink the run made ({target})"
+        try:
+            st = os.stat(rel, dir_fd=real_fd, follow_symlinks=False)  # (every step before: a real directory)
+        except FileNotFoundError:
+            continue  # (not there yet: a directory the run makes, or the kernel stops here)
+        except NotADirectoryError:
+            return None  # (beneath a file: the kernel cannot go on)
+        if stat.S_ISLNK(st.st_mode):
+            return f"its target passes through a symlink in the workspace ({target})"
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+    resolved = "/" + "/".join(stack)
     if not is_within(resolved, workspace):
         return f"points outside the workspace ({target})"
-    # Every directory on the way to the target must be a real directory in the workspace,
-    # not a symlink (a link through ``r -> /etc`` lands in /etc however it is written).
-    rel = os.path.relpath(resolved, workspace)
-    if rel == ".":
-        return None
-    parts = rel.split("/")
-    fd = os.dup(real_fd)
-    try:
-        for part in parts[:-1]:
-            try:
-                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return None  # beneath a name that does not exist (yet): the kernel cannot leave here
-            if stat.S_ISLNK(st.st_mode):
-                return f"its target passes through a symlink in the workspace ({target})"
-            if not stat.S_ISDIR(st.st_mode):
-                return None
-            nxt = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    finally:
-        os.close(fd)
     return None
 
 
@@ -112,6 +119,7 @@ def check_changes(changes: Sequence[Change], run: StagedRun, gate: Gate, *, forc
     limits = gate.policy.limits
     refusals: list[Refusal] = []
     staged_paths = {c.path for c in changes}
+    staged_links = {c.path for c in changes if c.kind == "symlink" and c.status != "D"}
     try:
         real_root = os.open(workspace, _DIR_FLAGS | os.O_NOFOLLOW)
     except OSError as exc:
@@ -136,7 +144,7 @@ def check_changes(changes: Sequence[Change], run: StagedRun, gate: Gate, *, forc
             elif change.kind == "special":
                 refusals.append(Refusal(change.path, "a special file (FIFO, socket or device)", "fs.fileType"))
             elif change.kind == "symlink":
-                why = _link_refusal(change, workspace, real_root)
+                why = _link_refusal(change, workspace, real_root, staged_links)
                 if why is not None:
                     refusals.append(Refusal(change.path, f"staged symlink {why}", "staging.symlink"))
             elif change.mode & ~0o777:

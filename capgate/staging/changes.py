@@ -292,12 +292,21 @@ def total_staged_bytes(changes: list[Change]) -> int:
     return sum(c.size for c in changes if c.status in ("A", "M") and c.kind == "file")
 
 
+def safe_name(text: str) -> str:
+    """A name the agent chose, fit for a terminal: as it is when every character is printable,
+    else quoted with its control characters escaped (``'zz\\x1b[1A'``). A raw ``ESC [1A ESC
+    [2K`` would move the cursor up and erase the line above: the person reviewing the change
+    list before ``capgate apply`` would not see the change the agent wanted hidden."""
+    return text if text.isprintable() else repr(text)
+
+
 def iter_lines(changes: list[Change]) -> Iterator[str]:
-    """``A       1234  path`` lines, as the launcher and ``capgate changes`` print them."""
+    """``A       1234  path`` lines, as the launcher and ``capgate changes`` print them (names
+    through ``safe_name``: one line per change, whatever the names hold)."""
     for change in changes:
-        shown = change.path + ("/" if change.kind == "dir" else "")
+        name = safe_name(change.path) + ("/" if change.kind == "dir" else "")
         if change.source is not None:
-            shown = f"{change.source} -> {shown}"
+            name = f"{safe_name(change.source)} -> {name}"
         if change.kind == "symlink":
-            shown += f" -> {change.target}"
-        yield f"  {change.status} {change.size:>10}  {shown}"
+            name += f" -> {safe_name(change.target or '')}"
+        yield f"  {change.status} {change.size:>10}  {name}"

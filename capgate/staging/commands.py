@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING
 
 from capgate.errors import PolicyError, StagingError
-from capgate.staging.changes import Change, compute_changes, iter_lines, with_renames
+from capgate.staging.changes import Change, compute_changes, iter_lines, safe_name, with_renames
 from capgate.staging.store import StagedRun, find_run, remove_run
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def _diff(run: StagedRun, change: Change) -> str:
     if change.kind != "file":
         return ""
     if change.status == "R":
-        return f"rename {change.source} -> {change.path} (same bytes)\n"
+        return f"rename {safe_name(change.source or '')} -> {safe_name(change.path)} (same bytes)\n"
     old = b""
     if change.status in ("M", "D"):
         old = _read_real(run.workspace, change.path)
@@ -108,11 +108,21 @@ def _diff(run: StagedRun, change: Change) -> str:
     try:
         a, b = old.decode("utf-8"), new.decode("utf-8")
     except UnicodeDecodeError:
-        return f"Binary files a/{change.path} and b/{change.path} differ\n"
+        return f"Binary files a/{safe_name(change.path)} and b/{safe_name(change.path)} differ\n"
     lines = difflib.unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True),
-                                 "/dev/null" if change.status == "A" else f"a/{change.path}",
-                                 "/dev/null" if change.status == "D" else f"b/{change.path}")
-    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+                                 "/dev/null" if change.status == "A" else f"a/{safe_name(change.path)}",
+                                 "/dev/null" if change.status == "D" else f"b/{safe_name(change.path)}")
+    return "".join(_visible(line) if line.endswith("\n") else _visible(line) + "\n\\ No newline at end of file\n"
+                   for line in lines)
+
+
+def _visible(line: str) -> str:
+    """A diff line with its control characters (not tabs) escaped: the agent wrote the content,
+    and ``ESC [1A ESC [2K`` on the line after ``+evil()`` would erase it from the review."""
+    body, end = (line[:-1], "\n") if line.endswith("\n") else (line, "")
+    if body.isprintable():
+        return line
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in body) + end
 
 
 def _read_real(workspace: str, rel: str) -> bytes:
@@ -186,15 +196,15 @@ def apply_run(run: StagedRun, paths: Sequence[str] = (), *, force: bool, environ
         err.write(f"capgate apply: refused; nothing was applied ({len(result.refused)} "
                   f"problem{'s' if len(result.refused) != 1 else ''}):\n")
         for refusal in result.refused:
-            err.write(f"  {refusal.path}: {refusal.reason} [{refusal.rule}]\n")
+            err.write(f"  {safe_name(refusal.path)}: {safe_name(refusal.reason)} [{refusal.rule}]\n")
         return EXIT_REFUSED
     if result.failed is not None:
         path, why = result.failed
-        err.write(f"capgate apply: failed at {path}: {why}; {len(result.applied)} change"
+        err.write(f"capgate apply: failed at {safe_name(path)}: {safe_name(why)}; {len(result.applied)} change"
                   f"{'s were' if len(result.applied) != 1 else ' was'} applied, each whole (the others are "
                   "untouched and still pending):\n")
         for applied in result.applied:
-            err.write(f"  applied: {applied}\n")
+            err.write(f"  applied: {safe_name(applied)}\n")
         return EXIT_REFUSED
     out.write(f"capgate: applied {len(result.applied)} change{'s' if len(result.applied) != 1 else ''} of staged "
               f"run {run.run_id} to {run.workspace}\n")

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING
 
-from capgate.staging.changes import compute_changes, iter_lines, with_renames
+from capgate.staging.changes import compute_changes, iter_lines, safe_name, with_renames
 from capgate.staging.commands import apply_run, summary_line
 from capgate.staging.store import RunLock, StagedRun, remove_run
 
@@ -65,7 +65,7 @@ def finish_staged_run(run: StagedRun, lock: RunLock, policy: Policy, audit: Audi
     if refused:
         say(f"apply will refuse {len(refused)} of these changes (the policy does not let the agent write them):")
         for refusal in refused[:MAX_LISTED]:
-            err.write(f"  {refusal.path}: {refusal.reason} [{refusal.rule}]\n")
+            err.write(f"  {safe_name(refusal.path)}: {safe_name(refusal.reason)} [{refusal.rule}]\n")
     if not changes:
         remove_run(run)
         return None
