@@ -225,7 +225,8 @@ class InspectedConnection:
         target = request.target.decode("ascii", "replace")
         path = request_path(target)
         self._check_target(request, target)
-        decision = check_request(self.inspection.rules, self.host, self.port, method, path)
+        decision = check_request(self.inspection.rules, self.host, self.port, method, path,
+                                 [name.decode("latin-1") for name, _value in request.headers])
         self.gate.record(ops.NET_REQUEST, f"{method} {self.host}{path}", decision, via="proxy", method=method,
                          host=self.host, path=path)
         if not decision.allowed:

@@ -37,8 +37,16 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(".*".join(re.escape(part) for part in pattern.split("*")) + r"\Z", re.DOTALL)
 
 
-def check_request(rules: Sequence[RequestRule], host: str, port: int, method: str, path: str) -> Decision:
-    """Allow or deny ``method path`` on ``host:port`` under every rule for it."""
+# Headers with which many frameworks (Rails, Laravel, Express's method-override, Google APIs)
+# let a request stand for another method: a rule on methods would judge the wrong one.
+METHOD_OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+
+
+def check_request(rules: Sequence[RequestRule], host: str, port: int, method: str, path: str,
+                  header_names: Sequence[str] = ()) -> Decision:
+    """Allow or deny ``method path`` on ``host:port`` under every rule for it. A method
+    override header (``header_names``: the request's, any case) is refused where a rule
+    limits methods: the server might act on the method it names instead."""
     shown = f"{method} {host}{path}"
     mine = [r for r in rules if r.host == host and r.port == port]
     if not mine:
@@ -47,7 +55,11 @@ def check_request(rules: Sequence[RequestRule], host: str, port: int, method: st
     if _AMBIGUOUS.search(path) or dots:
         return Decision.deny(f"ambiguous request path {path!r} (dot segments, encoded separators or a fragment) "
                              "on a host with request rules", mine[0].key, shown)
+    overrides = sorted({n.lower() for n in header_names} & METHOD_OVERRIDE_HEADERS)
     for rule in mine:
+        if rule.methods and overrides:
+            return Decision.deny(f"a method override header ({overrides[0]}) on a host whose rule limits methods",
+                                 rule.key, shown)
         if rule.methods and method not in rule.methods:
             return Decision.deny(f"method {method} is not among {list(rule.methods)}", rule.key, shown)
         if rule.paths and not any(_glob(p).match(path) for p in rule.paths):

@@ -101,6 +101,19 @@ def test_request_rules_judge_what_is_sent(run: _Run, target: str) -> None:
     assert _targets(run.server) == ["/repos/acme/issues;page=2"]
 
 
+@pytest.mark.parametrize("header", ["X-HTTP-Method-Override", "x-http-method", "X-Method-Override"])
+def test_a_method_override_header_does_not_pass_a_methods_rule(run: _Run, header: str) -> None:
+    """``GET`` with ``X-HTTP-Method-Override: DELETE`` is a DELETE to servers that honour it:
+    refused where a rule limits methods; the control: the same GET without it goes through."""
+    answer = run.get(OTHER_HOST, "/repos/acme/tool", f"{header}: DELETE\r\n")
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert b"method override" in answer
+    assert _targets(run.server) == []
+    ok = run.get(OTHER_HOST, "/repos/acme/tool")
+    assert ok.startswith(b"HTTP/1.1 200"), ok[:200]
+    assert _targets(run.server) == ["/repos/acme/tool"]
+
+
 def test_status_line_is_scrubbed(run: _Run) -> None:
     answer = run.get(TEST_HOST, "/reason-echo", f"Authorization: Bearer {run.placeholder}\r\n")
     head = answer.split(b"\r\n", 1)[0]
