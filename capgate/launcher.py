@@ -913,7 +913,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     warmup = None
     container_plan: Any = None
     if options.command and not options.dry_run_policy and container:
-        _make_write_roots(policy, sandbox_home, tmpdir)
+        _make_write_roots(policy, sandbox_home, tmpdir, staged=options.staged)
         # No spawner: the runtime starts the tree. The command is added inside (the entrypoint
         # resolves it in the image); the plan covers everything else, as for soft.
         container_plan = soft_plan(policy, (), extra_read=(run_dir,))
