@@ -1015,7 +1015,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
                             confine=confine, mount_read=tuple(script_roots) if container else (),
                             credentials=credentials, upstream_ca=options.upstream_ca,
-                            on_misuse=_run_ender(policy, audit, stop, say), staging=staged_run)
+                            on_misuse=_run_ender(policy, audit, stop, say), staging=staged_run,
+                            staging_lock=staged_lock)
     backend = chosen if chosen is not None else get_backend(backend_name)
 
     def finish_staged(returncode: int, clean_end: bool) -> int | None:

@@ -199,7 +199,9 @@ class ContainerBackend:
             start_import = getattr(audit, "start_import", None)
             if start_import is not None:
                 start_import()
-            runner = _ContainerRun(exe, name, argv, dict(request.environ), float(policy.limits.wall_time_seconds))
+            lock = request.staging_lock
+            runner = _ContainerRun(exe, name, argv, dict(request.environ), float(policy.limits.wall_time_seconds),
+                                   keep_fds=() if lock is None or lock.fileno() < 0 else (lock.fileno(),))
             watch = None if staging is None else _QuotaWatch(staging.upper,
                                                              policy.limits.output_quota_mb * 1024 * 1024, runner)
             try:
@@ -420,8 +422,12 @@ class _ContainerRun:
     out that is not the client's own exit (a stopping signal, an error) the container is
     killed and removed, so nothing is left running or behind."""
 
-    def __init__(self, exe: str, name: str, argv: list[str], env: dict[str, str], wall: float) -> None:
+    def __init__(self, exe: str, name: str, argv: list[str], env: dict[str, str], wall: float,
+                 keep_fds: tuple[int, ...] = ()) -> None:
         self.exe, self.name, self.argv, self.env, self.wall = exe, name, argv, env, wall
+        # (a staged run's lock: the client lives as long as the container, also when the
+        # launcher is killed, and holds the run as "running" that long)
+        self.keep_fds = keep_fds
 
     def stop(self) -> None:
         """Kill the container now (a limit the launcher watches fired); ``run`` returns."""
@@ -439,7 +445,7 @@ class _ContainerRun:
         """Start the client and wait for it (a blocking wait: ``Popen.wait(timeout)`` polls,
         up to 50 ms late); a timer thread kills the container at the wall time."""
         started = time.monotonic()
-        proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True, pass_fds=self.keep_fds)
         fired = threading.Event()
 
         def wall_time() -> None:

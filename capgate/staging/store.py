@@ -113,6 +113,10 @@ class RunLock:
         self._fd = os.open(run.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
+    def fileno(self) -> int:
+        """The locked descriptor (a child that inherits it holds the lock as long as it lives)."""
+        return self._fd
+
     def finish(self) -> None:
         """Mark the run as having ended normally, and let go."""
         fd = os.open(os.path.join(self.run.path, "finished"),

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from tests._container_helpers import RUNTIMES, build_test_image
 from tests._staging_helpers import build_staged_probe, capgate, changes, snapshot, staged, staging_dirs, statuses
 from tests.attacks.test_container_backend import clean  # noqa: F401  (a fixture)
 from tests.conftest import SECRET
-from tests.integration._soft_helpers import launcher_messages, write_policy
+from tests.integration._soft_helpers import PY, launcher_messages, write_policy
 from tests.integration.test_staged_runs import _check_staged_then_applied, _workspace
 
 pytestmark = pytest.mark.container
@@ -179,3 +182,42 @@ def test_a_staging_path_the_runtime_cannot_carry_is_refused(tmp_path: Path, back
     ok = staged(ws, plain, [str(probe), "write", f"{ws}/x", "x"], backend=backend)
     assert ok.returncode == 0 and ok.stdout == "write OK\n", ok.stderr
     assert snapshot(ws) == before and statuses(changes(ws, plain)) == {"x": "A"}
+
+
+def test_launcher_killed_mid_run_leaves_the_workspace_and_holds_the_run_while_the_container_lives(
+        tmp_path: Path, backend: tuple[str, ...]) -> None:
+    """SIGKILL of the launcher: the runtime's client (and the container) go on, so the run
+    reads ``running`` (the client holds the run's lock) and ``discard`` refuses it, until the
+    container ends; then it is ``interrupted``, listable, and the workspace never changed."""
+    ws, home = _workspace(tmp_path)
+    probe = _probe_in(ws, tmp_path)
+    before = snapshot(ws)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPGATE_", "AGENT_IN", "SOFT_SANDBOX", "XDG_"))}
+    env["HOME"] = str(home)
+    proc = subprocess.Popen([PY, "-m", "capgate", "run", *backend, "--staged", "--workspace", str(ws), "--",
+                             str(probe), "write", f"{ws}/half.txt", "written", "unlink", f"{ws}/src/b.txt",
+                             "sleep", "6", "write", f"{ws}/late.txt", "late"],
+                            cwd=ws, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not any((run / "upper" / "half.txt").exists() for run in staging_dirs(home)):
+            assert time.monotonic() < deadline, "half.txt never appeared in a staging directory"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert changes(ws, home)["state"] == "running"  # the container still writes its upper directory
+        refused = capgate(ws, home, "discard")
+        assert refused.returncode != 0 and "still going" in refused.stderr
+        deadline = time.monotonic() + 60
+        while changes(ws, home)["state"] == "running":
+            assert time.monotonic() < deadline, "the run never ended"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+    assert snapshot(ws) == before
+    data = changes(ws, home)
+    assert data["state"] == "interrupted"
+    assert statuses(data) == {"half.txt": "A", "src/b.txt": "D", "late.txt": "A"}
+    gone = capgate(ws, home, "discard")  # control: once it has ended, discard removes it
+    assert gone.returncode == 0 and staging_dirs(home) == []
+    assert snapshot(ws) == before
