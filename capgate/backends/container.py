@@ -155,7 +155,7 @@ class ContainerBackend:
             raise BackendUnavailable(why)
         assert self._found is not None
         _ok, _why, runtime, exe, image = self._found
-        from capgate.backends.namespace import _count_reasons, _empties
+        from capgate.backends.namespace import _count_reasons, _empties, say_foreign
         from capgate.backends.namespace_view import View, created_denials, scan
         from capgate.backends.soft import ChildReportReader, _check_launched_git, _reported_write_roots
         from capgate.gate import Gate
@@ -176,6 +176,8 @@ class ContainerBackend:
         rootless = runtime == "podman" and os.geteuid() != 0
         owner = (os.getuid(), os.getgid()) if staging is not None and rootless else None
         found = scan(rules, reads, writes, sockets, owner=owner)
+        if owner is not None:
+            say_foreign(found, audit)
         empty_file, empty_dir = _empties(run_dir)
         view = View(system=(), read=tuple(r for r in reads if os.path.exists(r)),
                     write=tuple(w for w in writes if os.path.exists(w)), sockets=sockets, scan=found,
