@@ -17,9 +17,10 @@ is still going. Nothing here is read from the workspace, and nothing in it is tr
 than its owner and mode say: a directory that is not ours, or open to others, is refused.
 
 This is also the seam for other backends: a backend that can mount an overlay (the container
-backend's ``--mount type=overlay`` or podman's ``:O,upperdir=,workdir=``) mounts ``lower`` =
-``StagedRun.workspace`` with ``StagedRun.upper`` and ``StagedRun.work`` and needs nothing else
-from this package; ``changes`` and ``apply`` work the same on what it leaves.
+backend: podman's ``-v WS:WS:O,upperdir=,workdir=``, Docker's ``local`` overlay volume; see
+``container_argv``) mounts ``lower`` = ``StagedRun.workspace`` with ``StagedRun.upper`` and
+``StagedRun.work`` and needs nothing else from this package; ``changes`` and ``apply`` work the
+same on what it leaves.
 """
 
 from __future__ import annotations
