@@ -193,3 +193,23 @@ def test_overlay_paths_that_cannot_be_said_are_refused(bad: str) -> None:
             Mount("/ws", "/ws", kind="overlay", overlay=Overlay(**paths)).arguments("docker")
     # control: a plain bind may hold a colon (--mount does not split on it)
     assert Mount("/w:s", "/w:s").argument() == "type=bind,source=/w:s,destination=/w:s,readonly"
+
+
+def test_podman_staging_refuses_a_kernel_whose_overlay_defaults_changes_cannot_read(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from capgate.backends import container
+    from capgate.errors import BackendUnavailable
+
+    params = Path(str(tmp_path))
+    monkeypatch.setattr(container, "_OVERLAY_PARAMETERS", str(params))
+    (params / "metacopy").write_text("N\n")
+    (params / "redirect_dir").write_text("N\n")
+    container._check_overlay_defaults("podman")  # control: the defaults capgate changes can read
+    for name in ("metacopy", "redirect_dir"):
+        (params / name).write_text("Y\n")
+        with pytest.raises(BackendUnavailable, match=f"{name}=Y"):
+            container._check_overlay_defaults("podman")
+        container._check_overlay_defaults("docker")  # Docker's overlay is mounted with our options
+        (params / name).write_text("N\n")
