@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -177,10 +178,13 @@ def _staged_as_user(as_user: Any, python: str, ws: Path, user: pwd.struct_passwd
     assert SECRET not in run.stdout + run.stderr
     assert "another user or group: read-only in this staged run" in run.stderr
     assert {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} == before  # nothing landed
-    upper = next(Path(user.pw_dir, ".local", "state", "capgate", "staging").iterdir()) / "upper"
+    found = re.search(r"staged run (\d{8}T\d{6}Z-[0-9a-f]+): ", run.stderr)
+    assert found, run.stderr
+    run_id = found.group(1)
+    upper = Path(user.pw_dir, ".local", "state", "capgate", "staging", run_id, "upper")
     assert (upper / "new.txt").stat().st_uid == user.pw_uid
     assert (upper / "src" / "a.txt").stat().st_uid == user.pw_uid
-    applied = as_user(python, "-m", "capgate", "apply", "--workspace", str(ws))
+    applied = as_user(python, "-m", "capgate", "apply", run_id, "--workspace", str(ws))
     assert applied.returncode == 0, applied.stderr
     assert (ws / "src" / "a.txt").read_text() == "alpha\nmore\n" and (ws / "new.txt").read_text() == "new"
     assert (ws / "new.txt").stat().st_uid == user.pw_uid and (ws / "roots.txt").read_text() == "root's\n"
