@@ -214,6 +214,12 @@ def test_launcher_killed_mid_run_leaves_the_workspace_and_holds_the_run_while_th
             time.sleep(0.2)
     finally:
         proc.kill()
+    # (the client is gone once the container ended; the runtime's --rm may still be removing it)
+    runtime, image = backend[3], backend[5]
+    deadline = time.monotonic() + 30
+    while subprocess.run([runtime, "ps", "-a", "-q", "--filter", f"ancestor={image}"], capture_output=True,
+                         text=True, timeout=60).stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert snapshot(ws) == before
     data = changes(ws, home)
     assert data["state"] == "interrupted"
