@@ -214,6 +214,8 @@ class ContainerBackend:
             finally:
                 if watch is not None:
                     watch.stop()
+                if staging is not None and rootless:
+                    clear_rootless_work(exe, staging.work)
                 os.close(keep_fd)
                 reader.join(timeout=5.0)
         finally:
@@ -353,6 +355,19 @@ def _check_overlay_defaults(runtime: str) -> None:
             raise BackendUnavailable(f"--staged with podman: this kernel's overlay defaults to {name}={value}, "
                                      "which podman's overlay volumes cannot switch off; use --runtime docker "
                                      "or --backend namespace")
+
+
+def clear_rootless_work(exe: str, work: str) -> None:
+    """Empty a staged run's overlay ``work`` directory after rootless podman: the kernel made
+    ``work/work`` there as the container's root, a subordinate uid the user cannot remove
+    as themself (``discard`` and ``apply`` could not delete the staging). ``podman unshare``
+    runs ``rm`` with the user's id mapping; ``rm -rf`` never follows a symlink, and ``work``
+    is the user's own private directory (nothing a container can write)."""
+    try:
+        subprocess.run([exe, "unshare", "rm", "-rf", "--", os.path.join(work, "work")], capture_output=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # (left for `capgate discard`, which tries again)
 
 
 class _QuotaWatch:

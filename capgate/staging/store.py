@@ -242,5 +242,16 @@ def remove_run(run: StagedRun) -> None:
     if run.running():
         raise StagingError(f"run {run.run_id} is still going (its launcher holds it)")
     _remove_tree(run.path)
+    if os.path.lexists(run.path) and run.backend == "container" and os.geteuid() != 0:
+        # A rootless podman run whose launcher was killed: the overlay's work/work belongs to a
+        # subordinate uid (see ``container.clear_rootless_work``).
+        import shutil
+
+        from capgate.backends.container import clear_rootless_work
+
+        podman = shutil.which("podman")
+        if podman is not None:
+            clear_rootless_work(podman, run.work)
+            _remove_tree(run.path)
     if os.path.lexists(run.path):
         raise StagingError(f"could not remove {run.path} entirely")

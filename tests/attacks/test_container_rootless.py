@@ -189,3 +189,4 @@ def _staged_as_user(as_user: Any, python: str, ws: Path, user: pwd.struct_passwd
     assert (ws / "src" / "a.txt").read_text() == "alpha\nmore\n" and (ws / "new.txt").read_text() == "new"
     assert (ws / "new.txt").stat().st_uid == user.pw_uid and (ws / "roots.txt").read_text() == "root's\n"
     assert not (ws / "src" / "b.txt").exists()  # the whiteout the user's overlay made was read as a deletion
+    assert not upper.parent.exists(), applied.stderr  # everything landed: the staging is gone (the user may remove it)
