@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from capgate.backends.namespace_view import View
     from capgate.policy.model import Limits
 
-__all__ = ["OVERLAY_OPTIONS", "RUNTIMES", "ContainerSpec", "Mount", "Overlay", "UnmountablePath", "container_argv",
-           "container_mounts"]
+__all__ = ["OVERLAY_OPTIONS", "RUNTIMES", "STAGED_VOLUME_LABEL", "ContainerSpec", "Mount", "Overlay",
+           "UnmountablePath", "container_argv", "container_mounts"]
 
 RUNTIMES = ("podman", "docker")
 MB = 1024 * 1024
@@ -56,6 +56,7 @@ _BAD_CHARS = (",", '"', "\n", "\r", "\0")
 # What ``capgate changes`` needs of the overlay (Docker's; podman's take the kernel's defaults,
 # which ``ContainerBackend`` checks are the same).
 OVERLAY_OPTIONS = "metacopy=off,redirect_dir=nofollow,index=off"
+STAGED_VOLUME_LABEL = "capgate.staged"
 
 
 class UnmountablePath(ValueError):
@@ -99,7 +100,9 @@ class Mount:
         if runtime == "podman":
             return ["-v", f"{lower}:{target}:O,upperdir={upper},workdir={work}"]
         # Docker reads --mount as CSV: the quoted field carries the commas of the mount options.
+        # (labelled: a volume left behind, should the runtime ever leave one, is findable)
         return ["--mount", f"type=volume,destination={target},volume-driver=local,volume-nocopy=true,"
+                           f"volume-label={STAGED_VOLUME_LABEL}=1,"
                            f"volume-opt=type=overlay,volume-opt=device=overlay,"
                            f'"volume-opt=o=lowerdir={lower},upperdir={upper},workdir={work},{OVERLAY_OPTIONS}"']
 

@@ -38,8 +38,12 @@ def image(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
-def backend(image: tuple[str, str], clean: None) -> tuple[str, ...]:  # noqa: F811
-    return ("--backend", "container", "--runtime", image[0], "--image", image[1])
+def backend(image: tuple[str, str], clean: None) -> Iterator[tuple[str, ...]]:  # noqa: F811
+    yield ("--backend", "container", "--runtime", image[0], "--image", image[1])
+    if image[0] == "docker":  # the overlay's anonymous volume went with the container (--rm)
+        left = subprocess.run(["docker", "volume", "ls", "-q", "--filter", "label=capgate.staged"],
+                              capture_output=True, text=True, timeout=60)
+        assert left.returncode == 0 and left.stdout.split() == [], left.stdout + left.stderr
 
 
 def _probe_in(ws: Path, tmp: Path) -> Path:

@@ -169,11 +169,11 @@ def test_staged_overlay_argument_per_runtime() -> None:
     import csv
 
     fields = next(csv.reader([volume]))  # (Docker reads --mount as CSV)
-    assert fields[:6] == ["type=volume", "destination=/ws", "volume-driver=local", "volume-nocopy=true",
-                          "volume-opt=type=overlay", "volume-opt=device=overlay"]
-    assert fields[6] == ("volume-opt=o=lowerdir=/ws,upperdir=/st/run/upper,workdir=/st/run/work,"
+    assert fields[:7] == ["type=volume", "destination=/ws", "volume-driver=local", "volume-nocopy=true",
+                          "volume-label=capgate.staged=1", "volume-opt=type=overlay", "volume-opt=device=overlay"]
+    assert fields[7] == ("volume-opt=o=lowerdir=/ws,upperdir=/st/run/upper,workdir=/st/run/work,"
                          "metacopy=off,redirect_dir=nofollow,index=off")
-    assert len(fields) == 7 and "source=" not in volume  # anonymous: removed with the container (--rm)
+    assert len(fields) == 8 and "source=" not in volume  # anonymous: removed with the container (--rm)
     # every cover comes after the overlay on both command lines
     for argv in (podman, docker):
         text = " ".join(argv)
