@@ -913,7 +913,7 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
     warmup = None
     container_plan: Any = None
     if options.command and not options.dry_run_policy and container:
-        _make_write_roots(policy, sandbox_home, tmpdir)
+        _make_write_roots(policy, sandbox_home, tmpdir, staged=options.staged)
         # No spawner: the runtime starts the tree. The command is added inside (the entrypoint
         # resolves it in the image); the plan covers everything else, as for soft.
         container_plan = soft_plan(policy, (), extra_read=(run_dir,))
@@ -1013,7 +1013,8 @@ def _run(options: RunOptions, env: dict[str, str], out: IO[str], say: Any, run_d
                             home=sandbox_home, tmpdir=tmpdir, python_child=python_child, environ=env,
                             confine=confine, mount_read=tuple(script_roots) if container else (),
                             credentials=credentials, upstream_ca=options.upstream_ca,
-                            on_misuse=_run_ender(policy, audit, stop, say), staging=staged_run)
+                            on_misuse=_run_ender(policy, audit, stop, say), staging=staged_run,
+                            staging_lock=staged_lock)
     backend = chosen if chosen is not None else get_backend(backend_name)
 
     def finish_staged(returncode: int, clean_end: bool) -> int | None:

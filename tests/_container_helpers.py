@@ -55,12 +55,14 @@ def build_test_image(runtime: str) -> Iterator[str]:
     subprocess.run([exe, "rmi", "-f", name], capture_output=True, timeout=120)
 
 
-def leftovers(exe: str) -> tuple[list[str], list[str], list[str]]:
-    """Containers (any state), volumes and networks the runtime holds now."""
+def leftovers(exe: str, image: str | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Containers (any state; with ``image``, only those of that image: on a shared machine
+    other people's containers come and go), volumes and networks the runtime holds now."""
     def names(*args: str) -> list[str]:
         done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return sorted(done.stdout.split())
 
-    return (names("ps", "-a", "--format", "{{.Names}}"), names("volume", "ls", "--format", "{{.Name}}"),
+    only = ["--filter", f"ancestor={image}"] if image else []
+    return (names("ps", "-a", *only, "--format", "{{.Names}}"), names("volume", "ls", "--format", "{{.Name}}"),
             names("network", "ls", "--format", "{{.Name}}"))

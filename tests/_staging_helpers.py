@@ -43,12 +43,14 @@ def build_staged_probe(directory: Path) -> Path:
     return out
 
 
-def staged(ws: Path, home: Path, command: list[str], *options: str,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``capgate run --backend namespace --staged [options] -- command`` in ``ws``."""
-    require_namespace_backend()
-    return capgate_run(["run", "--backend", "namespace", "--staged", "--workspace", str(ws), *options, "--",
-                        *command], home=home, cwd=ws, timeout=timeout)
+def staged(ws: Path, home: Path, command: list[str], *options: str, timeout: float = 120,
+           backend: tuple[str, ...] = ("--backend", "namespace")) -> subprocess.CompletedProcess[str]:
+    """``capgate run --backend namespace --staged [options] -- command`` in ``ws`` (another
+    backend: ``backend=("--backend", "container", "--runtime", ...)``)."""
+    if "namespace" in backend:
+        require_namespace_backend()
+    return capgate_run(["run", *backend, "--staged", "--workspace", str(ws), *options, "--", *command], home=home,
+                       cwd=ws, timeout=timeout)
 
 
 def capgate(ws: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -144,6 +144,20 @@ def staged_bytes(upper: str) -> int:
     return total
 
 
+def mark_quota_exceeded(upper: str, used: int, quota: int) -> None:
+    """Leave the ``quota-exceeded`` mark beside ``upper`` (the launcher's report reads it)
+    and say so; the caller stops the tree."""
+    try:
+        fd = os.open(os.path.join(os.path.dirname(upper), QUOTA_MARK),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.write(fd, str(used).encode())
+        os.close(fd)
+    except OSError:
+        pass
+    os.write(2, f"capgate: staged run: {used} staged bytes passed limits.outputQuotaMb "
+                f"({quota // (1024 * 1024)} MB); the child's tree is stopped\n".encode())
+
+
 def watch(pid: int, upper: str, quota: int) -> int:
     """Wait for ``pid``, walking ``upper`` in between; return its wait status."""
     pidfd = os.pidfd_open(pid)
@@ -156,15 +170,7 @@ def watch(pid: int, upper: str, quota: int) -> int:
         used = staged_bytes(upper)
         cost = time.monotonic() - started
         if used > quota:
-            try:
-                fd = os.open(os.path.join(os.path.dirname(upper), QUOTA_MARK),
-                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                os.write(fd, str(used).encode())
-                os.close(fd)
-            except OSError:
-                pass
-            os.write(2, f"capgate: staged run: {used} staged bytes passed limits.outputQuotaMb "
-                        f"({quota // (1024 * 1024)} MB); the child's tree is stopped\n".encode())
+            mark_quota_exceeded(upper, used, quota)
             os.kill(pid, signal.SIGKILL)
             break
         # Walk at most ~5% of the time; at least every second.

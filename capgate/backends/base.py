@@ -37,6 +37,10 @@ class LaunchRequest:
     # A capgate.staging.store.StagedRun for ``--staged``: the backend mounts an overlay of the
     # workspace (lower) with its ``upper``/``work`` directories, and writes nothing else there.
     staging: Any = None
+    # Its ``capgate.staging.store.RunLock``: a backend whose tree can outlive the launcher (the
+    # container runtime's client) hands its descriptor on, so the run reads as ``running``
+    # until that tree is gone, not ``interrupted`` while it still writes the upper directory.
+    staging_lock: Any = None
 
 
 @dataclass

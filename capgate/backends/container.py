@@ -30,7 +30,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from capgate.backends.base import LaunchRequest, LaunchResult
-from capgate.backends.container_argv import ContainerSpec, Mount, UnmountablePath, container_argv, container_mounts
+from capgate.backends.container_argv import (
+    ContainerSpec,
+    Mount,
+    Overlay,
+    UnmountablePath,
+    container_argv,
+    container_mounts,
+)
 from capgate.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -116,9 +123,9 @@ def _shim_build() -> Any:
 
 class ContainerBackend:
     name = "container"
-    # (To support --staged: mount an overlay of the workspace with the run's upper/work
-    # directories, ``capgate.staging.store.StagedRun``, in place of the workspace bind.)
-    staging_refusal: str | None = "staged writes are not yet supported by the container backend"
+    # --staged: the runtime mounts an overlay of the workspace (``container_argv.Overlay``);
+    # the launcher watches the staged bytes (``_QuotaWatch``).
+    staging_refusal: str | None = None
 
     def __init__(self, runtime: str | None = None, image: str | None = None, *, auto: bool = False) -> None:
         self.runtime = runtime
@@ -148,7 +155,7 @@ class ContainerBackend:
             raise BackendUnavailable(why)
         assert self._found is not None
         _ok, _why, runtime, exe, image = self._found
-        from capgate.backends.namespace import _count_reasons, _empties
+        from capgate.backends.namespace import _count_reasons, _empties, say_foreign
         from capgate.backends.namespace_view import View, created_denials, scan
         from capgate.backends.soft import ChildReportReader, _check_launched_git, _reported_write_roots
         from capgate.gate import Gate
@@ -160,7 +167,17 @@ class ContainerBackend:
         sockets = tuple(getattr(policy.network, "allowed_unix_sockets", ()) or ())
         writes = tuple(w for w in fs.write if w not in (request.home, request.tmpdir, "/dev/null"))
         reads = (*fs.read, *request.mount_read)
-        found = scan(rules, reads, writes, sockets)
+        staging = request.staging
+        if staging is not None:
+            _check_overlay_defaults(runtime)
+        # Rootless podman maps only the user's ids (and subordinate ones) into the container:
+        # the overlay could not copy up a file of another owner (EOVERFLOW), so those are
+        # bound read-only and fail plainly (EROFS), as in an unprivileged staged namespace run.
+        rootless = runtime == "podman" and os.geteuid() != 0
+        owner = (os.getuid(), os.getgid()) if staging is not None and rootless else None
+        found = scan(rules, reads, writes, sockets, owner=owner)
+        if owner is not None:
+            say_foreign(found, audit)
         empty_file, empty_dir = _empties(run_dir)
         view = View(system=(), read=tuple(r for r in reads if os.path.exists(r)),
                     write=tuple(w for w in writes if os.path.exists(w)), sockets=sockets, scan=found,
@@ -184,17 +201,29 @@ class ContainerBackend:
             start_import = getattr(audit, "start_import", None)
             if start_import is not None:
                 start_import()
-            runner = _ContainerRun(exe, name, argv, dict(request.environ), float(policy.limits.wall_time_seconds))
+            lock = request.staging_lock
+            runner = _ContainerRun(exe, name, argv, dict(request.environ), float(policy.limits.wall_time_seconds),
+                                   keep_fds=() if lock is None or lock.fileno() < 0 else (lock.fileno(),))
+            watch = None if staging is None else _QuotaWatch(staging.upper,
+                                                             policy.limits.output_quota_mb * 1024 * 1024, runner)
             try:
+                if watch is not None:
+                    audit.event("staging.overlay", run=staging.run_id, upper=staging.upper, lower=policy.workspace)
+                    watch.start()
                 returncode, timed_out, duration = runner.run()
             finally:
+                if watch is not None:
+                    watch.stop()
+                if staging is not None and rootless:
+                    clear_rootless_work(exe, staging.work)
                 os.close(keep_fd)
                 reader.join(timeout=5.0)
         finally:
             for proxy in proxies:
                 proxy.stop()
         started = getattr(reader, "container_started", False)
-        if not started and not timed_out:
+        quota_fired = watch is not None and watch.fired
+        if not started and not timed_out and not quota_fired:
             raise BackendUnavailable(f"the {runtime} container did not start (exit {returncode}; the runtime's "
                                      "message is above)")
         from capgate import ops
@@ -205,8 +234,9 @@ class ContainerBackend:
                                                           f"do not see: {reason}", rule, path), source="launcher")
         if reader.dropped or reader.malformed:
             audit.warning("child.report", lines=reader.lines, dropped=reader.dropped, malformed=reader.malformed)
+        fired = ("outputQuotaMb",) if quota_fired else exit_limits(returncode, timed_out)
         return LaunchResult(returncode=returncode, timed_out=timed_out, duration=duration,
-                            limits_fired=exit_limits(returncode, timed_out), child_activated=reader.activated,
+                            limits_fired=fired, child_activated=reader.activated,
                             native_execs=reader.native_execs)
 
     def _argv(self, request: LaunchRequest, audit: AuditLog, view: View, env: dict[str, str], fifo: str,
@@ -252,9 +282,12 @@ class ContainerBackend:
         inner += ["--", *request.argv]
         name = f"capgate-{os.urandom(6).hex()}"  # (not uuid: its import alone is ~5 ms of start-up)
         env_file = os.path.join(run_dir, "container.env")
+        staging = request.staging
+        overlay = None if staging is None else Overlay(policy.workspace, staging.upper, staging.work)
         try:
             mounts = container_mounts(view, run_binds=run_binds, tmpfs=("/tmp", request.home, request.tmpdir),
-                                      volumes=((CACHE_VOLUME, os.path.join(request.home, ".cache")),))
+                                      volumes=((CACHE_VOLUME, os.path.join(request.home, ".cache")),),
+                                      overlay=overlay)
         except UnmountablePath as exc:
             raise BackendUnavailable(str(exc)) from None
         _write_env_file(env_file, env)
@@ -302,6 +335,76 @@ class ContainerBackend:
         return env
 
 
+_OVERLAY_PARAMETERS = "/sys/module/overlay/parameters"
+
+
+def _check_overlay_defaults(runtime: str) -> None:
+    """podman mounts its overlay volumes with the kernel's defaults (only ``upperdir`` and
+    ``workdir`` can be given): a kernel whose overlay makes metadata-only copies or
+    directory redirects by default would leave a change set ``capgate changes`` refuses to
+    read. Refuse to start then (Docker's overlay is mounted with our options)."""
+    if runtime != "podman":
+        return
+    for name in ("metacopy", "redirect_dir"):
+        try:
+            with open(os.path.join(_OVERLAY_PARAMETERS, name), encoding="ascii") as fh:
+                value = fh.read().strip()
+        except OSError:
+            continue  # (no overlay module loaded yet: the built-in defaults, off unless configured)
+        if value not in ("N", "off", "nofollow"):
+            raise BackendUnavailable(f"--staged with podman: this kernel's overlay defaults to {name}={value}, "
+                                     "which podman's overlay volumes cannot switch off; use --runtime docker "
+                                     "or --backend namespace")
+
+
+def clear_rootless_work(exe: str, work: str) -> None:
+    """Empty a staged run's overlay ``work`` directory after rootless podman: the kernel made
+    ``work/work`` there as the container's root, a subordinate uid the user cannot remove
+    as themself (``discard`` and ``apply`` could not delete the staging). ``podman unshare``
+    runs ``rm`` with the user's id mapping; ``rm -rf`` never follows a symlink, and ``work``
+    is the user's own private directory (nothing a container can write)."""
+    try:
+        subprocess.run([exe, "unshare", "rm", "-rf", "--", os.path.join(work, "work")], capture_output=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # (left for `capgate discard`, which tries again)
+
+
+class _QuotaWatch:
+    """``limits.outputQuotaMb`` for a staged container run: a thread of the launcher walks the
+    upper directory (``stage_mount.staged_bytes``, as the namespace run's watcher does) and
+    kills the container once it holds more, leaving the same ``quota-exceeded`` mark. A
+    writer can pass the quota by what it writes between two walks."""
+
+    def __init__(self, upper: str, quota: int, runner: _ContainerRun) -> None:
+        self.upper, self.quota, self.runner = upper, quota, runner
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="capgate-quota", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        from capgate._sys.stage_mount import mark_quota_exceeded, staged_bytes
+
+        interval = 0.05
+        while not self._stop.wait(interval):
+            started = time.monotonic()
+            used = staged_bytes(self.upper)
+            if used > self.quota:
+                self.fired = True
+                mark_quota_exceeded(self.upper, used, self.quota)
+                self.runner.stop()
+                return
+            # Walk at most ~5% of the time; at least every second.
+            interval = min(1.0, max(0.05, (time.monotonic() - started) * 20))
+
+
 def _stdin_wanted() -> bool:
     """Whether to attach the launcher's stdin (``--interactive``): not when it is closed or
     ``/dev/null`` (attaching costs the runtime a stream, ~tens of ms, for nothing)."""
@@ -336,8 +439,16 @@ class _ContainerRun:
     out that is not the client's own exit (a stopping signal, an error) the container is
     killed and removed, so nothing is left running or behind."""
 
-    def __init__(self, exe: str, name: str, argv: list[str], env: dict[str, str], wall: float) -> None:
+    def __init__(self, exe: str, name: str, argv: list[str], env: dict[str, str], wall: float,
+                 keep_fds: tuple[int, ...] = ()) -> None:
         self.exe, self.name, self.argv, self.env, self.wall = exe, name, argv, env, wall
+        # (a staged run's lock: the client lives as long as the container, also when the
+        # launcher is killed, and holds the run as "running" that long)
+        self.keep_fds = keep_fds
+
+    def stop(self) -> None:
+        """Kill the container now (a limit the launcher watches fired); ``run`` returns."""
+        self._kill()
 
     def _kill(self) -> None:
         for action in (["kill", self.name], ["rm", "-f", self.name]):
@@ -351,7 +462,7 @@ class _ContainerRun:
         """Start the client and wait for it (a blocking wait: ``Popen.wait(timeout)`` polls,
         up to 50 ms late); a timer thread kills the container at the wall time."""
         started = time.monotonic()
-        proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True, pass_fds=self.keep_fds)
         fired = threading.Event()
 
         def wall_time() -> None:

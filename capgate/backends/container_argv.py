@@ -19,6 +19,20 @@ always lands on top of the root that holds it; the list is built in the namespac
 order (roots from the outermost in, read-only re-binds, then covers), each destination kept
 once (the last, most restrictive, wins), then sorted by depth the same way, so what the
 runtime does is what the list says.
+
+Staged runs (``--staged``): the workspace is an overlay (lower: the real workspace; upper and
+work: the run's staging directories, ``capgate.staging.store.StagedRun``) in place of its
+bind, and the runtime mounts it, so nothing is left mounted on the host when the container
+ends, however the launcher ends. podman says it as an overlay volume (``-v
+LOWER:LOWER:O,upperdir=U,workdir=W``, podman 4.3); Docker has no overlay bind, but its
+``local`` volume driver mounts an overlay for an anonymous volume (``--mount type=volume``
+with ``volume-opt``: the mount options are ours, ``metacopy=off,redirect_dir=nofollow,
+index=off``, so every changed file's bytes are in the upper directory and a renamed
+directory is copied, not redirected), removed with the container by ``--rm``. No root or
+write root beneath the workspace is bound from the host (its writes would land in the real
+workspace); the covers and read-only re-binds of the view still are, deeper, so they sit on
+top of the overlay exactly as they sit on top of the bind. An overlay's paths also cannot
+hold ``:`` (podman's ``-v`` and the kernel's ``lowerdir`` both split on it).
 """
 
 from __future__ import annotations
@@ -33,20 +47,35 @@ if TYPE_CHECKING:
     from capgate.backends.namespace_view import View
     from capgate.policy.model import Limits
 
-__all__ = ["RUNTIMES", "ContainerSpec", "Mount", "UnmountablePath", "container_argv", "container_mounts"]
+__all__ = ["OVERLAY_OPTIONS", "RUNTIMES", "STAGED_VOLUME_LABEL", "ContainerSpec", "Mount", "Overlay",
+           "UnmountablePath", "container_argv", "container_mounts"]
 
 RUNTIMES = ("podman", "docker")
 MB = 1024 * 1024
 _BAD_CHARS = (",", '"', "\n", "\r", "\0")
+# What ``capgate changes`` needs of the overlay (Docker's; podman's take the kernel's defaults,
+# which ``ContainerBackend`` checks are the same).
+OVERLAY_OPTIONS = "metacopy=off,redirect_dir=nofollow,index=off"
+STAGED_VOLUME_LABEL = "capgate.staged"
 
 
 class UnmountablePath(ValueError):
     """A path the runtimes' mount syntax cannot carry exactly (see the module docstring)."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(f"{path!r} holds a character ({', '.join(repr(c) for c in _BAD_CHARS)}) that the "
+    def __init__(self, path: str, chars: tuple[str, ...] = _BAD_CHARS) -> None:
+        super().__init__(f"{path!r} holds a character ({', '.join(repr(c) for c in chars)}) that the "
                          "container runtime's --mount syntax cannot carry; rename it or use --backend namespace")
         self.path = path
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """A staged run's workspace: ``lower`` (the real workspace, mounted at its own path)
+    seen through an overlay whose changes land in ``upper`` (``work``: the overlay's own)."""
+
+    lower: str
+    upper: str
+    work: str
 
 
 @dataclass(frozen=True)
@@ -56,10 +85,30 @@ class Mount:
     target: str
     source: str = ""
     readonly: bool = True
-    kind: Literal["bind", "volume", "tmpfs"] = "bind"
+    kind: Literal["bind", "volume", "tmpfs", "overlay"] = "bind"
     tmpfs_mode: int = 0o700
+    overlay: Overlay | None = None  # kind "overlay": the staged workspace (source: its lower)
+
+    def arguments(self, runtime: str) -> list[str]:
+        """The runtime's flag and its value for this mount."""
+        if self.kind != "overlay":
+            return ["--mount", self.argument()]
+        assert self.overlay is not None
+        lower, upper, work = (_check(p, colon=True) for p in (self.overlay.lower, self.overlay.upper,
+                                                               self.overlay.work))
+        target = _check(self.target, colon=True)
+        if runtime == "podman":
+            return ["-v", f"{lower}:{target}:O,upperdir={upper},workdir={work}"]
+        # Docker reads --mount as CSV: the quoted field carries the commas of the mount options.
+        # (labelled: a volume left behind, should the runtime ever leave one, is findable)
+        return ["--mount", f"type=volume,destination={target},volume-driver=local,volume-nocopy=true,"
+                           f"volume-label={STAGED_VOLUME_LABEL}=1,"
+                           f"volume-opt=type=overlay,volume-opt=device=overlay,"
+                           f'"volume-opt=o=lowerdir={lower},upperdir={upper},workdir={work},{OVERLAY_OPTIONS}"']
 
     def argument(self) -> str:
+        if self.kind == "overlay":
+            raise ValueError("an overlay mount is said per runtime: Mount.arguments(runtime)")
         if self.kind == "tmpfs":
             return f"type=tmpfs,destination={self.target},tmpfs-mode={self.tmpfs_mode:o}"
         text = f"type={self.kind},source={self.source},destination={self.target}"
@@ -88,21 +137,26 @@ class ContainerSpec:
     labels: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
 
-def _check(path: str) -> str:
-    if not path.startswith("/") or any(c in path for c in _BAD_CHARS):
-        raise UnmountablePath(path)
+def _check(path: str, *, colon: bool = False) -> str:
+    bad = (*_BAD_CHARS, ":") if colon else _BAD_CHARS
+    if not path.startswith("/") or any(c in path for c in bad):
+        raise UnmountablePath(path, bad)
     return path
 
 
 def container_mounts(view: View, *, run_binds: Sequence[tuple[str, bool]] = (), tmpfs: Sequence[str] = (),
-                     volumes: Sequence[tuple[str, str]] = ()) -> tuple[Mount, ...]:
+                     volumes: Sequence[tuple[str, str]] = (), overlay: Overlay | None = None) -> tuple[Mount, ...]:
     """The mounts for ``view``: private tmpfs (``/tmp``, the sandbox ``HOME`` and
     ``TMPDIR``), named volumes ``(name, target)``, the read roots read-only and the write
     roots read-write at their own paths, the launcher's run files ``(path, writable)`` (the
     effective policy, the audit FIFO, the proxy socket), the allowed host sockets, the
     write-denied paths read-only on themselves, and last the covers: an empty read-only
     file or directory over each path the gate refused. The image itself is the system part
-    of the view (``view.system`` is not bound)."""
+    of the view (``view.system`` is not bound).
+
+    With ``overlay`` (a staged run), the overlay is mounted at ``overlay.lower`` (the
+    workspace) and no read or write root beneath it is bound from the host; the run binds,
+    sockets, read-only re-binds and covers beneath it are, on top of it."""
     out: list[Mount] = [Mount(_check(t), kind="tmpfs", readonly=False, tmpfs_mode=0o1777 if t == "/tmp" else 0o700)
                         for t in tmpfs]
     out += [Mount(_check(target), name, readonly=False, kind="volume") for name, target in volumes]
@@ -110,8 +164,13 @@ def container_mounts(view: View, *, run_binds: Sequence[tuple[str, bool]] = (), 
     for path in sorted(set(view.read) | set(writable), key=lambda p: (p.count("/"), p)):
         if path in ("/", "/dev", "/proc", "/sys") or any(is_within(path, k) for k in ("/dev", "/proc", "/sys")):
             continue  # the runtime makes these; a host one never goes in
+        if overlay is not None and is_within(path, overlay.lower):
+            continue  # (the overlay, below: a host bind here would be the real workspace)
         rw = any(is_within(path, w) for w in writable)
         out.append(Mount(_check(path), _check(path), readonly=not rw))
+    if overlay is not None:
+        out.append(Mount(_check(overlay.lower, colon=True), _check(overlay.lower, colon=True), readonly=False,
+                         kind="overlay", overlay=overlay))
     out += [Mount(_check(path), _check(path), readonly=not rw) for path, rw in run_binds]
     out += [Mount(_check(path), _check(path), readonly=False) for path in view.sockets]
     out += [Mount(_check(path), _check(path)) for path in view.scan.readonly]
@@ -166,6 +225,6 @@ def container_argv(spec: ContainerSpec) -> list[str]:
     for key, value in spec.labels:
         argv += ["--label", f"{key}={value}"]
     for mount in spec.mounts:
-        argv += ["--mount", mount.argument()]
+        argv += mount.arguments(spec.runtime)
     argv += ["--entrypoint", spec.command[0], spec.image, *spec.command[1:]]
     return argv

@@ -224,12 +224,7 @@ class NamespaceBackend(SoftBackend):
         command = bwrap_argv(self._bwrap, view, [*inner, "--", *argv])
         if staging is None:
             return command, None
-        foreign = _count_reasons(found).get(FOREIGN_OWNER_RULE, 0)
-        if foreign:
-            audit.warning("staging.foreign", count=foreign)
-            os.write(2, (f"capgate: {foreign} entr{'ies' if foreign != 1 else 'y'} of the workspace belong to "
-                         "another user or group: read-only in this staged run (an unprivileged overlay cannot "
-                         "copy them up)\n").encode())
+        say_foreign(found, audit)
         mount = os.path.join(os.path.dirname(shim), "stage_mount.py")
         quota = policy.limits.output_quota_mb * 1024 * 1024
         audit.event("staging.overlay", run=staging.run_id, upper=staging.upper, lower=policy.workspace)
@@ -248,6 +243,17 @@ class NamespaceBackend(SoftBackend):
             raise BackendUnavailable("the namespace sandbox did not start: bubblewrap could not build the view "
                                      "(its message is above)")
         super()._after(request, audit)
+
+
+def say_foreign(found: Scan, audit: AuditLog) -> None:
+    """Say how many workspace entries a staged run binds read-only because an unprivileged
+    overlay could not copy them up (``scan(owner=...)``)."""
+    foreign = _count_reasons(found).get(FOREIGN_OWNER_RULE, 0)
+    if foreign:
+        audit.warning("staging.foreign", count=foreign)
+        os.write(2, (f"capgate: {foreign} entr{'ies' if foreign != 1 else 'y'} of the workspace belong to "
+                     "another user or group: read-only in this staged run (an unprivileged overlay cannot "
+                     "copy them up)\n").encode())
 
 
 def _count_reasons(found: Scan) -> dict[str, int]:

@@ -17,9 +17,10 @@ is still going. Nothing here is read from the workspace, and nothing in it is tr
 than its owner and mode say: a directory that is not ours, or open to others, is refused.
 
 This is also the seam for other backends: a backend that can mount an overlay (the container
-backend's ``--mount type=overlay`` or podman's ``:O,upperdir=,workdir=``) mounts ``lower`` =
-``StagedRun.workspace`` with ``StagedRun.upper`` and ``StagedRun.work`` and needs nothing else
-from this package; ``changes`` and ``apply`` work the same on what it leaves.
+backend: podman's ``-v WS:WS:O,upperdir=,workdir=``, Docker's ``local`` overlay volume; see
+``container_argv``) mounts ``lower`` = ``StagedRun.workspace`` with ``StagedRun.upper`` and
+``StagedRun.work`` and needs nothing else from this package; ``changes`` and ``apply`` work the
+same on what it leaves.
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class RunLock:
         self.run = run
         self._fd = os.open(run.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def fileno(self) -> int:
+        """The locked descriptor (a child that inherits it holds the lock as long as it lives)."""
+        return self._fd
 
     def finish(self) -> None:
         """Mark the run as having ended normally, and let go."""
@@ -237,5 +242,16 @@ def remove_run(run: StagedRun) -> None:
     if run.running():
         raise StagingError(f"run {run.run_id} is still going (its launcher holds it)")
     _remove_tree(run.path)
+    if os.path.lexists(run.path) and run.backend == "container" and os.geteuid() != 0:
+        # A rootless podman run whose launcher was killed: the overlay's work/work belongs to a
+        # subordinate uid (see ``container.clear_rootless_work``).
+        import shutil
+
+        from capgate.backends.container import clear_rootless_work
+
+        podman = shutil.which("podman")
+        if podman is not None:
+            clear_rootless_work(podman, run.work)
+            _remove_tree(run.path)
     if os.path.lexists(run.path):
         raise StagingError(f"could not remove {run.path} entirely")

@@ -44,9 +44,10 @@ def clean(image: tuple[str, str]) -> Iterator[None]:
     """Nothing left behind: the runtime's containers, volumes and networks are the same after
     the test as before (the named cache volume is the one thing a run may create)."""
     exe = require_runtime(image[0])
-    before = leftovers(exe)
+    shared = os.environ.get("CI", "").lower() != "true"  # (a shared machine: only this session's image)
+    before = leftovers(exe, image[1] if shared else None)
     yield
-    after = leftovers(exe)
+    after = leftovers(exe, image[1] if shared else None)
     if os.environ.get("CI", "").lower() != "true":  # a shared machine: others' containers come and go
         before, after = (tuple([n for n in names if "capgate" in n] for names in x) for x in (before, after))
     assert after[0] == before[0], f"containers left behind: {sorted(set(after[0]) - set(before[0]))}"

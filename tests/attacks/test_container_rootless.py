@@ -11,13 +11,16 @@ still stops a hog.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,8 +134,57 @@ def test_rootless_podman_runs_the_gate_as_the_user(tmp_path: Path) -> None:
                       timeout=120)
         assert hog.returncode != 0 and "ate" not in hog.stdout, hog.stdout + hog.stderr
         assert "MemoryError" in hog.stderr
+        _staged_as_user(as_user, system_python, ws, user)
     finally:
         if image:
             subprocess.run(["su", "-s", "/bin/sh", USER, "-c", f"cd / && HOME={user.pw_dir} podman rmi -f {image}"],
                            capture_output=True, timeout=120)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _staged_as_user(as_user: Any, python: str, ws: Path, user: pwd.struct_passwd) -> None:
+    """``--staged`` under rootless podman: the overlay volume is mounted in the user's own
+    namespace (keep-id). The user's changes are staged as theirs; a file of another owner
+    (root's) cannot be copied up there, so it is bound read-only (EROFS, counted and said);
+    ``.env`` stays covered; the real workspace is unchanged until ``apply`` (as the user)."""
+    (ws / "src").mkdir()
+    (ws / "src" / "a.txt").write_text("alpha\n")
+    os.chown(ws / "src", user.pw_uid, user.pw_gid)
+    os.chown(ws / "src" / "a.txt", user.pw_uid, user.pw_gid)
+    (ws / "src" / "b.txt").write_text("beta\n")
+    os.chown(ws / "src" / "b.txt", user.pw_uid, user.pw_gid)
+    (ws / "roots.txt").write_text("root's\n")
+    (ws / "roots.txt").chmod(0o666)  # root's, writable by all: only the copy-up could refuse it
+    script = ("import os\n"
+              "def t(label, f):\n"
+              "    try:\n"
+              "        f(); print(label, 'OK')\n"
+              "    except OSError as exc:\n"
+              "        print(label, 'ERR', exc.errno)\n"
+              f"t('edit', lambda: open({str(ws / 'src' / 'a.txt')!r}, 'a').write('more\\n'))\n"
+              f"t('new', lambda: open({str(ws / 'new.txt')!r}, 'w').write('new'))\n"
+              f"t('foreign', lambda: open({str(ws / 'roots.txt')!r}, 'a').write('x'))\n"
+              f"t('env', lambda: print(repr(open({str(ws / '.env')!r}).read())))\n"
+              f"t('delete', lambda: os.unlink({str(ws / 'src' / 'b.txt')!r}))\n")
+    (ws / "staged.py").write_text(script)
+    os.chown(ws / "staged.py", user.pw_uid, user.pw_gid)
+    before = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()}
+    run = as_user(python, "-m", "capgate", "run", "--backend", "container", "--staged", "--workspace", str(ws),
+                  "--", "python3", str(ws / "staged.py"), timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.splitlines()[:3] == ["edit OK", "new OK", f"foreign ERR {errno.EROFS}"], run.stdout
+    assert SECRET not in run.stdout + run.stderr
+    assert "another user or group: read-only in this staged run" in run.stderr
+    assert {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} == before  # nothing landed
+    found = re.search(r"staged run (\d{8}T\d{6}Z-[0-9a-f]+): ", run.stderr)
+    assert found, run.stderr
+    run_id = found.group(1)
+    upper = Path(user.pw_dir, ".local", "state", "capgate", "staging", run_id, "upper")
+    assert (upper / "new.txt").stat().st_uid == user.pw_uid
+    assert (upper / "src" / "a.txt").stat().st_uid == user.pw_uid
+    applied = as_user(python, "-m", "capgate", "apply", run_id, "--workspace", str(ws))
+    assert applied.returncode == 0, applied.stderr
+    assert (ws / "src" / "a.txt").read_text() == "alpha\nmore\n" and (ws / "new.txt").read_text() == "new"
+    assert (ws / "new.txt").stat().st_uid == user.pw_uid and (ws / "roots.txt").read_text() == "root's\n"
+    assert not (ws / "src" / "b.txt").exists()  # the whiteout the user's overlay made was read as a deletion
+    assert not upper.parent.exists(), applied.stderr  # everything landed: the staging is gone (the user may remove it)

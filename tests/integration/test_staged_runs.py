@@ -211,14 +211,15 @@ def test_soft_backend_refuses_staged_with_the_reason(tmp_path: Path) -> None:
     assert control.returncode == 0, control.stderr
 
 
-def test_container_backend_says_not_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_container_backend_stages_and_auto_takes_it_first(monkeypatch: pytest.MonkeyPatch) -> None:
     from capgate.backends.container import ContainerBackend
 
     monkeypatch.setattr(ContainerBackend, "available", lambda self: (True, ""))
-    with pytest.raises(launcher.UsageError, match="not yet supported by the container backend"):
-        launcher._choose_staged_backend("container", {})
-    # auto passes over it to a backend that can stage
-    assert launcher._choose_staged_backend("auto", {})[0] in ("namespace",)
+    assert launcher._choose_staged_backend("container", {})[0] == "container"
+    assert launcher._choose_staged_backend("auto", {})[0] == "container"
+    # control: without a container runtime, auto passes over it to a backend that can stage
+    monkeypatch.setattr(ContainerBackend, "available", lambda self: (False, "no image"))
+    assert launcher._choose_staged_backend("auto", {})[0] == "namespace"
 
 
 def test_on_exit_without_staged_is_a_usage_error(tmp_path: Path) -> None:

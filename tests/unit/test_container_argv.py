@@ -9,6 +9,7 @@ from capgate.backends.container import exit_limits
 from capgate.backends.container_argv import (
     ContainerSpec,
     Mount,
+    Overlay,
     UnmountablePath,
     container_argv,
     container_mounts,
@@ -127,3 +128,88 @@ def test_exit_status_names_the_limit() -> None:
     assert exit_limits(153, False) == ("maxFileSizeMb",)
     assert exit_limits(137, False)[0].startswith("memoryMb")
     assert exit_limits(0, False) == () and exit_limits(1, False) == ()
+
+
+def _staged_mounts() -> tuple[Mount, ...]:
+    view = View(system=("/usr",), read=("/ws", "/ws/src"), write=("/ws", "/ws/output", "/elsewhere"),
+                sockets=("/ws/dev.sock",), scan=Scan(hidden_files=("/ws/.env",), hidden_dirs=("/ws/secrets",),
+                                                     readonly=("/ws/.git/hooks", "/ws/.bashrc")),
+                empty_file="/run/cg/empty-file", empty_dir="/run/cg/empty-dir", workspace="/ws", uid=0, gid=0)
+    return container_mounts(view, run_binds=(("/run/cg", False),),
+                            overlay=Overlay("/ws", "/st/run/upper", "/st/run/work"))
+
+
+def test_staged_workspace_is_an_overlay_with_every_cover_on_top() -> None:
+    mounts = _staged_mounts()
+    targets = [m.target for m in mounts]
+    (overlay,) = [m for m in mounts if m.kind == "overlay"]
+    assert overlay.target == overlay.source == "/ws" and not overlay.readonly
+    # nothing beneath the workspace is bound from the host as a root (its writes would be real)
+    assert not [m for m in mounts if m.kind == "bind" and m.source in ("/ws", "/ws/src", "/ws/output")]
+    assert ("/elsewhere" in targets) and ("/run/cg" in targets)  # roots outside it stay
+    # the covers, read-only re-binds and sockets beneath it come after it: on top of it
+    beneath = [m for m in mounts if m.target.startswith("/ws/")]
+    assert {m.target for m in beneath} == {"/ws/.env", "/ws/secrets", "/ws/.git/hooks", "/ws/.bashrc",
+                                           "/ws/dev.sock"}
+    assert all(targets.index(m.target) > targets.index("/ws") for m in beneath)
+    assert all(m.readonly for m in beneath if m.target != "/ws/dev.sock")
+    # control: without an overlay the same view binds the workspace and its roots from the host
+    plain = container_mounts(View(system=(), read=("/ws", "/ws/src"), write=("/ws", "/ws/output"), sockets=(),
+                                  scan=Scan(), empty_file="/e", empty_dir="/d", workspace="/ws", uid=0, gid=0))
+    assert [(m.kind, m.source) for m in plain] == [("bind", "/ws"), ("bind", "/ws/output"), ("bind", "/ws/src")]
+
+
+def test_staged_overlay_argument_per_runtime() -> None:
+    mounts = _staged_mounts()
+    podman = container_argv(_spec("podman", mounts=mounts))
+    assert "/ws:/ws:O,upperdir=/st/run/upper,workdir=/st/run/work" in _pairs(podman, "-v")
+    docker = container_argv(_spec("docker", mounts=mounts))
+    assert not _pairs(docker, "-v")
+    (volume,) = [a for a in _pairs(docker, "--mount") if a.startswith("type=volume")]
+    import csv
+
+    fields = next(csv.reader([volume]))  # (Docker reads --mount as CSV)
+    assert fields[:7] == ["type=volume", "destination=/ws", "volume-driver=local", "volume-nocopy=true",
+                          "volume-label=capgate.staged=1", "volume-opt=type=overlay", "volume-opt=device=overlay"]
+    assert fields[7] == ("volume-opt=o=lowerdir=/ws,upperdir=/st/run/upper,workdir=/st/run/work,"
+                         "metacopy=off,redirect_dir=nofollow,index=off")
+    assert len(fields) == 8 and "source=" not in volume  # anonymous: removed with the container (--rm)
+    # every cover comes after the overlay on both command lines
+    for argv in (podman, docker):
+        text = " ".join(argv)
+        assert text.index("/st/run/upper") < text.index("destination=/ws/.env")
+
+
+@pytest.mark.parametrize("bad", ["/w:s", "/w,s", '/w"s'])
+def test_overlay_paths_that_cannot_be_said_are_refused(bad: str) -> None:
+    view = View(system=(), read=(bad,), write=(bad,), sockets=(), scan=Scan(), empty_file="/e", empty_dir="/d",
+                workspace=bad, uid=0, gid=0)
+    with pytest.raises(UnmountablePath):
+        for runtime in ("podman", "docker"):
+            container_argv(_spec(runtime, mounts=container_mounts(view, overlay=Overlay(bad, "/u", "/w"))))
+    for field_ in ("upper", "work"):  # the staging side too
+        paths = {"lower": "/ws", "upper": "/u", "work": "/w", field_: "/st:x"}
+        with pytest.raises(UnmountablePath):
+            Mount("/ws", "/ws", kind="overlay", overlay=Overlay(**paths)).arguments("docker")
+    # control: a plain bind may hold a colon (--mount does not split on it)
+    assert Mount("/w:s", "/w:s").argument() == "type=bind,source=/w:s,destination=/w:s,readonly"
+
+
+def test_podman_staging_refuses_a_kernel_whose_overlay_defaults_changes_cannot_read(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from capgate.backends import container
+    from capgate.errors import BackendUnavailable
+
+    params = Path(str(tmp_path))
+    monkeypatch.setattr(container, "_OVERLAY_PARAMETERS", str(params))
+    (params / "metacopy").write_text("N\n")
+    (params / "redirect_dir").write_text("N\n")
+    container._check_overlay_defaults("podman")  # control: the defaults capgate changes can read
+    for name in ("metacopy", "redirect_dir"):
+        (params / name).write_text("Y\n")
+        with pytest.raises(BackendUnavailable, match=f"{name}=Y"):
+            container._check_overlay_defaults("podman")
+        container._check_overlay_defaults("docker")  # Docker's overlay is mounted with our options
+        (params / name).write_text("N\n")
