@@ -1,0 +1,101 @@
+"""Scrub *pieces* of a secret from a response stream, not only the whole value.
+
+A server that quotes part of a credential header (an error message cut at N characters, a
+log line) hands back a piece of the real value that the whole-value scrubber does not see.
+This finds every piece of at least ``block`` bytes that starts at a multiple of ``block`` in
+the secret or ends with it, and every piece of ``2 * block - 1`` bytes or more wherever it lies
+(such a piece always holds one aligned block), then widens each find to the longest run that
+still matches the secret, and writes the same slice of the placeholder over it (same length,
+so a ``Content-Length`` still holds; ``*`` where the placeholder is shorter).
+
+The cost per read is one ``bytes.find`` per anchor (``len(secret) / block + 1`` of them): the
+C substring search, no per-byte Python. Across reads, only a tail of the stream that is itself
+a piece of the secret is held back, so a streamed line or event (``\\n`` ends it, and no secret
+holds a newline) passes at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["BLOCK", "PieceScrubber", "scrub_pieces"]
+
+BLOCK = 8
+"""Pieces this long at a block boundary or the end, and twice this less one anywhere, are found."""
+
+
+def _anchors(secret: bytes, block: int) -> list[int]:
+    if len(secret) <= block:
+        return [0]
+    offsets = list(range(0, len(secret) - block + 1, block))
+    if offsets[-1] != len(secret) - block:
+        offsets.append(len(secret) - block)
+    return offsets
+
+
+def scrub_pieces(data: bytes | bytearray, secret: bytes, placeholder: bytes, block: int = BLOCK) -> bytearray:
+    """``data`` with every piece of ``secret`` the anchors find overwritten by the placeholder's
+    same slice (a new ``bytearray``; the input is not changed)."""
+    out = bytearray(data)
+    n = len(secret)
+    if not n:
+        return out
+    cover = placeholder if len(placeholder) == n else b"*" * n
+    for off in _anchors(secret, block):
+        needle = secret[off:off + min(block, n)]
+        pos = out.find(needle)
+        while pos != -1:
+            left = 0
+            while pos - left > 0 and off - left > 0 and out[pos - left - 1] == secret[off - left - 1]:
+                left += 1
+            end = pos + len(needle)
+            stop = off + len(needle)
+            while end < len(out) and stop < n and out[end] == secret[stop]:
+                end += 1
+                stop += 1
+            start = pos - left
+            out[start:end] = cover[off - left:stop]
+            pos = out.find(needle, end)
+    return out
+
+
+def _held_tail(buf: bytes | bytearray, secrets: Sequence[bytes]) -> int:
+    """The length of the longest suffix of ``buf`` that is a piece of one of ``secrets``
+    (shorter than it): it may continue in the next read."""
+    best = 0
+    for secret in secrets:
+        k = min(len(secret) - 1, len(buf))
+        while k > best:
+            if bytes(buf[len(buf) - k:]) in secret:
+                best = k
+                break
+            k -= 1
+    return best
+
+
+class PieceScrubber:
+    """``scrub_pieces`` over a stream cut anywhere: ``feed`` each read, ``flush`` at the end."""
+
+    def __init__(self, pairs: Sequence[tuple[bytes, bytes]], block: int = BLOCK) -> None:
+        self.pairs = [(secret, placeholder) for secret, placeholder in pairs if secret]
+        self.block = block
+        self._secrets = [secret for secret, _ in self.pairs]
+        self._pending = bytearray()
+
+    def _scrub(self, buf: bytes | bytearray) -> bytearray:
+        out = bytearray(buf)
+        for secret, placeholder in self.pairs:
+            out = scrub_pieces(out, secret, placeholder, self.block)
+        return out
+
+    def feed(self, data: bytes | bytearray) -> bytes:
+        if not self.pairs:
+            return bytes(data)
+        buf = self._scrub(self._pending + data)
+        keep = _held_tail(buf, self._secrets)
+        self._pending = buf[len(buf) - keep:] if keep else bytearray()
+        return bytes(buf[:len(buf) - keep])
+
+    def flush(self) -> bytes:
+        out, self._pending = bytes(self._pending), bytearray()
+        return out
