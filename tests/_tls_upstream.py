@@ -169,6 +169,8 @@ class Upstream:
                 tls.sendall(block[:n])
                 left -= n
             return True
+        if path.startswith("/secret/"):
+            return self._secret_body(tls, path, target.partition("?")[2])
         echo = json.dumps({"method": method, "target": target, "headers": record["headers"],
                            "body": record["body"]}).encode()
         if path == "/stream":
@@ -197,6 +199,32 @@ class Upstream:
             return True
         tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                     % (len(echo), echo))
+        return True
+
+    @staticmethod
+    def _secret_body(tls: ssl.SSLSocket, path: str, query: str) -> bool:
+        """``/secret/SIZE/OFF,OFF...``: SIZE bytes of ``x`` with SECRET at each offset, sent in
+        64 KiB writes (``?chunked=N``: in chunks of N bytes; ``?gzip=1``: gzip-encoded)."""
+        _, _, size_text, offsets = path.split("/", 3)
+        body = bytearray(b"x" * int(size_text))
+        for off in (int(o) for o in offsets.split(",") if o):
+            body[off:off + len(SECRET)] = SECRET.encode()
+        options = dict(item.partition("=")[::2] for item in query.split("&") if item)
+        if options.get("gzip"):
+            body = bytearray(gzip.compress(bytes(body)))
+            head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+        elif options.get("chunked"):
+            piece = int(options["chunked"])
+            framed = bytearray()
+            for i in range(0, len(body), piece):
+                framed += b"%x\r\n%s\r\n" % (len(body[i:i + piece]), body[i:i + piece])
+            body = framed + b"0\r\n\r\n"
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        else:
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+        tls.sendall(head)
+        for i in range(0, len(body), 65536):
+            tls.sendall(body[i:i + 65536])
         return True
 
 

@@ -44,6 +44,7 @@ _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization
         b"trailer", b"upgrade", b"expect"}
 _READ = 256 * 1024
 _TLS_RECORD = 16 * 1024  # (the largest TLS plaintext record)
+_DIRECT = 64 * 1024  # (a body slice this large is sent as it is, not copied into the held writes)
 
 
 @dataclass
@@ -143,6 +144,11 @@ class InspectedConnection:
         self._up_sock: ssl.SSLSocket | None = None
         self._up: h11.Connection | None = None
         self._tls: ssl.SSLSocket | None = None
+        self._pairs = [(c.value, c.placeholder) for c in self.mine]  # (real value -> placeholder, in answers)
+        # One receive buffer for both legs (one thread, reads never overlap): TLS records land in
+        # it with recv_into, not in a fresh 256 KiB bytes object per read.
+        self._buf = bytearray(_READ)
+        self._view = memoryview(self._buf)
 
     # -- entry --------------------------------------------------------------------------
     def serve(self) -> None:
@@ -195,7 +201,7 @@ class InspectedConnection:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
         while True:
             try:
-                event = _next_event(conn, tls)
+                event = self._next_event(conn, tls)
             except h11.RemoteProtocolError as exc:
                 self._answer(conn, tls, exc.error_status_hint, f"malformed request: {exc}")
                 return
@@ -237,10 +243,12 @@ class InspectedConnection:
             tls.sendall(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")  # (at once)
         up, up_sock = self._upstream()
         self._out(up_sock, up.send(h11.Request(method=request.method, target=request.target, headers=headers)))
-        scanner = StreamScanner(self.foreign)
+        scanner: StreamScanner | None = None
         while True:
             event = self._next(conn, tls)
             if isinstance(event, h11.Data):
+                if scanner is None:
+                    scanner = StreamScanner(self.foreign)
                 found = scanner.feed(bytes(event.data))
                 if found:
                     self._misuse(found[0], "the request body")
@@ -311,7 +319,7 @@ class InspectedConnection:
     # -- the response -------------------------------------------------------------------
     def _relay_response(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
                         up_sock: ssl.SSLSocket, method: str) -> bool:
-        pairs = [(c.value, c.placeholder) for c in self.mine]
+        pairs = self._pairs
         while True:
             event = self._next(up, up_sock)
             if isinstance(event, h11.InformationalResponse):
@@ -319,9 +327,10 @@ class InspectedConnection:
             if isinstance(event, h11.Response):
                 break
             raise OSError("upstream closed before answering")
-        headers = [(n, replace_all(v, pairs) if pairs else v) for n, v in event.headers
+        response = event
+        headers = [(n, replace_all(v, pairs) if pairs else v) for n, v in response.headers
                    if n not in _HOP and n != b"transfer-encoding"]
-        bodiless = method == "HEAD" or event.status_code in (204, 304)
+        bodiless = method == "HEAD" or response.status_code in (204, 304)
         replacer: StreamReplacer | None = None
         decoder: Any = None
         if pairs and not bodiless:
@@ -338,38 +347,100 @@ class InspectedConnection:
             dropped = (b"content-length", b"content-encoding") if resized else (b"content-encoding",)
             headers = [(n, v) for n, v in headers if n not in dropped]
             replacer = StreamReplacer(pairs)
-        self._out(tls, conn.send(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)))
-        while True:
-            event = self._next(up, up_sock)
-            if isinstance(event, h11.Data):
-                data = bytes(event.data)
-                if decoder is not None:
-                    data = decoder.decompress(data)
-                if replacer is not None:
-                    data = replacer.feed(data)
-                if data:
-                    self._out(tls, conn.send(h11.Data(data=data)))
-            elif isinstance(event, h11.EndOfMessage):
-                tail = b""
-                if decoder is not None:
-                    tail = decoder.flush()
-                if replacer is not None:
-                    tail = replacer.feed(tail) + replacer.flush()
-                if tail:
-                    self._out(tls, conn.send(h11.Data(data=tail)))
-                self._out(tls, conn.send(h11.EndOfMessage()))
-                self._flush()
-                break
-            else:
-                raise OSError("upstream closed in the middle of a response")
-        if up.our_state is h11.DONE and up.their_state is h11.DONE:
-            up.start_next_cycle()
+        self._out(tls, conn.send(h11.Response(status_code=response.status_code, headers=headers,
+                                              reason=response.reason)))
+        length = None if bodiless else _content_length(response)
+        if length is not None:
+            # The body's framing is a Content-Length h11 has validated: its bytes go from the
+            # upstream socket to the client in large slices, counted here, without an h11 event
+            # per read (h11 still frames and counts what goes to the client).
+            reusable = self._relay_counted(conn, tls, up, up_sock, length, decoder, replacer)
+            reusable = reusable and _keeps_alive(response) and up.our_state is h11.DONE
+        else:
+            reusable = self._relay_events(conn, tls, up, up_sock, decoder, replacer)
+        if reusable:
+            self._up = h11.Connection(h11.CLIENT)  # (the socket stays; a fresh parser for the next answer)
         else:
             self._close_upstream()
         return True
 
+    def _relay_counted(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
+                       up_sock: ssl.SSLSocket, length: int, decoder: Any, replacer: StreamReplacer | None) -> bool:
+        """Relay a ``length``-byte body: what h11 already holds, then reads straight into the
+        connection's buffer. Returns whether the upstream connection can serve another request
+        (it sent nothing past the body)."""
+        held, _closed = up.trailing_data
+        extra = len(held) > length
+        if held:
+            self._body(conn, tls, memoryview(held)[:length], decoder, replacer)
+        left = length - min(len(held), length)
+        while left:
+            self._flush()  # (what is held goes out before a read may wait)
+            n = _fill(up_sock, self._view[:min(left, _READ)])
+            if n == 0:
+                raise OSError("upstream closed in the middle of a response")
+            left -= n
+            self._body(conn, tls, self._view[:n], decoder, replacer)
+        self._body_end(conn, tls, decoder, replacer)
+        return not extra
+
+    def _relay_events(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
+                      up_sock: ssl.SSLSocket, decoder: Any, replacer: StreamReplacer | None) -> bool:
+        """Relay a chunked (or close-delimited, or empty) body as h11 decodes it."""
+        while True:
+            event = self._next(up, up_sock)
+            if isinstance(event, h11.Data):
+                self._body(conn, tls, event.data, decoder, replacer)
+            elif isinstance(event, h11.EndOfMessage):
+                self._body_end(conn, tls, decoder, replacer)
+                break
+            else:
+                raise OSError("upstream closed in the middle of a response")
+        return up.our_state is h11.DONE and up.their_state is h11.DONE
+
+    def _body(self, conn: h11.Connection, tls: ssl.SSLSocket, data: Any, decoder: Any,
+              replacer: StreamReplacer | None) -> None:
+        """One slice of a response body to the client: decoded, scrubbed, framed by h11."""
+        if decoder is not None:
+            # (bounded: a small compressed slice may not expand into an unbounded buffer)
+            out = decoder.decompress(data, _READ)
+            self._scrubbed(conn, tls, out, replacer)
+            while decoder.unconsumed_tail:
+                out = decoder.decompress(decoder.unconsumed_tail, _READ)
+                self._scrubbed(conn, tls, out, replacer)
+            return
+        self._scrubbed(conn, tls, data, replacer)
+
+    def _scrubbed(self, conn: h11.Connection, tls: ssl.SSLSocket, data: Any, replacer: StreamReplacer | None) -> None:
+        if replacer is not None:
+            data = replacer.feed(bytes(data))
+        if data:
+            self._send_body(conn, tls, data)
+
+    def _body_end(self, conn: h11.Connection, tls: ssl.SSLSocket, decoder: Any,
+                  replacer: StreamReplacer | None) -> None:
+        tail = b""
+        if decoder is not None:
+            tail = decoder.flush()
+        if replacer is not None:
+            tail = replacer.feed(tail) + replacer.flush()
+        if tail:
+            self._send_body(conn, tls, tail)
+        self._out(tls, conn.send(h11.EndOfMessage()))
+        self._flush()
+
+    def _send_body(self, conn: h11.Connection, tls: ssl.SSLSocket, data: Any) -> None:
+        """h11 frames (Content-Length counted, or chunked) without copying the data; a large
+        slice goes out as it is, a small one joins the held writes (one TLS record with the head)."""
+        for piece in conn.send_with_data_passthrough(h11.Data(data=data)) or ():
+            if len(piece) >= _DIRECT:
+                self._flush()
+                tls.sendall(piece)
+            else:
+                self._out(tls, piece)
+
     # -- writes: coalesced until a read would block (one TLS record per burst, not per piece) --
-    def _out(self, sock: socket.socket, data: bytes | None) -> None:
+    def _out(self, sock: socket.socket, data: Any) -> None:
         if not data:
             return
         for held, buf in self._pending:
@@ -381,6 +452,8 @@ class InspectedConnection:
         self._pending.append((sock, bytearray(data)))
 
     def _flush(self) -> None:
+        if not self._pending:
+            return
         pending, self._pending = self._pending, []
         for sock, buf in pending:
             sock.sendall(buf)
@@ -391,8 +464,19 @@ class InspectedConnection:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             self._flush()
-            return _next_event(conn, sock)
+            return self._next_event(conn, sock)
         return h11.ConnectionClosed() if event is h11.PAUSED else event
+
+    def _next_event(self, conn: h11.Connection, sock: socket.socket) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                # (h11 appends it to its own buffer: a memoryview is copied once, as bytes would be)
+                conn.receive_data(self._view[:_fill(sock, self._view)])  # type: ignore[arg-type]
+                continue
+            if event is h11.PAUSED:
+                return h11.ConnectionClosed()
+            return event
 
     # -- the upstream -------------------------------------------------------------------
     def _upstream(self) -> tuple[h11.Connection, ssl.SSLSocket]:
@@ -439,43 +523,51 @@ class InspectedConnection:
             pass
 
 
-def _next_event(conn: h11.Connection, sock: socket.socket) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(_read_burst(sock))
-            continue
-        if event is h11.PAUSED:
-            return h11.ConnectionClosed()
-        return event
-
-
-def _read_burst(sock: socket.socket) -> bytes:
-    """Wait for data, then take what else has already arrived (up to ``_READ``) without
-    waiting: a TLS socket returns one record (16 KiB) per ``recv``, and one pass of the relay
-    per record would cap a download at the relay's per-pass cost. An unclean TLS close reads
-    as the end of the stream."""
+def _fill(sock: socket.socket, view: memoryview) -> int:
+    """Wait for data, then take what else has already arrived (up to ``len(view)``) without
+    waiting, all into ``view``: a TLS socket returns one record (16 KiB) per read, and one pass
+    of the relay per record would cap a download at the relay's per-pass cost. An unclean TLS
+    close reads as the end of the stream (0)."""
     try:
-        data = sock.recv(_READ)
+        n = sock.recv_into(view)
     except ssl.SSLError:
-        return b""
-    if len(data) < _TLS_RECORD or not isinstance(sock, ssl.SSLSocket):
-        return data  # (a short record: a small message, most likely all there is)
-    parts, total = [data], len(data)
+        return 0
+    if n < _TLS_RECORD or n >= len(view) or not isinstance(sock, ssl.SSLSocket):
+        return n  # (a short record: a small message, most likely all there is)
     timeout = sock.gettimeout()
     sock.settimeout(0.0)
     try:
-        while total < _READ:
-            more = sock.recv(_READ - total)
+        while n < len(view):
+            more = sock.recv_into(view[n:])
             if not more:
                 break
-            parts.append(more)
-            total += len(more)
+            n += more
     except (ssl.SSLWantReadError, BlockingIOError, ssl.SSLError, OSError):
         pass  # (nothing more yet; an error shows again on the next, blocking read)
     finally:
         sock.settimeout(timeout)
-    return b"".join(parts)
+    return n
+
+
+def _content_length(response: h11.Response) -> int | None:
+    """The body length when a response is framed by ``Content-Length`` (h11 has checked the
+    value and that several agree), ``None`` when it is chunked or ends with the connection —
+    RFC 9112 6.3 in the order h11 applies it (Transfer-Encoding beats Content-Length)."""
+    length = None
+    for name, value in response.headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = int(value)
+    return length
+
+
+def _keeps_alive(response: h11.Response) -> bool:
+    """Whether the upstream may take another request on this connection after ``response``."""
+    if response.http_version != b"1.1":
+        return False
+    return not any(n == b"connection" and b"close" in (t.strip().lower() for t in v.split(b","))
+                   for n, v in response.headers)
 
 
 def _same_host(value: str, host: str, port: int) -> bool:

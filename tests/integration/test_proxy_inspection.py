@@ -133,3 +133,50 @@ def test_plain_connect_without_rules_is_not_inspected(run: _Run, tmp_path: Path)
     ctx = ssl.create_default_context(cadata=run.inspection.ca.pem.decode())
     with pytest.raises(ssl.SSLCertVerificationError):
         ctx.wrap_socket(s, server_hostname=TEST_HOST)
+
+
+_BLOCK = 256 * 1024  # (the relay's read size: a secret must be caught across its boundaries too)
+
+
+def _fetch(conn: http.client.HTTPSConnection, run: _Run, target: str) -> bytes:
+    conn.request("GET", target, headers={"Authorization": f"Bearer {run.placeholder}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    return resp.read()
+
+
+def _expected(size: int, offsets: list[int], placeholder: str) -> bytes:
+    body = bytearray(b"x" * size)
+    for off in offsets:
+        body[off:off + len(placeholder)] = placeholder.encode()
+    return bytes(body)
+
+
+def test_secret_split_across_large_read_blocks_is_scrubbed(run: _Run) -> None:
+    """A Content-Length body relayed in large slices: the secret at the start, across a TLS
+    record, across the relay's read blocks and at the very end is still replaced; the
+    connection then serves another request on the same upstream connection."""
+    size = 3 * _BLOCK + 1000
+    offsets = [0, 16384 - 7, _BLOCK - 10, 2 * _BLOCK - len(SECRET) + 1, size - len(SECRET)]
+    assert len(run.placeholder) == len(SECRET)  # (so Content-Length stays)
+    conn = run.client()
+    path = f"/secret/{size}/{','.join(map(str, offsets))}"
+    got = _fetch(conn, run, path)
+    assert SECRET.encode() not in got and got == _expected(size, offsets, run.placeholder)
+    benign = _fetch(conn, run, f"/secret/{size}/")  # (control: no secret, the body as sent)
+    assert benign == b"x" * size
+    assert run.server.connections == 1
+
+
+def test_secret_split_across_chunks_of_a_large_chunked_body_is_scrubbed(run: _Run) -> None:
+    size, piece = 2 * _BLOCK + 333, 100_003
+    offsets = [piece - 9, 2 * piece - 1, _BLOCK - 3]
+    got = _fetch(run.client(), run, f"/secret/{size}/{','.join(map(str, offsets))}?chunked={piece}")
+    assert SECRET.encode() not in got and got == _expected(size, offsets, run.placeholder)
+
+
+def test_secret_in_a_large_gzip_body_is_scrubbed_after_decoding(run: _Run) -> None:
+    size = 3 * _BLOCK
+    offsets = [_BLOCK - 4, 2 * _BLOCK - 20]
+    got = _fetch(run.client(), run, f"/secret/{size}/{','.join(map(str, offsets))}?gzip=1")
+    assert SECRET.encode() not in got and got == _expected(size, offsets, run.placeholder)
