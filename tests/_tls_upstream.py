@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -204,7 +205,8 @@ class Upstream:
     @staticmethod
     def _secret_body(tls: ssl.SSLSocket, path: str, query: str) -> bool:
         """``/secret/SIZE/OFF,OFF...``: SIZE bytes of ``x`` with SECRET at each offset, sent in
-        64 KiB writes (``?chunked=N``: in chunks of N bytes; ``?gzip=1``: gzip-encoded)."""
+        64 KiB writes (``?chunked=N``: in chunks of N bytes; ``?gzip=1``: gzip-encoded;
+        ``?pace=1``: 50 ms between writes, so a reader's slices end where the writes do)."""
         _, _, size_text, offsets = path.split("/", 3)
         body = bytearray(b"x" * int(size_text))
         for off in (int(o) for o in offsets.split(",") if o):
@@ -224,6 +226,8 @@ class Upstream:
             head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
         tls.sendall(head)
         for i in range(0, len(body), 65536):
+            if i and options.get("pace"):
+                time.sleep(0.05)
             tls.sendall(body[i:i + 65536])
         return True
 

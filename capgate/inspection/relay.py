@@ -380,7 +380,12 @@ class InspectedConnection:
             if n == 0:
                 raise OSError("upstream closed in the middle of a response")
             left -= n
-            self._body(conn, tls, self._view[:n], decoder, replacer)
+            if decoder is None and replacer is not None:  # (scrubbed in the buffer: no copy)
+                out = replacer.feed_buffer(self._buf, n)
+                if out:
+                    self._send_body(conn, tls, out)
+            else:
+                self._body(conn, tls, self._view[:n], decoder, replacer)
         self._body_end(conn, tls, decoder, replacer)
         return not extra
 

@@ -163,9 +163,14 @@ def test_secret_split_across_large_read_blocks_is_scrubbed(run: _Run) -> None:
     path = f"/secret/{size}/{','.join(map(str, offsets))}"
     got = _fetch(conn, run, path)
     assert SECRET.encode() not in got and got == _expected(size, offsets, run.placeholder)
+    # Paced: the relay's reads end where the upstream's 64 KiB writes do, with the value across.
+    paced = [65536 - 7, 2 * 65536 - len(SECRET) + 1, 3 * 65536 - 1]
+    got = _fetch(conn, run, f"/secret/{4 * 65536}/{','.join(map(str, paced))}?pace=1")
+    assert SECRET.encode() not in got and got == _expected(4 * 65536, paced, run.placeholder)
     benign = _fetch(conn, run, f"/secret/{size}/")  # (control: no secret, the body as sent)
     assert benign == b"x" * size
     assert run.server.connections == 1
+    assert len(run.server.requests) == 3
 
 
 def test_secret_split_across_chunks_of_a_large_chunked_body_is_scrubbed(run: _Run) -> None:
