@@ -145,6 +145,8 @@ class InspectedConnection:
         self._up: h11.Connection | None = None
         self._tls: ssl.SSLSocket | None = None
         self._pairs = [(c.value, c.placeholder) for c in self.mine]  # (real value -> placeholder, in answers)
+        # (header name as h11 gives it, lower-case; placeholder; real value) for each credential of this host
+        self._swaps = [(c.credential.header.lower().encode("ascii"), c.placeholder, c.value) for c in self.mine]
         # One receive buffer for both legs (one thread, reads never overlap): TLS records land in
         # it with recv_into, not in a fresh 256 KiB bytes object per read.
         self._buf = bytearray(_READ)
@@ -230,14 +232,16 @@ class InspectedConnection:
         method = request.method.decode("ascii")
         target = request.target.decode("ascii", "replace")
         path = request_path(target)
-        self._check_target(request, target)
+        # (h11's Headers is a Sequence read item by item through __getitem__: one pass into a list)
+        items = list(request.headers)
+        self._check_target(request, items, target)
         decision = check_request(self.inspection.rules, self.host, self.port, method, path)
         self.gate.record(ops.NET_REQUEST, f"{method} {self.host}{path}", decision, via="proxy", method=method,
                          host=self.host, path=path)
         if not decision.allowed:
             raise _Refused(403, f"net.request denied: {method} {self.host}{path} ({decision.reason}) "
                                 f"[rule {decision.rule}]", decision.rule)
-        headers = self._request_headers(request, target)
+        headers = self._request_headers(request, items)
         if conn.they_are_waiting_for_100_continue:
             # (answered here: Expect is not sent on)
             tls.sendall(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")  # (at once)
@@ -262,44 +266,47 @@ class InspectedConnection:
                 raise OSError("client went away in the middle of a request")
         return self._relay_response(conn, tls, up, up_sock, method)
 
-    def _check_target(self, request: h11.Request, target: str) -> None:
+    def _check_target(self, request: h11.Request, items: list[tuple[bytes, bytes]], target: str) -> None:
         if request.method == b"CONNECT" or not target.startswith("/"):
             raise _Refused(400, "only origin-form requests (a path) go through an inspected tunnel, not "
                                 f"{target[:80]!r}")
-        hosts = [v for n, v in request.headers if n == b"host"]
+        hosts = [v for n, v in items if n == b"host"]
         if len(hosts) != 1 or not _same_host(hosts[0].decode("ascii", "replace"), self.host, self.port):
             shown = hosts[0].decode("ascii", "replace")[:100] if hosts else "(none)"
             reason = f"Host {shown!r} is not the CONNECT host {self.host}:{self.port} (domain fronting)"
             self.gate.record(ops.NET_REQUEST, f"{request.method.decode()} {shown}", Decision.deny(reason, "proxy.host",
                              shown), via="proxy", host=shown)
             raise _Refused(403, f"net.request denied: {reason}", "proxy.host")
-        if any(n == b"upgrade" for n, _ in request.headers):
+        if any(n == b"upgrade" for n, _ in items):
             reason = "Upgrade (WebSocket) is not relayed on an inspected host"
             self.gate.record(ops.NET_REQUEST, f"{request.method.decode()} {self.host}{request_path(target)}",
                              Decision.deny(reason, "proxy.upgrade", self.host), via="proxy")
             raise _Refused(403, f"net.request denied: {reason}", "proxy.upgrade")
 
-    def _request_headers(self, request: h11.Request, target: str) -> list[tuple[bytes, bytes]]:
-        found = [p for p in self.foreign if p in request.target]
+    def _request_headers(self, request: h11.Request, items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        foreign = self.foreign
+        found = [p for p in foreign if p in request.target]
         out: list[tuple[bytes, bytes]] = []
-        listed = {item.strip().lower() for n, v in request.headers if n == b"connection" for item in v.split(b",")}
-        for name, value in request.headers:
-            found += [p for p in self.foreign if p in value]
+        listed = {item.strip().lower() for n, v in items if n == b"connection" for item in v.split(b",")}
+        swaps = self._swaps
+        for name, value in items:
+            if foreign:
+                found += [p for p in foreign if p in value]
             if name in _HOP or name in listed:
                 continue
-            if name == b"accept-encoding" and self.mine:
-                continue
-            for cred in self.mine:
-                if name == cred.credential.header.lower().encode("ascii") and cred.placeholder in value:
-                    value = value.replace(cred.placeholder, cred.value)
+            if swaps:
+                if name == b"accept-encoding":
+                    continue
+                for header, placeholder, real in swaps:
+                    if name == header and placeholder in value:
+                        value = value.replace(placeholder, real)
             out.append((name, value))
         if found:
             where = "the request target" if any(p in request.target for p in found) else "a request header"
             self._misuse(found[0], where)
             raise _Refused(403, self._misuse_text(where), "net.credential")
-        if self.mine:
+        if swaps:
             out.append((b"accept-encoding", b"identity"))  # (what comes back must be scrubbable)
-        del target
         return out
 
     def _misuse(self, placeholder: bytes, where: str) -> None:
@@ -328,7 +335,8 @@ class InspectedConnection:
                 break
             raise OSError("upstream closed before answering")
         response = event
-        headers = [(n, replace_all(v, pairs) if pairs else v) for n, v in response.headers
+        items = list(response.headers)
+        headers = [(n, replace_all(v, pairs) if pairs else v) for n, v in items
                    if n not in _HOP and n != b"transfer-encoding"]
         bodiless = method == "HEAD" or response.status_code in (204, 304)
         replacer: StreamReplacer | None = None
@@ -349,13 +357,13 @@ class InspectedConnection:
             replacer = StreamReplacer(pairs)
         self._out(tls, conn.send(h11.Response(status_code=response.status_code, headers=headers,
                                               reason=response.reason)))
-        length = None if bodiless else _content_length(response)
+        length = None if bodiless else _content_length(items)
         if length is not None:
             # The body's framing is a Content-Length h11 has validated: its bytes go from the
             # upstream socket to the client in large slices, counted here, without an h11 event
             # per read (h11 still frames and counts what goes to the client).
             reusable = self._relay_counted(conn, tls, up, up_sock, length, decoder, replacer)
-            reusable = reusable and _keeps_alive(response) and up.our_state is h11.DONE
+            reusable = reusable and _keeps_alive(response, items) and up.our_state is h11.DONE
         else:
             reusable = self._relay_events(conn, tls, up, up_sock, decoder, replacer)
         if reusable:
@@ -554,12 +562,12 @@ def _fill(sock: socket.socket, view: memoryview) -> int:
     return n
 
 
-def _content_length(response: h11.Response) -> int | None:
+def _content_length(items: list[tuple[bytes, bytes]]) -> int | None:
     """The body length when a response is framed by ``Content-Length`` (h11 has checked the
     value and that several agree), ``None`` when it is chunked or ends with the connection —
     RFC 9112 6.3 in the order h11 applies it (Transfer-Encoding beats Content-Length)."""
     length = None
-    for name, value in response.headers:
+    for name, value in items:
         if name == b"transfer-encoding":
             return None
         if name == b"content-length":
@@ -567,12 +575,12 @@ def _content_length(response: h11.Response) -> int | None:
     return length
 
 
-def _keeps_alive(response: h11.Response) -> bool:
+def _keeps_alive(response: h11.Response, items: list[tuple[bytes, bytes]]) -> bool:
     """Whether the upstream may take another request on this connection after ``response``."""
     if response.http_version != b"1.1":
         return False
     return not any(n == b"connection" and b"close" in (t.strip().lower() for t in v.split(b","))
-                   for n, v in response.headers)
+                   for n, v in items)
 
 
 def _same_host(value: str, host: str, port: int) -> bool:
