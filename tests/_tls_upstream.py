@@ -206,7 +206,8 @@ class Upstream:
     def _secret_body(tls: ssl.SSLSocket, path: str, query: str) -> bool:
         """``/secret/SIZE/OFF,OFF...``: SIZE bytes of ``x`` with SECRET at each offset, sent in
         64 KiB writes (``?chunked=N``: in chunks of N bytes; ``?gzip=1``: gzip-encoded;
-        ``?pace=1``: 50 ms between writes, so a reader's slices end where the writes do)."""
+        ``?pace=1``: 50 ms between writes, so a reader's slices end where the writes do;
+        ``?close=1``: ``Connection: close``, then closes; ``?extra=1``: stray bytes after the body)."""
         _, _, size_text, offsets = path.split("/", 3)
         body = bytearray(b"x" * int(size_text))
         for off in (int(o) for o in offsets.split(",") if o):
@@ -224,12 +225,16 @@ class Upstream:
             head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         else:
             head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+        if options.get("close"):
+            head = head[:-2] + b"Connection: close\r\n\r\n"
+        if options.get("extra"):
+            body += b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"  # (an answer to nothing)
         tls.sendall(head)
         for i in range(0, len(body), 65536):
             if i and options.get("pace"):
                 time.sleep(0.05)
             tls.sendall(body[i:i + 65536])
-        return True
+        return not options.get("close")
 
 
 @contextmanager

@@ -17,6 +17,7 @@ unscrubbable). ``Expect: 100-continue`` is answered here. Bodies are never buffe
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import zlib
@@ -494,7 +495,10 @@ class InspectedConnection:
     # -- the upstream -------------------------------------------------------------------
     def _upstream(self) -> tuple[h11.Connection, ssl.SSLSocket]:
         if self._up is not None and self._up_sock is not None and self._up.our_state is h11.IDLE:
-            return self._up, self._up_sock
+            if not _readable(self._up_sock):
+                return self._up, self._up_sock
+            # (between answers an upstream has nothing to say: it closed the connection, or sent
+            # bytes nobody asked for, which must not be read as the next request's answer)
         self._close_upstream()
         try:
             raw = self._dial(self.endpoint, self.connect_timeout)
@@ -560,6 +564,16 @@ def _fill(sock: socket.socket, view: memoryview) -> int:
     finally:
         sock.settimeout(timeout)
     return n
+
+
+def _readable(sock: ssl.SSLSocket) -> bool:
+    """Whether ``sock`` has anything to read now (data, or the peer's close)."""
+    if sock.pending():
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 def _content_length(items: list[tuple[bytes, bytes]]) -> int | None:

@@ -185,3 +185,16 @@ def test_secret_in_a_large_gzip_body_is_scrubbed_after_decoding(run: _Run) -> No
     offsets = [_BLOCK - 4, 2 * _BLOCK - 20]
     got = _fetch(run.client(), run, f"/secret/{size}/{','.join(map(str, offsets))}?gzip=1")
     assert SECRET.encode() not in got and got == _expected(size, offsets, run.placeholder)
+
+
+@pytest.mark.parametrize("option", ["close", "extra"])
+def test_upstream_connection_is_not_reused_after_close_or_stray_bytes(run: _Run, option: str) -> None:
+    """An upstream that says ``Connection: close``, or sends bytes past a Content-Length body,
+    does not get the next request on that connection (stray bytes would be read as its answer);
+    the client's connection goes on, over a new upstream connection."""
+    conn = run.client()
+    first = _fetch(conn, run, f"/secret/70000/100?{option}=1")
+    assert first == _expected(70000, [100], run.placeholder)
+    second = _fetch(conn, run, "/secret/10/")
+    assert second == b"x" * 10
+    assert run.server.connections == 2
