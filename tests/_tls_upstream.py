@@ -145,7 +145,7 @@ class Upstream:
                         body += reader.read(size)
                         reader.readline()
                 record = {"method": method, "target": target, "headers": headers, "body": body.decode("latin-1"),
-                          "cipher": tls.cipher()}
+                          "cipher": tls.cipher(), "resumed": tls.session_reused}
                 self.requests.append(record)
                 if not self._respond(tls, method, target, record):
                     return

@@ -59,6 +59,9 @@ class Inspection:
     on_misuse: Callable[[str], None] | None = None  # ends the run (network.endRunOnCredentialMisuse)
     ca: RunCA = field(init=False)
     upstream: ssl.SSLContext = field(init=False)
+    # The last TLS session with each inspected host:port (verified when it was made): the next
+    # connection there resumes it instead of a full handshake. Shared by the proxy's threads.
+    sessions: dict[tuple[str, int], ssl.SSLSession] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ca = RunCA(sorted(self.hosts()))
@@ -367,6 +370,9 @@ class InspectedConnection:
             reusable = reusable and _keeps_alive(response, items) and up.our_state is h11.DONE
         else:
             reusable = self._relay_events(conn, tls, up, up_sock, decoder, replacer)
+        session = up_sock.session  # (TLS 1.3: known once the server's ticket has been read)
+        if session is not None:
+            self.inspection.sessions[(self.host, self.port)] = session
         if reusable:
             self._up = h11.Connection(h11.CLIENT)  # (the socket stays; a fresh parser for the next answer)
         else:
@@ -506,7 +512,8 @@ class InspectedConnection:
             raise _Refused(502, f"cannot reach {self.endpoint}: {exc.strerror or exc}") from None
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            sock = self.inspection.upstream.wrap_socket(raw, server_hostname=self.host)
+            sock = self.inspection.upstream.wrap_socket(raw, server_hostname=self.host,
+                                                        session=self.inspection.sessions.get((self.host, self.port)))
         except (ssl.SSLError, OSError) as exc:
             raw.close()
             reason = getattr(exc, "verify_message", None) or str(exc)

@@ -198,3 +198,14 @@ def test_upstream_connection_is_not_reused_after_close_or_stray_bytes(run: _Run,
     second = _fetch(conn, run, "/secret/10/")
     assert second == b"x" * 10
     assert run.server.connections == 2
+
+
+def test_a_new_upstream_connection_resumes_the_verified_tls_session(run: _Run) -> None:
+    """A second client connection to the host gets its upstream TLS by resuming the session the
+    first one verified (no second full handshake); the first one was a full handshake."""
+    for _ in range(2):
+        conn = run.client()
+        assert _fetch(conn, run, "/secret/10/") == b"x" * 10
+        conn.close()
+    assert run.server.connections == 2
+    assert [r["resumed"] for r in run.server.requests] == [False, True]
