@@ -11,6 +11,9 @@ Three numbers, each a ratio or a difference measured in one run:
   CA, minting the leaf, both TLS handshakes) minus the first request through a plain CONNECT
   tunnel. Target: at most +30 ms.
 
+With curl, also where the inspected time goes: ``proxy_cpu_us_per_request`` (the proxy's CPU
+per kept-alive request, median round; compare ``keepalive_us``) and ``proxy_cpu_ms_per_100m``.
+
 The upstream is the tests' HTTPS server (tests/_tls_upstream.py, a Python server in its own
 process: it bounds both sides alike). The client is curl where installed (its own process, as an
 agent's would be; ``client`` in the output), else http.client in this process, which then shares
@@ -51,6 +54,8 @@ KEEPALIVE_N = 200
 ROUNDS = 5
 CURL = shutil.which("curl")
 KEEPALIVE_US: tuple[float, float] | None = None  # (direct, inspected) per request, curl's whole run
+PROXY_CPU: list[float] = []  # (this process's CPU seconds — the proxy's — of each inspected curl run)
+CPU_REPORT: dict[str, int] = {}  # (the proxy's CPU: where an inspected request's time goes)
 
 
 class _Server:
@@ -156,7 +161,11 @@ def _curl_pair(server: _Server, proxy: EgressProxy, inspection: Inspection, bund
               "-H", f"Authorization: Bearer {SECRET}", "--noproxy", "*"]
     proxied = ["--proxy", f"http://{proxy.address[0]}:{proxy.address[1]}", "--cacert", str(bundle),
                "-H", f"Authorization: Bearer {placeholder}"]
-    return _curl(direct, [url] * count), _curl(proxied, [url] * count)
+    direct_s = _curl(direct, [url] * count)
+    cpu = time.process_time()  # (the proxy runs in this process; the client and the upstream do not)
+    proxied_s = _curl(proxied, [url] * count)
+    PROXY_CPU.append(time.process_time() - cpu)
+    return direct_s, proxied_s
 
 
 def _with_curl(server: _Server, proxy: EgressProxy, inspection: Inspection, tmp: Path,
@@ -165,17 +174,21 @@ def _with_curl(server: _Server, proxy: EgressProxy, inspection: Inspection, tmp:
     bundle.write_bytes(inspection.ca.pem)
     _curl_pair(server, proxy, inspection, bundle, placeholder, "/bytes/1024", 20)  # warm-up
     ratios, per_request = [], []
+    PROXY_CPU.clear()
     for _ in range(ROUNDS):
         direct, proxied = _curl_pair(server, proxy, inspection, bundle, placeholder, "/bytes/1024", KEEPALIVE_N)
         ratios.append(proxied / direct)
         per_request.append((direct / KEEPALIVE_N * 1e6, proxied / KEEPALIVE_N * 1e6))
     global KEEPALIVE_US
     KEEPALIVE_US = (statistics.median(p[0] for p in per_request), statistics.median(p[1] for p in per_request))
+    CPU_REPORT["proxy_cpu_us_per_request"] = round(statistics.median(PROXY_CPU) / KEEPALIVE_N * 1e6)
+    PROXY_CPU.clear()
     rates = []
     for _ in range(3):
         direct, proxied = _curl_pair(server, proxy, inspection, bundle, placeholder, f"/bytes/{BIG}", 1)
         rates.append((BIG / direct / 1e6, BIG / proxied / 1e6))
     dl = statistics.median(r[1] / r[0] for r in rates)
+    CPU_REPORT["proxy_cpu_ms_per_100m"] = round(statistics.median(PROXY_CPU) * 1e3)
     return statistics.median(ratios), dl, statistics.median(r[0] for r in rates), statistics.median(r[1] for r in rates)
 
 
@@ -237,7 +250,8 @@ def main() -> None:
            download_100m_ratio=round(download, 2), download_target_min=0.5, direct_mb_s=round(direct_mbs, 1),
            inspected_mb_s=round(proxy_mbs, 1), first_request_inspected_ms=round(first_inspected, 1),
            first_request_tunnel_ms=round(first_tunnel, 1),
-           first_request_extra_ms=round(first_inspected - first_tunnel, 1), first_request_target_max_ms=30)
+           first_request_extra_ms=round(first_inspected - first_tunnel, 1), first_request_target_max_ms=30,
+           **CPU_REPORT)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,7 +145,7 @@ class Upstream:
                         body += reader.read(size)
                         reader.readline()
                 record = {"method": method, "target": target, "headers": headers, "body": body.decode("latin-1"),
-                          "cipher": tls.cipher()}
+                          "cipher": tls.cipher(), "resumed": tls.session_reused}
                 self.requests.append(record)
                 if not self._respond(tls, method, target, record):
                     return
@@ -169,6 +170,8 @@ class Upstream:
                 tls.sendall(block[:n])
                 left -= n
             return True
+        if path.startswith("/secret/"):
+            return self._secret_body(tls, path, target.partition("?")[2])
         echo = json.dumps({"method": method, "target": target, "headers": record["headers"],
                            "body": record["body"]}).encode()
         if path == "/stream":
@@ -211,6 +214,40 @@ class Upstream:
         tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                     % (len(echo), echo))
         return True
+
+    @staticmethod
+    def _secret_body(tls: ssl.SSLSocket, path: str, query: str) -> bool:
+        """``/secret/SIZE/OFF,OFF...``: SIZE bytes of ``x`` with SECRET at each offset, sent in
+        64 KiB writes (``?chunked=N``: in chunks of N bytes; ``?gzip=1``: gzip-encoded;
+        ``?pace=1``: 50 ms between writes, so a reader's slices end where the writes do;
+        ``?close=1``: ``Connection: close``, then closes; ``?extra=1``: stray bytes after the body)."""
+        _, _, size_text, offsets = path.split("/", 3)
+        body = bytearray(b"x" * int(size_text))
+        for off in (int(o) for o in offsets.split(",") if o):
+            body[off:off + len(SECRET)] = SECRET.encode()
+        options = dict(item.partition("=")[::2] for item in query.split("&") if item)
+        if options.get("gzip"):
+            body = bytearray(gzip.compress(bytes(body)))
+            head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+        elif options.get("chunked"):
+            piece = int(options["chunked"])
+            framed = bytearray()
+            for i in range(0, len(body), piece):
+                framed += b"%x\r\n%s\r\n" % (len(body[i:i + piece]), body[i:i + piece])
+            body = framed + b"0\r\n\r\n"
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        else:
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+        if options.get("close"):
+            head = head[:-2] + b"Connection: close\r\n\r\n"
+        if options.get("extra"):
+            body += b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"  # (an answer to nothing)
+        tls.sendall(head)
+        for i in range(0, len(body), 65536):
+            if i and options.get("pace"):
+                time.sleep(0.05)
+            tls.sendall(body[i:i + 65536])
+        return not options.get("close")
 
 
 @contextmanager

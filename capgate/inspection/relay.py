@@ -17,6 +17,7 @@ unscrubbable). ``Expect: 100-continue`` is answered here. Bodies are never buffe
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import zlib
@@ -44,6 +45,7 @@ _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization
         b"trailer", b"upgrade", b"expect"}
 _READ = 256 * 1024
 _TLS_RECORD = 16 * 1024  # (the largest TLS plaintext record)
+_DIRECT = 64 * 1024  # (a body slice this large is sent as it is, not copied into the held writes)
 
 
 @dataclass
@@ -57,6 +59,9 @@ class Inspection:
     on_misuse: Callable[[str], None] | None = None  # ends the run (network.endRunOnCredentialMisuse)
     ca: RunCA = field(init=False)
     upstream: ssl.SSLContext = field(init=False)
+    # The last TLS session with each inspected host:port (verified when it was made): the next
+    # connection there resumes it instead of a full handshake. Shared by the proxy's threads.
+    sessions: dict[tuple[str, int], ssl.SSLSession] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ca = RunCA(sorted(self.hosts()))
@@ -143,6 +148,14 @@ class InspectedConnection:
         self._up_sock: ssl.SSLSocket | None = None
         self._up: h11.Connection | None = None
         self._tls: ssl.SSLSocket | None = None
+        self._session_kept = False  # (this upstream connection's TLS session is in inspection.sessions)
+        self._pairs = [(c.value, c.placeholder) for c in self.mine]  # (real value -> placeholder, in answers)
+        # (header name as h11 gives it, lower-case; placeholder; real value) for each credential of this host
+        self._swaps = [(c.credential.header.lower().encode("ascii"), c.placeholder, c.value) for c in self.mine]
+        # One receive buffer for both legs (one thread, reads never overlap): TLS records land in
+        # it with recv_into, not in a fresh 256 KiB bytes object per read.
+        self._buf = bytearray(_READ)
+        self._view = memoryview(self._buf)
 
     # -- entry --------------------------------------------------------------------------
     def serve(self) -> None:
@@ -195,7 +208,7 @@ class InspectedConnection:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
         while True:
             try:
-                event = _next_event(conn, tls)
+                event = self._next_event(conn, tls)
             except h11.RemoteProtocolError as exc:
                 self._answer(conn, tls, exc.error_status_hint, f"malformed request: {exc}")
                 return
@@ -224,24 +237,28 @@ class InspectedConnection:
         method = request.method.decode("ascii")
         target = request.target.decode("ascii", "replace")
         path = request_path(target)
-        self._check_target(request, target)
+        # (h11's Headers is a Sequence read item by item through __getitem__: one pass into a list)
+        items = list(request.headers)
+        self._check_target(request, items, target)
         decision = check_request(self.inspection.rules, self.host, self.port, method, path,
-                                 [name.decode("latin-1") for name, _value in request.headers])
+                                 [name.decode("latin-1") for name, _value in items])
         self.gate.record(ops.NET_REQUEST, f"{method} {self.host}{path}", decision, via="proxy", method=method,
                          host=self.host, path=path)
         if not decision.allowed:
             raise _Refused(403, f"net.request denied: {method} {self.host}{path} ({decision.reason}) "
                                 f"[rule {decision.rule}]", decision.rule)
-        headers = self._request_headers(request, target)
+        headers = self._request_headers(request, items)
         if conn.they_are_waiting_for_100_continue:
             # (answered here: Expect is not sent on)
             tls.sendall(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")  # (at once)
         up, up_sock = self._upstream()
         self._out(up_sock, up.send(h11.Request(method=request.method, target=request.target, headers=headers)))
-        scanner = StreamScanner(self.foreign)
+        scanner: StreamScanner | None = None
         while True:
             event = self._next(conn, tls)
             if isinstance(event, h11.Data):
+                if scanner is None:
+                    scanner = StreamScanner(self.foreign)
                 found = scanner.feed(bytes(event.data))
                 if found:
                     self._misuse(found[0], "the request body")
@@ -255,48 +272,51 @@ class InspectedConnection:
                 raise OSError("client went away in the middle of a request")
         return self._relay_response(conn, tls, up, up_sock, method)
 
-    def _check_target(self, request: h11.Request, target: str) -> None:
+    def _check_target(self, request: h11.Request, items: list[tuple[bytes, bytes]], target: str) -> None:
         if request.method == b"CONNECT" or not target.startswith("/"):
             raise _Refused(400, "only origin-form requests (a path) go through an inspected tunnel, not "
                                 f"{target[:80]!r}")
-        hosts = [v for n, v in request.headers if n == b"host"]
+        hosts = [v for n, v in items if n == b"host"]
         if len(hosts) != 1 or not _same_host(hosts[0].decode("ascii", "replace"), self.host, self.port):
             shown = hosts[0].decode("ascii", "replace")[:100] if hosts else "(none)"
             reason = f"Host {shown!r} is not the CONNECT host {self.host}:{self.port} (domain fronting)"
             self.gate.record(ops.NET_REQUEST, f"{request.method.decode()} {shown}", Decision.deny(reason, "proxy.host",
                              shown), via="proxy", host=shown)
             raise _Refused(403, f"net.request denied: {reason}", "proxy.host")
-        if any(n == b"upgrade" for n, _ in request.headers):
+        if any(n == b"upgrade" for n, _ in items):
             reason = "Upgrade (WebSocket) is not relayed on an inspected host"
             self.gate.record(ops.NET_REQUEST, f"{request.method.decode()} {self.host}{request_path(target)}",
                              Decision.deny(reason, "proxy.upgrade", self.host), via="proxy")
             raise _Refused(403, f"net.request denied: {reason}", "proxy.upgrade")
 
-    def _request_headers(self, request: h11.Request, target: str) -> list[tuple[bytes, bytes]]:
-        found = [p for p in self.foreign if p in request.target]
+    def _request_headers(self, request: h11.Request, items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        foreign = self.foreign
+        found = [p for p in foreign if p in request.target]
         out: list[tuple[bytes, bytes]] = []
-        listed = {item.strip().lower() for n, v in request.headers if n == b"connection" for item in v.split(b",")}
+        listed = {item.strip().lower() for n, v in items if n == b"connection" for item in v.split(b",")}
+        swaps = self._swaps
         # h11 framed the body by Transfer-Encoding and sends it on chunked: a Content-Length
         # beside it would let a server that frames by length read the rest as a request the
         # rules never saw (RFC 9112 6.3: an intermediary removes it).
-        chunked = any(n == b"transfer-encoding" for n, _ in request.headers)
-        for name, value in request.headers:
-            found += [p for p in self.foreign if p in value]
+        chunked = any(n == b"transfer-encoding" for n, _ in items)
+        for name, value in items:
+            if foreign:
+                found += [p for p in foreign if p in value]
             if name in _HOP or name in listed or (chunked and name == b"content-length"):
                 continue
-            if name == b"accept-encoding" and self.mine:
-                continue
-            for cred in self.mine:
-                if name == cred.credential.header.lower().encode("ascii") and cred.placeholder in value:
-                    value = value.replace(cred.placeholder, cred.value)
+            if swaps:
+                if name == b"accept-encoding":
+                    continue
+                for header, placeholder, real in swaps:
+                    if name == header and placeholder in value:
+                        value = value.replace(placeholder, real)
             out.append((name, value))
         if found:
             where = "the request target" if any(p in request.target for p in found) else "a request header"
             self._misuse(found[0], where)
             raise _Refused(403, self._misuse_text(where), "net.credential")
-        if self.mine:
+        if swaps:
             out.append((b"accept-encoding", b"identity"))  # (what comes back must be scrubbable)
-        del target
         return out
 
     def _misuse(self, placeholder: bytes, where: str) -> None:
@@ -326,7 +346,7 @@ class InspectedConnection:
 
     def _relay_response_events(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
                                up_sock: ssl.SSLSocket, method: str) -> bool:
-        pairs = [(c.value, c.placeholder) for c in self.mine]
+        pairs = self._pairs
         while True:
             event = self._next(up, up_sock)
             if isinstance(event, h11.InformationalResponse):
@@ -334,9 +354,11 @@ class InspectedConnection:
             if isinstance(event, h11.Response):
                 break
             raise OSError("upstream closed before answering")
-        headers = [(n, replace_all(v, pairs) if pairs else v) for n, v in event.headers
+        response = event
+        items = list(response.headers)
+        headers = [(n, replace_all(v, pairs) if pairs else v) for n, v in items
                    if n not in _HOP and n != b"transfer-encoding"]
-        bodiless = method == "HEAD" or event.status_code in (204, 304)
+        bodiless = method == "HEAD" or response.status_code in (204, 304)
         replacer: StreamReplacer | None = None
         decoder: Any = None
         if pairs and not bodiless:
@@ -354,39 +376,112 @@ class InspectedConnection:
             headers = [(n, v) for n, v in headers if n not in dropped]
             replacer = StreamReplacer(pairs)
         # (the reason phrase is the upstream's text too: a server may name the credential it refused)
-        reason = replace_all(bytes(event.reason), pairs) if pairs else event.reason
-        self._out(tls, conn.send(h11.Response(status_code=event.status_code, headers=headers, reason=reason)))
-        while True:
-            event = self._next(up, up_sock)
-            if isinstance(event, h11.Data):
-                data = bytes(event.data)
-                if decoder is not None:
-                    data = decoder.decompress(data)
-                if replacer is not None:
-                    data = replacer.feed(data)
-                if data:
-                    self._out(tls, conn.send(h11.Data(data=data)))
-            elif isinstance(event, h11.EndOfMessage):
-                tail = b""
-                if decoder is not None:
-                    tail = decoder.flush()
-                if replacer is not None:
-                    tail = replacer.feed(tail) + replacer.flush()
-                if tail:
-                    self._out(tls, conn.send(h11.Data(data=tail)))
-                self._out(tls, conn.send(h11.EndOfMessage()))
-                self._flush()
-                break
-            else:
-                raise OSError("upstream closed in the middle of a response")
-        if up.our_state is h11.DONE and up.their_state is h11.DONE:
-            up.start_next_cycle()
+        reason = replace_all(bytes(response.reason), pairs) if pairs else response.reason
+        self._out(tls, conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=reason)))
+        length = None if bodiless else _content_length(items)
+        if length is not None:
+            # The body's framing is a Content-Length h11 has validated: its bytes go from the
+            # upstream socket to the client in large slices, counted here, without an h11 event
+            # per read (h11 still frames and counts what goes to the client).
+            reusable = self._relay_counted(conn, tls, up, up_sock, length, decoder, replacer)
+            reusable = reusable and _keeps_alive(response, items) and up.our_state is h11.DONE
+        else:
+            reusable = self._relay_events(conn, tls, up, up_sock, decoder, replacer)
+        if not self._session_kept:
+            # (once per connection: reading SSLSocket.session costs ~0.25 ms. TLS 1.3: the session
+            # is known once the server's ticket has been read, i.e. after the first answer)
+            session = up_sock.session
+            if session is not None:
+                self.inspection.sessions[(self.host, self.port)] = session
+                self._session_kept = True
+        if reusable:
+            self._up = h11.Connection(h11.CLIENT)  # (the socket stays; a fresh parser for the next answer)
         else:
             self._close_upstream()
         return True
 
+    def _relay_counted(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
+                       up_sock: ssl.SSLSocket, length: int, decoder: Any, replacer: StreamReplacer | None) -> bool:
+        """Relay a ``length``-byte body: what h11 already holds, then reads straight into the
+        connection's buffer. Returns whether the upstream connection can serve another request
+        (it sent nothing past the body)."""
+        held, _closed = up.trailing_data
+        extra = len(held) > length
+        if held:
+            self._body(conn, tls, memoryview(held)[:length], decoder, replacer)
+        left = length - min(len(held), length)
+        while left:
+            self._flush()  # (what is held goes out before a read may wait)
+            n = _fill(up_sock, self._view[:min(left, _READ)])
+            if n == 0:
+                raise OSError("upstream closed in the middle of a response")
+            left -= n
+            if decoder is None and replacer is not None:  # (scrubbed in the buffer: no copy)
+                out = replacer.feed_buffer(self._buf, n)
+                if out:
+                    self._send_body(conn, tls, out)
+            else:
+                self._body(conn, tls, self._view[:n], decoder, replacer)
+        self._body_end(conn, tls, decoder, replacer)
+        return not extra
+
+    def _relay_events(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
+                      up_sock: ssl.SSLSocket, decoder: Any, replacer: StreamReplacer | None) -> bool:
+        """Relay a chunked (or close-delimited, or empty) body as h11 decodes it."""
+        while True:
+            event = self._next(up, up_sock)
+            if isinstance(event, h11.Data):
+                self._body(conn, tls, event.data, decoder, replacer)
+            elif isinstance(event, h11.EndOfMessage):
+                self._body_end(conn, tls, decoder, replacer)
+                break
+            else:
+                raise OSError("upstream closed in the middle of a response")
+        return up.our_state is h11.DONE and up.their_state is h11.DONE
+
+    def _body(self, conn: h11.Connection, tls: ssl.SSLSocket, data: Any, decoder: Any,
+              replacer: StreamReplacer | None) -> None:
+        """One slice of a response body to the client: decoded, scrubbed, framed by h11."""
+        if decoder is not None:
+            # (bounded: a small compressed slice may not expand into an unbounded buffer)
+            out = decoder.decompress(data, _READ)
+            self._scrubbed(conn, tls, out, replacer)
+            while decoder.unconsumed_tail:
+                out = decoder.decompress(decoder.unconsumed_tail, _READ)
+                self._scrubbed(conn, tls, out, replacer)
+            return
+        self._scrubbed(conn, tls, data, replacer)
+
+    def _scrubbed(self, conn: h11.Connection, tls: ssl.SSLSocket, data: Any, replacer: StreamReplacer | None) -> None:
+        if replacer is not None:
+            data = replacer.feed(bytes(data))
+        if data:
+            self._send_body(conn, tls, data)
+
+    def _body_end(self, conn: h11.Connection, tls: ssl.SSLSocket, decoder: Any,
+                  replacer: StreamReplacer | None) -> None:
+        tail = b""
+        if decoder is not None:
+            tail = decoder.flush()
+        if replacer is not None:
+            tail = replacer.feed(tail) + replacer.flush()
+        if tail:
+            self._send_body(conn, tls, tail)
+        self._out(tls, conn.send(h11.EndOfMessage()))
+        self._flush()
+
+    def _send_body(self, conn: h11.Connection, tls: ssl.SSLSocket, data: Any) -> None:
+        """h11 frames (Content-Length counted, or chunked) without copying the data; a large
+        slice goes out as it is, a small one joins the held writes (one TLS record with the head)."""
+        for piece in conn.send_with_data_passthrough(h11.Data(data=data)) or ():
+            if len(piece) >= _DIRECT:
+                self._flush()
+                tls.sendall(piece)
+            else:
+                self._out(tls, piece)
+
     # -- writes: coalesced until a read would block (one TLS record per burst, not per piece) --
-    def _out(self, sock: socket.socket, data: bytes | None) -> None:
+    def _out(self, sock: socket.socket, data: Any) -> None:
         if not data:
             return
         for held, buf in self._pending:
@@ -398,6 +493,8 @@ class InspectedConnection:
         self._pending.append((sock, bytearray(data)))
 
     def _flush(self) -> None:
+        if not self._pending:
+            return
         pending, self._pending = self._pending, []
         for sock, buf in pending:
             sock.sendall(buf)
@@ -408,13 +505,27 @@ class InspectedConnection:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             self._flush()
-            return _next_event(conn, sock)
+            return self._next_event(conn, sock)
         return h11.ConnectionClosed() if event is h11.PAUSED else event
+
+    def _next_event(self, conn: h11.Connection, sock: socket.socket) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                # (h11 appends it to its own buffer: a memoryview is copied once, as bytes would be)
+                conn.receive_data(self._view[:_fill(sock, self._view)])  # type: ignore[arg-type]
+                continue
+            if event is h11.PAUSED:
+                return h11.ConnectionClosed()
+            return event
 
     # -- the upstream -------------------------------------------------------------------
     def _upstream(self) -> tuple[h11.Connection, ssl.SSLSocket]:
         if self._up is not None and self._up_sock is not None and self._up.our_state is h11.IDLE:
-            return self._up, self._up_sock
+            if not _readable(self._up_sock):
+                return self._up, self._up_sock
+            # (between answers an upstream has nothing to say: it closed the connection, or sent
+            # bytes nobody asked for, which must not be read as the next request's answer)
         self._close_upstream()
         try:
             raw = self._dial(self.endpoint, self.connect_timeout)
@@ -422,7 +533,8 @@ class InspectedConnection:
             raise _Refused(502, f"cannot reach {self.endpoint}: {exc.strerror or exc}") from None
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            sock = self.inspection.upstream.wrap_socket(raw, server_hostname=self.host)
+            sock = self.inspection.upstream.wrap_socket(raw, server_hostname=self.host,
+                                                        session=self.inspection.sessions.get((self.host, self.port)))
         except (ssl.SSLError, OSError) as exc:
             raw.close()
             reason = getattr(exc, "verify_message", None) or str(exc)
@@ -430,6 +542,7 @@ class InspectedConnection:
             raise _Refused(502, f"TLS to {self.host}:{self.port} failed verification: {reason}") from None
         sock.settimeout(self.idle_timeout)
         self._up_sock, self._up = sock, h11.Connection(h11.CLIENT)
+        self._session_kept = False
         return self._up, sock
 
     def _close_upstream(self) -> None:
@@ -458,43 +571,61 @@ class InspectedConnection:
             pass
 
 
-def _next_event(conn: h11.Connection, sock: socket.socket) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(_read_burst(sock))
-            continue
-        if event is h11.PAUSED:
-            return h11.ConnectionClosed()
-        return event
-
-
-def _read_burst(sock: socket.socket) -> bytes:
-    """Wait for data, then take what else has already arrived (up to ``_READ``) without
-    waiting: a TLS socket returns one record (16 KiB) per ``recv``, and one pass of the relay
-    per record would cap a download at the relay's per-pass cost. An unclean TLS close reads
-    as the end of the stream."""
+def _fill(sock: socket.socket, view: memoryview) -> int:
+    """Wait for data, then take what else has already arrived (up to ``len(view)``) without
+    waiting, all into ``view``: a TLS socket returns one record (16 KiB) per read, and one pass
+    of the relay per record would cap a download at the relay's per-pass cost. An unclean TLS
+    close reads as the end of the stream (0)."""
     try:
-        data = sock.recv(_READ)
+        n = sock.recv_into(view)
     except ssl.SSLError:
-        return b""
-    if len(data) < _TLS_RECORD or not isinstance(sock, ssl.SSLSocket):
-        return data  # (a short record: a small message, most likely all there is)
-    parts, total = [data], len(data)
+        return 0
+    if n < _TLS_RECORD or n >= len(view) or not isinstance(sock, ssl.SSLSocket):
+        return n  # (a short record: a small message, most likely all there is)
     timeout = sock.gettimeout()
     sock.settimeout(0.0)
     try:
-        while total < _READ:
-            more = sock.recv(_READ - total)
+        while n < len(view):
+            more = sock.recv_into(view[n:])
             if not more:
                 break
-            parts.append(more)
-            total += len(more)
+            n += more
     except (ssl.SSLWantReadError, BlockingIOError, ssl.SSLError, OSError):
         pass  # (nothing more yet; an error shows again on the next, blocking read)
     finally:
         sock.settimeout(timeout)
-    return b"".join(parts)
+    return n
+
+
+def _readable(sock: ssl.SSLSocket) -> bool:
+    """Whether ``sock`` has anything to read now (data, or the peer's close)."""
+    if sock.pending():
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+def _content_length(items: list[tuple[bytes, bytes]]) -> int | None:
+    """The body length when a response is framed by ``Content-Length`` (h11 has checked the
+    value and that several agree), ``None`` when it is chunked or ends with the connection —
+    RFC 9112 6.3 in the order h11 applies it (Transfer-Encoding beats Content-Length)."""
+    length = None
+    for name, value in items:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = int(value)
+    return length
+
+
+def _keeps_alive(response: h11.Response, items: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the upstream may take another request on this connection after ``response``."""
+    if response.http_version != b"1.1":
+        return False
+    return not any(n == b"connection" and b"close" in (t.strip().lower() for t in v.split(b","))
+                   for n, v in items)
 
 
 def _same_host(value: str, host: str, port: int) -> bool:

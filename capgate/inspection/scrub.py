@@ -42,12 +42,31 @@ class StreamReplacer:
         self.pairs = [(old, new) for old, new in pairs if old]
         self._olds = [old for old, _ in self.pairs]
         self._pending = b""
+        self._in_place = all(len(old) == len(new) for old, new in self.pairs)
+        self._width = max((len(old) for old in self._olds), default=1) - 1
 
     def feed(self, data: bytes) -> bytes:
         buf = replace_all(self._pending + data, self.pairs) if self._pending else replace_all(data, self.pairs)
         keep = _partial_tail(buf, self._olds)
         self._pending = buf[len(buf) - keep:] if keep else b""
         return buf[: len(buf) - keep] if keep else buf
+
+    def feed_buffer(self, buf: bytearray, n: int) -> bytes | memoryview:
+        """``feed(buf[:n])``, in ``buf`` itself when it can (every ``new`` as long as its
+        ``old``, nothing held from before): no copy of a large read, one scan per value. The
+        result may be a view of ``buf`` (``buf`` is the caller's scratch buffer: changed, and
+        valid until it is refilled)."""
+        if self._pending or not self._in_place:
+            return self.feed(bytes(memoryview(buf)[:n]))
+        for old, new in self.pairs:
+            at = buf.find(old, 0, n)
+            while at != -1:
+                buf[at:at + len(old)] = new
+                at = buf.find(old, at + len(new), n)
+        keep = _partial_tail(bytes(buf[max(0, n - self._width):n]), self._olds)
+        if keep:
+            self._pending = bytes(buf[n - keep:n])
+        return memoryview(buf)[:n - keep]
 
     def flush(self) -> bytes:
         out, self._pending = self._pending, b""

@@ -133,3 +133,79 @@ def test_plain_connect_without_rules_is_not_inspected(run: _Run, tmp_path: Path)
     ctx = ssl.create_default_context(cadata=run.inspection.ca.pem.decode())
     with pytest.raises(ssl.SSLCertVerificationError):
         ctx.wrap_socket(s, server_hostname=TEST_HOST)
+
+
+_BLOCK = 256 * 1024  # (the relay's read size: a secret must be caught across its boundaries too)
+
+
+def _fetch(conn: http.client.HTTPSConnection, run: _Run, target: str) -> bytes:
+    conn.request("GET", target, headers={"Authorization": f"Bearer {run.placeholder}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    return resp.read()
+
+
+def _expected(size: int, offsets: list[int], placeholder: str) -> bytes:
+    body = bytearray(b"x" * size)
+    for off in offsets:
+        body[off:off + len(placeholder)] = placeholder.encode()
+    return bytes(body)
+
+
+def test_secret_split_across_large_read_blocks_is_scrubbed(run: _Run) -> None:
+    """A Content-Length body relayed in large slices: the secret at the start, across a TLS
+    record, across the relay's read blocks and at the very end is still replaced; the
+    connection then serves another request on the same upstream connection."""
+    size = 3 * _BLOCK + 1000
+    offsets = [0, 16384 - 7, _BLOCK - 10, 2 * _BLOCK - len(SECRET) + 1, size - len(SECRET)]
+    assert len(run.placeholder) == len(SECRET)  # (so Content-Length stays)
+    conn = run.client()
+    path = f"/secret/{size}/{','.join(map(str, offsets))}"
+    got = _fetch(conn, run, path)
+    assert SECRET.encode() not in got and got == _expected(size, offsets, run.placeholder)
+    # Paced: the relay's reads end where the upstream's 64 KiB writes do, with the value across.
+    paced = [65536 - 7, 2 * 65536 - len(SECRET) + 1, 3 * 65536 - 1]
+    got = _fetch(conn, run, f"/secret/{4 * 65536}/{','.join(map(str, paced))}?pace=1")
+    assert SECRET.encode() not in got and got == _expected(4 * 65536, paced, run.placeholder)
+    benign = _fetch(conn, run, f"/secret/{size}/")  # (control: no secret, the body as sent)
+    assert benign == b"x" * size
+    assert run.server.connections == 1
+    assert len(run.server.requests) == 3
+
+
+def test_secret_split_across_chunks_of_a_large_chunked_body_is_scrubbed(run: _Run) -> None:
+    size, piece = 2 * _BLOCK + 333, 100_003
+    offsets = [piece - 9, 2 * piece - 1, _BLOCK - 3]
+    got = _fetch(run.client(), run, f"/secret/{size}/{','.join(map(str, offsets))}?chunked={piece}")
+    assert SECRET.encode() not in got and got == _expected(size, offsets, run.placeholder)
+
+
+def test_secret_in_a_large_gzip_body_is_scrubbed_after_decoding(run: _Run) -> None:
+    size = 3 * _BLOCK
+    offsets = [_BLOCK - 4, 2 * _BLOCK - 20]
+    got = _fetch(run.client(), run, f"/secret/{size}/{','.join(map(str, offsets))}?gzip=1")
+    assert SECRET.encode() not in got and got == _expected(size, offsets, run.placeholder)
+
+
+@pytest.mark.parametrize("option", ["close", "extra"])
+def test_upstream_connection_is_not_reused_after_close_or_stray_bytes(run: _Run, option: str) -> None:
+    """An upstream that says ``Connection: close``, or sends bytes past a Content-Length body,
+    does not get the next request on that connection (stray bytes would be read as its answer);
+    the client's connection goes on, over a new upstream connection."""
+    conn = run.client()
+    first = _fetch(conn, run, f"/secret/70000/100?{option}=1")
+    assert first == _expected(70000, [100], run.placeholder)
+    second = _fetch(conn, run, "/secret/10/")
+    assert second == b"x" * 10
+    assert run.server.connections == 2
+
+
+def test_a_new_upstream_connection_resumes_the_verified_tls_session(run: _Run) -> None:
+    """A second client connection to the host gets its upstream TLS by resuming the session the
+    first one verified (no second full handshake); the first one was a full handshake."""
+    for _ in range(2):
+        conn = run.client()
+        assert _fetch(conn, run, "/secret/10/") == b"x" * 10
+        conn.close()
+    assert run.server.connections == 2
+    assert [r["resumed"] for r in run.server.requests] == [False, True]

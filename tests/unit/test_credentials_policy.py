@@ -156,6 +156,24 @@ def test_replacer_catches_the_value_split_at_every_point() -> None:
     assert out == expected
 
 
+def test_replacer_in_a_buffer_matches_the_copying_replacer_at_every_cut() -> None:
+    """feed_buffer (in place, same-length placeholder) gives what feed gives, for the value
+    split at every point, held tails carried across, and leaves nothing of it behind."""
+    value, placeholder = SECRET.encode(), b"P" * len(SECRET)
+    body = b"sk-" + value + b"..." + value + value[:5] + b"sk" + value
+    expected = body.replace(value, placeholder)
+    for cut in range(len(body) + 1):
+        r = StreamReplacer([(value, placeholder)])
+        out = b""
+        for part in (body[:cut], body[cut:]):
+            buf = bytearray(part) + bytearray(8)  # (a scratch buffer larger than what was read)
+            out += bytes(r.feed_buffer(buf, len(part)))
+        assert out + r.flush() == expected
+    r = StreamReplacer([(value, b"PH")])  # (control: a shorter placeholder takes the copying path)
+    buf = bytearray(body)
+    assert bytes(r.feed_buffer(buf, len(body))) + r.flush() == body.replace(value, b"PH")
+
+
 def test_replacer_holds_back_nothing_that_cannot_start_the_value() -> None:
     r = StreamReplacer([(SECRET.encode(), b"PH")])
     assert r.feed(b"data: token\n\n") == b"data: token\n\n"  # (an SSE event passes at once)
