@@ -33,7 +33,7 @@ def _anchors(secret: bytes, block: int) -> list[int]:
     return offsets
 
 
-def scrub_pieces(data: bytes | bytearray, secret: bytes, placeholder: bytes, block: int = BLOCK) -> bytearray:
+def scrub_pieces(data: bytes | bytearray | memoryview, secret: bytes, placeholder: bytes, block: int = BLOCK) -> bytearray:
     """``data`` with every piece of ``secret`` the anchors find overwritten by the placeholder's
     same slice (a new ``bytearray``; the input is not changed)."""
     out = bytearray(data)
@@ -59,7 +59,7 @@ def scrub_pieces(data: bytes | bytearray, secret: bytes, placeholder: bytes, blo
     return out
 
 
-def _held_tail(buf: bytes | bytearray, secrets: Sequence[bytes]) -> int:
+def _held_tail(buf: bytes | bytearray | memoryview, secrets: Sequence[bytes]) -> int:
     """The length of the longest suffix of ``buf`` that is a piece of one of ``secrets``
     (shorter than it): it may continue in the next read."""
     best = 0
@@ -80,22 +80,82 @@ class PieceScrubber:
         self.pairs = [(secret, placeholder) for secret, placeholder in pairs if secret]
         self.block = block
         self._secrets = [secret for secret, _ in self.pairs]
-        self._pending = bytearray()
+        self._needles = [secret[off:off + block] for secret in self._secrets for off in _anchors(secret, block)]
+        self._pending = b""
+        self._width = max((len(secret) for secret in self._secrets), default=1) - 1
 
-    def _scrub(self, buf: bytes | bytearray) -> bytearray:
+    def _scrub(self, buf: bytes | bytearray | memoryview) -> bytearray:
         out = bytearray(buf)
         for secret, placeholder in self.pairs:
             out = scrub_pieces(out, secret, placeholder, self.block)
         return out
 
-    def feed(self, data: bytes | bytearray) -> bytes:
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes | memoryview:
+        """The scrubbed bytes of ``data`` that can go out now (a piece of a secret at its end is
+        held for the next read). Without a find, ``data`` itself (or a view of it) comes back:
+        no copy of a large read."""
         if not self.pairs:
-            return bytes(data)
-        buf = self._scrub(self._pending + data)
-        keep = _held_tail(buf, self._secrets)
-        self._pending = buf[len(buf) - keep:] if keep else bytearray()
-        return bytes(buf[:len(buf) - keep])
+            return data if isinstance(data, bytes) else bytes(data)
+        buf: bytes | bytearray | memoryview = self._pending + bytes(data) if self._pending else data
+        if any(needle in buf for needle in self._needles):  # (the C search; usually none)
+            buf = self._scrub(buf)
+        keep = _held_tail(buf[max(0, len(buf) - self._width):], self._secrets)
+        self._pending = bytes(buf[len(buf) - keep:]) if keep else b""
+        if isinstance(buf, memoryview):
+            return buf[:len(buf) - keep]
+        return bytes(buf[:len(buf) - keep]) if keep or not isinstance(buf, bytes) else buf
 
     def flush(self) -> bytes:
-        out, self._pending = bytes(self._pending), bytearray()
+        out, self._pending = self._pending, b""
         return out
+
+
+def scrub_text(data: bytes, pairs: Sequence[tuple[bytes, bytes]], block: int = BLOCK) -> bytes:
+    """A short text whole (a header value, a reason phrase, the proxy's own answer): every
+    secret and every piece of one replaced."""
+    for secret, placeholder in pairs:
+        if secret:
+            data = data.replace(secret, placeholder)
+            data = bytes(scrub_pieces(data, secret, placeholder, block))
+    return data
+
+
+PIECES_BUDGET = 1 << 20
+"""Bytes of a successful response's body searched for pieces (an error answer's: all of it).
+Pieces come back where a server quotes a request header it refused or echoes one (error
+bodies, debug echoes at the start of a body); the search costs a ``find`` per anchor, which a
+100 MiB download should not pay for all of its length. The whole value is scrubbed everywhere."""
+
+
+class BodyScrubber:
+    """What the relay scrubs a response body with: the whole values (``StreamReplacer``,
+    in place where it can), then pieces (``PieceScrubber``) within ``budget`` bytes (``None``:
+    all of the body)."""
+
+    def __init__(self, pairs: Sequence[tuple[bytes, bytes]], *, budget: int | None) -> None:
+        from capgate.inspection.scrub import StreamReplacer
+
+        self.whole = StreamReplacer(pairs)
+        self.pieces = PieceScrubber(pairs)
+        self.budget = budget
+
+    def _pieces(self, data: bytes | bytearray | memoryview) -> bytes | memoryview:
+        if self.budget is None or self.budget > 0:
+            if self.budget is not None:
+                self.budget -= len(data)
+            return self.pieces.feed(data)
+        held = self.pieces.flush()  # (past the budget: what it held goes first, then all passes)
+        if held:
+            return held + bytes(data)
+        return data if isinstance(data, (bytes, memoryview)) else bytes(data)
+
+    def feed(self, data: bytes) -> bytes:
+        return bytes(self._pieces(self.whole.feed(data)))
+
+    def feed_buffer(self, buf: bytearray, n: int) -> bytes | memoryview:
+        return self._pieces(self.whole.feed_buffer(buf, n))
+
+    def flush(self) -> bytes:
+        tail = self.whole.flush()
+        out = bytes(self._pieces(tail)) if tail else b""
+        return out + self.pieces.flush()

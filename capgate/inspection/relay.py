@@ -30,8 +30,9 @@ import h11
 from capgate import ops
 from capgate.decision import Decision
 from capgate.inspection.ca import SNI_ATTRIBUTE, RunCA
+from capgate.inspection.pieces import PIECES_BUDGET, BodyScrubber, scrub_text
 from capgate.inspection.rules import check_request, request_path
-from capgate.inspection.scrub import StreamReplacer, StreamScanner, replace_all
+from capgate.inspection.scrub import StreamScanner
 
 if TYPE_CHECKING:
     from capgate.credentials import CredentialSet, LiveCredential
@@ -356,10 +357,10 @@ class InspectedConnection:
             raise OSError("upstream closed before answering")
         response = event
         items = list(response.headers)
-        headers = [(n, replace_all(v, pairs) if pairs else v) for n, v in items
+        headers = [(n, scrub_text(v, pairs) if pairs else v) for n, v in items
                    if n not in _HOP and n != b"transfer-encoding"]
         bodiless = method == "HEAD" or response.status_code in (204, 304)
-        replacer: StreamReplacer | None = None
+        replacer: BodyScrubber | None = None
         decoder: Any = None
         if pairs and not bodiless:
             encodings = [v.strip().lower() for n, v in headers if n == b"content-encoding"]
@@ -374,9 +375,11 @@ class InspectedConnection:
             resized = decoder is not None or any(len(old) != len(new) for old, new in pairs)
             dropped = (b"content-length", b"content-encoding") if resized else (b"content-encoding",)
             headers = [(n, v) for n, v in headers if n not in dropped]
-            replacer = StreamReplacer(pairs)
+            # Pieces of a value too (a server quoting a cut header): all of an error answer,
+            # the first PIECES_BUDGET bytes of any other.
+            replacer = BodyScrubber(pairs, budget=None if response.status_code >= 400 else PIECES_BUDGET)
         # (the reason phrase is the upstream's text too: a server may name the credential it refused)
-        reason = replace_all(bytes(response.reason), pairs) if pairs else response.reason
+        reason = scrub_text(bytes(response.reason), pairs) if pairs else response.reason
         self._out(tls, conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=reason)))
         length = None if bodiless else _content_length(items)
         if length is not None:
@@ -401,7 +404,7 @@ class InspectedConnection:
         return True
 
     def _relay_counted(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
-                       up_sock: ssl.SSLSocket, length: int, decoder: Any, replacer: StreamReplacer | None) -> bool:
+                       up_sock: ssl.SSLSocket, length: int, decoder: Any, replacer: BodyScrubber | None) -> bool:
         """Relay a ``length``-byte body: what h11 already holds, then reads straight into the
         connection's buffer. Returns whether the upstream connection can serve another request
         (it sent nothing past the body)."""
@@ -426,7 +429,7 @@ class InspectedConnection:
         return not extra
 
     def _relay_events(self, conn: h11.Connection, tls: ssl.SSLSocket, up: h11.Connection,
-                      up_sock: ssl.SSLSocket, decoder: Any, replacer: StreamReplacer | None) -> bool:
+                      up_sock: ssl.SSLSocket, decoder: Any, replacer: BodyScrubber | None) -> bool:
         """Relay a chunked (or close-delimited, or empty) body as h11 decodes it."""
         while True:
             event = self._next(up, up_sock)
@@ -440,7 +443,7 @@ class InspectedConnection:
         return up.our_state is h11.DONE and up.their_state is h11.DONE
 
     def _body(self, conn: h11.Connection, tls: ssl.SSLSocket, data: Any, decoder: Any,
-              replacer: StreamReplacer | None) -> None:
+              replacer: BodyScrubber | None) -> None:
         """One slice of a response body to the client: decoded, scrubbed, framed by h11."""
         if decoder is not None:
             # (bounded: a small compressed slice may not expand into an unbounded buffer)
@@ -452,14 +455,14 @@ class InspectedConnection:
             return
         self._scrubbed(conn, tls, data, replacer)
 
-    def _scrubbed(self, conn: h11.Connection, tls: ssl.SSLSocket, data: Any, replacer: StreamReplacer | None) -> None:
+    def _scrubbed(self, conn: h11.Connection, tls: ssl.SSLSocket, data: Any, replacer: BodyScrubber | None) -> None:
         if replacer is not None:
             data = replacer.feed(bytes(data))
         if data:
             self._send_body(conn, tls, data)
 
     def _body_end(self, conn: h11.Connection, tls: ssl.SSLSocket, decoder: Any,
-                  replacer: StreamReplacer | None) -> None:
+                  replacer: BodyScrubber | None) -> None:
         tail = b""
         if decoder is not None:
             tail = decoder.flush()
@@ -555,8 +558,8 @@ class InspectedConnection:
     # -- answers ------------------------------------------------------------------------
     def _answer(self, conn: h11.Connection, tls: ssl.SSLSocket, status: int, text: str, rule: str = "") -> None:
         # (every answer of the proxy's own is scrubbed too: whatever text it quotes, no value leaves)
-        body = replace_all(f"capgate egress proxy: {text}\n".encode("utf-8", "replace"),
-                           [(c.value, c.placeholder) for c in self.inspection.credentials.items])
+        body = scrub_text(f"capgate egress proxy: {text}\n".encode("utf-8", "replace"),
+                          [(c.value, c.placeholder) for c in self.inspection.credentials.items])
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         if rule:
