@@ -33,7 +33,8 @@ def _anchors(secret: bytes, block: int) -> list[int]:
     return offsets
 
 
-def scrub_pieces(data: bytes | bytearray | memoryview, secret: bytes, placeholder: bytes, block: int = BLOCK) -> bytearray:
+def scrub_pieces(data: bytes | bytearray | memoryview, secret: bytes, placeholder: bytes,
+                 block: int = BLOCK) -> bytearray:
     """``data`` with every piece of ``secret`` the anchors find overwritten by the placeholder's
     same slice (a new ``bytearray``; the input is not changed)."""
     out = bytearray(data)
@@ -97,8 +98,11 @@ class PieceScrubber:
         if not self.pairs:
             return data if isinstance(data, bytes) else bytes(data)
         buf: bytes | bytearray | memoryview = self._pending + bytes(data) if self._pending else data
-        if any(needle in buf for needle in self._needles):  # (the C search; usually none)
-            buf = self._scrub(buf)
+        # (``in`` on a memoryview compares item by item in Python: search a bytes copy, ~20 µs
+        # for a 256 KiB read, against ~25 ms)
+        text = bytes(buf) if isinstance(buf, memoryview) else buf
+        if any(needle in text for needle in self._needles):  # (the C search; usually none)
+            buf = self._scrub(text)
         keep = _held_tail(buf[max(0, len(buf) - self._width):], self._secrets)
         self._pending = bytes(buf[len(buf) - keep:]) if keep else b""
         if isinstance(buf, memoryview):

@@ -62,3 +62,22 @@ def test_text_without_pieces_passes_unchanged_and_at_once() -> None:
     assert _through([body[:1234], body[1234:]]) == body
     scrubber = PieceScrubber([(SECRET, PLACEHOLDER)])
     assert scrubber.feed(b"data: {\"delta\": \"hi\"}\n\n") == b"data: {\"delta\": \"hi\"}\n\n"
+
+
+def test_the_relays_body_scrubber_finds_pieces_in_its_buffer_and_stops_at_its_budget() -> None:
+    """``BodyScrubber.feed_buffer`` (the relay's in-place path hands it a view of its buffer):
+    a piece split across two reads is scrubbed within the budget; past the budget only the
+    whole value is (the control: a piece there comes through, the whole value never does)."""
+    from capgate.inspection.pieces import BodyScrubber
+
+    piece = SECRET[3:23]
+    first, second = bytearray(b"a" * 100 + piece[:9]), bytearray(piece[9:] + b"\n")
+    scrubber = BodyScrubber([(SECRET, PLACEHOLDER)], budget=None)
+    out = bytes(scrubber.feed_buffer(first, len(first))) + bytes(scrubber.feed_buffer(second, len(second)))
+    out += scrubber.flush()
+    assert piece not in out and len(out) == len(first) + len(second)
+    late = BodyScrubber([(SECRET, PLACEHOLDER)], budget=50)
+    body = bytearray(b"b" * 60)
+    tail = bytearray(b"x" + piece + b"y" + SECRET + b"z")
+    out = bytes(late.feed_buffer(body, len(body))) + bytes(late.feed_buffer(tail, len(tail))) + late.flush()
+    assert piece in out and SECRET not in out
