@@ -17,7 +17,7 @@ inside the container as outside):
   (``/bin -> usr/bin`` on a merged-/usr host);
 * ``/opt/capgate``: ``boot/sitecustomize.py`` (the soft sandbox's boot stub, the same text
   the launcher writes), ``shim/`` (the entrypoint with its stdlib-only siblings
-  ``landlock.py`` and ``forwarder.py``), ``bin/python`` (the interpreter), ``image.json``;
+  ``landlock.py``, ``ns_exec.py`` and ``forwarder.py``), ``bin/python`` (the interpreter), ``image.json``;
 * a minimal ``/etc`` (``passwd``, ``group``, ``hosts``, ``nsswitch.conf``, the CA bundle) and
   empty mount points (``/proc``, ``/dev``, ``/sys``, ``/tmp``, ``/run``).
 
@@ -309,6 +309,7 @@ def write_rootfs(fileobj: IO[bytes], *, key: str) -> dict[str, str]:
     tar.file(os.path.join(here, "entrypoint.py"), f"{IMAGE_PREFIX}/shim/entrypoint.py")
     tar.file(os.path.join(sys_dir, "landlock.py"), f"{IMAGE_PREFIX}/shim/landlock.py")
     tar.file(os.path.join(sys_dir, "forwarder.py"), f"{IMAGE_PREFIX}/shim/forwarder.py")
+    tar.file(os.path.join(sys_dir, "ns_exec.py"), f"{IMAGE_PREFIX}/shim/ns_exec.py")  # (its _ctypes Landlock path)
     tar.data(f"{IMAGE_PREFIX}/boot/sitecustomize.py", SITECUSTOMIZE.encode(), 0o444)
     facts = {"key": key, "python": python, "site": site, "capgate": os.path.join(site, "capgate")}
     tar.data(f"{IMAGE_PREFIX}/image.json", json.dumps(facts, indent=1).encode(), 0o444)
