@@ -17,7 +17,7 @@ inside the container as outside):
   (``/bin -> usr/bin`` on a merged-/usr host);
 * ``/opt/capgate``: ``boot/sitecustomize.py`` (the soft sandbox's boot stub, the same text
   the launcher writes), ``shim/`` (the entrypoint with its stdlib-only siblings
-  ``landlock.py`` and ``forwarder.py``), ``bin/python`` (the interpreter), ``image.json``;
+  ``landlock.py``, ``ns_exec.py`` and ``forwarder.py``), ``bin/python`` (the interpreter), ``image.json``;
 * a minimal ``/etc`` (``passwd``, ``group``, ``hosts``, ``nsswitch.conf``, the CA bundle) and
   empty mount points (``/proc``, ``/dev``, ``/sys``, ``/tmp``, ``/run``).
 
@@ -192,6 +192,24 @@ class _Tar:
         info.size = len(data)
         self.tar.addfile(info, io.BytesIO(data))
 
+    def python(self, path: str, source: bytes, mode: int = 0o444) -> None:
+        """A Python module at ``path`` and its bytecode, compiled now as an unchecked-hash
+        ``.pyc`` (the image never changes, so it is never checked against the source): the
+        shim and the boot stub run in every container and would be compiled there each time."""
+        import importlib.util
+        import py_compile
+        import tempfile
+
+        self.data(path, source, mode)
+        with tempfile.TemporaryDirectory() as tmp:
+            src, out = os.path.join(tmp, "module.py"), os.path.join(tmp, "module.pyc")
+            with open(src, "wb") as fh:
+                fh.write(source)
+            py_compile.compile(src, cfile=out, dfile=path, doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+            with open(out, "rb") as fh:
+                self.data(importlib.util.cache_from_source(path), fh.read(), mode)
+
     def file(self, source: str, path: str | None = None) -> None:
         """``source`` (a host file, symlinks followed) at ``path`` (default: the same)."""
         path = path or source
@@ -203,6 +221,11 @@ class _Tar:
         if ".so" in os.path.basename(source):
             self.shared.append(source)
         info = self._info(path, b"0", st.st_mode & 0o755)  # (tarfile.REGTYPE)
+        # The host's time, not 0: a ``__pycache__`` file copied beside its source is valid only
+        # for the source's size and modification time; with 0, every Python in the container
+        # (the shim, the Python child's gate) compiled every module it imported from source on
+        # every run (the root is read-only: nothing is ever cached).
+        info.mtime = int(st.st_mtime)
         info.size = st.st_size
         with open(source, "rb") as fh:
             self.tar.addfile(info, fh)
@@ -306,10 +329,11 @@ def write_rootfs(fileobj: IO[bytes], *, key: str) -> dict[str, str]:
     import capgate._sys
 
     sys_dir = os.path.dirname(os.path.realpath(capgate._sys.__file__ or ""))
-    tar.file(os.path.join(here, "entrypoint.py"), f"{IMAGE_PREFIX}/shim/entrypoint.py")
-    tar.file(os.path.join(sys_dir, "landlock.py"), f"{IMAGE_PREFIX}/shim/landlock.py")
-    tar.file(os.path.join(sys_dir, "forwarder.py"), f"{IMAGE_PREFIX}/shim/forwarder.py")
-    tar.data(f"{IMAGE_PREFIX}/boot/sitecustomize.py", SITECUSTOMIZE.encode(), 0o444)
+    tar.file(os.path.join(here, "entrypoint.py"), f"{IMAGE_PREFIX}/shim/entrypoint.py")  # (run as a script)
+    for name in ("landlock", "forwarder", "ns_exec"):  # (ns_exec: its _ctypes Landlock path)
+        with open(os.path.join(sys_dir, f"{name}.py"), "rb") as fh:
+            tar.python(f"{IMAGE_PREFIX}/shim/{name}.py", fh.read())
+    tar.python(f"{IMAGE_PREFIX}/boot/sitecustomize.py", SITECUSTOMIZE.encode())
     facts = {"key": key, "python": python, "site": site, "capgate": os.path.join(site, "capgate")}
     tar.data(f"{IMAGE_PREFIX}/image.json", json.dumps(facts, indent=1).encode(), 0o444)
     tar.data("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")

@@ -66,3 +66,39 @@ def leftovers(exe: str, image: str | None = None) -> tuple[list[str], list[str],
     only = ["--filter", f"ancestor={image}"] if image else []
     return (names("ps", "-a", *only, "--format", "{{.Names}}"), names("volume", "ls", "--format", "{{.Name}}"),
             names("network", "ls", "--format", "{{.Name}}"))
+
+
+
+def run_owners(exe: str) -> dict[str, int | None]:
+    """Each container's launcher pid (from the run directory its ``capgate.run`` label names:
+    ``capgate-run-<pid>-...``), None for a container of no capgate run."""
+    from capgate.launcher import _run_dir_owner
+
+    label = '{{index .Labels "capgate.run"}}' if os.path.basename(exe).startswith("podman") else \
+        '{{.Label "capgate.run"}}'
+    done = subprocess.run([exe, "ps", "-a", "--format", "{{.Names}} " + label], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    owners: dict[str, int | None] = {}
+    for line in done.stdout.splitlines():
+        name, _, run = line.partition(" ")
+        owners[name] = _run_dir_owner(run.strip(), "capgate-run-")
+    return owners
+
+
+def others_live_runs(exe: str) -> set[str]:
+    """Containers of capgate runs whose launcher still lives: another suite's runs on a shared
+    machine. When a test's teardown looks, its own launchers have all ended, so a container
+    whose launcher is gone is a leak whoever made it."""
+    live = set()
+    for name, owner in run_owners(exe).items():
+        if owner is None:
+            continue
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            continue
+        except OSError:
+            pass  # (EPERM: it lives, as another user)
+        live.add(name)
+    return live

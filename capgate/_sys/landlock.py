@@ -33,7 +33,6 @@ confinement they actually got rather than pretend.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import stat
 import struct
@@ -41,6 +40,7 @@ import sys
 
 TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: the spawner imports this file (typing costs ~5 ms)
 if TYPE_CHECKING:
+    import ctypes
     from collections.abc import Sequence
 
 __all__ = ["EXECUTE", "READ", "WRITE", "LandlockUnavailable", "Plan", "Ruleset", "available", "exec_dependencies",
@@ -73,7 +73,8 @@ SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 _FILE_RIGHTS = EXECUTE | WRITE_FILE | (1 << 2) | _TRUNCATE | (1 << 15)  # what a rule on a non-directory may carry
 _ABI_RIGHTS = {1: (1 << 13) - 1, 2: (1 << 14) - 1}  # ABI >= 3: up to TRUNCATE (higher bits unused here)
 
-_libc: ctypes.CDLL | None = None
+_libc: ctypes.CDLL | None = None  # (ctypes is imported when Landlock is first asked: ~2 ms the
+# container shim, which only plans with this module and applies through ``_ctypes``, never pays)
 
 
 class LandlockUnavailable(OSError):
@@ -81,6 +82,8 @@ class LandlockUnavailable(OSError):
 
 
 def _syscall() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    import ctypes
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
@@ -93,6 +96,8 @@ def available() -> int:
     """The Landlock ABI version, or 0 when Landlock cannot be used here."""
     if not sys.platform.startswith("linux"):
         return 0
+    import ctypes
+
     try:
         version = _syscall()(ctypes.c_long(_SYS_CREATE_RULESET), None, ctypes.c_size_t(0),
                              ctypes.c_uint32(_CREATE_RULESET_VERSION))
@@ -212,6 +217,8 @@ class Ruleset:
     def __init__(self, wanted: Plan) -> None:
         if not available():
             raise LandlockUnavailable(38, "Landlock is not available on this kernel")
+        import ctypes
+
         call = _syscall()
         if wanted.scoped:  # struct landlock_ruleset_attr grew with the ABI: send the smallest that fits
             attr = struct.pack("=QQQ", wanted.handled, wanted.net_handled, wanted.scoped)
@@ -249,6 +256,7 @@ class Ruleset:
             os.close(self.fd)
             raise
         self._call = call
+        self._ctypes = ctypes  # (restrict_self may run between fork and exec: no import there)
         self._prctl = _libc.prctl if _libc is not None else None
 
     def restrict_self(self) -> int:
@@ -256,6 +264,7 @@ class Ruleset:
 
         Allocation-free once built, so it may run in a child between fork and exec.
         """
+        ctypes = self._ctypes
         if self._prctl is None or self._prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             return ctypes.get_errno() or 1
         if self._call(ctypes.c_long(_SYS_RESTRICT_SELF), ctypes.c_int(self.fd), ctypes.c_uint32(0)) != 0:

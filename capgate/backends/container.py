@@ -190,34 +190,41 @@ class ContainerBackend:
         proxies: list[Any] = []  # (the egress proxy, once started: stopped whatever fails after)
         try:
             argv, name, mounts = self._argv(request, audit, view, env, fifo, runtime, exe, image, proxies)
-            audit.event("container.view", runtime=runtime, image=image, container=name, mounts=len(mounts),
-                        hidden=len(found.hidden_files) + len(found.hidden_dirs), readonly=len(found.readonly),
-                        scanned=found.entries, reasons=_count_reasons(found))
-            read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            keep_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)  # EOF only once we let go, after the container
-            os.set_blocking(read_fd, True)
-            reader = self._reader = ChildReportReader(read_fd, audit)
-            reader.start()
-            start_import = getattr(audit, "start_import", None)
-            if start_import is not None:
-                start_import()
+            # The runtime first: its daemon spends ~150-250 ms creating the container before the
+            # shim opens the FIFO (that open waits for a reader), so the launcher's remaining
+            # work (the audit line, the FIFO's reader thread) runs in that time, not before it.
             lock = request.staging_lock
             runner = _ContainerRun(exe, name, argv, dict(request.environ), float(policy.limits.wall_time_seconds),
                                    keep_fds=() if lock is None or lock.fileno() < 0 else (lock.fileno(),))
             watch = None if staging is None else _QuotaWatch(staging.upper,
                                                              policy.limits.output_quota_mb * 1024 * 1024, runner)
+            runner.start()
+            reader: ChildReportReader | None = None
+            keep_fd = -1
             try:
+                audit.event("container.view", runtime=runtime, image=image, container=name, mounts=len(mounts),
+                            hidden=len(found.hidden_files) + len(found.hidden_dirs), readonly=len(found.readonly),
+                            scanned=found.entries, reasons=_count_reasons(found))
                 if watch is not None:
                     audit.event("staging.overlay", run=staging.run_id, upper=staging.upper, lower=policy.workspace)
                     watch.start()
-                returncode, timed_out, duration = runner.run()
+                read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                keep_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)  # EOF only once we let go, after the container
+                os.set_blocking(read_fd, True)
+                reader = self._reader = ChildReportReader(read_fd, audit)
+                reader.start()
+                returncode, timed_out, duration = runner.wait()
             finally:
+                runner.stop()  # (the container killed and removed unless it ended on its own)
                 if watch is not None:
                     watch.stop()
                 if staging is not None and rootless:
                     clear_rootless_work(exe, staging.work)
-                os.close(keep_fd)
-                reader.join(timeout=5.0)
+                if keep_fd >= 0:
+                    os.close(keep_fd)
+                if reader is not None:
+                    reader.join(timeout=5.0)
+            assert reader is not None  # (set before the wait returned)
         finally:
             for proxy in proxies:
                 proxy.stop()
@@ -435,9 +442,10 @@ def _write_env_file(path: str, env: dict[str, str]) -> None:
 
 
 class _ContainerRun:
-    """Runs the client to the end: wall-time kill of the container by name, and on any way
-    out that is not the client's own exit (a stopping signal, an error) the container is
-    killed and removed, so nothing is left running or behind."""
+    """Runs the client to the end (``start``, ``wait``, then ``stop`` in a ``finally``):
+    wall-time kill of the container by name, and on any way out that is not the client's own
+    exit (a stopping signal, an error) the container is killed and removed, so nothing is
+    left running or behind."""
 
     def __init__(self, exe: str, name: str, argv: list[str], env: dict[str, str], wall: float,
                  keep_fds: tuple[int, ...] = ()) -> None:
@@ -445,10 +453,6 @@ class _ContainerRun:
         # (a staged run's lock: the client lives as long as the container, also when the
         # launcher is killed, and holds the run as "running" that long)
         self.keep_fds = keep_fds
-
-    def stop(self) -> None:
-        """Kill the container now (a limit the launcher watches fired); ``run`` returns."""
-        self._kill()
 
     def _kill(self) -> None:
         for action in (["kill", self.name], ["rm", "-f", self.name]):
@@ -458,12 +462,14 @@ class _ContainerRun:
             except (OSError, subprocess.TimeoutExpired):
                 pass
 
-    def run(self) -> tuple[int, bool, float]:
-        """Start the client and wait for it (a blocking wait: ``Popen.wait(timeout)`` polls,
-        up to 50 ms late); a timer thread kills the container at the wall time."""
-        started = time.monotonic()
-        proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True, pass_fds=self.keep_fds)
-        fired = threading.Event()
+    def start(self) -> None:
+        """Start the client; the wall time counts from here (a timer thread kills the
+        container when it is up)."""
+        self.started = time.monotonic()
+        self.proc = proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True,
+                                             pass_fds=self.keep_fds)
+        self.fired = fired = threading.Event()
+        self.finished = False
 
         def wall_time() -> None:
             fired.set()
@@ -471,27 +477,35 @@ class _ContainerRun:
             if proc.poll() is None:  # (a client that outlives its container: nothing left to wait for)
                 proc.kill()
 
-        timer = threading.Timer(self.wall, wall_time)
-        timer.daemon = True
-        timer.start()
-        finished = False
-        try:
-            rc = proc.wait()
-            finished = True
-        finally:
-            timer.cancel()
-            if not finished:  # a stopping signal (RunInterrupted) or an error while waiting
-                killer = threading.Thread(target=self._kill)
-                killer.start()
-                if proc.poll() is None:
-                    proc.terminate()
-                killer.join()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        timed_out = fired.is_set()
+        self.timer = threading.Timer(self.wall, wall_time)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def wait(self) -> tuple[int, bool, float]:
+        """Wait for the client (a blocking wait: ``Popen.wait(timeout)`` polls, up to 50 ms
+        late): (exit status, timed out, seconds)."""
+        rc = self.proc.wait()
+        self.finished = True
+        self.timer.cancel()
+        timed_out = self.fired.is_set()
         if timed_out:
-            timer.join(30)  # (the container is gone once _kill returned)
+            self.timer.join(30)  # (the container is gone once _kill returned)
             rc = 128 + 9
-        return (rc if rc >= 0 else 128 - rc), timed_out, time.monotonic() - started
+        return (rc if rc >= 0 else 128 - rc), timed_out, time.monotonic() - self.started
+
+    def stop(self) -> None:
+        """On any way out that is not the client's own exit (a stopping signal, an error in
+        the launcher after ``start``): kill and remove the container, end the client."""
+        if self.finished:
+            return
+        self.timer.cancel()
+        killer = threading.Thread(target=self._kill)
+        killer.start()
+        proc = self.proc
+        if proc.poll() is None:
+            proc.terminate()
+        killer.join()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from tests._container_helpers import CACHE_VOLUME, RUNTIMES, build_test_image, leftovers, require_runtime
+from tests._container_helpers import (
+    CACHE_VOLUME,
+    RUNTIMES,
+    build_test_image,
+    leftovers,
+    others_live_runs,
+    require_runtime,
+    run_owners,
+)
 from tests._namespace_helpers import build_probe
 from tests.attacks.test_namespace_backend import LAUNCHER_MARK, _Listener
 from tests.conftest import SECRET
@@ -48,8 +56,15 @@ def clean(image: tuple[str, str]) -> Iterator[None]:
     before = leftovers(exe, image[1] if shared else None)
     yield
     after = leftovers(exe, image[1] if shared else None)
-    if os.environ.get("CI", "").lower() != "true":  # a shared machine: others' containers come and go
-        before, after = (tuple([n for n in names if "capgate" in n] for names in x) for x in (before, after))
+    if shared:
+        # A shared machine: other suites' runs come and go. What this test left is what is new
+        # and not theirs (a run whose launcher still lives; this test's launchers have ended).
+        others = others_live_runs(exe)
+        left = sorted(n for n in set(after[0]) - set(before[0]) if "capgate" in n and n not in others)
+        assert not left, f"containers left behind: {left}"
+        assert not {v for v in set(after[1]) - set(before[1]) if "capgate" in v and v != CACHE_VOLUME}
+        assert not {n for n in set(after[2]) - set(before[2]) if "capgate" in n}
+        return
     assert after[0] == before[0], f"containers left behind: {sorted(set(after[0]) - set(before[0]))}"
     assert [v for v in after[1] if v != CACHE_VOLUME] == [v for v in before[1] if v != CACHE_VOLUME]
     assert after[2] == before[2]
@@ -358,7 +373,7 @@ def test_a_stopped_launcher_leaves_no_container_running(world: dict[str, object]
     try:
         assert proc.stdout.readline().strip() == "ready"
         exe = require_runtime(str(world["runtime"]))
-        ours = [n for n in leftovers(exe)[0] if n.startswith("capgate-")]
+        ours = [n for n, owner in run_owners(exe).items() if owner == proc.pid]  # (not another suite's)
         assert ours, "the run's container was not running"  # (the control: it was there)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -53,9 +53,16 @@ def test_asked_by_name_with_a_recorded_image_the_run_is_the_check(state: Path,
     assert backend.describe() == f"podman, image {build.default_image()}"
 
 
-def test_the_root_file_system_holds_the_shim_and_python_and_no_secrets() -> None:
+@pytest.fixture(scope="module")
+def rootfs() -> tuple[io.BytesIO, dict[str, str]]:
     buf = io.BytesIO()
     facts = write_rootfs(buf, key="k0")
+    return buf, facts
+
+
+def test_the_root_file_system_holds_the_shim_and_python_and_no_secrets(rootfs: tuple[io.BytesIO,
+                                                                                     dict[str, str]]) -> None:
+    buf, facts = rootfs
     buf.seek(0)
     names = {"/" + m.name for m in tarfile.open(fileobj=buf)}
     for needed in (f"{IMAGE_PREFIX}/shim/entrypoint.py", f"{IMAGE_PREFIX}/shim/landlock.py",
@@ -67,3 +74,36 @@ def test_the_root_file_system_holds_the_shim_and_python_and_no_secrets() -> None
     # nothing of the host's secrets or users, no test suites
     assert not any(n.startswith(("/etc/shadow", "/etc/ssh", "/etc/ssl/private", "/root/.ssh", "/home/")) for n in names)
     assert not any("/test/" in n and "/python3." in n for n in names)
+
+
+def test_the_images_bytecode_is_valid_for_its_sources(rootfs: tuple[io.BytesIO, dict[str, str]]) -> None:
+    """The root is read-only in every run, so a ``.pyc`` that does not match its source is
+    compiled again by every Python in every container: the shim's modules and the boot stub
+    carry unchecked-hash bytecode, and a copied module's bytecode names its source's size and
+    time as the image holds them."""
+    import importlib.util
+    import os
+    import struct
+    import sys
+
+    buf, _facts = rootfs
+    buf.seek(0)
+    members = {"/" + m.name: m for m in tarfile.open(fileobj=buf)}
+    buf.seek(0)
+    tar = tarfile.open(fileobj=buf)
+
+    def header(path: str) -> tuple[int, int, int]:
+        fh = tar.extractfile(members[path].name)
+        assert fh is not None
+        flags, mtime, size = struct.unpack("<III", fh.read(16)[4:16])
+        return flags, mtime, size
+
+    for module in ("shim/landlock.py", "shim/ns_exec.py", "shim/forwarder.py", "boot/sitecustomize.py"):
+        path = f"{IMAGE_PREFIX}/{module}"
+        assert header(importlib.util.cache_from_source(path))[0] == 0b01, path  # hash-based, unchecked
+    source = os.path.join(os.path.dirname(os.__file__), "struct.py")  # (the stdlib's own, with its bytecode)
+    cached = importlib.util.cache_from_source(source)
+    assert os.path.isfile(cached), f"the host has no bytecode for {source}"
+    assert members[source].mtime == int(os.stat(source).st_mtime)
+    flags, mtime, size = header(cached)
+    assert flags == 0 and (mtime, size) == (members[source].mtime, members[source].size), sys.version
