@@ -168,3 +168,34 @@ def test_no_piece_of_the_value_comes_back(run: _Run) -> None:
     # control: the whole value is scrubbed where it is quoted whole
     assert SECRET.encode() not in run.get(TEST_HOST, "/echo", f"Authorization: {run.placeholder}\r\n")
     assert not any(piece and piece in SECRET.encode() for piece in leaked), leaked
+
+
+def test_an_inspected_host_is_reached_through_the_upstream_proxy_when_chained(tmp_path: Path,
+                                                                             workspace: Path) -> None:
+    """A pod's proxy chained to the cluster's (``CAPGATE_UPSTREAM_PROXY``) has no other way
+    out: an inspected connection goes through the upstream proxy too (a CONNECT there), and
+    the credential is still injected. The control: the upstream proxy saw that CONNECT."""
+    with upstream(tmp_path) as (ca, server):
+        port = server.port
+        grants = Grants(credential=(f"TOKEN@{TEST_HOST}:{port}/Authorization",), net=(f"127.0.0.1:{port}",),
+                        resolve=(f"{TEST_HOST}:{port}:127.0.0.1",))
+        policy = capgate.load_policy(None, workspace=workspace, grants=grants)
+        outer_log = io.StringIO()
+        outer = capgate.Gate(policy, audit=AuditLog(outer_log))
+        inner = capgate.Gate(policy, audit=AuditLog(io.StringIO()))
+        inspection = Inspection(resolve_credentials(policy, {"TOKEN": SECRET}), policy.network.request_rules,
+                                (str(ca.ca_file),))
+        with EgressProxy(outer) as cluster:
+            assert isinstance(cluster.address, tuple)
+            with EgressProxy(inner, inspection=inspection, upstream=cluster.address) as pod:
+                placeholder = inspection.credentials.items[0].placeholder.decode()
+                try:
+                    answer = _Run(pod, inspection, server).get(TEST_HOST, "/echo",
+                                                               f"Authorization: Bearer {placeholder}\r\n")
+                finally:
+                    server.release.set()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert SECRET.encode() not in answer
+        seen = [v for r in server.requests for n, v in r["headers"] if n.lower() == "authorization"]
+        assert seen == [f"Bearer {SECRET}"]
+        assert f"{TEST_HOST}:{port}" in outer_log.getvalue()  # (it went through the cluster proxy)
