@@ -33,7 +33,8 @@ def _anchors(secret: bytes, block: int) -> list[int]:
     return offsets
 
 
-def scrub_pieces(data: bytes | bytearray | memoryview, secret: bytes, placeholder: bytes, block: int = BLOCK) -> bytearray:
+def scrub_pieces(data: bytes | bytearray | memoryview, secret: bytes, placeholder: bytes,
+                 block: int = BLOCK) -> bytearray:
     """``data`` with every piece of ``secret`` the anchors find overwritten by the placeholder's
     same slice (a new ``bytearray``; the input is not changed)."""
     out = bytearray(data)
@@ -97,6 +98,11 @@ class PieceScrubber:
         if not self.pairs:
             return data if isinstance(data, bytes) else bytes(data)
         buf: bytes | bytearray | memoryview = self._pending + bytes(data) if self._pending else data
+        if isinstance(buf, memoryview):
+            # ``needle in view`` compares the view's single bytes with the needle and never
+            # matches: the relay's in-place reads come as views (review round 9, finding 1).
+            # One copy, paid only within the budget (``BodyScrubber``) and for error bodies.
+            buf = buf.tobytes()
         if any(needle in buf for needle in self._needles):  # (the C search; usually none)
             buf = self._scrub(buf)
         keep = _held_tail(buf[max(0, len(buf) - self._width):], self._secrets)
