@@ -59,7 +59,10 @@ def test_a_backslash_in_the_workspace_path_does_not_mount_another_directory(tmp_
     assert (other / "f.txt").read_text() == SECRET
 
 
-def test_control_a_plain_workspace_path_is_staged(tmp_path: Path, backend: tuple[str, ...]) -> None:
-    ws, home, _other = _world(tmp_path, "ws-1")
+@pytest.mark.parametrize("name", ["ws-1", "my ws", "a=b", "it's", "ws;1"])
+def test_control_a_workspace_path_the_syntax_can_carry_is_staged(tmp_path: Path, backend: tuple[str, ...],
+                                                                 name: str) -> None:
+    """Control: spaces, ``=``, quotes and ``;`` pass podman's ``-v`` and Docker's CSV as they are."""
+    ws, home, _other = _world(tmp_path, name)
     done = staged(ws, home, [str(ws / "staged_probe"), "read", f"{ws}/f.txt"], backend=backend)
     assert done.returncode == 0 and "read OK [mine ]" in done.stdout, done.stdout + done.stderr
