@@ -210,6 +210,10 @@ class Upstream:
             time.sleep(0.05)
             tls.sendall(body)
             return True
+        if path == "/name-echo":  # (a server that names a response header after a request header's value)
+            auth = dict((n.lower(), v) for n, v in record["headers"]).get("authorization", "").encode()
+            tls.sendall(b"HTTP/1.1 200 OK\r\nX-Seen-" + auth + b": 1\r\nContent-Length: 0\r\n\r\n")
+            return True
         if path == "/bad-header-echo":  # (a broken server: the credential on a header line of its own)
             auth = dict((n.lower(), v) for n, v in record["headers"]).get("authorization", "").encode()
             tls.sendall(b"HTTP/1.1 200 OK\r\n" + auth + b"\r\nContent-Length: 0\r\n\r\n")

@@ -97,3 +97,21 @@ def test_control_the_same_quote_held_with_the_head_is_scrubbed(run: _Run) -> Non
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     quoted = answer.split(b"bad authorization: ", 1)[1]
     assert quoted and quoted not in SECRET.encode(), quoted
+
+
+def test_a_response_header_name_does_not_carry_the_value(run: _Run) -> None:
+    """Finding 4: the relay scrubbed response header *values*, the status line and bodies, not
+    header *names*: a server naming a header after the credential it was sent (a token, as
+    API keys are) gave it back, lower-cased by the parser (so a whole-value match also missed
+    it). No name may carry the value or a piece of it, in either case."""
+    answer = run.get("/name-echo", f"Authorization: {run.placeholder}\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    secret = SECRET.lower().encode()
+    assert not any(secret[i:i + 15] in head for i in range(len(secret) - 14)), head
+
+
+def test_control_a_response_header_name_is_passed(run: _Run) -> None:
+    """Control: other names pass as they are (lower-cased by the parser)."""
+    answer = run.get("/name-echo", "Authorization: nothing-secret\r\n")
+    assert answer.startswith(b"HTTP/1.1 200") and b"\r\nx-seen-nothing-secret: 1\r\n" in answer, answer[:300]
