@@ -111,3 +111,16 @@ def test_control_an_overlay_of_read_only_layers_is_still_read(tmp_path: Path) ->
     out = _run(ws, home, policy, "mirror/d/f.txt", prefix=prefix)
     assert out.count("first benign") == 3, out
     assert not os.path.ismount(ws / "mirror")  # (the overlay went with its namespace)
+
+
+def test_the_landlock_claim_is_never_passed_through(make_gate) -> None:  # type: ignore[no-untyped-def]
+    """Finding 5 (defence in depth): ``CAPGATE_LANDLOCK=writes`` turns the remembered reads on;
+    only the process that applied the Landlock plan may say so. Passed through (``--allow-env
+    CAPGATE_LANDLOCK``, a nested run's environment) on a tree without Landlock, it would have
+    switched them on with nothing holding the directories still. Control: ``LANG`` passes."""
+    from capgate._sys.clean_env import build_child_env
+
+    gate = make_gate({"process": {"envPassthrough": ["LANG", "CAPGATE_LANDLOCK"]}})
+    env = build_child_env(gate.policy, home="/h", tmpdir="/t", extra={"CAPGATE_LANDLOCK": "writes"},
+                          base_env={"LANG": "C", "CAPGATE_LANDLOCK": "writes"})
+    assert env.get("LANG") == "C" and "CAPGATE_LANDLOCK" not in env, env
