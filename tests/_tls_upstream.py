@@ -200,6 +200,20 @@ class Upstream:
             body = b"bad authorization: " + auth[:20]
             tls.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             return True
+        if path in ("/short-echo-late", "/short-echo-late-ok"):
+            # The same quote, its body written 50 ms after the head: the relay reads it on its
+            # own, past what h11 held with the head (the relay's large-slice path).
+            auth = dict((n.lower(), v) for n, v in record["headers"]).get("authorization", "").encode()
+            body = b"bad authorization: " + auth[:20] + b"\n" + b"." * 100
+            status = b"200 OK" if path.endswith("-ok") else b"401 Unauthorized"
+            tls.sendall(b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n" % (status, len(body)))
+            time.sleep(0.05)
+            tls.sendall(body)
+            return True
+        if path == "/name-echo":  # (a server that names a response header after a request header's value)
+            auth = dict((n.lower(), v) for n, v in record["headers"]).get("authorization", "").encode()
+            tls.sendall(b"HTTP/1.1 200 OK\r\nX-Seen-" + auth + b": 1\r\nContent-Length: 0\r\n\r\n")
+            return True
         if path == "/bad-header-echo":  # (a broken server: the credential on a header line of its own)
             auth = dict((n.lower(), v) for n, v in record["headers"]).get("authorization", "").encode()
             tls.sendall(b"HTTP/1.1 200 OK\r\n" + auth + b"\r\nContent-Length: 0\r\n\r\n")

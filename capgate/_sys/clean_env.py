@@ -13,7 +13,9 @@ every other ``PYTHON*`` hook such as ``PYTHONINSPECT``), proxy variables in any 
 interpreters' preload options (``PERL5OPT``, ``PERL5LIB``, ``RUBYOPT``, ``RUBYLIB``,
 ``NODE_OPTIONS``, ``JAVA_TOOL_OPTIONS``, ``_JAVA_OPTIONS``), glibc hooks (``GCONV_PATH``,
 ``GLIBC_TUNABLES``, ``MALLOC_*``, ``LOCPATH``, ``HOSTALIASES``, ``RESOLV_HOST_CONF``) and
-``GIT_*`` (git's own rules set the few git variables capgate wants). ``HOME``, ``TMPDIR``
+``GIT_*`` (git's own rules set the few git variables capgate wants), and
+``CAPGATE_LANDLOCK`` (only the process that applied the run's Landlock plan may say it holds:
+the soft hooks then remember reads, ``capgate._sys.frozen_dirs``). ``HOME``, ``TMPDIR``
 and ``PATH`` always come from capgate, never from passthrough or extra.
 
 ``sanitized_path`` is the only ``PATH`` a child (and capgate's own command lookup) uses: a
@@ -100,6 +102,7 @@ NEVER_PASSED: tuple[str, ...] = (
     "RES_OPTIONS",
     "LOCALDOMAIN",
     "GIT_*",
+    "CAPGATE_LANDLOCK",  # (set only by whoever applied the Landlock plan; review round 9, finding 5)
     "SSH_AUTH_SOCK",
     "SSH_ASKPASS",
     "EDITOR",

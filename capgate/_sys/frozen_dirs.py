@@ -17,7 +17,11 @@ path that is not beneath any write root. So the question is answered on the moun
 (``/proc/self/mountinfo``), in file-system terms: a write root is the region
 ``(device, path inside that file system)`` of its mount, plus the whole of every mount made
 beneath it; a directory is frozen when no directory on the way to it, seen through any mount
-that covers it, lies in such a region. Conservative on purpose: a mount table that cannot be
+that covers it, lies in such a region. A mount can also show a write root's content without
+being a bind of it: an overlay with a write root among its layers (after the kernel drops its
+cached names, the overlay shows what the tree changed in the layer), or a FUSE file system
+(its server may mirror anything). Such a mount's whole file system counts as a region.
+Conservative on purpose: a mount table that cannot be
 read, pseudo file systems (``/proc``, ``/sys``, ``/dev``) and anything ambiguous answer "not
 frozen", and the caller then does the full lookup as before.
 
@@ -27,6 +31,8 @@ asks only when the process knows its tree's writes are confined to exactly these
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = ["CONFINED_ENV", "CONFINED_WRITES", "FrozenDirs", "parse_mountinfo"]
 
@@ -59,13 +65,56 @@ def _unescape(field: str) -> str:
 def parse_mountinfo(text: str) -> list[tuple[str, str, str]]:
     """``(mount point, root inside its file system, device "major:minor")`` per mount, in the
     table's order (a later mount on the same point covers the earlier one)."""
-    mounts: list[tuple[str, str, str]] = []
+    return [(point, root, device) for point, root, device, _kind, _options in _parse(text)]
+
+
+def _parse(text: str) -> list[tuple[str, str, str, str, str]]:
+    """``parse_mountinfo`` plus each mount's file system type and its super options."""
+    mounts: list[tuple[str, str, str, str, str]] = []
     for line in text.splitlines():
         fields = line.split(" ")
         if len(fields) < 5:
             raise ValueError(f"unexpected mountinfo line {line!r}")
-        mounts.append((_unescape(fields[4]), _unescape(fields[3]), fields[2]))
+        try:
+            tail = fields[fields.index("-", 6) + 1:]
+        except ValueError:
+            tail = []
+        kind = tail[0] if tail else ""
+        options = tail[2] if len(tail) > 2 else ""
+        mounts.append((_unescape(fields[4]), _unescape(fields[3]), fields[2], kind, options))
     return mounts
+
+
+# An overlay's layers, as its super options name them (kernel 6.8+ also has the "+" forms).
+_LAYER_KEYS = ("lowerdir", "lowerdir+", "upperdir", "workdir", "datadir+")
+
+
+def _layers(options: str) -> list[str]:
+    """The directories an overlay's super options name (``lowerdir`` is ``:``-separated;
+    ``\\`` escapes a ``:`` or ``,`` in a path, as overlayfs reads it)."""
+    out: list[str] = []
+    for option in options.split(","):  # (a comma inside a value is shown as \\054)
+        key, _, value = option.partition("=")
+        if key not in _LAYER_KEYS:
+            continue
+        value = _unescape(value)
+        for layer in re.split(r"(?<!\\):", value) if key == "lowerdir" else [value]:
+            out.append(re.sub(r"\\(.)", r"\1", layer))
+    return out
+
+
+def _shown_at(regions: dict[str, list[str]], mounts: list[tuple[str, str, str]]) -> list[str]:
+    """The paths at which the mounts show a region (its top, or the mount's point when the
+    mount shows only part of it)."""
+    out: list[str] = []
+    for point, inner, device in mounts:
+        for region in regions.get(device, ()):
+            if _within(region, inner):
+                rest = region[len(inner):] if inner != "/" else region
+                out.append((point.rstrip("/") + rest) or "/")
+            elif _within(inner, region):
+                out.append(point)
+    return out
 
 
 def _within(path: str, root: str) -> bool:
@@ -86,7 +135,8 @@ class FrozenDirs:
     name on the way to ``directory`` refers to, nor add or remove a name in it."""
 
     def __init__(self, write_roots: list[str], mountinfo: str) -> None:
-        self._mounts = parse_mountinfo(mountinfo)
+        table = _parse(mountinfo)
+        self._mounts = [(point, root, device) for point, root, device, _kind, _options in table]
         # device -> the roots (inside that file system) of the regions the tree may change
         regions: dict[str, list[str]] = {}
         for root in write_roots:
@@ -98,6 +148,20 @@ class FrozenDirs:
             for point, inner, device in self._mounts:
                 if _within(point, root):
                     regions.setdefault(device, []).append(inner)
+        # A mount whose content is a write root's by another way than a bind: an overlay with a
+        # layer that overlaps a write root (or a mount of a device that holds one), and any FUSE
+        # file system (its server may show anything, a write root included). Its whole file
+        # system counts as a region (review round 9, finding 3: an overlay over output/ showed
+        # the tree's symlink once the kernel dropped its cached names).
+        touched = _shown_at(regions, self._mounts)
+        for _point, _inner, device, kind, options in table:
+            if kind == "fuse" or kind.startswith("fuse."):
+                regions.setdefault(device, []).append("/")
+            elif kind == "overlay":
+                layers = _layers(options)
+                if not layers or any(not layer.startswith("/") or any(_within(layer, t) or _within(t, layer)
+                                                                      for t in touched) for layer in layers):
+                    regions.setdefault(device, []).append("/")
         self._regions = regions
         # Only mounts of a device that holds a region can put a directory inside one.
         self._relevant = [m for m in self._mounts if m[2] in regions]

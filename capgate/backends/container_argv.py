@@ -32,7 +32,8 @@ directory is copied, not redirected), removed with the container by ``--rm``. No
 write root beneath the workspace is bound from the host (its writes would land in the real
 workspace); the covers and read-only re-binds of the view still are, deeper, so they sit on
 top of the overlay exactly as they sit on top of the bind. An overlay's paths also cannot
-hold ``:`` (podman's ``-v`` and the kernel's ``lowerdir`` both split on it).
+hold ``:`` (podman's ``-v`` and the kernel's ``lowerdir`` both split on it) nor ``\\`` (the
+kernel's overlay options take it as an escape: ``lowerdir=/p/ws\\1`` is ``/p/ws1``).
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ class ContainerSpec:
 
 
 def _check(path: str, *, colon: bool = False) -> str:
-    bad = (*_BAD_CHARS, ":") if colon else _BAD_CHARS
+    # (an overlay's paths: the kernel splits lowerdir on ``:`` and takes ``\\`` as an escape,
+    # so ``/p/ws\\1`` would mount ``/p/ws1``, another directory: review round 9, finding 2)
+    bad = (*_BAD_CHARS, ":", "\\") if colon else _BAD_CHARS
     if not path.startswith("/") or any(c in path for c in bad):
         raise UnmountablePath(path, bad)
     return path

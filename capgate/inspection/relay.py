@@ -151,6 +151,8 @@ class InspectedConnection:
         self._tls: ssl.SSLSocket | None = None
         self._session_kept = False  # (this upstream connection's TLS session is in inspection.sessions)
         self._pairs = [(c.value, c.placeholder) for c in self.mine]  # (real value -> placeholder, in answers)
+        # (header names come lower-cased from h11: a value there is looked for lower-cased too)
+        self._name_pairs = [(c.value.lower(), c.placeholder.lower()) for c in self.mine]
         # (header name as h11 gives it, lower-case; placeholder; real value) for each credential of this host
         self._swaps = [(c.credential.header.lower().encode("ascii"), c.placeholder, c.value) for c in self.mine]
         # One receive buffer for both legs (one thread, reads never overlap): TLS records land in
@@ -357,7 +359,9 @@ class InspectedConnection:
             raise OSError("upstream closed before answering")
         response = event
         items = list(response.headers)
-        headers = [(n, scrub_text(v, pairs) if pairs else v) for n, v in items
+        name_pairs = self._name_pairs
+        # (names too: a server may name a header after a value it was sent; review round 9, finding 4)
+        headers = [(scrub_text(n, name_pairs), scrub_text(v, pairs)) if pairs else (n, v) for n, v in items
                    if n not in _HOP and n != b"transfer-encoding"]
         bodiless = method == "HEAD" or response.status_code in (204, 304)
         replacer: BodyScrubber | None = None

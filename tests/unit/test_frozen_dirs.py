@@ -77,3 +77,37 @@ def test_the_stdlib_only_processes_announce_confinement_with_the_same_words() ->
     assert (spawner.LANDLOCK_ENV, spawner.LANDLOCK_WRITES) == (frozen_dirs.CONFINED_ENV, frozen_dirs.CONFINED_WRITES)
     with open(os.path.join(os.path.dirname(spawner.__file__), "ns_exec.py")) as fh:
         assert f'env[b"{frozen_dirs.CONFINED_ENV}"] = b"{frozen_dirs.CONFINED_WRITES}"' in fh.read()
+
+
+def test_an_overlay_with_a_write_root_among_its_layers_is_not_frozen() -> None:
+    """Review round 9, finding 3 (the real thing: tests/attacks/test_review_round9_soft_stable.py)."""
+    table = ROOT + "119 27 0:41 / /ws/mirror rw - overlay overlay ro,lowerdir=/ws/output:/tmp/empty,redirect_dir=on\n"
+    frozen = FrozenDirs(["/ws/output"], table)
+    assert not frozen.frozen("/ws/mirror") and not frozen.frozen("/ws/mirror/d")
+    assert frozen.frozen("/ws/src")
+
+
+def test_an_overlay_over_a_bind_of_a_write_root_is_not_frozen() -> None:
+    table = (ROOT + "50 27 254:0 /ws/output /mnt/alias rw - ext4 /dev/vda rw\n"
+             "119 27 0:41 / /view rw - overlay overlay ro,lowerdir=/mnt/alias/q:/e\n")
+    assert not FrozenDirs(["/ws/output"], table).frozen("/view/d")
+
+
+def test_an_overlay_of_other_directories_stays_frozen_as_does_a_container_root() -> None:
+    table = ROOT + "119 27 0:41 / /ws/mirror rw - overlay overlay ro,lowerdir=/ws/lower:/tmp/empty\n"
+    assert FrozenDirs(["/ws/output"], table).frozen("/ws/mirror/d")
+    docker = ("27 1 0:40 / / rw - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/AB:/var/lib/docker/"
+              "overlay2/l/CD,upperdir=/var/lib/docker/overlay2/x/diff,workdir=/var/lib/docker/overlay2/x/work\n")
+    frozen = FrozenDirs(["/ws/output"], docker)
+    assert frozen.frozen("/ws/src") and not frozen.frozen("/ws/output/x")
+
+
+def test_a_fuse_file_system_is_never_frozen() -> None:
+    table = ROOT + "119 27 0:45 / /mnt/view rw - fuse.bindfs bindfs rw,user_id=0\n"
+    frozen = FrozenDirs(["/ws/output"], table)
+    assert not frozen.frozen("/mnt/view/d") and frozen.frozen("/mnt")
+
+
+def test_an_overlay_layer_with_escaped_characters_is_read_as_overlayfs_reads_it() -> None:
+    table = ROOT + "119 27 0:41 / /v rw - overlay overlay ro,lowerdir=/e:/ws/out\\134:put\\054x/sub\n"
+    assert not FrozenDirs(["/ws/out:put,x"], table).frozen("/v/d")
