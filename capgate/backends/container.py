@@ -251,7 +251,7 @@ class ContainerBackend:
         """The runtime's command line (and, network on, the egress proxy started, handed back
         in ``proxy_holder`` at once so the caller stops it whatever fails after)."""
         from capgate._sys.rlimits import user_process_count
-        from capgate.backends.soft import CA_BUNDLE_VARIABLES, _inspection, _start_proxy
+        from capgate.backends.soft import _start_proxy, inspection_for_child
 
         policy = request.policy
         run_dir = request.run_dir
@@ -267,14 +267,7 @@ class ContainerBackend:
             # Credentials and request rules: the proxy outside inspects TLS to their hosts; the
             # child (the run directory is bound at the same path) trusts the run CA and holds
             # only the placeholders — as in the soft and namespace backends.
-            inspection = _inspection(request)
-            if inspection is not None:
-                bundle = inspection.ca.write_bundle(os.path.join(run_dir, "ca-bundle.pem"))
-                for variable in CA_BUNDLE_VARIABLES:
-                    env[variable] = bundle
-                env.update(inspection.credentials.child_env())
-                audit.event("proxy.inspection", hosts=sorted(inspection.hosts()),
-                            credentials=[c.credential.key for c in inspection.credentials.items])
+            inspection = inspection_for_child(request, env, audit)
             proxy_holder.append(_start_proxy(policy, audit, unix_path=sock, inspection=inspection))
             url = f"http://127.0.0.1:{INNER_PROXY_PORT}"
             for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):

@@ -236,16 +236,7 @@ class SoftBackend:
 
         env.update(GIT_ENV)
         _check_launched_git(request.argv, policy.workspace, env, audit)
-        self._inspection = _inspection(request)
-        if self._inspection is not None:
-            # The child trusts the run CA (plus the system's CAs) through every usual variable, and
-            # holds the placeholders where its code expects the secrets.
-            bundle = self._inspection.ca.write_bundle(os.path.join(request.run_dir, "ca-bundle.pem"))
-            for name in CA_BUNDLE_VARIABLES:
-                env[name] = bundle
-            env.update(self._inspection.credentials.child_env())
-            audit.event("proxy.inspection", hosts=sorted(self._inspection.hosts()),
-                        credentials=[c.credential.key for c in self._inspection.credentials.items])
+        self._inspection = inspection_for_child(request, env, audit)
         if policy.network.enabled:
             proxy, host, port = self._start_egress(request, audit)
             url = f"http://{host}:{port}"
@@ -412,6 +403,22 @@ def _inspection(request: LaunchRequest) -> Any:
     if net.credentials and not credentials:
         raise BackendUnavailable("the policy has credentials but the launcher read none; refusing to start")
     return Inspection(credentials, net.request_rules, request.upstream_ca, request.on_misuse)
+
+
+def inspection_for_child(request: LaunchRequest, env: dict[str, str], audit: AuditLog) -> Any:
+    """The run's TLS inspection (``_inspection``), with the child's side of it set in ``env``:
+    the child trusts the run CA (plus the system's CAs, a bundle in the run directory) through
+    every usual variable, and holds the placeholders where its code expects the secrets.
+    Every backend whose child reads the run directory at the same path uses it."""
+    inspection = _inspection(request)
+    if inspection is not None:
+        bundle = inspection.ca.write_bundle(os.path.join(request.run_dir, "ca-bundle.pem"))
+        for name in CA_BUNDLE_VARIABLES:
+            env[name] = bundle
+        env.update(inspection.credentials.child_env())
+        audit.event("proxy.inspection", hosts=sorted(inspection.hosts()),
+                    credentials=[c.credential.key for c in inspection.credentials.items])
+    return inspection
 
 
 def _start_proxy(policy: Any, audit: AuditLog, *, unix_path: str | None = None, inspection: Any = None) -> Any:
