@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _tls_upstream import SECRET, TEST_HOST, Upstream, upstream
+from _inspection_harness import InspectedRun as _Run
+from _tls_upstream import SECRET, TEST_HOST, upstream
 
 import capgate
 from capgate.audit import AuditLog
@@ -18,39 +18,6 @@ from capgate.credentials import resolve_credentials
 from capgate.inspection.relay import Inspection
 from capgate.policy.sources import Grants
 from capgate.proxy import EgressProxy
-
-
-class _Run:
-    def __init__(self, proxy: EgressProxy, inspection: Inspection, server: Upstream) -> None:
-        self.proxy, self.inspection, self.server = proxy, inspection, server
-        self.placeholder = inspection.credentials.items[0].placeholder.decode()
-
-    def get(self, target: str, extra: str = "") -> bytes:
-        """``GET target`` through an inspected tunnel to TEST_HOST; the whole answer."""
-        import socket
-
-        assert isinstance(self.proxy.address, tuple)
-        port = self.server.port
-        sock = socket.create_connection(self.proxy.address, timeout=10)
-        try:
-            sock.sendall(f"CONNECT {TEST_HOST}:{port} HTTP/1.1\r\nHost: {TEST_HOST}\r\n\r\n".encode())
-            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-            ctx = ssl.create_default_context(cadata=self.inspection.ca.pem.decode())
-            with ctx.wrap_socket(sock, server_hostname=TEST_HOST) as tls:
-                tls.sendall(f"GET {target} HTTP/1.1\r\nHost: {TEST_HOST}:{port}\r\n{extra}Connection: close\r\n\r\n"
-                            .encode())
-                out = b""
-                while True:
-                    try:
-                        data = tls.recv(65536)
-                    except (ssl.SSLError, OSError):
-                        break
-                    if not data:
-                        break
-                    out += data
-                return out
-        finally:
-            sock.close()
 
 
 @pytest.fixture
@@ -85,7 +52,7 @@ def test_a_piece_in_a_body_read_after_the_head_is_scrubbed(run: _Run, route: str
     be scrubbed whichever way the body was read."""
     leaked = set()
     for pad in ("", "x" * 5):
-        answer = run.get(route, f"Authorization: {pad}{run.placeholder}\r\n")
+        answer = run.get(TEST_HOST, route, f"Authorization: {pad}{run.placeholder}\r\n")
         assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
         leaked.add(_quoted(answer, pad))
     assert not any(piece and piece in SECRET.encode() for piece in leaked), leaked
@@ -93,7 +60,7 @@ def test_a_piece_in_a_body_read_after_the_head_is_scrubbed(run: _Run, route: str
 
 def test_control_the_same_quote_held_with_the_head_is_scrubbed(run: _Run) -> None:
     """Control: the quote written in one piece with the head (held by h11) was already scrubbed."""
-    answer = run.get("/short-echo", f"Authorization: {run.placeholder}\r\n")
+    answer = run.get(TEST_HOST, "/short-echo", f"Authorization: {run.placeholder}\r\n")
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     quoted = answer.split(b"bad authorization: ", 1)[1]
     assert quoted and quoted not in SECRET.encode(), quoted
@@ -104,7 +71,7 @@ def test_a_response_header_name_does_not_carry_the_value(run: _Run) -> None:
     header *names*: a server naming a header after the credential it was sent (a token, as
     API keys are) gave it back, lower-cased by the parser (so a whole-value match also missed
     it). No name may carry the value or a piece of it, in either case."""
-    answer = run.get("/name-echo", f"Authorization: {run.placeholder}\r\n")
+    answer = run.get(TEST_HOST, "/name-echo", f"Authorization: {run.placeholder}\r\n")
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     head = answer.split(b"\r\n\r\n", 1)[0].lower()
     secret = SECRET.lower().encode()
@@ -113,5 +80,5 @@ def test_a_response_header_name_does_not_carry_the_value(run: _Run) -> None:
 
 def test_control_a_response_header_name_is_passed(run: _Run) -> None:
     """Control: other names pass as they are (lower-cased by the parser)."""
-    answer = run.get("/name-echo", "Authorization: nothing-secret\r\n")
+    answer = run.get(TEST_HOST, "/name-echo", "Authorization: nothing-secret\r\n")
     assert answer.startswith(b"HTTP/1.1 200") and b"\r\nx-seen-nothing-secret: 1\r\n" in answer, answer[:300]
